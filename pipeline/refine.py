@@ -1,0 +1,254 @@
+"""Refiners: turn (image, heat map) into a refined object mask, chosen by name.
+
+Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResult`` with
+``image`` HWC uint8 RGB, ``heat`` (H, W) float in [0, 1] and ``attention`` the
+:class:`~pipeline.attention.AttentionMaps` of the image (needed by ``affinity`` only).
+
+- ``grabcut`` (default): OpenCV GrabCut seeded from the heat map; no weights.
+- ``sam``: segment-anything's SamPredictor prompted with a box and positive/negative
+  points derived from the heat map; needs a checkpoint file.
+- ``affinity``: attention only. The heat map is propagated with the captured
+  self-attention (the pixel affinity the UNet itself computed), as Dataset Diffusion does
+  and in the spirit of the paper's AffinityNet, then split with Otsu's threshold.
+- ``otsu``: Otsu's threshold of the heat map itself, i.e. no refinement (a baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .attention import AttentionMaps, upsample
+from .masks import bbox
+
+
+class RefinementError(ValueError):
+    """The inputs cannot be refined (empty/NaN heat map, wrong shapes, missing attention)."""
+
+
+class RefinerUnavailable(RuntimeError):
+    """A refiner needs something that is not here (a checkpoint, a package)."""
+
+
+@dataclass
+class RefineResult:
+    mask: np.ndarray  # (H, W) bool
+    refiner: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
+
+
+def check_inputs(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """Validate (HWC uint8, HW float) and return the heat map as float32; raise RefinementError."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise RefinementError(f"image must be HWC uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    if heat.shape != image.shape[:2]:
+        raise RefinementError(f"heat map {heat.shape} does not match image size {image.shape[:2]}")
+    heat = np.asarray(heat, np.float32)
+    if not np.all(np.isfinite(heat)):
+        raise RefinementError("heat map contains NaN or inf: the attention capture failed for this image")
+    if float(heat.max()) - float(heat.min()) < 1e-6:
+        raise RefinementError("heat map is flat (no attention on any region): nothing to refine")
+    return heat
+
+
+def otsu_threshold(heat: np.ndarray) -> float:
+    """Otsu's threshold of a [0, 1] map, in [0, 1]."""
+    t, _ = cv2.threshold((np.clip(heat, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) / 255.0
+
+
+class OtsuRefiner:
+    name = "otsu"
+
+    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+        heat = check_inputs(image, heat)
+        t = otsu_threshold(heat)
+        return RefineResult(heat > t, self.name, {"threshold": t})
+
+
+class GrabCutRefiner:
+    """GrabCut seeded from the heat map: >= ``fg`` sure object, >= ``probable`` probably
+    object, < ``bg`` sure background, the rest probably background."""
+
+    name = "grabcut"
+
+    def __init__(self, fg: float = 0.7, probable: float = 0.35, bg: float = 0.1, iterations: int = 5):
+        if not 0 <= bg < probable < fg <= 1:
+            raise ValueError(f"need 0 <= bg < probable < fg <= 1, got {bg}, {probable}, {fg}")
+        self.fg, self.probable, self.bg, self.iterations = fg, probable, bg, iterations
+
+    def seeds(self, heat: np.ndarray) -> np.ndarray:
+        seed = np.full(heat.shape, cv2.GC_PR_BGD, np.uint8)
+        seed[heat < self.bg] = cv2.GC_BGD
+        seed[heat >= self.probable] = cv2.GC_PR_FGD
+        seed[heat >= self.fg] = cv2.GC_FGD
+        if np.count_nonzero((seed == cv2.GC_BGD) | (seed == cv2.GC_PR_BGD)) < 16:
+            # The object covers (nearly) everything: GrabCut needs background samples, so the
+            # image border becomes probable background rather than failing.
+            seed[[0, -1], :] = cv2.GC_PR_BGD
+            seed[:, [0, -1]] = cv2.GC_PR_BGD
+        return seed
+
+    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+        heat = check_inputs(image, heat)
+        seed = self.seeds(heat)
+        n_fg = int(np.count_nonzero((seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)))
+        if n_fg == 0:
+            raise RefinementError("no pixel of the heat map reaches the object seed level; nothing to refine")
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        work = seed.copy()
+        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), work, None, bgd, fgd, self.iterations,
+                    cv2.GC_INIT_WITH_MASK)
+        mask = (work == cv2.GC_FGD) | (work == cv2.GC_PR_FGD)
+        info = {"seed_pixels": n_fg}
+        if not mask.any():
+            info["warning"] = "GrabCut removed every object pixel"
+        return RefineResult(mask, self.name, info)
+
+
+class AffinityRefiner:
+    """Propagate the heat map with the UNet's own self-attention, then Otsu."""
+
+    name = "affinity"
+
+    def __init__(self, iterations: int = 2):
+        self.iterations = iterations
+
+    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+        heat = check_inputs(image, heat)
+        if attention is None or attention.affinity is None:
+            raise RefinementError("the affinity refiner needs the self-attention captured with the image "
+                                  "(CaptureConfig.self_attention_max_tokens > 0)")
+        h, w = attention.affinity_hw
+        small = cv2.resize(heat, (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
+        aff = attention.affinity.astype(np.float32)
+        for _ in range(self.iterations):
+            small = aff @ small
+        prop = upsample(small.reshape(h, w), heat.shape)
+        prop = (prop - prop.min()) / max(float(prop.max() - prop.min()), 1e-12)
+        t = otsu_threshold(prop)
+        return RefineResult(prop > t, self.name, {"threshold": t, "propagated": prop})
+
+
+def sam_prompts(heat: np.ndarray, n_negative: int = 2, level: float = 0.5):
+    """Prompts for SAM from a heat map: (box XYXY float, points (K, 2) xy, labels (K,) 1/0).
+
+    Box: the bounding box of ``heat >= level``. Positive point: the heat map's maximum.
+    Negative points: among the coldest tenth of the pixels outside the box, the ones
+    farthest from the points already chosen (farthest-point sampling, deterministic).
+    """
+    box = bbox(heat >= level)
+    if box is None:
+        raise RefinementError(f"no pixel of the heat map reaches {level}: no box for SAM")
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    points, labels = [(x, y)], [1]
+    outside = np.ones(heat.shape, bool)
+    outside[box[1] : box[3], box[0] : box[2]] = False
+    if outside.any() and n_negative > 0:
+        cold = outside & (heat <= np.quantile(heat[outside], 0.1))
+        cy, cx = np.nonzero(cold)
+        step = max(1, len(cx) // 4096)  # subsample: distances stay cheap on large images
+        cand = np.stack([cx[::step], cy[::step]], 1).astype(np.float32)
+        for _ in range(min(n_negative, len(cand))):
+            d = np.min([((cand - p) ** 2).sum(1) for p in np.array(points, np.float32)], axis=0)
+            px, py = cand[int(np.argmax(d))]
+            points.append((int(px), int(py)))
+            labels.append(0)
+    return np.array(box, np.float32), np.array(points, np.float32), np.array(labels, np.int64)
+
+
+class SamRefiner:
+    """segment-anything's SamPredictor, prompted from the heat map (plus optional user clicks).
+
+    As with SamPredictor, the image embedding is computed once per image (cached by
+    content), so repeated calls with extra clicks are cheap.
+    """
+
+    name = "sam"
+
+    def __init__(self, checkpoint: str | None = None, model_type: str = "vit_b", device: str = "cpu"):
+        if not checkpoint:
+            raise RefinerUnavailable(
+                "the SAM refiner needs a checkpoint file: download sam_vit_b_01ec64.pth (or vit_l/vit_h) from "
+                "the segment-anything release and pass its path (--sam-checkpoint PATH)")
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise RefinerUnavailable(f"SAM checkpoint {path} does not exist")
+        try:
+            from segment_anything import SamPredictor, sam_model_registry
+        except Exception as e:  # ImportError, or torchvision failing to import
+            raise RefinerUnavailable(f"the SAM refiner needs `pip install segment-anything torchvision` ({e})") from e
+        if model_type not in sam_model_registry:
+            raise RefinerUnavailable(f"unknown SAM model type {model_type!r}; one of {sorted(sam_model_registry)}")
+        sam = sam_model_registry[model_type](checkpoint=str(path)).to(device)
+        self.predictor = SamPredictor(sam)
+        self._image_key = None
+
+    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
+        heat = check_inputs(image, heat)
+        box, pts, lab = sam_prompts(heat)
+        if points is not None and len(points):
+            pts = np.concatenate([pts, np.asarray(points, np.float32)])
+            lab = np.concatenate([lab, np.asarray(labels, np.int64)])
+        key = (image.shape, hash(image.tobytes()))
+        if key != self._image_key:
+            self.predictor.set_image(image)
+            self._image_key = key
+        masks, scores, _ = self.predictor.predict(point_coords=pts, point_labels=lab, box=box, multimask_output=True)
+        best = int(np.argmax(scores))
+        return RefineResult(masks[best].astype(bool), self.name, {"score": float(scores[best]), "box": box.tolist()})
+
+
+REFINERS = {"grabcut": GrabCutRefiner, "sam": SamRefiner, "affinity": AffinityRefiner, "otsu": OtsuRefiner}
+DEFAULT_REFINER = "grabcut"
+
+
+def get_refiner(name: str = DEFAULT_REFINER, **options):
+    """Build a refiner by name (``grabcut``, ``sam``, ``affinity``, ``otsu``)."""
+    try:
+        cls = REFINERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown refiner {name!r}; choose one of {sorted(REFINERS)}") from None
+    return cls(**options)
+
+
+@dataclass
+class MaskChoice:
+    """The result of refining one heat map and choosing its threshold (paper step 2)."""
+
+    refined: np.ndarray  # (H, W) bool, the refiner's mask
+    threshold: float  # the threshold whose heat-map mask best matches ``refined``
+    thresholds: np.ndarray  # (T,) the sweep
+    ious: np.ndarray  # (T,) IoU of each thresholded mask with ``refined``
+    refiner: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def best_iou(self) -> float:
+        return float(self.ious.max())
+
+    def mask(self, heat: np.ndarray) -> np.ndarray:
+        return heat >= self.threshold
+
+
+def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: AttentionMaps | None = None,
+                      thresholds=None) -> MaskChoice:
+    """Refine, then pick the threshold with the highest IoU against the refined mask.
+
+    Raises RefinementError when the heat map is unusable or the refined mask is empty."""
+    from .masks import DEFAULT_THRESHOLDS, choose_threshold
+
+    thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float32)
+    result = refiner(image, heat, attention)
+    if result.empty:
+        raise RefinementError(f"the {result.refiner} refiner found no object pixels "
+                              f"({result.info.get('warning', 'empty mask')}); try another refiner or seed")
+    threshold, ious = choose_threshold(heat, result.mask, thresholds)
+    info = {k: v for k, v in result.info.items() if not isinstance(v, np.ndarray)}
+    return MaskChoice(result.mask, threshold, np.asarray(thresholds), ious, result.refiner, info)

@@ -1,0 +1,40 @@
+"""A tiny, randomly initialised Stable Diffusion pipeline with SD's real CLIP tokenizer.
+
+Built from configs in about a second on a CPU; used by tests and benchmarks to exercise
+loading, capture and masks without any download. Its images are noise: for images that
+mean something use the embedded model (``assets/embedded_model``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
+
+
+def tiny_pipeline(seed: int = 0, sample_size: int = 32):
+    """StableDiffusionPipeline: UNet (32, 64) with cross_attention_dim 32, a 2-block VAE
+    (images are 2x the latent size, 64x64 by default), a 5-layer CLIP text model of width 32."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=sample_size, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=5, vocab_size=49408, max_position_embeddings=77))
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

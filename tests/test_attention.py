@@ -1,0 +1,125 @@
+"""Cross-attention capture on a real (tiny) diffusers pipeline."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.attention import AttentionTracer, CaptureConfig, WordNotInPromptError, trace
+from pipeline.generate import generate, to_uint8
+
+
+class StoreEverything:
+    """Reference processor (DAAM style): keeps the full attention probabilities of every call."""
+
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        probs = attn.get_attention_scores(q, k, None)  # (batch*heads, N, L), plain softmax
+        self.store.append(probs.view(-1, attn.heads, *probs.shape[1:]).detach().clone())
+        return AttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def run_reference(pipe, prompt, seed, steps, guidance):
+    store = []
+    saved = dict(pipe.unet.attn_processors)
+    procs = {n: (StoreEverything(store, n) if n.endswith("attn2.processor") else p) for n, p in saved.items()}
+    pipe.unet.set_attn_processor(procs)
+    try:
+        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+             generator=torch.Generator().manual_seed(seed), output_type="np")
+    finally:
+        pipe.unet.set_attn_processor(saved)
+    return store
+
+
+def test_capture_does_not_change_pixels(tiny_pipe):
+    plain = tiny_pipe("a photograph of a dog", num_inference_steps=4, guidance_scale=7.5,
+                      generator=torch.Generator().manual_seed(11), output_type="np").images
+    traced = generate(tiny_pipe, "dog", 11, steps=4, guidance=7.5)[0]
+    assert np.array_equal(to_uint8(plain)[0], traced.image)
+    # and the processors are restored afterwards
+    assert not any(type(p).__name__ == "_Recorder" for p in tiny_pipe.unet.attn_processors.values())
+
+
+@pytest.mark.parametrize("word, guidance", [("dog", 7.5), ("aeroplane", 7.5), ("dog", 1.0)])
+def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
+    """Conditional half only, class tokens only, summed over heads/layers/steps."""
+    prompt = f"a photograph of a {word}"
+    steps = 3
+    store = run_reference(tiny_pipe, prompt, 5, steps, guidance)
+    tokens = tiny_pipe.tokenizer(prompt).input_ids
+    idx = list(range(5, len(tokens) - 1))  # the word's tokens sit between "a" and EOS
+    expected = sum((p[-1] if guidance > 1 else p[0])[:, :, idx].sum(dim=(0, 2)) for p in store)
+    with trace(tiny_pipe, prompt, word, CaptureConfig(self_attention_max_tokens=0)) as tr:
+        tiny_pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=torch.Generator().manual_seed(5), output_type="np")
+    maps = tr.maps()[0]
+    (res,) = maps.resolutions
+    got = maps.sums[res].sum(0).reshape(-1)
+    assert np.allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+    n_layers = len(store) // steps
+    heads = next(m.heads for n, m in tiny_pipe.unet.named_modules() if n.endswith('attn2'))
+    assert maps.counts[res].sum() == len(store) * heads == steps * n_layers * heads
+
+
+def test_memory_does_not_grow_with_steps(tiny_pipe):
+    sizes = []
+    for steps in (2, 6):
+        with trace(tiny_pipe, "a photograph of a cat", "cat") as tr:
+            tiny_pipe("a photograph of a cat", num_inference_steps=steps, output_type="np")
+        sizes.append(sum(t.numel() for t in tr._sums.values()) + tr._affinity.numel())
+    assert sizes[0] == sizes[1]
+
+
+def test_timestep_range_and_buckets(tiny_pipe):
+    cfg = CaptureConfig(timestep_range=(0, 499), self_attention_max_tokens=0)
+    with trace(tiny_pipe, "a photograph of a cat", "cat", cfg) as tr:
+        tiny_pipe("a photograph of a cat", num_inference_steps=6, output_type="np")
+    m = tr.maps()[0]
+    counts = m.counts[m.resolutions[0]]
+    centres = (m.bucket_edges[:-1] + m.bucket_edges[1:]) / 2
+    assert counts[centres > 500].sum() == 0 and counts[centres < 500].sum() > 0
+    with pytest.raises(RuntimeError, match="no cross-attention"):
+        with trace(tiny_pipe, "a photograph of a cat", "cat", CaptureConfig(timestep_range=(2000, 3000))) as tr2:
+            tiny_pipe("a photograph of a cat", num_inference_steps=2, output_type="np")
+        tr2.maps()
+
+
+def test_heat_map_shape_range_and_views(tiny_pipe):
+    s = generate(tiny_pipe, "dog", 0, steps=3)[0]
+    h = s.heat_map
+    assert h.shape == s.image.shape[:2] and h.dtype == np.float32
+    assert h.min() == 0.0 and h.max() == 1.0
+    per_res = s.attention.resolution_heat_maps()
+    assert set(per_res) == set(s.attention.resolutions)
+    assert np.allclose(s.attention.heat_map(timesteps=(0, 999)), h)
+    early = s.attention.heat_map(timesteps=(500, 999))
+    assert early.shape == h.shape and not np.allclose(early, h)
+    with pytest.raises(ValueError, match="captured"):
+        s.attention.heat_map(resolutions=[3])
+
+
+def test_resolution_filter(tiny_pipe):
+    with trace(tiny_pipe, "a photograph of a cat", "cat", CaptureConfig(resolutions=(99,))) as tr:
+        tiny_pipe("a photograph of a cat", num_inference_steps=2, output_type="np")
+    with pytest.raises(RuntimeError):
+        tr.maps()
+
+
+def test_batch_matches_single_generation(tiny_pipe):
+    batch = generate(tiny_pipe, ["dog", "aeroplane"], [1, 2], steps=3)
+    single = generate(tiny_pipe, "aeroplane", 2, steps=3)[0]
+    assert np.abs(batch[1].image.astype(int) - single.image.astype(int)).max() <= 1
+    assert np.allclose(batch[1].heat_map, single.heat_map, atol=1e-3)
+    assert not np.allclose(batch[0].heat_map, batch[1].heat_map)
+
+
+def test_word_missing_from_prompt(tiny_pipe):
+    with pytest.raises(WordNotInPromptError):
+        generate(tiny_pipe, "dog", 0, steps=2, prompt="a photograph of a cat")
+    # the failed trace must not leave recorders installed
+    assert not any(type(p).__name__ == "_Recorder" for p in tiny_pipe.unet.attn_processors.values())
