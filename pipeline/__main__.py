@@ -65,6 +65,36 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def cmd_export(args) -> int:
+    from .dataset import Store
+    from .export import export
+
+    store = Store(args.store, create=False)
+    report = export(store, args.format, args.out, status=None if args.status == "any" else _csv(args.status),
+                    classes=_csv(args.class_name), tags=args.tag, val_fraction=args.val, seed=args.seed,
+                    force=args.force, void_border=args.void_border, progress=True)
+    print(f"exported {report.n_images} images / {report.n_instances} instances ({report.splits}) "
+          f"as {report.format} to {report.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .dataset import Store
+    from .export import import_coco, import_voc
+
+    store = Store(args.store)
+    if args.coco:
+        ids = import_coco(store, args.coco, args.images, status=args.status, limit=args.limit, progress=True)
+    else:
+        ids = import_voc(store, args.voc, split=args.split, status=args.status, progress=True)
+    print(f"imported {len(ids)} images into {args.store}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline", description="DiffuMask-Editor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -84,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timesteps", type=int, nargs=2, default=(0, 999), metavar=("LO", "HI"))
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("export", help="export curated samples as COCO, VOC or a Hugging Face dataset")
+    e.add_argument("--store", required=True)
+    e.add_argument("--format", required=True, help="coco, voc or hf")
+    e.add_argument("--status", default="accepted", help="accepted, rejected, pending (comma-separated) or any")
+    e.add_argument("--class", dest="class_name", default=None, help="only these classes (comma-separated)")
+    e.add_argument("--tag", action="append", default=None, help="only samples with this tag (repeatable)")
+    e.add_argument("--val", type=float, default=0.0, help="fraction of images for the validation split")
+    e.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    e.add_argument("--void-border", type=int, default=0, help="VOC: mark N pixels around object borders 255")
+    e.add_argument("--force", action="store_true", help="replace an existing export folder")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("import", help="import a COCO or VOC dataset into a store (e.g. as backgrounds)")
+    i.add_argument("--store", required=True)
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coco", help="COCO instances JSON")
+    src.add_argument("--voc", help="VOC root folder (JPEGImages, SegmentationClass, SegmentationObject)")
+    i.add_argument("--images", help="COCO images folder")
+    i.add_argument("--split", default=None, help="VOC ImageSets/Segmentation split name")
+    i.add_argument("--status", default="accepted")
+    i.add_argument("--limit", type=int, default=None)
+    i.set_defaults(func=cmd_import)
     return ap
 
 
@@ -94,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ModelLoadError, RefinerUnavailable, ValueError) as e:
+    except (ModelLoadError, RefinerUnavailable, ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
