@@ -95,6 +95,25 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_thesaurus(args) -> int:
+    from .thesaurus import Thesaurus
+
+    if args.action == "build":
+        if not args.corpus:
+            raise ValueError("thesaurus build needs --corpus FILE [FILE ...]")
+        # one table per file or glob, merged: counts add up, so shards can also be built apart
+        th = Thesaurus.build(args.corpus[0], args.vocab, workers=args.workers, progress=True)
+        for shard in args.corpus[1:]:
+            th = th.merge(Thesaurus.build(shard, args.vocab, workers=args.workers, progress=True))
+        th.save(args.out)
+        print(f"{th.n_captions} captions, {len(th.classes)} classes -> {args.out}")
+    else:
+        th = Thesaurus.load(args.table)
+        for obj, score, support in th.rank(args.scene, args.k, args.min_support):
+            print(f"{obj}\t{score:.4f}\t{support}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline", description="DiffuMask-Editor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -138,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--status", default="accepted")
     i.add_argument("--limit", type=int, default=None)
     i.set_defaults(func=cmd_import)
+
+    t = sub.add_parser("thesaurus", help="build or query the Adaptive Matching Thesaurus")
+    t.add_argument("action", choices=["build", "rank"])
+    t.add_argument("--corpus", nargs="+", default=[], help="caption files or globs (.txt[.gz], .jsonl, .parquet, COCO json)")
+    t.add_argument("--vocab", default="coco", help="coco, voc or a comma-separated class list")
+    t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--out", default="thesaurus.npz")
+    t.add_argument("--table", default="assets/thesaurus_coco.npz")
+    t.add_argument("--scene", default=None, help="a class name or a caption")
+    t.add_argument("--k", type=int, default=10)
+    t.add_argument("--min-support", type=int, default=5)
+    t.set_defaults(func=cmd_thesaurus)
     return ap
 
 

@@ -31,3 +31,41 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha
 def mask_to_png(mask: np.ndarray) -> np.ndarray:
     """bool mask -> (H, W) uint8 0/255."""
     return mask.astype(np.uint8) * 255
+
+
+def upscale_for_display(image: np.ndarray, min_side: int = 320) -> np.ndarray:
+    """Nearest-neighbour enlargement of small images (the embedded model draws 64x64)."""
+    h, w = image.shape[:2]
+    k = int(np.ceil(min_side / max(1, min(h, w))))
+    if k <= 1:
+        return image
+    return cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
+
+
+def iou_curve_image(thresholds, ious, chosen: float | None = None, current: float | None = None,
+                    size: tuple[int, int] = (360, 240)) -> np.ndarray:
+    """A small line chart of IoU vs threshold, HWC uint8: chosen threshold in green, the
+    slider's in orange."""
+    w, h = size
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right, top, bottom = 40, w - 12, 12, h - 30
+    cv2.rectangle(img, (left, top), (right, bottom), (200, 200, 200), 1)
+
+    def px(t, v):
+        return int(left + t * (right - left)), int(bottom - v * (bottom - top))
+
+    for v in (0.25, 0.5, 0.75):
+        cv2.line(img, px(0, v), px(1, v), (235, 235, 235), 1)
+    pts = np.array([px(float(t), float(v)) for t, v in zip(thresholds, ious)], np.int32)
+    if len(pts) > 1:
+        cv2.polylines(img, [pts], False, (40, 80, 200), 2, cv2.LINE_AA)
+    for t, colour in ((chosen, (30, 160, 60)), (current, (240, 140, 0))):
+        if t is not None:
+            cv2.line(img, px(t, 0), px(t, 1), colour, 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for v in (0, 0.5, 1):
+        cv2.putText(img, f"{v:.1f}", (6, px(0, v)[1] + 4), font, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{v:.1f}", (px(v, 0)[0] - 8, bottom + 14), font, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
+    cv2.putText(img, "threshold", (w // 2 - 25, h - 4), font, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
+    cv2.putText(img, "IoU", (4, top + 8), font, 0.35, (60, 60, 60), 1, cv2.LINE_AA)
+    return img

@@ -1,0 +1,1 @@
+"""The Gradio studio: widgets wired to ``pipeline`` (no pipeline logic lives here)."""
