@@ -114,6 +114,18 @@ def cmd_thesaurus(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    import torch
+
+    from .convert import save_single_file
+    from .generate import load_pipeline
+
+    pipe = load_pipeline(args.model, "cpu", "float32", args.config)
+    out = save_single_file(pipe, args.out, dtype=getattr(torch, args.dtype))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline", description="DiffuMask-Editor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -169,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=int, default=10)
     t.add_argument("--min-support", type=int, default=5)
     t.set_defaults(func=cmd_thesaurus)
+
+    c = sub.add_parser("convert", help="write a diffusers SD pipeline as one original-layout .safetensors/.ckpt")
+    c.add_argument("--model", default=None, help="the pipeline to convert (default: the embedded model)")
+    c.add_argument("--config", default=None)
+    c.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    c.add_argument("--out", required=True, help="file.safetensors or file.ckpt")
+    c.set_defaults(func=cmd_convert)
     return ap
 
 

@@ -93,3 +93,25 @@ def test_cli_bad_model_exits_2_with_message(tmp_path):
                         "--class", "dog", "--out", str(tmp_path / "o")], cwd=ROOT,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_single_file_checkpoint_loads_to_the_same_model(tiny_pipe, tiny_folder, tmp_path, suffix):
+    from pipeline.convert import save_single_file
+
+    path = save_single_file(tiny_pipe, tmp_path / f"tiny{suffix}")
+    loaded = load_pipeline(path, device="cpu", dtype="float32", config=str(tiny_folder))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(tiny_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert set(a) == set(b)
+        assert all(torch.equal(a[k], b[k].reshape(a[k].shape)) for k in a)
+    assert np.array_equal(generate(tiny_pipe, "dog", 3, steps=2)[0].image, generate(loaded, "dog", 3, steps=2)[0].image)
+
+
+def test_single_file_without_config_offline_says_to_add_config(tiny_pipe, tmp_path, monkeypatch):
+    from pipeline.convert import save_single_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = save_single_file(tiny_pipe, tmp_path / "tiny.safetensors")
+    with pytest.raises(ModelLoadError, match="--config"):
+        load_pipeline(path, device="cpu")
