@@ -1,0 +1,281 @@
+"""Harmonization: make a pasted object's colours fit the background.
+
+Methods (``get_harmonizer(name)``), each ``f(composite HWC uint8, mask HW bool) -> HWC uint8``:
+
+- ``none``: the composite as is.
+- ``global``: the object's Lab mean/std set to the whole background's. The naive idea;
+  it makes real composites worse (an object's colours are not the background's), and the
+  benchmark shows by how much.
+- ``ring``: the object's Lab statistics moved part of the way (``strength``) toward those
+  of the background ring around it: the idea of RAIN (region-aware normalisation), at
+  pixel level.
+- ``learned`` (default when its weights exist): a ridge regression, trained by
+  ``python -m pipeline.harmonize train`` on self-supervised perturbations of real COCO
+  photos (how iHarmony4 was made), predicts the object's true Lab mean/std from the
+  composite's object, ring and background statistics.
+- ``poisson``: OpenCV seamless cloning (gradient-domain).
+
+The transform is applied inside the mask with a soft rim, so no seam appears.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "harmonizer_ridge.npz"
+
+
+class HarmonizeError(ValueError):
+    pass
+
+
+def to_lab(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def from_lab(lab: np.ndarray) -> np.ndarray:
+    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.asarray(mask).astype(bool)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise HarmonizeError(f"composite must be HWC uint8 RGB, got {image.shape} {image.dtype}")
+    if mask.shape != image.shape[:2]:
+        raise HarmonizeError(f"mask {mask.shape} does not match the composite {image.shape[:2]}")
+    if not mask.any():
+        raise HarmonizeError("the mask is empty: no object to harmonize")
+    if mask.all():
+        raise HarmonizeError("the mask covers the whole image: there is no background to match")
+    return image, mask
+
+
+def ring_mask(mask: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The background band around the object, ``width`` px (default: 1/4 of its box size)."""
+    if width is None:
+        ys, xs = np.nonzero(mask)
+        width = max(3, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    ring = (cv2.dilate(mask.astype(np.uint8), k) > 0) & ~mask
+    return ring if ring.any() else ~mask
+
+
+def stats(lab: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    px = lab[region]
+    return px.mean(0), px.std(0) + 1e-3
+
+
+def _bands(mask: np.ndarray, width: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Thin bands just inside and just outside the object's outline."""
+    k = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    m8 = mask.astype(np.uint8)
+    inner = mask & ~(cv2.erode(m8, k) > 0)
+    outer = (cv2.dilate(m8, k) > 0) & ~mask
+    return (inner if inner.any() else mask), (outer if outer.any() else ~mask)
+
+
+N_FEATURES = 28
+
+
+def features(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Lab statistics of the composite, (28,): object mean/std, ring mean/std, background
+    mean/std, the means of thin bands just inside/outside the outline (a colour shift of the
+    object shows as a jump across it), the object's mean minus its inner band, and 1."""
+    inner, outer = _bands(mask)
+    fm, fs = stats(lab, mask)
+    im, om = lab[inner].mean(0), lab[outer].mean(0)
+    f = [fm, fs, *stats(lab, ring_mask(mask)), *stats(lab, ~mask), im, om, fm - im, np.ones(1)]
+    return np.concatenate(f).astype(np.float64)
+
+
+def apply_stats(image: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, feather: float = 1.5) -> np.ndarray:
+    """Set the object's Lab mean/std to (mean, std), blended in over a soft rim."""
+    lab = to_lab(image)
+    m0, s0 = stats(lab, mask)
+    out = (lab - m0) / s0 * std + mean
+    out[..., 0] = np.clip(out[..., 0], 0, 100)
+    alpha = mask.astype(np.float32)
+    if feather > 0:  # soft inside the rim, never outside the mask
+        alpha = np.where(mask, np.maximum(cv2.GaussianBlur(alpha, (0, 0), feather), 0.5), 0.0)
+    alpha = alpha[..., None]
+    return from_lab(lab * (1 - alpha) + out * alpha)
+
+
+def harmonize_none(image, mask):
+    return _check(image, mask)[0].copy()
+
+
+def harmonize_global(image, mask):
+    image, mask = _check(image, mask)
+    mean, std = stats(to_lab(image), ~mask)
+    return apply_stats(image, mask, mean, std)
+
+
+@dataclass
+class RingHarmonizer:
+    strength: float = 0.15  # best of 0.15/0.3/0.5 in bench/bench_harmonize.py
+
+    def __call__(self, image, mask):
+        image, mask = _check(image, mask)
+        lab = to_lab(image)
+        fm, fs = stats(lab, mask)
+        rm, rs = stats(lab, ring_mask(mask))
+        a = self.strength
+        return apply_stats(image, mask, (1 - a) * fm + a * rm, (1 - a) * fs + a * rs)
+
+
+class LearnedHarmonizer:
+    """Ridge regression from composite statistics to the object's true Lab mean/std."""
+
+    def __init__(self, weights: str | Path = ASSET):
+        path = Path(weights)
+        if not path.exists():
+            raise HarmonizeError(f"no learned harmonizer at {path}; train it with "
+                                 "`python -m pipeline.harmonize train --coco ../shared/data/coco-mini`")
+        with np.load(path) as z:
+            self.W = z["W"]  # (N_FEATURES, 6)
+        if self.W.shape != (N_FEATURES, 6):
+            raise HarmonizeError(f"{path}: expected weights of shape ({N_FEATURES}, 6), got {self.W.shape}; "
+                                 "retrain with `python -m pipeline.harmonize train`")
+
+    def predict(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = features(to_lab(image), mask) @ self.W
+        return y[:3], np.maximum(y[3:], 1e-2)
+
+    def __call__(self, image, mask):
+        image, mask = _check(image, mask)
+        mean, std = self.predict(image, mask)
+        return apply_stats(image, mask, mean, std)
+
+
+def harmonize_poisson(image, mask):
+    image, mask = _check(image, mask)
+    ys, xs = np.nonzero(mask)
+    centre = (int((xs.min() + xs.max() + 1) // 2), int((ys.min() + ys.max() + 1) // 2))
+    m = cv2.dilate(mask.astype(np.uint8) * 255, np.ones((3, 3), np.uint8))
+    m[[0, -1], :] = 0
+    m[:, [0, -1]] = 0
+    if not m.any():
+        return image.copy()
+    out = cv2.seamlessClone(image[..., ::-1].copy(), image[..., ::-1].copy(), m, centre, cv2.NORMAL_CLONE)
+    return out[..., ::-1].copy()
+
+
+def available_methods() -> list[str]:
+    return ["learned", "ring", "poisson", "global", "none"] if ASSET.exists() else ["ring", "poisson", "global", "none"]
+
+
+def default_method() -> str:
+    # Chosen by bench/bench_harmonize.py on held-out COCO photos: see bench/RESULTS.md.
+    return "learned" if ASSET.exists() else "ring"
+
+
+def get_harmonizer(name: str | None = None, **options):
+    name = (name or default_method()).lower()
+    if name == "none":
+        return harmonize_none
+    if name == "global":
+        return harmonize_global
+    if name == "ring":
+        return RingHarmonizer(**options)
+    if name == "learned":
+        return LearnedHarmonizer(**options)
+    if name == "poisson":
+        return harmonize_poisson
+    raise HarmonizeError(f"unknown harmonization {name!r}; one of learned, ring, poisson, global, none")
+
+
+# -- self-supervised data, training and metrics ---------------------------------------------
+def perturb(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """iHarmony4-style synthetic composite: the object's colours shifted by a random Lab
+    gain/offset (lighting and colour cast), the rest of the photo untouched."""
+    lab = to_lab(image)
+    gain = rng.uniform(0.75, 1.25, 3)
+    offset = np.array([rng.uniform(-18, 18), rng.uniform(-14, 14), rng.uniform(-14, 14)])
+    m0 = lab[mask].mean(0)
+    shifted = (lab - m0) * gain + m0 + offset
+    shifted[..., 0] = np.clip(shifted[..., 0], 0, 100)
+    out = lab.copy()
+    out[mask] = shifted[mask]
+    return from_lab(out)
+
+
+def fmse(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Foreground MSE (RGB, 0-255) over the mask's pixels, as in iHarmony4."""
+    d = pred[mask].astype(np.float64) - truth[mask].astype(np.float64)
+    return float((d ** 2).mean())
+
+
+def psnr_in_mask(pred, truth, mask) -> float:
+    e = fmse(pred, truth, mask)
+    return float("inf") if e == 0 else 10 * np.log10(255 ** 2 / e)
+
+
+def coco_objects(coco_dir: str | Path, split: str, min_area: float = 0.02, max_side: int = 256):
+    """(image, mask) pairs of COCO-mini instances. ``split``: 'train' (even image ids) or
+    'test' (odd), so training and benchmark never share a photo. Images resized to
+    ``max_side`` to keep it quick."""
+    import contextlib
+    import io
+
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    coco_dir = Path(coco_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(coco_dir / "instances.json"))
+    for img_id in sorted(coco.getImgIds()):
+        if (img_id % 2 == 0) != (split == "train"):
+            continue
+        info = coco.loadImgs(img_id)[0]
+        image = np.asarray(Image.open(coco_dir / "images" / info["file_name"]).convert("RGB"))
+        scale = max_side / max(image.shape[:2])
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False)):
+            if ann["area"] < min_area * info["width"] * info["height"]:
+                continue
+            m = cv2.resize(coco.annToMask(ann), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+            if m.any() and not m.all():
+                yield small, m
+
+
+def train_ridge(coco_dir: str | Path, out: str | Path = ASSET, per_object: int = 8, lam: float = 1.0,
+                seed: int = 0) -> Path:
+    """Fit the learned harmonizer on perturbed COCO-mini objects (train split)."""
+    rng = np.random.default_rng(seed)
+    X, Y = [], []
+    for image, mask in coco_objects(coco_dir, "train"):
+        true_mean, true_std = stats(to_lab(image), mask)
+        for _ in range(per_object):
+            comp = perturb(image, mask, rng)
+            X.append(features(to_lab(comp), mask))
+            Y.append(np.concatenate([true_mean, true_std]))
+    X, Y = np.array(X), np.array(Y)
+    scale = np.abs(X).mean(0) + 1e-6  # ridge on comparable feature scales
+    Xs = X / scale
+    W = np.linalg.solve(Xs.T @ Xs + lam * len(X) * 1e-3 * np.eye(X.shape[1]), Xs.T @ Y) / scale[:, None]
+    out = Path(out)
+    np.savez(out, W=W.astype(np.float64), n_samples=len(X), seed=seed, per_object=per_object, lam=lam)
+    return out
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.harmonize")
+    ap.add_argument("action", choices=["train"])
+    ap.add_argument("--coco", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"))
+    ap.add_argument("--out", default=str(ASSET))
+    ap.add_argument("--per-object", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(f"wrote {train_ridge(args.coco, args.out, args.per_object, seed=args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

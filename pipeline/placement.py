@@ -1,0 +1,171 @@
+"""Where a new object fits in a background: a FOPA-style score map per scale, no weights.
+
+``heatmap(background, fg_mask, ...)`` scores every box centre at every scale; the best box
+follows the paper's eq. 4: centre = argmax of the map, size = scale x object size. Scores
+combine, at a working resolution of at most 128 px:
+
+- free space: the box should not cover existing objects (their masks) or busy,
+  high-detail regions (edge density);
+- a support prior: objects rest on surfaces, so lower positions score higher; flying
+  classes (birds, planes, kites, ...) prefer the upper part of the image instead;
+- scale consistency: when objects are present, boxes near their typical size score higher.
+
+Scales are the object's longer side as a fraction of the background's shorter side; the
+default is FOPA's i/18 for i = 2..16. Boxes never leave the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .masks import bbox
+
+FLYING = {"bird", "aeroplane", "airplane", "kite", "frisbee", "plane", "balloon"}
+DEFAULT_SCALES = tuple(round(i / 18, 4) for i in range(2, 17))
+WORK_SIDE = 128
+
+
+class PlacementError(ValueError):
+    pass
+
+
+@dataclass
+class PlacementResult:
+    scales: tuple[float, ...]
+    maps: np.ndarray  # (S, H, W) float32 in [0, 1]: score of a box centred at each pixel (0 = box would not fit)
+    boxes: list[tuple[float, tuple[int, int, int, int], float]]  # ranked (scale, XYXY box, score)
+
+    @property
+    def best(self) -> tuple[float, int, int]:
+        """(scale, x, y) of the best box centre, in background pixels."""
+        s, (x1, y1, x2, y2), _ = self.boxes[0]
+        return s, (x1 + x2) // 2, (y1 + y2) // 2
+
+
+def box_size(scale: float, fg_hw: tuple[int, int], bg_hw: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of the box for an object of size fg_hw at ``scale`` in a background bg_hw."""
+    fh, fw = fg_hw
+    longer = scale * min(bg_hw)
+    k = longer / max(fh, fw)
+    return max(1, round(fw * k)), max(1, round(fh * k))
+
+
+def box_at(centre_xy: tuple[float, float], size_wh: tuple[int, int], bg_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Box of ``size_wh`` centred at ``centre_xy``, shifted to lie inside the image."""
+    h, w = bg_hw
+    bw, bh = min(size_wh[0], w), min(size_wh[1], h)
+    x1 = int(round(centre_xy[0] - bw / 2))
+    y1 = int(round(centre_xy[1] - bh / 2))
+    x1, y1 = min(max(x1, 0), w - bw), min(max(y1, 0), h - bh)
+    return x1, y1, x1 + bw, y1 + bh
+
+
+def _box_mean(integral: np.ndarray, bw: int, bh: int) -> np.ndarray:
+    """Mean of a map over every bw x bh box, indexed by the box's top-left corner."""
+    s = integral[bh:, bw:] - integral[:-bh, bw:] - integral[bh:, :-bw] + integral[:-bh, :-bw]
+    return s / float(bw * bh)
+
+
+def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float] = DEFAULT_SCALES,
+            existing_masks: Sequence[np.ndarray] = (), fg_class: str | None = None, top_k: int = 5,
+            weights: tuple[float, float, float, float] = (1.0, 0.5, 0.6, 0.4)) -> PlacementResult:
+    """Score placements of an object with mask ``fg_mask`` (its own image's HW bool).
+
+    ``background`` HWC uint8; ``existing_masks`` HW bool masks of objects already there.
+    Returns per-scale maps in [0, 1] at background size and the ``top_k`` boxes, ranked
+    (deterministic: ties break by scale, then position)."""
+    from .dataset import check_image
+
+    bg = check_image(background)
+    H, W = bg.shape[:2]
+    fb = bbox(np.asarray(fg_mask).astype(bool))
+    if fb is None:
+        raise PlacementError("the object mask is empty")
+    fg_hw = (fb[3] - fb[1], fb[2] - fb[0])
+    for m in existing_masks:
+        if np.asarray(m).shape != (H, W):
+            raise PlacementError(f"an existing mask is {np.asarray(m).shape}, the background is {(H, W)}")
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise PlacementError("scales must be positive")
+
+    f = WORK_SIDE / max(H, W)
+    h, w = max(8, round(H * f)), max(8, round(W * f))
+    small = cv2.resize(bg, (w, h), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+    edges = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    edges = np.clip(edges / (np.percentile(edges, 95) + 1e-6), 0, 1)
+    occupied = np.zeros((h, w), np.float32)
+    areas = []
+    for m in existing_masks:
+        m = np.asarray(m, bool)
+        areas.append(m.sum() / (H * W))
+        occupied = np.maximum(occupied, cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA))
+    i_edges = cv2.integral(edges)
+    i_occ = cv2.integral(occupied)
+    flying = (fg_class or "").lower() in FLYING
+    typical = float(np.median(areas)) if areas else None
+
+    w_free, w_detail, w_support, w_scale = weights
+    maps = np.zeros((len(scales), H, W), np.float32)
+    cands = []
+    for si, s in enumerate(scales):
+        bw_full, bh_full = box_size(s, fg_hw, (H, W))
+        if bw_full > W or bh_full > H:
+            continue  # this scale does not fit: its map stays 0
+        bw, bh = max(1, round(bw_full * f)), max(1, round(bh_full * f))
+        if bw > w or bh > h:
+            continue
+        occ = _box_mean(i_occ, bw, bh)  # (h - bh + 1, w - bw + 1), by top-left corner
+        det = _box_mean(i_edges, bw, bh)
+        ys = (np.arange(occ.shape[0]) + bh) / h  # box bottom, 0 top .. 1 bottom
+        centre_y = (np.arange(occ.shape[0]) + bh / 2) / h
+        support = (1 - centre_y if flying else ys)[:, None]
+        score = w_free * (1 - occ) + w_detail * (1 - det) + w_support * support
+        if typical is not None:
+            rel = (bw_full * bh_full) / (H * W) / max(typical, 1e-6)
+            score = score + w_scale * np.exp(-0.5 * (np.log(rel) / 0.7) ** 2)
+        score = score / (w_free + w_detail + w_support + (w_scale if typical is not None else 0))
+        # back to background pixels, by box centre
+        full = np.zeros((H, W), np.float32)
+        cy0, cx0 = bh_full // 2, bw_full // 2
+        ch, cw = H - bh_full + 1, W - bw_full + 1
+        full[cy0 : cy0 + ch, cx0 : cx0 + cw] = cv2.resize(score.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
+        maps[si] = full
+        for yy, xx in _peaks(score, 3):
+            cx = (xx + bw / 2) / f
+            cy = (yy + bh / 2) / f
+            cands.append((float(score[yy, xx]), si, box_at((cx, cy), (bw_full, bh_full), (H, W))))
+    if not cands:
+        raise PlacementError(f"the object does not fit the {W}x{H} background at any of the scales {scales}")
+    hi = maps.max()
+    if hi > 0:
+        maps /= hi
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    boxes, taken = [], []
+    for sc, si, box in cands:
+        if all(_iou(box, b) < 0.5 for b in taken):
+            taken.append(box)
+            boxes.append((scales[si], box, sc / hi if hi > 0 else 0.0))
+        if len(boxes) >= top_k:
+            break
+    return PlacementResult(scales, maps, boxes)
+
+
+def _peaks(score: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Up to n local maxima (3x3) of a map, highest first."""
+    dil = cv2.dilate(score.astype(np.float32), np.ones((3, 3), np.uint8))
+    ys, xs = np.nonzero(score >= dil - 1e-9)
+    order = np.lexsort((xs, ys, -score[ys, xs]))[:n]
+    return [(int(ys[i]), int(xs[i])) for i in order]
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
