@@ -18,6 +18,7 @@ from pipeline.generate import ModelLoadError, generate
 from pipeline.masks import mask_at
 from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner, refine_and_choose
 
+from .insert import build_insert_tab
 from .state import MODEL_LOCK, Inspection, get_pipeline
 
 SHORTCUTS_JS = """
@@ -333,8 +334,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             reject_btn.click(lambda i, t, g: on_store(i, t, "rejected", g), [ins_state, threshold, tags_in], store_info,
                              api_name="reject")
         with gr.Tab("Insert Objects", id="insert"):
-            gr.Markdown("Not built yet: inserting thesaurus-suggested objects with placement and harmonization "
-                        "arrives with the composition stage (pipeline/thesaurus, placement, harmonize, compose).")
+            build_insert_tab(store_dir, model_in)
         with gr.Tab("Curate & Export", id="curate"):
             refresh, select, detail, set_status, save_details, bulk, do_export = make_curate_actions(store_dir)
             ids_state, index_state = gr.State([]), gr.State(None)

@@ -1,0 +1,229 @@
+"""The Insert Objects tab: background -> thesaurus suggestions -> object -> placement ->
+harmonized composite with occlusion-exact masks -> accept into the dataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from pipeline import viz
+from pipeline.compose import ComposeError, paste
+from pipeline.dataset import Store, StoreError, check_image
+from pipeline.export import sample_instances
+from pipeline.generate import ModelLoadError, generate
+from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
+from pipeline.placement import PlacementError, box_at, box_size, heatmap
+from pipeline.refine import RefinementError, get_refiner, refine_and_choose
+from pipeline.thesaurus import Thesaurus
+
+from .state import MODEL_LOCK, get_pipeline
+
+THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+@dataclass
+class Insertion:
+    background: np.ndarray
+    instances: list  # (class, mask)
+    classes: list
+    source: str
+    fg: np.ndarray | None = None
+    fg_mask: np.ndarray | None = None
+    fg_class: str = ""
+    placement: object = None
+    centre: tuple | None = None
+    composite: object = None
+    log: list = field(default_factory=list)
+
+
+def _display_scale(img: np.ndarray) -> int:
+    return max(1, int(np.ceil(320 / min(img.shape[:2]))))
+
+
+def instance_map(shape, instances) -> np.ndarray:
+    out = np.full((*shape, 3), 0, np.uint8)
+    for k, (_, m) in enumerate(instances):
+        out[m] = PALETTE[k % len(PALETTE)]
+    return out
+
+
+def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
+    thesaurus = Thesaurus.load(THESAURUS) if THESAURUS.exists() else None
+    state = gr.State(None)
+
+    def accepted_choices():
+        store = Store(store_dir)
+        try:
+            return [f"#{r.id} {', '.join(r.classes)}" for r in store.query(status="accepted")]
+        finally:
+            store.close()
+
+    def load_background(choice, upload, caption):
+        if upload is not None:
+            try:
+                bg = check_image(upload)
+            except StoreError as e:
+                raise gr.Error(str(e))
+            ins = Insertion(bg, [], [], "upload")
+        elif choice:
+            store = Store(store_dir)
+            try:
+                rec = store.get(int(choice.split()[0].lstrip("#")))
+                ins = Insertion(store.image(rec.image), sample_instances(store, rec), list(rec.classes), f"sample #{rec.id}")
+            finally:
+                store.close()
+        else:
+            raise gr.Error("Choose an accepted sample or upload a photo.")
+        scene = caption.strip() if caption and caption.strip() else " ".join(ins.classes)
+        rows = []
+        if thesaurus is not None and scene:
+            try:
+                rows = [[o, round(s, 4), n] for o, s, n in thesaurus.rank(scene, k=10, min_support=3)]
+            except ValueError:
+                gr.Warning(f"no COCO class found in {scene!r}: type a caption describing the scene for suggestions")
+        k = _display_scale(ins.background)
+        shown = viz.upscale_for_display(viz.overlay_mask(ins.background, np.any([m for _, m in ins.instances], axis=0))
+                                        if ins.instances else ins.background)
+        names = [r[0] for r in rows]
+        return (ins, shown, rows, gr.update(choices=names, value=names[0] if names else None),
+                f"background: {ins.source} ({ins.background.shape[1]}x{ins.background.shape[0]}, display x{k})")
+
+    def make_object(ins: Insertion | None, class_name, seed, model, progress=gr.Progress()):
+        if ins is None:
+            raise gr.Error("Load a background first.")
+        class_name = (class_name or "").strip()
+        if not class_name:
+            raise gr.Error("Choose or type the object's class.")
+        progress(0.1, desc="generating the object")
+        try:
+            pipe = get_pipeline(model or "embedded")
+            with MODEL_LOCK:
+                s = generate(pipe, class_name, int(seed))[0]
+            progress(0.7, desc="refining its mask")
+            ch = refine_and_choose(s.image, s.heat_map, get_refiner("grabcut"), s.attention)
+        except (ModelLoadError, ValueError, RefinementError) as e:
+            raise gr.Error(str(e))
+        ins.fg, ins.fg_mask, ins.fg_class = s.image, ch.mask(s.heat_map), class_name
+        return ins, viz.upscale_for_display(viz.overlay_mask(s.image, ins.fg_mask))
+
+    def place(ins: Insertion | None, scale_index):
+        if ins is None or ins.fg is None:
+            raise gr.Error("Load a background and make an object first.")
+        try:
+            ins.placement = heatmap(ins.background, ins.fg_mask, existing_masks=[m for _, m in ins.instances],
+                                    fg_class=ins.fg_class, top_k=5)
+        except PlacementError as e:
+            raise gr.Error(str(e))
+        s, (x1, y1, x2, y2), _ = ins.placement.boxes[0]
+        ins.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+        return ins, gr.update(value=s), *_placement_views(ins, s)
+
+    def _box(ins: Insertion, scale: float):
+        ys, xs = np.nonzero(ins.fg_mask)
+        size = box_size(scale, (np.ptp(ys) + 1, np.ptp(xs) + 1), ins.background.shape[:2])
+        return box_at(ins.centre, size, ins.background.shape[:2])
+
+    def _placement_views(ins: Insertion, scale: float):
+        scales = ins.placement.scales
+        si = int(np.argmin([abs(s - scale) for s in scales]))
+        shown = viz.overlay_heat(ins.background, ins.placement.maps[si], 0.45)
+        x1, y1, x2, y2 = _box(ins, scale)
+        cv2.rectangle(shown, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), max(1, min(shown.shape[:2]) // 150))
+        ranked = "\n".join(f"{i + 1}. scale {s:.2f}, box {b}, score {sc:.2f}" for i, (s, b, sc) in enumerate(ins.placement.boxes))
+        return viz.upscale_for_display(shown), f"box {list((x1, y1, x2, y2))} · click the image to move it\n\n{ranked}"
+
+    def click(ins: Insertion | None, scale, evt: gr.SelectData):
+        if ins is None or ins.placement is None:
+            return gr.update(), gr.update()
+        k = _display_scale(ins.background)
+        ins.centre = (evt.index[0] / k, evt.index[1] / k)
+        return _placement_views(ins, scale)
+
+    def rescale(ins: Insertion | None, scale):
+        if ins is None or ins.placement is None:
+            return gr.update(), gr.update()
+        return _placement_views(ins, scale)
+
+    def preview(ins: Insertion | None, scale, method, progress=gr.Progress()):
+        if ins is None or ins.placement is None:
+            raise gr.Error("Place the object first.")
+        progress(0.3, desc="compositing")
+        try:
+            comp = paste(ins.background, ins.instances, ins.fg, ins.fg_mask, _box(ins, scale), ins.fg_class,
+                         harmonizer=get_harmonizer(method), harmonizer_name=method)
+        except (ComposeError, HarmonizeError) as e:
+            raise gr.Error(str(e))
+        ins.composite = comp
+        legend = ", ".join(f"{n}" for n, _ in comp.instances)
+        dropped = f" · fully covered, dropped: {', '.join(comp.record['dropped'])}" if comp.record["dropped"] else ""
+        return (ins, viz.upscale_for_display(comp.image),
+                viz.upscale_for_display(instance_map(comp.image.shape[:2], comp.instances)),
+                f"instances (back to front): {legend}{dropped}")
+
+    def accept(ins: Insertion | None, tags):
+        if ins is None or ins.composite is None:
+            raise gr.Error("Preview a composite first.")
+        comp = ins.composite
+        store = Store(store_dir)
+        try:
+            sid = store.add(comp.image, sorted({n for n, _ in comp.instances}), instances=comp.instances,
+                            instance_sources=["inserted" if i == len(comp.instances) - 1 else "imported"
+                                              for i in range(len(comp.instances))],
+                            prompt=f"{ins.source} + {ins.fg_class}", model="composite", status="accepted",
+                            tags=[t.strip() for t in (tags or "").split(",") if t.strip()],
+                            inserted=[comp.record], meta={"background": ins.source})
+        except StoreError as e:
+            raise gr.Error(str(e))
+        finally:
+            store.close()
+        gr.Info(f"composite saved as sample #{sid}")
+        return f"saved as #{sid} (accepted)"
+
+    gr.Markdown("Pick a background, take a suggested object (Adaptive Matching Thesaurus over COCO captions), "
+                "place it (click to move, slider to resize), harmonize, and accept the composite with its updated masks.")
+    with gr.Row():
+        with gr.Column():
+            bg_choice = gr.Dropdown(accepted_choices(), label="accepted sample", allow_custom_value=False)
+            refresh_bg = gr.Button("Refresh samples")
+            bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"])
+            caption = gr.Textbox("", label="scene caption for suggestions (optional)")
+            load_btn = gr.Button("Load background", variant="primary", elem_id="insert-load")
+            bg_info = gr.Markdown()
+        with gr.Column():
+            suggestions = gr.Dataframe(headers=["object", "score", "support"], label="suggested objects",
+                                       interactive=False)
+            obj_class = gr.Dropdown([], allow_custom_value=True, label="object class")
+            obj_seed = gr.Number(0, precision=0, label="object seed")
+            obj_btn = gr.Button("Generate object", elem_id="insert-object")
+            obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False)
+    with gr.Row():
+        place_btn = gr.Button("Propose placement", elem_id="insert-place")
+        scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object's longer side / background's shorter side)")
+        method = gr.Dropdown(available_methods(), value=default_method(), label="harmonization")
+        preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview")
+    with gr.Row():
+        place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False)
+        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False)
+        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False)
+    place_info = gr.Markdown()
+    comp_info = gr.Markdown(elem_id="insert-info")
+    with gr.Row():
+        ins_tags = gr.Textbox("", label="tags")
+        accept_btn = gr.Button("Accept composite", variant="primary", elem_id="insert-accept")
+        accept_info = gr.Markdown()
+
+    refresh_bg.click(lambda: gr.update(choices=accepted_choices()), None, bg_choice)
+    load_btn.click(load_background, [bg_choice, bg_upload, caption], [state, place_img, suggestions, obj_class, bg_info],
+                   api_name="insert_load")
+    obj_btn.click(make_object, [state, obj_class, obj_seed, model_box], [state, obj_img], concurrency_limit=1,
+                  concurrency_id="model", api_name="insert_object")
+    place_btn.click(place, [state, scale], [state, scale, place_img, place_info], api_name="insert_place")
+    place_img.select(click, [state, scale], [place_img, place_info])
+    scale.release(rescale, [state, scale], [place_img, place_info])
+    preview_btn.click(preview, [state, scale, method], [state, comp_img, mask_img, comp_info], api_name="insert_preview")
+    accept_btn.click(accept, [state, ins_tags], accept_info, api_name="insert_accept")

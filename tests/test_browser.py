@@ -1,0 +1,94 @@
+"""The studio in a real browser: Playwright driving Debian's chromium.
+
+Screenshots of each tab are saved under test-artifacts/ (look at them). Needs the
+`playwright` package and Debian's chromium (`apt-get install chromium`); .ci/run installs
+both. Playwright's own browser download cannot work offline, so we pass chromium's path.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from pipeline.dataset import Store
+from studio_server import running_studio
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    store = tmp_path_factory.mktemp("browser") / "data"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_studio(store) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.goto(url)
+        pg.wait_for_selector("#generate-btn", timeout=60000)
+        pg.store_dir = store
+        yield pg
+        browser.close()
+
+
+def wait_text(page, selector, text, timeout=120000):
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+                           arg=[selector, text], timeout=timeout)
+
+
+def test_generate_slider_accept(page):
+    page.click("#generate-btn")
+    wait_text(page, "#choice-info", "chosen threshold")
+    box = page.locator("#threshold input[type=number]")
+    box.fill("0.2")
+    box.press("Enter")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "1-generate-inspect.png"), full_page=True)
+    page.click("#accept-btn")
+    wait_text(page, "#store-info", "saved as #")
+    s = Store(page.store_dir)
+    recs = s.query(status="accepted")
+    assert len(recs) == 1 and recs[0].classes == ["ball"] and recs[0].user_threshold == pytest.approx(0.2)
+
+
+def test_insert_place_and_accept(page):
+    page.get_by_role("tab", name="Insert Objects").click()
+    page.get_by_role("button", name="Refresh samples").click()
+    page.wait_for_timeout(1000)
+    page.get_by_label("accepted sample").click()
+    page.get_by_role("option").first.click()
+    page.click("#insert-load")
+    page.wait_for_timeout(2000)
+    page.get_by_label("object class").fill("star")
+    page.get_by_label("object class").press("Enter")
+    page.click("#insert-object")
+    page.wait_for_timeout(8000)
+    page.click("#insert-place")
+    page.wait_for_timeout(3000)
+    page.click("#insert-preview")
+    wait_text(page, "#insert-info", "star")
+    page.screenshot(path=str(ARTIFACTS / "2-insert-objects.png"), full_page=True)
+    page.click("#insert-accept")
+    page.wait_for_timeout(2000)
+    assert Store(page.store_dir).count(status="accepted") == 2
+
+
+def test_curate_keyboard_and_export(page):
+    page.get_by_role("tab", name="Curate & Export").click()
+    page.click("#curate-refresh")
+    page.wait_for_selector("#curate-gallery img", timeout=30000)
+    page.locator("#curate-gallery img").first.click()
+    page.wait_for_timeout(1000)
+    page.keyboard.press("r")  # reject the selected sample from the keyboard
+    page.wait_for_timeout(1500)
+    s = Store(page.store_dir)
+    assert s.count(status="rejected") == 1
+    page.click("#export-btn")
+    wait_text(page, "#export-info", "images")
+    page.screenshot(path=str(ARTIFACTS / "3-curate-export.png"), full_page=True)

@@ -1,0 +1,117 @@
+"""The studio through its API (gradio_client) against a launched app, with the embedded model."""
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.dataset import Store
+from studio_server import running_studio
+
+GEN_ARGS = dict(template="a photograph of a {}", steps=15, guidance=5, model="embedded", refiner_name="grabcut",
+                sam_ckpt="", resolution="all", t_lo=0, t_hi=999)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    store = tmp_path_factory.mktemp("studio") / "data"
+    with running_studio(store) as url:
+        yield url, store
+
+
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def gen(c, cls, seed):
+    return c.predict(class_name=cls, seed=seed, api_name="/generate", **GEN_ARGS)
+
+
+def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
+    url, store_dir = studio
+    c = client(url)
+    out = gen(c, "ball", 5)
+    image = np.asarray(Image.open(out[0]))
+    assert image.shape[0] >= 320  # the 64x64 sample, enlarged for display
+    threshold = out[6]
+    assert 0 < threshold < 1 and "chosen threshold" in out[5]
+    m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[0]))
+    m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[0]))
+    tint = lambda m: int((np.abs(m.astype(int) - image.astype(int)).sum(-1) > 30).sum())
+    assert tint(m_lo) > tint(m_hi)  # a lower threshold shows a bigger mask
+    msg = c.predict(threshold=threshold, tags="api", api_name="/accept")
+    assert "saved as #" in msg
+    sid = int(msg.split("#")[1].split()[0])
+    s = Store(store_dir)
+    rec = s.get(sid)
+    assert rec.classes == ["ball"] and rec.seed == 5 and rec.status == "accepted" and rec.tags == ["api"]
+    assert rec.threshold == pytest.approx(threshold)
+    s.close()
+    c.predict(status="any", classes="", tag="", api_name="/refresh")
+    zpath, info = c.predict(fmt="coco", status="accepted", classes="ball", tag="api", val=0, api_name="/export")
+    with zipfile.ZipFile(zpath) as z:
+        z.extractall(tmp_path / "x")
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(tmp_path / "x" / "annotations" / "instances_train.json"))
+    ann = coco.loadAnns(coco.getAnnIds(imgIds=[sid]))[0]
+    s = Store(store_dir)
+    assert np.array_equal(coco.annToMask(ann).astype(bool), s.mask(s.get(sid).instances[0].mask))
+
+
+def test_bad_input_gives_clear_errors(studio):
+    from gradio_client.exceptions import AppError
+
+    url, _ = studio
+    c = client(url)
+    with pytest.raises(AppError, match="does not occur in the prompt"):
+        c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of a cat"})
+    with pytest.raises(AppError, match="Generate an image first"):
+        c.predict(threshold=0.5, tags="", api_name="/accept")
+    with pytest.raises(AppError, match="no samples match"):
+        c.predict(fmt="voc", status="accepted", classes="zebra", tag="", val=0, api_name="/export")
+
+
+def test_insert_objects_flow(studio):
+    url, store_dir = studio
+    c = client(url)
+    gen(c, "kite", 11)
+    sid = int(c.predict(threshold=0.5, tags="", api_name="/accept").split("#")[1].split()[0])
+    bg_choice = f"#{sid} kite"
+    c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", api_name="/insert_load")
+    c.predict(class_name="star", seed=3, model="embedded", api_name="/insert_object")
+    c.predict(scale_index=0.4, api_name="/insert_place")
+    comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")[1:]
+    assert "star" in info and "kite" in info
+    msg = c.predict(tags="insert", api_name="/insert_accept")
+    new_id = int(msg.split("#")[1].split()[0])
+    s = Store(store_dir)
+    rec = s.get(new_id)
+    assert rec.classes == ["kite", "star"] and rec.inserted[0]["class"] == "star"
+    kite, star = [s.mask(i.mask) for i in rec.instances]
+    assert not (kite & star).any() and star.any()
+
+
+def test_eight_clients_never_see_each_others_work(studio):
+    url, store_dir = studio
+    jobs = [("ball", 100), ("star", 101), ("leaf", 102), ("kite", 103), ("heart", 104), ("flower", 105),
+            ("pumpkin", 106), ("aeroplane", 107)]
+
+    def work(job):
+        cls, seed = job
+        c = client(url)
+        gen(c, cls, seed)
+        msg = c.predict(threshold=0.5, tags=f"client-{seed}", api_name="/accept")
+        return cls, seed, int(msg.split("#")[1].split()[0])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, jobs))
+    s = Store(store_dir)
+    for cls, seed, sid in results:
+        rec = s.get(sid)
+        assert (rec.classes, rec.seed, rec.tags) == ([cls], seed, [f"client-{seed}"])
+    assert len({sid for _, _, sid in results}) == 8
