@@ -38,7 +38,7 @@ def main(n: int = 30) -> None:
         c.predict(choice=f"#{sid} ball", upload=None, caption="", api_name="/insert_load")
         c.predict(class_name="star", seed=2, model="embedded", api_name="/insert_object")
         t = time.perf_counter()
-        c.predict(scale_index=0.4, api_name="/insert_place")
+        c.predict(scale=0.4, api_name="/insert_place")
         t_place = time.perf_counter() - t
         preview = []
         for k in range(10):

@@ -190,7 +190,7 @@ class AttentionTracer:
         self._recording = False
         self._saved_processors = None
         self._hook = None
-        self._image_size: tuple[int, int] | None = None
+        self._selection_cache: dict[tuple, torch.Tensor] = {}
 
     # -- installation ---------------------------------------------------------------
     def install(self) -> "AttentionTracer":
@@ -249,6 +249,13 @@ class AttentionTracer:
         return q.float(), k.float()
 
     def _selection(self, n_images: int, n_ctx: int, device) -> torch.Tensor:
+        key = (n_images, n_ctx, str(device))
+        if key not in self._selection_cache:
+            self._selection_cache[key] = self._build_selection(n_images, n_ctx, device)
+        return self._selection_cache[key]
+
+    def _build_selection(self, n_images: int, n_ctx: int, device) -> torch.Tensor:
+        """(n_images, n_ctx) 1 at the class word's token positions of each image's prompt."""
         per_prompt = max(1, n_images // max(1, len(self.token_indices)))
         sel = torch.zeros(n_images, n_ctx, device=device)
         for i in range(n_images):

@@ -111,7 +111,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         ins.fg, ins.fg_mask, ins.fg_class = s.image, ch.mask(s.heat_map), class_name
         return ins, viz.upscale_for_display(viz.overlay_mask(s.image, ins.fg_mask))
 
-    def place(ins: Insertion | None, scale_index):
+    def place(ins: Insertion | None, scale):
         if ins is None or ins.fg is None:
             raise gr.Error("Load a background and make an object first.")
         try:

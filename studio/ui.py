@@ -176,7 +176,13 @@ def make_store_actions(store_dir: Path):
         gr.Info(f"sample #{sid} saved as {status}")
         return f"saved as #{sid} ({status})"
 
-    return on_store
+    def on_accept(ins: Inspection | None, threshold: float, tags: str):
+        return on_store(ins, threshold, "accepted", tags)
+
+    def on_reject(ins: Inspection | None, threshold: float, tags: str):
+        return on_store(ins, threshold, "rejected", tags)
+
+    return on_accept, on_reject
 
 
 # -- Curate & Export ---------------------------------------------------------------------
@@ -328,11 +334,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             load_editor.click(editor_background, [ins_state, threshold], editor)
             apply_edit.click(on_edit_mask, [ins_state, editor, threshold], views)
             undo.click(on_undo, [ins_state, threshold], views)
-            on_store = make_store_actions(store_dir)
-            accept_btn.click(lambda i, t, g: on_store(i, t, "accepted", g), [ins_state, threshold, tags_in], store_info,
-                             api_name="accept")
-            reject_btn.click(lambda i, t, g: on_store(i, t, "rejected", g), [ins_state, threshold, tags_in], store_info,
-                             api_name="reject")
+            on_accept, on_reject = make_store_actions(store_dir)
+            accept_btn.click(on_accept, [ins_state, threshold, tags_in], store_info, api_name="accept")
+            reject_btn.click(on_reject, [ins_state, threshold, tags_in], store_info, api_name="reject")
         with gr.Tab("Insert Objects", id="insert"):
             build_insert_tab(store_dir, model_in)
         with gr.Tab("Curate & Export", id="curate"):

@@ -84,8 +84,8 @@ def test_insert_objects_flow(studio):
     bg_choice = f"#{sid} kite"
     c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", api_name="/insert_load")
     c.predict(class_name="star", seed=3, model="embedded", api_name="/insert_object")
-    c.predict(scale_index=0.4, api_name="/insert_place")
-    comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")[1:]
+    c.predict(scale=0.4, api_name="/insert_place")
+    comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
     assert "star" in info and "kite" in info
     msg = c.predict(tags="insert", api_name="/insert_accept")
     new_id = int(msg.split("#")[1].split()[0])

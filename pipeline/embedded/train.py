@@ -1,11 +1,15 @@
 """Train the embedded text-to-image model on the procedural world (CPU, about an hour).
 
-Two stages, both resumable from ``<out>/_train/`` (kill it, run the same command again):
+Three stages, all resumable from ``<out>/_train/`` (kill it, run the same command again):
 
 1. an ``AutoencoderKL`` (64x64 RGB <-> 16x16x4 latents), MSE + a small KL term;
 2. a ``UNet2DConditionModel`` with self- and cross-attention plus a small ``CLIPTextModel``
    (SD's real CLIP tokenizer), trained jointly on epsilon prediction with min-SNR
-   weighting, 10 % caption dropout for classifier-free guidance, and an EMA of the weights.
+   weighting, 10 % caption dropout for classifier-free guidance, and an EMA of the weights;
+3. attention alignment: a short fine-tune that adds a loss pulling the class word's
+   cross-attention toward the object's exact mask (see ``align_attention``). Without it
+   this small model draws the right objects but its attention maps localise poorly
+   (mIoU about 0.45 even at the best threshold), which would make it a useless stand-in.
 
 The result is an ordinary diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors),
 so the loader and attention capture used for real Stable Diffusion run on it unchanged.
@@ -46,6 +50,9 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.998
     text_max_length: int = 24
+    align_steps: int = 600  # stage 3: attention alignment (0 skips it)
+    align_lr: float = 1e-4
+    align_weight: float = 1.0
     checkpoint_every: int = 100
     threads: int = 0  # 0: torch's default
 
@@ -207,6 +214,130 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path
     unet.eval(), text_encoder.eval()
 
 
+class _AlignedCrossAttention:
+    """Plain softmax cross-attention (the math of diffusers' AttnProcessor) that also keeps
+    the attention probabilities, with gradients, for the alignment loss."""
+
+    def __init__(self, kept: list):
+        self.kept = kept
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        residual = hidden_states
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        ctx = encoder_hidden_states
+        if attn.norm_cross:
+            ctx = attn.norm_encoder_hidden_states(ctx)
+        k, v = attn.head_to_batch_dim(attn.to_k(ctx)), attn.head_to_batch_dim(attn.to_v(ctx))
+        probs = attn.get_attention_scores(q, k, None)  # (b * heads, N, L)
+        self.kept.append(probs.view(hidden_states.shape[0], attn.heads, *probs.shape[1:]))
+        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@torch.no_grad()
+def object_masks(cfg: TrainConfig, work: Path) -> torch.Tensor:
+    """(n_train_images, 16, 16) object coverage of each latent pixel, regenerated from the
+    same random streams as ``encode_dataset`` (the world is deterministic), cached."""
+    cache = work / "masks.pt"
+    if cache.exists():
+        return torch.load(cache)
+    rng = np.random.default_rng([cfg.seed, 2])
+    out = []
+    for start in tqdm(range(0, cfg.n_train_images, 512), desc="masks", unit="batch"):
+        b = world.sample_batch(rng, min(512, cfg.n_train_images - start), cfg.image_size)
+        m = torch.from_numpy(b.masks.astype(np.float32))[:, None]
+        out.append(F.avg_pool2d(m, 4)[:, 0])  # the VAE downsamples by 4: 64x64 -> 16x16 latents
+    masks = torch.cat(out)
+    torch.save(masks, cache)
+    return masks
+
+
+def align_attention(cfg: TrainConfig, unet, text_encoder, tokenizer, scheduler, data, masks, work: Path):
+    """Stage 3: fine-tune so the class word's cross-attention covers the object.
+
+    Loss = diffusion loss + align_weight * mean((attention to the class word - object
+    coverage)^2) over every cross-attention layer, head and pixel. The training images come
+    with exact masks, so this teaches the small model what Stable Diffusion learns from
+    scale: to attend with the object's word where the object is. (Disclosed in the model card.)
+    """
+    from ..attention import find_word_tokens
+
+    if cfg.align_steps <= 0:
+        return
+    state_path = work / "align.pt"
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params]
+    step = 0
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text_encoder"])
+        opt.load_state_dict(st["opt"])
+        ema, step = st["ema"], st["step"]
+    word_sel = torch.zeros(len(world.CLASS_NAMES), tokenizer.model_max_length)
+    for k, name in enumerate(world.CLASS_NAMES):
+        word_sel[k, find_word_tokens(tokenizer, world.caption(name), name)] = 1.0
+    kept: list = []
+    saved = dict(unet.attn_processors)
+    unet.set_attn_processor({n: (_AlignedCrossAttention(kept) if n.endswith("attn2.processor") else p)
+                             for n, p in saved.items()})
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    n_bg = len(world.BACKGROUNDS)
+    unet.train(), text_encoder.train()
+    bar = tqdm(total=cfg.align_steps, initial=step, desc="align", unit="step")
+    try:
+        while step < cfg.align_steps:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg.align_steps, cfg.align_lr, 20)
+            idx = torch.randint(0, len(data["latents"]), (cfg.unet_batch,), generator=gen)
+            x0, lab, bg = data["latents"][idx], data["labels"][idx], data["backgrounds"][idx]
+            use_bg = torch.rand(cfg.unet_batch, generator=gen) < 0.5
+            ids = torch.where(use_bg[:, None], data["ids_bg"][lab * n_bg + bg], data["ids_plain"][lab])
+            drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+            ids = torch.where(drop[:, None], data["ids_empty"].expand_as(ids), ids)
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+            kept.clear()
+            pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
+            w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+            diff_loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+            keep = ~drop
+            sel = word_sel[lab]
+            cover = masks[idx][:, None]  # (b, 1, 16, 16)
+            align = 0.0
+            for probs in kept:  # (b, heads, N, L)
+                side = int(round(probs.shape[2] ** 0.5))
+                target = F.adaptive_avg_pool2d(cover, side).flatten(1)  # (b, N)
+                word = torch.einsum("bhnl,bl->bhn", probs, sel)
+                align = align + ((word - target[:, None]) ** 2).mean(dim=(1, 2))[keep].mean()
+            align = align / max(1, len(kept))
+            loss = diff_loss + cfg.align_weight * align
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p.detach(), 1 - min(0.995, (1 + step) / (10 + step)))
+            bar.update(1)
+            bar.set_postfix(diff=f"{diff_loss.item():.4f}", align=f"{float(align):.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.align_steps:
+                _save_state(state_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
+                            opt=opt.state_dict(), ema=ema, step=step)
+    finally:
+        unet.set_attn_processor(saved)
+        bar.close()
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    unet.eval(), text_encoder.eval()
+
+
 def save_pipeline(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, scaling: float, out: Path) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -243,6 +374,8 @@ def train(cfg: TrainConfig) -> Path:
     train_vae(cfg, vae, work)
     data = encode_dataset(cfg, vae, tokenizer, work)
     train_unet(cfg, unet, text_encoder, scheduler, data, work)
+    if cfg.align_steps > 0:
+        align_attention(cfg, unet, text_encoder, tokenizer, scheduler, data, object_masks(cfg, work), work)
     save_pipeline(cfg, vae, unet, text_encoder, tokenizer, float(data["scaling"]), out)
     print(f"trained in {(time.time() - t0) / 60:.1f} min -> {out}")
     return out
