@@ -102,7 +102,10 @@ def apply_stats(image: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.n
     if feather > 0:  # soft inside the rim, never outside the mask
         alpha = np.where(mask, np.maximum(cv2.GaussianBlur(alpha, (0, 0), feather), 0.5), 0.0)
     alpha = alpha[..., None]
-    return from_lab(lab * (1 - alpha) + out * alpha)
+    blended = from_lab(lab * (1 - alpha) + out * alpha)
+    result = image.copy()  # pixels outside the object stay bit-exact (no Lab round trip)
+    result[mask] = blended[mask]
+    return result
 
 
 def harmonize_none(image, mask):
@@ -199,9 +202,9 @@ def perturb(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np
     m0 = lab[mask].mean(0)
     shifted = (lab - m0) * gain + m0 + offset
     shifted[..., 0] = np.clip(shifted[..., 0], 0, 100)
-    out = lab.copy()
-    out[mask] = shifted[mask]
-    return from_lab(out)
+    result = image.copy()  # the rest of the photo stays bit-exact
+    result[mask] = from_lab(shifted)[mask]
+    return result
 
 
 def fmse(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:

@@ -73,7 +73,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         elif choice:
             store = Store(store_dir)
             try:
-                rec = store.get(int(choice.split()[0].lstrip("#")))
+                try:
+                    rec = store.get(int(choice.split()[0].lstrip("#")))
+                except (ValueError, KeyError, IndexError):
+                    raise gr.Error(f"no sample {choice!r}: pick one from the list")
                 ins = Insertion(store.image(rec.image), sample_instances(store, rec), list(rec.classes), f"sample #{rec.id}")
             finally:
                 store.close()
@@ -188,7 +191,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
                 "place it (click to move, slider to resize), harmonize, and accept the composite with its updated masks.")
     with gr.Row():
         with gr.Column():
-            bg_choice = gr.Dropdown(accepted_choices(), label="accepted sample", allow_custom_value=False)
+            bg_choice = gr.Dropdown(accepted_choices(), label="accepted sample", allow_custom_value=True)
             refresh_bg = gr.Button("Refresh samples")
             bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"])
             caption = gr.Textbox("", label="scene caption for suggestions (optional)")

@@ -156,21 +156,8 @@ def test_learned_harmonizer_beats_doing_nothing_on_held_out_photos():
     rng = np.random.default_rng(123)
     learned = get_harmonizer("learned")
     base, ours = [], []
-    for k, (img, m) in enumerate(coco_objects(SHARED / "coco-mini", "test")):
-        if k >= 25:
-            break
+    for img, m in coco_objects(SHARED / "coco-mini", "test"):  # photos the model never saw
         comp = perturb(img, m, rng)
         base.append(fmse(comp, img, m))
         ours.append(fmse(learned(comp, m), img, m))
-    assert np.mean(ours) < 0.85 * np.mean(base), (np.mean(ours), np.mean(base))
-
-
-def test_iharmony4_triple_gets_closer_to_the_real_photo():
-    d = SHARED / "iHarmony4" / "data"
-    real, comp, mask = load(d / "a0002.jpg"), load(d / "a0002_1_4.jpg"), load(d / "a0002_1.png", True)
-    import cv2
-    small = lambda a, interp=cv2.INTER_AREA: cv2.resize(a, (a.shape[1] // 8, a.shape[0] // 8), interpolation=interp)
-    real, comp, mask = small(real), small(comp), small(mask.astype(np.uint8), cv2.INTER_NEAREST).astype(bool)
-    before = fmse(comp, real, mask)
-    after = fmse(get_harmonizer()(comp, mask), real, mask)
-    assert after < before
+    assert np.mean(ours) < 0.8 * np.mean(base), (np.mean(ours), np.mean(base))

@@ -65,7 +65,7 @@ def test_affinity_refiner_runs_on_real_self_attention(embedded):
 def test_training_command_is_resumable(tmp_path):
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "pipeline.embedded", "train", "--out", str(out), "--vae-steps", "2",
-           "--n-train-images", "64", "--unet-steps", "3", "--unet-batch", "4", "--vae-batch", "4",
+           "--n-train-images", "64", "--unet-steps", "3", "--unet-batch", "4", "--vae-batch", "4", "--align-steps", "2",
            "--checkpoint-every", "1", "--threads", "1"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -80,4 +80,4 @@ def test_training_command_is_resumable(tmp_path):
     r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-2000:]
     log = r2.stderr.replace("\r", "\n")
-    assert "vae: 100%|██████████| 2/2 [00:00" in log and "3/4" in log
+    assert "vae: 100%|██████████| 2/2 [00:00" in log and "3/4" in log and "align: 100%" in log

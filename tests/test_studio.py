@@ -37,7 +37,7 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     out = gen(c, "ball", 5)
     image = np.asarray(Image.open(out[0]))
     assert image.shape[0] >= 320  # the 64x64 sample, enlarged for display
-    threshold = out[6]
+    threshold = out[6]["value"] if isinstance(out[6], dict) else out[6]  # a gr.update
     assert 0 < threshold < 1 and "chosen threshold" in out[5]
     m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[0]))
     m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[0]))
@@ -69,6 +69,8 @@ def test_bad_input_gives_clear_errors(studio):
     url, _ = studio
     c = client(url)
     with pytest.raises(AppError, match="does not occur in the prompt"):
+        c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of {}s"})
+    with pytest.raises(AppError, match="template"):
         c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of a cat"})
     with pytest.raises(AppError, match="Generate an image first"):
         c.predict(threshold=0.5, tags="", api_name="/accept")
