@@ -124,9 +124,100 @@ def rethreshold_and_grabcut() -> str:
     ])
 
 
+def capture_overhead() -> str:
+    """Generation wall time with capture / without, side by side, same model, seeds and steps."""
+    import torch
+
+    from pipeline.attention import CaptureConfig, trace
+    from pipeline.generate import load_pipeline
+    from pipeline.testing import tiny_pipeline
+
+    rows = []
+    for label, pipe, n_img in (("embedded model, 64x64, batch 8", load_pipeline(None, device="cpu"), 8),
+                               ("tiny random SD, 256x256, batch 1", tiny_pipeline(sample_size=128), 1)):
+        prompts = ["a photograph of a ball"] * n_img
+        for cfg_label, cfg in (("cross-attention only", CaptureConfig(self_attention_max_tokens=0)),
+                               ("+ self-attention affinity", CaptureConfig())):
+            plain, traced = [], []
+            for rep in range(2):  # interleaved, so drift hits both alike
+                g = [torch.Generator().manual_seed(k) for k in range(n_img)]
+                t = time.perf_counter()
+                pipe(prompts, num_inference_steps=20, generator=g, output_type="np")
+                plain.append(time.perf_counter() - t)
+                g = [torch.Generator().manual_seed(k) for k in range(n_img)]
+                t = time.perf_counter()
+                with trace(pipe, prompts, "ball", cfg):
+                    pipe(prompts, num_inference_steps=20, generator=g, output_type="np")
+                traced.append(time.perf_counter() - t)
+            rows.append(f"| {label} | {cfg_label} | {min(plain):.2f} s | {min(traced):.2f} s | "
+                        f"{min(traced) / min(plain):.3f} |")
+    return "\n".join(["| pipeline (20 steps, CFG) | capture | plain | with capture | ratio (target <= 1.05) |",
+                      "|---|---|---|---|---|", *rows, "", "Best of 2 interleaved runs each."])
+
+
+def refiners_on_coco() -> str:
+    """Refiners vs no refinement on real COCO photos with coarse inputs made from the truth."""
+    import contextlib
+    import io
+
+    import cv2
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    from pipeline.masks import iou
+    from pipeline.refine import GrabCutRefiner, OtsuRefiner, RefinementError
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(SHARED / "coco-mini" / "instances.json"))
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(iscrowd=False)) if a["area"] > 8000][:40]
+
+    def coarse(gt, kind):
+        h, w = gt.shape
+        g = gt.astype(np.float32)
+        if kind == "16x16 attention-like":
+            g = cv2.resize(cv2.resize(g, (16, 16), interpolation=cv2.INTER_AREA), (w, h))
+        elif kind == "blurred":
+            g = cv2.GaussianBlur(g, (0, 0), 0.03 * max(h, w))
+        elif kind == "dilated":
+            g = cv2.GaussianBlur(cv2.dilate(g, np.ones((max(h, w) // 15,) * 2, np.uint8)), (0, 0), 0.01 * max(h, w))
+        elif kind == "shifted":
+            g = np.roll(cv2.GaussianBlur(g, (0, 0), 0.01 * max(h, w)), (h // 20, w // 20), axis=(0, 1))
+        elif kind == "box":
+            ys, xs = np.nonzero(gt)
+            g = np.zeros_like(g)
+            g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = 1
+            g = cv2.GaussianBlur(g, (0, 0), 0.01 * max(h, w))
+        return (g - g.min()) / max(g.max() - g.min(), 1e-6)
+
+    kinds = ["16x16 attention-like", "blurred", "dilated", "shifted", "box"]
+    refs = {"no refinement (heat >= 0.5)": None, "otsu": OtsuRefiner(), "grabcut": GrabCutRefiner()}
+    res = {k: {r: [] for r in refs} for k in kinds}
+    for a in anns:
+        info = coco.loadImgs(a["image_id"])[0]
+        img = np.asarray(Image.open(SHARED / "coco-mini" / "images" / info["file_name"]).convert("RGB"))
+        gt = coco.annToMask(a).astype(bool)
+        for k in kinds:
+            heat = coarse(gt, k)
+            for name, r in refs.items():
+                try:
+                    m = heat >= 0.5 if r is None else r(img, heat).mask
+                except RefinementError:  # e.g. a box covering the whole photo: a flat map
+                    m = heat >= 0.5
+                res[k][name].append(iou(m, gt))
+    lines = ["| coarse input | " + " | ".join(refs) + " |", "|---" * (len(refs) + 1) + "|"]
+    for k in kinds:
+        lines.append(f"| {k} | " + " | ".join(f"{np.mean(res[k][r]):.3f}" for r in refs) + " |")
+    return "\n".join(lines + ["", f"mIoU against the COCO instance mask, {len(anns)} instances (area > 8000 px) of "
+                              "`../shared/data/coco-mini`; heat maps made from the truth as named. The affinity "
+                              "refiner needs the UNet's self-attention, so it is measured on generated images "
+                              "(bench_embedded) instead; SAM needs a checkpoint, which cannot be downloaded here."])
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _capture_child(int(sys.argv[2]), sys.argv[3])
         sys.exit(0)
-    body = "### Capture memory vs steps\n\n" + capture_memory() + "\n\n### Interactive operations\n\n" + rethreshold_and_grabcut()
+    body = ("### Capture overhead\n\n" + capture_overhead() + "\n\n### Capture memory vs steps\n\n" + capture_memory()
+            + "\n\n### Interactive operations\n\n" + rethreshold_and_grabcut()
+            + "\n\n### Refiners on real photos\n\n" + refiners_on_coco())
     write_section("bench_core", body)

@@ -327,8 +327,10 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             gen_btn.click(on_generate, [class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in,
                                         t_lo, t_hi], [ins_state, image_out, *views, threshold, res_in, gen_info],
                           concurrency_limit=1, concurrency_id="model", api_name="generate")
+            # Re-thresholding is a sub-millisecond numpy comparison: skip the queue so the slider
+            # feels live (the queue's round trip alone is most of the latency).
             threshold.input(on_threshold, [ins_state, threshold], [mask_out, curve_out], api_name="threshold",
-                            show_progress="hidden", trigger_mode="always_last")
+                            show_progress="hidden", trigger_mode="always_last", queue=False)
             for comp in (res_in, t_lo, t_hi, refiner):
                 comp.input(on_view_change, [ins_state, res_in, t_lo, t_hi, threshold, refiner, sam_ckpt], views)
             load_editor.click(editor_background, [ins_state, threshold], editor)
@@ -348,7 +350,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 f_tag = gr.Textbox("", label="tag")
                 refresh_btn = gr.Button("Refresh", elem_id="curate-refresh")
             count = gr.Markdown()
-            gallery = gr.Gallery(label="dataset", columns=6, height=360, allow_preview=False, elem_id="curate-gallery")
+            gallery = gr.Gallery(label="dataset", columns=8, height=300, object_fit="contain", allow_preview=False,
+                                 elem_id="curate-gallery")
             with gr.Row():
                 detail_md = gr.Markdown()
                 notes = gr.Textbox("", label="notes")
