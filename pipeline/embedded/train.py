@@ -156,6 +156,21 @@ def encode_dataset(cfg: TrainConfig, vae, tokenizer, work: Path) -> dict[str, to
     return data
 
 
+def _batch(cfg: TrainConfig, data, scheduler, gen: torch.Generator):
+    """One training batch: (indices, clean latents, labels, token ids, dropped-caption flags,
+    noise, timesteps). Half the captions name the background; ``caption_dropout`` are empty."""
+    n_bg = len(world.BACKGROUNDS)
+    idx = torch.randint(0, len(data["latents"]), (cfg.unet_batch,), generator=gen)
+    x0, lab, bg = data["latents"][idx], data["labels"][idx], data["backgrounds"][idx]
+    use_bg = torch.rand(cfg.unet_batch, generator=gen) < 0.5
+    ids = torch.where(use_bg[:, None], data["ids_bg"][lab * n_bg + bg], data["ids_plain"][lab])
+    drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+    ids = torch.where(drop[:, None], data["ids_empty"].expand_as(ids), ids)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+    return idx, x0, lab, ids, drop, noise, t
+
+
 def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path):
     state_path = work / "unet.pt"
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -171,22 +186,13 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    n_bg = len(world.BACKGROUNDS)
     unet.train(), text_encoder.train()
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", unit="step")
     while step < cfg.unet_steps:
         lr = _lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, len(data["latents"]), (cfg.unet_batch,), generator=gen)
-        x0 = data["latents"][idx]
-        lab, bg = data["labels"][idx], data["backgrounds"][idx]
-        use_bg = torch.rand(cfg.unet_batch, generator=gen) < 0.5
-        ids = torch.where(use_bg[:, None], data["ids_bg"][lab * n_bg + bg], data["ids_plain"][lab])
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-        ids = torch.where(drop[:, None], data["ids_empty"].expand_as(ids), ids)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        idx, x0, lab, ids, drop, noise, t = _batch(cfg, data, scheduler, gen)
         xt = scheduler.add_noise(x0, noise, t)
         cond = text_encoder(ids)[0]
         pred = unet(xt, t, cond).sample
@@ -286,21 +292,13 @@ def align_attention(cfg: TrainConfig, unet, text_encoder, tokenizer, scheduler, 
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    n_bg = len(world.BACKGROUNDS)
     unet.train(), text_encoder.train()
     bar = tqdm(total=cfg.align_steps, initial=step, desc="align", unit="step")
     try:
         while step < cfg.align_steps:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg.align_steps, cfg.align_lr, 20)
-            idx = torch.randint(0, len(data["latents"]), (cfg.unet_batch,), generator=gen)
-            x0, lab, bg = data["latents"][idx], data["labels"][idx], data["backgrounds"][idx]
-            use_bg = torch.rand(cfg.unet_batch, generator=gen) < 0.5
-            ids = torch.where(use_bg[:, None], data["ids_bg"][lab * n_bg + bg], data["ids_plain"][lab])
-            drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-            ids = torch.where(drop[:, None], data["ids_empty"].expand_as(ids), ids)
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+            idx, x0, lab, ids, drop, noise, t = _batch(cfg, data, scheduler, gen)
             kept.clear()
             pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
             w = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
