@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline import viz
 from pipeline.attention import CaptureConfig
-from pipeline.dataset import Store, StoreError, load_image_file
+from pipeline.dataset import Store, StoreError
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS, ExportError, export, sample_instances
 from pipeline.generate import ModelLoadError, generate

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.attention import AttentionTracer, CaptureConfig, WordNotInPromptError, trace
+from pipeline.attention import CaptureConfig, WordNotInPromptError, trace
 from pipeline.generate import generate, to_uint8
 
 

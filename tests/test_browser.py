@@ -5,7 +5,6 @@ Screenshots of each tab are saved under test-artifacts/ (look at them). Needs th
 both. Playwright's own browser download cannot work offline, so we pass chromium's path.
 """
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, coco_image
-from pipeline.compose import ComposeError, cut_out, fit_box, paste
+from pipeline.compose import ComposeError, fit_box, paste
 from pipeline.harmonize import (HarmonizeError, fmse, get_harmonizer, perturb, ring_mask)
 from pipeline.placement import PlacementError, box_size, heatmap
 
@@ -40,7 +40,6 @@ def test_paste_makes_masks_occlusion_exact(coco_scene, dog):
     comp = paste(bg, inst, fg, fm, box, "dog")
     new = comp.instances[-1][1]
     assert comp.instances[-1][0] == "dog" and new.any()
-    kept = {id(m) for _, m in comp.instances}
     remaining = comp.instances[:-1]
     assert len(remaining) + len(comp.record["dropped"]) == len(inst)
     for (n_old, m_old) in inst:

@@ -122,7 +122,7 @@ def test_coco_export_round_trips_with_pycocotools(store, tmp_path):
     man = json.loads((tmp_path / "coco" / "manifest.json").read_text())
     assert set(man["sha256"]) == {p.relative_to(tmp_path / "coco").as_posix()
                                   for p in (tmp_path / "coco").rglob("*") if p.is_file() and p.name != "manifest.json"}
-    rep2 = export(store, "coco", tmp_path / "coco2", val_fraction=0.5, seed=3)
+    export(store, "coco", tmp_path / "coco2", val_fraction=0.5, seed=3)
     assert json.loads((tmp_path / "coco2/annotations/instances_val.json").read_text())["images"] == \
         json.loads((tmp_path / "coco/annotations/instances_val.json").read_text())["images"]
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import coco_image
 from pipeline.masks import iou
-from pipeline.refine import (GrabCutRefiner, OtsuRefiner, RefinementError, RefinerUnavailable, get_refiner,
+from pipeline.refine import (GrabCutRefiner, RefinementError, RefinerUnavailable, get_refiner,
                              refine_and_choose, sam_prompts)
 
 

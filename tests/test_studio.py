@@ -1,5 +1,4 @@
 """The studio through its API (gradio_client) against a launched app, with the embedded model."""
-import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 

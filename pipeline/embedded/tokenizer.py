@@ -14,7 +14,6 @@ The converted files are shipped in ``assets/clip_tokenizer/``; rebuild them with
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zipfile
 from pathlib import Path
