@@ -171,18 +171,30 @@ def _batch(cfg: TrainConfig, data, scheduler, gen: torch.Generator):
     return idx, x0, lab, ids, drop, noise, t
 
 
-def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path):
-    state_path = work / "unet.pt"
+def _resume(state_path: Path, unet, text_encoder, lr: float):
+    """(params, optimizer, EMA copy, step) for a UNet + text-encoder stage, from its checkpoint if any."""
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    ema = [p.detach().clone() for p in params]
-    step = 0
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema, step = [p.detach().clone() for p in params], 0
     if state_path.exists():
         st = torch.load(state_path, weights_only=False)
         unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text_encoder"])
         opt.load_state_dict(st["opt"])
-        ema = st["ema"]
-        step = st["step"]
+        ema, step = st["ema"], st["step"]
+    return params, opt, ema, step
+
+
+@torch.no_grad()
+def _use_ema(ema, params, unet, text_encoder) -> None:
+    """End of a stage: the EMA weights become the model's."""
+    for e, p in zip(ema, params):
+        p.copy_(e)
+    unet.eval(), text_encoder.eval()
+
+
+def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path):
+    state_path = work / "unet.pt"
+    params, opt, ema, step = _resume(state_path, unet, text_encoder, cfg.unet_lr)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -214,10 +226,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, scheduler, data, work: Path
             _save_state(state_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
                         opt=opt.state_dict(), ema=ema, step=step)
     bar.close()
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    unet.eval(), text_encoder.eval()
+    _use_ema(ema, params, unet, text_encoder)
 
 
 class _AlignedCrossAttention:
@@ -273,15 +282,7 @@ def align_attention(cfg: TrainConfig, unet, text_encoder, tokenizer, scheduler, 
     if cfg.align_steps <= 0:
         return
     state_path = work / "align.pt"
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=1e-2)
-    ema = [p.detach().clone() for p in params]
-    step = 0
-    if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
-        unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text_encoder"])
-        opt.load_state_dict(st["opt"])
-        ema, step = st["ema"], st["step"]
+    params, opt, ema, step = _resume(state_path, unet, text_encoder, cfg.align_lr)
     word_sel = torch.zeros(len(world.CLASS_NAMES), tokenizer.model_max_length)
     for k, name in enumerate(world.CLASS_NAMES):
         word_sel[k, find_word_tokens(tokenizer, world.caption(name), name)] = 1.0
@@ -330,10 +331,7 @@ def align_attention(cfg: TrainConfig, unet, text_encoder, tokenizer, scheduler, 
     finally:
         unet.set_attn_processor(saved)
         bar.close()
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    unet.eval(), text_encoder.eval()
+    _use_ema(ema, params, unet, text_encoder)
 
 
 def save_pipeline(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, scaling: float, out: Path) -> Path:
