@@ -128,7 +128,7 @@ def capture_overhead() -> str:
     """Generation wall time with capture / without, side by side, same model, seeds and steps."""
     import torch
 
-    from pipeline.attention import CaptureConfig, trace
+    from pipeline.attention import CaptureConfig, capture_for, trace
     from pipeline.generate import load_pipeline
     from pipeline.testing import tiny_pipeline
 
@@ -137,7 +137,7 @@ def capture_overhead() -> str:
                                ("tiny random SD, 256x256, batch 1", tiny_pipeline(sample_size=128), 1)):
         prompts = ["a photograph of a ball"] * n_img
         for cfg_label, cfg in (("cross-attention only", CaptureConfig(self_attention_max_tokens=0)),
-                               ("+ self-attention affinity", CaptureConfig())):
+                               ("+ self-attention affinity", capture_for("affinity"))):
             plain, traced = [], []
             for rep in range(2):  # interleaved, so drift hits both alike
                 g = [torch.Generator().manual_seed(k) for k in range(n_img)]

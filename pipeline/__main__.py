@@ -25,7 +25,7 @@ def cmd_generate(args) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .attention import CaptureConfig
+    from .attention import CaptureConfig, capture_for
     from .generate import generate, load_pipeline
     from .refine import RefinementError, get_refiner, refine_and_choose
     from .viz import heat_to_rgb, mask_to_png
@@ -35,7 +35,8 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(args.model, args.device, args.dtype, args.config)
     refiner_opts = {"checkpoint": args.sam_checkpoint} if args.refiner == "sam" else {}
     refiner = get_refiner(args.refiner, **refiner_opts)
-    capture = CaptureConfig(resolutions=args.resolutions or None, timestep_range=tuple(args.timesteps))
+    capture = capture_for(args.refiner, CaptureConfig(resolutions=args.resolutions or None,
+                                                      timestep_range=tuple(args.timesteps)))
     classes = [c.strip() for c in args.class_name.split(",") if c.strip()]
     jobs = [(c, args.seed + k) for c in classes for k in range(args.n)]
     failures = 0
@@ -114,6 +115,31 @@ def cmd_thesaurus(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import BatchSpec, FilterConfig, resolve_classes, run_batch
+    from .dataset import Store
+
+    spec = BatchSpec(classes=resolve_classes(args.classes), per_class=args.per_class, model=args.model,
+                     config=args.config, device=args.device, dtype=args.dtype, template=args.template,
+                     steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
+                     refiner=args.refiner, sam_checkpoint=args.sam_checkpoint, seed=args.seed,
+                     threshold_mode=args.threshold, warmup=args.warmup,
+                     filter=FilterConfig(args.min_agreement, args.relative_agreement, args.min_area, args.max_area,
+                                         args.min_contrast, args.max_border),
+                     max_candidates=args.max_candidates, batch_size=args.batch_size, insert=args.insert,
+                     thesaurus=args.thesaurus, harmonizer=args.harmonizer, fail_once=args.inject_worker_failure)
+    store = Store(args.store)
+    report = run_batch(spec, store, ray=args.ray, ray_address=args.ray_address, workers=args.workers,
+                       gpus_per_task=args.gpus_per_task, progress=not args.quiet)
+    print(f"run {report.run_key}: {report.generated} candidates computed, {report.resumed} found in the store")
+    print(report.table())
+    if report.shortfall:
+        print(f"candidate limit reached before {spec.per_class} kept: {report.shortfall}; "
+              "raise --max-candidates or relax the filter", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_convert(args) -> int:
     import torch
 
@@ -145,6 +171,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timesteps", type=int, nargs=2, default=(0, 999), metavar=("LO", "HI"))
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("batch", help="generate a dataset: deterministic, resumable, filtered, optionally on Ray",
+                       description="Re-run the same command to resume: finished candidates are skipped. "
+                                   "Sample k of class c always has the same seed.")
+    add_model_args(b)
+    b.add_argument("--classes", required=True, help="voc, coco, embedded, or a comma-separated list")
+    b.add_argument("--per-class", type=int, required=True, help="kept samples wanted per class")
+    b.add_argument("--store", required=True, help="curation store folder (created if missing)")
+    b.add_argument("--seed", type=int, default=0, help="base seed of the run")
+    b.add_argument("--template", default="a photograph of a {}")
+    b.add_argument("--steps", type=int, default=25)
+    b.add_argument("--guidance", type=float, default=5.0)
+    b.add_argument("--height", type=int, default=None)
+    b.add_argument("--width", type=int, default=None)
+    b.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
+    b.add_argument("--sam-checkpoint", default=None)
+    b.add_argument("--threshold", choices=("per-image", "per-class"), default="per-image",
+                   help="mask threshold: chosen per image, or calibrated per class on --warmup candidates")
+    b.add_argument("--warmup", type=int, default=8, help="candidates per class that calibrate the class's "
+                   "threshold and agreement (0: absolute filter bounds only)")
+    b.add_argument("--min-agreement", type=float, default=0.5, help="filter: IoU(attention mask, refined mask)")
+    b.add_argument("--relative-agreement", type=float, default=0.95,
+                   help="filter: agreement must also reach this x the class's median warm-up agreement")
+    b.add_argument("--min-area", type=float, default=0.01, help="filter: mask area fraction")
+    b.add_argument("--max-area", type=float, default=0.85)
+    b.add_argument("--min-contrast", type=float, default=0.3, help="filter: heat of hottest 10%% - coldest 50%%")
+    b.add_argument("--max-border", type=float, default=0.1, help="filter: fraction of the frame the mask covers")
+    b.add_argument("--max-candidates", type=int, default=None, help="per class (default 3 x per-class + warmup)")
+    b.add_argument("--batch-size", type=int, default=4, help="prompts per UNet call")
+    b.add_argument("--insert", type=int, default=0, choices=(0, 1),
+                   help="1: also store a composite per kept sample with a thesaurus-suggested object inserted")
+    b.add_argument("--thesaurus", default=None, help="thesaurus table (default: shipped VOC or COCO table)")
+    b.add_argument("--harmonizer", default=None, help="harmonization method for inserted objects")
+    b.add_argument("--ray", action="store_true", help="run on a local Ray instance with --workers CPU workers")
+    b.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001)")
+    b.add_argument("--workers", type=int, default=2, help="local Ray workers")
+    b.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per task (1 = one task per GPU)")
+    b.add_argument("--inject-worker-failure", default=None, metavar="MARKER", help=argparse.SUPPRESS)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_batch)
 
     e = sub.add_parser("export", help="export curated samples as COCO, VOC or a Hugging Face dataset")
     e.add_argument("--store", required=True)

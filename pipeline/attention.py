@@ -66,12 +66,26 @@ class CaptureConfig:
     ``n_time_buckets``: the 1000 training timesteps are split into this many equal ranges,
     kept apart so that heat maps over any bucket-aligned timestep range can be computed
     after generation. ``self_attention_max_tokens``: record head-averaged self-attention at
-    the largest resolution with at most this many pixels (0 disables it)."""
+    the largest resolution with at most this many pixels (0, the default, disables it: it
+    costs ~1.5x generation time and only the ``affinity`` refiner needs it; see
+    :func:`capture_for`)."""
 
     resolutions: tuple[int, ...] | None = None
     timestep_range: tuple[int, int] = (0, N_TRAIN_TIMESTEPS - 1)
     n_time_buckets: int = 10
-    self_attention_max_tokens: int = 1024
+    self_attention_max_tokens: int = 0
+
+
+AFFINITY_MAX_TOKENS = 1024
+
+
+def capture_for(refiner: str, config: CaptureConfig | None = None) -> CaptureConfig:
+    """``config`` (default: everything) with the self-attention capture on exactly when the
+    refiner needs it."""
+    from dataclasses import replace
+
+    config = config or CaptureConfig()
+    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if refiner == "affinity" else 0)
 
 
 @dataclass

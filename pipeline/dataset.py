@@ -302,8 +302,10 @@ class Store:
                notes: str | None = None, user_threshold: float | None | str = "keep",
                instances: Sequence[tuple[str, np.ndarray, str]] | None = None,
                inserted: Sequence[dict] | None = None, image: np.ndarray | None = None,
-               classes: Sequence[str] | None = None) -> Record:
-        """Change a sample; validated first, then one transaction. Returns the new record."""
+               classes: Sequence[str] | None = None, meta: dict | None = None) -> Record:
+        """Change a sample; validated first, then one transaction. Returns the new record.
+
+        ``meta`` is merged into the sample's meta (top-level keys replaced)."""
         rec = self.get(sample_id)
         sets: dict = {}
         if status is not None:
@@ -336,6 +338,8 @@ class Store:
                 checked.append((check_class(name), m, source))
             sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
                                             for n, m, s in checked])
+        if meta is not None:
+            sets["meta"] = json.dumps({**rec.meta, **meta})
         if inserted is not None:
             sets["inserted"] = json.dumps(list(inserted))
         if image is not None:

@@ -103,6 +103,9 @@ class GrabCutRefiner:
             raise RefinementError("no pixel of the heat map reaches the object seed level; nothing to refine")
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         work = seed.copy()
+        # GrabCut initialises its colour models with k-means on OpenCV's (per-thread) RNG: seed
+        # it, so the same image and heat map always give the same mask
+        cv2.setRNGSeed(0)
         cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), work, None, bgd, fgd, self.iterations,
                     cv2.GC_INIT_WITH_MASK)
         mask = (work == cv2.GC_FGD) | (work == cv2.GC_PR_FGD)
@@ -123,8 +126,9 @@ class AffinityRefiner:
     def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
         heat = check_inputs(image, heat)
         if attention is None or attention.affinity is None:
-            raise RefinementError("the affinity refiner needs the self-attention captured with the image "
-                                  "(CaptureConfig.self_attention_max_tokens > 0)")
+            raise RefinementError("the affinity refiner needs the self-attention captured with the image: "
+                                  "generate again with the affinity refiner selected "
+                                  "(pipeline.attention.capture_for('affinity'))")
         h, w = attention.affinity_hw
         small = cv2.resize(heat, (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
         aff = attention.affinity.astype(np.float32)

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 
 from pipeline import viz
-from pipeline.attention import CaptureConfig
+from pipeline.attention import capture_for
 from pipeline.dataset import Store, StoreError
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS, ExportError, export, sample_instances
@@ -73,7 +73,7 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     try:
         with MODEL_LOCK:
             sample = generate(pipe, class_name, int(seed), template=template or "a photograph of a {}",
-                              steps=int(steps), guidance=float(guidance), capture=CaptureConfig())[0]
+                              steps=int(steps), guidance=float(guidance), capture=capture_for(refiner_name))[0]
     except ValueError as e:  # word not in prompt, bad template
         raise gr.Error(str(e))
     ins = Inspection(sample.image, class_name, sample.prompt, int(seed), model or "embedded", sample.attention,

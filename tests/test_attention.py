@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.attention import CaptureConfig, WordNotInPromptError, trace
+from pipeline.attention import CaptureConfig, WordNotInPromptError, capture_for, trace
 from pipeline.generate import generate, to_uint8
 
 
@@ -69,7 +69,7 @@ def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
 def test_memory_does_not_grow_with_steps(tiny_pipe):
     sizes = []
     for steps in (2, 6):
-        with trace(tiny_pipe, "a photograph of a cat", "cat") as tr:
+        with trace(tiny_pipe, "a photograph of a cat", "cat", capture_for("affinity")) as tr:
             tiny_pipe("a photograph of a cat", num_inference_steps=steps, output_type="np")
         sizes.append(sum(t.numel() for t in tr._sums.values()) + tr._affinity.numel())
     assert sizes[0] == sizes[1]

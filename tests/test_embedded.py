@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from pipeline.embedded import world
+from pipeline.attention import capture_for
 from pipeline.generate import EMBEDDED_MODEL, generate, load_pipeline
 from pipeline.masks import iou
 from pipeline.refine import get_refiner, refine_and_choose
@@ -54,7 +55,8 @@ def test_draws_the_prompted_class_and_attention_fits_it(embedded):
 
 
 def test_affinity_refiner_runs_on_real_self_attention(embedded):
-    s = generate(embedded, "star", 77, steps=15)[0]
+    assert generate(embedded, "star", 77, steps=2)[0].attention.affinity is None  # off unless asked for
+    s = generate(embedded, "star", 77, steps=15, capture=capture_for("affinity"))[0]
     assert s.attention.affinity is not None and s.attention.affinity_hw == (16, 16)
     assert np.allclose(s.attention.affinity.sum(1), 1, atol=1e-3)  # row-stochastic
     r = get_refiner("affinity")(s.image, s.heat_map, s.attention)

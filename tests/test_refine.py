@@ -100,3 +100,12 @@ def test_sam_prompts_from_heat_map(instances):
         assert not (x1 <= nx < x2 and y1 <= ny < y2) and not gt[int(ny), int(nx)]
     with pytest.raises(RefinementError):
         sam_prompts(np.zeros((8, 8), np.float32))
+
+
+def test_grabcut_is_deterministic(instances):
+    img, gt = instances[1]
+    heat = coarse_heat(gt)
+    first = GrabCutRefiner()(img, heat).mask
+    cv2.setRNGSeed(12345)  # whatever else used OpenCV's RNG in between
+    cv2.randu(np.zeros((10, 10), np.float32), 0, 1)
+    assert np.array_equal(GrabCutRefiner()(img, heat).mask, first)
