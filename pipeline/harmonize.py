@@ -189,7 +189,12 @@ def get_harmonizer(name: str | None = None, **options):
         return LearnedHarmonizer(**options)
     if name == "poisson":
         return harmonize_poisson
-    raise HarmonizeError(f"unknown harmonization {name!r}; one of learned, ring, poisson, global, none")
+    if name == "rainnet":  # needs checkpoint=PATH (RainNet's published net_G weights)
+        from .rainnet import RainNetHarmonizer
+
+        return RainNetHarmonizer(**options)
+    raise HarmonizeError(f"unknown harmonization {name!r}; one of learned, ring, poisson, global, none, "
+                         "rainnet (with checkpoint=...)")
 
 
 # -- self-supervised data, training and metrics ---------------------------------------------

@@ -155,6 +155,41 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
     return PlacementResult(scales, maps, boxes)
 
 
+def rank_boxes(maps: np.ndarray, scales: tuple[float, ...], sizes: Sequence[tuple[int, int]],
+               bg_hw: tuple[int, int], top_k: int = 5, peaks_per_scale: int = 3):
+    """Ranked, non-overlapping (IoU < 0.5) boxes from per-scale centre maps (S, H, W).
+
+    ``sizes``: the (w, h) box of each scale. Deterministic: ties break by scale, then box."""
+    cands = []
+    for si, (score, size) in enumerate(zip(maps, sizes)):
+        if score.max() <= 0:
+            continue
+        for yy, xx in _peaks(score, peaks_per_scale):
+            cands.append((float(score[yy, xx]), si, box_at((xx, yy), size, bg_hw)))
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    boxes, taken = [], []
+    for sc, si, box in cands:
+        if all(_iou(box, b) < 0.5 for b in taken):
+            taken.append(box)
+            boxes.append((scales[si], box, sc))
+        if len(boxes) >= top_k:
+            break
+    if not boxes:
+        raise PlacementError(f"the object does not fit the {bg_hw[1]}x{bg_hw[0]} background at any of the scales {scales}")
+    return boxes
+
+
+def get_scorer(name: str = "default", checkpoint: str | None = None, device: str = "cpu"):
+    """``default``: :func:`heatmap` (no weights); ``fopa``: :class:`pipeline.fopa.FopaScorer`."""
+    if name == "default":
+        return heatmap
+    if name == "fopa":
+        from .fopa import FopaScorer
+
+        return FopaScorer(checkpoint, device)
+    raise ValueError(f"unknown placement scorer {name!r}; choose default or fopa")
+
+
 def _peaks(score: np.ndarray, n: int) -> list[tuple[int, int]]:
     """Up to n local maxima (3x3) of a map, highest first."""
     dil = cv2.dilate(score.astype(np.float32), np.ones((3, 3), np.uint8))
