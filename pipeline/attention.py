@@ -170,14 +170,18 @@ class _Recorder:
         self.tracer, self.inner, self.kind = tracer, inner, kind
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        stash = self.tracer._projections
+        stash.clear()
         out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                          attention_mask=attention_mask, temb=temb, **kwargs)
         if self.tracer._recording:
             with torch.no_grad():
                 if self.kind == "cross":
-                    self.tracer._record_cross(attn, hidden_states, encoder_hidden_states)
+                    self.tracer._record_cross(attn, hidden_states, encoder_hidden_states,
+                                              stash.get((id(attn), "q")), stash.get((id(attn), "k")))
                 else:
                     self.tracer._record_self(attn, hidden_states)
+        stash.clear()
         return out
 
 
@@ -205,6 +209,10 @@ class AttentionTracer:
         self._saved_processors = None
         self._hook = None
         self._selection_cache: dict[tuple, torch.Tensor] = {}
+        # the query/key projections the processor itself computed, caught by forward hooks on
+        # to_q/to_k, so recording does not compute them a second time
+        self._projections: dict[tuple[int, str], torch.Tensor] = {}
+        self._projection_hooks: list = []
 
     # -- installation ---------------------------------------------------------------
     def install(self) -> "AttentionTracer":
@@ -218,9 +226,22 @@ class AttentionTracer:
                 wrapped[name] = _Recorder(self, proc, "self")
             else:
                 wrapped[name] = proc
-        self.unet.set_attn_processor(wrapped)
+        names = list(wrapped)
+        self.unet.set_attn_processor(wrapped)  # (empties ``wrapped``: diffusers pops what it sets)
         self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+        for name in names:
+            if name.endswith("attn2.processor"):
+                attn = self.unet.get_submodule(name[: -len(".processor")])
+                for proj, tag in ((getattr(attn, "to_q", None), "q"), (getattr(attn, "to_k", None), "k")):
+                    if proj is not None:
+                        self._projection_hooks.append(proj.register_forward_hook(self._stash(id(attn), tag)))
         return self
+
+    def _stash(self, attn_id: int, tag: str):
+        def hook(module, args, output):
+            if self._recording:
+                self._projections[(attn_id, tag)] = output
+        return hook
 
     def remove(self) -> None:
         if self._saved_processors is not None:
@@ -229,6 +250,10 @@ class AttentionTracer:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for h in self._projection_hooks:
+            h.remove()
+        self._projection_hooks.clear()
+        self._projections.clear()
 
     def _before_unet(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
@@ -277,17 +302,24 @@ class AttentionTracer:
             sel[i, idx] = 1.0
         return sel
 
-    def _record_cross(self, attn, hidden_states, encoder_hidden_states) -> None:
+    def _record_cross(self, attn, hidden_states, encoder_hidden_states, q_proj=None, k_proj=None) -> None:
         if encoder_hidden_states is None:
             return
         x = self._cond(self._flat(hidden_states))
         ctx = self._cond(encoder_hidden_states)
-        if attn.norm_cross:
-            ctx = attn.norm_encoder_hidden_states(ctx)
         hw = self._map_hw(x.shape[1])
         if self.config.resolutions is not None and hw[0] not in self.config.resolutions:
             return
-        q, k = self._qk(attn, x, ctx)
+        full_batch = hidden_states.shape[0]
+        if (q_proj is not None and k_proj is not None and q_proj.shape[0] == full_batch == k_proj.shape[0]
+                and q_proj.shape[1] == x.shape[1] and k_proj.shape[1] == ctx.shape[1]):
+            b, d = x.shape[0], q_proj.shape[-1] // attn.heads
+            q = self._cond(q_proj).reshape(b, -1, attn.heads, d).transpose(1, 2).float()
+            k = self._cond(k_proj).reshape(b, -1, attn.heads, d).transpose(1, 2).float()
+        else:  # a processor that does not call to_q/to_k (fused projections): compute them here
+            if attn.norm_cross:
+                ctx = attn.norm_encoder_hidden_states(ctx)
+            q, k = self._qk(attn, x, ctx)
         scores = (q @ k.transpose(-1, -2)) * attn.scale  # (b, heads, N, L)
         probs = torch.exp(scores - scores.logsumexp(-1, keepdim=True))
         sel = self._selection(x.shape[0], ctx.shape[1], probs.device)

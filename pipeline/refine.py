@@ -4,7 +4,8 @@ Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResu
 ``image`` HWC uint8 RGB, ``heat`` (H, W) float in [0, 1] and ``attention`` the
 :class:`~pipeline.attention.AttentionMaps` of the image (needed by ``affinity`` only).
 
-- ``grabcut`` (default): OpenCV GrabCut seeded from the heat map; no weights.
+- ``grabcut`` (default): OpenCV GrabCut deciding only a band around the heat map's object
+  boundary; no weights.
 - ``sam``: segment-anything's SamPredictor prompted with a box and positive/negative
   points derived from the heat map; needs a checkpoint file.
 - ``affinity``: attention only. The heat map is propagated with the captured
@@ -73,21 +74,35 @@ class OtsuRefiner:
 
 
 class GrabCutRefiner:
-    """GrabCut seeded from the heat map: >= ``fg`` sure object, >= ``probable`` probably
-    object, < ``bg`` sure background, the rest probably background."""
+    """GrabCut confined to a band around the heat map's object boundary.
+
+    Plain GrabCut seeded from a coarse map re-decides every pixel from two colour models,
+    and on cluttered photos those overlap: measured on COCO, it made masks worse than the
+    coarse map itself. Here the heat map's mask (``heat >= level``) is trusted away from its
+    boundary: pixels deeper inside than ``band`` x sqrt(object area) are sure object,
+    pixels farther outside are sure background, and GrabCut (``iterations``, bounded)
+    decides only the band between. It runs on the image scaled to at most ``max_side``
+    pixels (the band is the only undecided part, and colour models need no more), then
+    the band's labels are upsampled; sure pixels stay exact at full resolution.
+    """
 
     name = "grabcut"
 
-    def __init__(self, fg: float = 0.7, probable: float = 0.35, bg: float = 0.1, iterations: int = 5):
-        if not 0 <= bg < probable < fg <= 1:
-            raise ValueError(f"need 0 <= bg < probable < fg <= 1, got {bg}, {probable}, {fg}")
-        self.fg, self.probable, self.bg, self.iterations = fg, probable, bg, iterations
+    def __init__(self, band: float = 0.1, level: float = 0.5, iterations: int = 3, max_side: int = 320):
+        if not 0 < band <= 1 or not 0 < level < 1:
+            raise ValueError(f"need 0 < band <= 1 and 0 < level < 1, got band={band}, level={level}")
+        if iterations < 1 or max_side < 16:
+            raise ValueError("iterations must be >= 1 and max_side >= 16")
+        self.band, self.level, self.iterations, self.max_side = band, level, iterations, max_side
 
     def seeds(self, heat: np.ndarray) -> np.ndarray:
-        seed = np.full(heat.shape, cv2.GC_PR_BGD, np.uint8)
-        seed[heat < self.bg] = cv2.GC_BGD
-        seed[heat >= self.probable] = cv2.GC_PR_FGD
-        seed[heat >= self.fg] = cv2.GC_FGD
+        """(H, W) uint8 GrabCut labels: GC_FGD / GC_PR_FGD / GC_PR_BGD / GC_BGD."""
+        mask = (heat >= self.level).astype(np.uint8)
+        r = max(2, int(round(self.band * np.sqrt(max(int(mask.sum()), 1)))))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        seed = np.where(mask > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        seed[cv2.erode(mask, kernel) > 0] = cv2.GC_FGD
+        seed[cv2.dilate(mask, kernel) == 0] = cv2.GC_BGD
         if np.count_nonzero((seed == cv2.GC_BGD) | (seed == cv2.GC_PR_BGD)) < 16:
             # The object covers (nearly) everything: GrabCut needs background samples, so the
             # image border becomes probable background rather than failing.
@@ -100,16 +115,34 @@ class GrabCutRefiner:
         seed = self.seeds(heat)
         n_fg = int(np.count_nonzero((seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)))
         if n_fg == 0:
-            raise RefinementError("no pixel of the heat map reaches the object seed level; nothing to refine")
+            raise RefinementError(f"no pixel of the heat map reaches {self.level}; nothing to refine")
+        h, w = heat.shape
+        f = min(1.0, self.max_side / max(h, w))
+        small_img, small_seed = image, seed
+        if f < 1:
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+            small_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            small_seed = cv2.resize(seed, size, interpolation=cv2.INTER_NEAREST)
+        info = {"seed_pixels": n_fg, "scale": round(f, 4)}
+        has_fg = np.any((small_seed == cv2.GC_FGD) | (small_seed == cv2.GC_PR_FGD))
+        has_bg = np.any((small_seed == cv2.GC_BGD) | (small_seed == cv2.GC_PR_BGD))
+        if not (has_fg and has_bg):  # nothing left to decide at this size: the seeds are the answer
+            mask = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
+            info["warning"] = "GrabCut skipped: the heat map leaves no undecided band at this size"
+            return RefineResult(mask, self.name, info)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-        work = seed.copy()
+        work = small_seed.copy()
         # GrabCut initialises its colour models with k-means on OpenCV's (per-thread) RNG: seed
         # it, so the same image and heat map always give the same mask
         cv2.setRNGSeed(0)
-        cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), work, None, bgd, fgd, self.iterations,
+        cv2.grabCut(cv2.cvtColor(small_img, cv2.COLOR_RGB2BGR), work, None, bgd, fgd, self.iterations,
                     cv2.GC_INIT_WITH_MASK)
-        mask = (work == cv2.GC_FGD) | (work == cv2.GC_PR_FGD)
-        info = {"seed_pixels": n_fg}
+        fg = ((work == cv2.GC_FGD) | (work == cv2.GC_PR_FGD)).astype(np.float32)
+        if f < 1:
+            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = fg >= 0.5
+        mask[seed == cv2.GC_FGD] = True  # sure labels stay exact at full resolution
+        mask[seed == cv2.GC_BGD] = False
         if not mask.any():
             info["warning"] = "GrabCut removed every object pixel"
         return RefineResult(mask, self.name, info)
