@@ -44,9 +44,9 @@ def _capture_child(steps: int, mode: str) -> None:
         with trace(pipe, prompt, "dog", CaptureConfig(self_attention_max_tokens=0)) as tr:
             orig = tr._record_cross
 
-            def keep(attn, hs, ehs):
+            def keep(attn, hs, ehs, *projections):
                 before = {k: v.clone() for k, v in tr._sums.items()}
-                orig(attn, hs, ehs)
+                orig(attn, hs, ehs, *projections)
                 kept.extend(tr._sums[k] - before.get(k, 0) for k in tr._sums)
             tr._record_cross = keep
             pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")

@@ -26,6 +26,7 @@ from _results import write_section  # noqa: E402
 
 def evaluate(n: int = 104, steps: int = 25, guidance: float = 5.0, batch: int = 8, seed0: int = 100000):
     from pipeline.embedded import world
+    from pipeline.attention import capture_for
     from pipeline.generate import generate, load_pipeline
     from pipeline.masks import iou
     from pipeline.refine import RefinementError, get_refiner, otsu_threshold, refine_and_choose
@@ -37,7 +38,9 @@ def evaluate(n: int = 104, steps: int = 25, guidance: float = 5.0, batch: int = 
     jobs = [(world.CLASS_NAMES[k % len(world.CLASS_NAMES)], seed0 + k) for k in range(n)]
     for start in range(0, n, batch):
         chunk = jobs[start : start + batch]
-        samples = generate(pipe, [c for c, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance)
+        # self-attention captured too, for the affinity refiner (the per-image time includes it)
+        samples = generate(pipe, [c for c, _ in chunk], [s for _, s in chunk], steps=steps, guidance=guidance,
+                           capture=capture_for("affinity"))
         for s in samples:
             k = world.CLASS_NAMES.index(s.class_name)
             truth = world.colour_extent(s.image, k)

@@ -81,19 +81,23 @@ class GrabCutRefiner:
     coarse map itself. Here the heat map's mask (``heat >= level``) is trusted away from its
     boundary: pixels deeper inside than ``band`` x sqrt(object area) are sure object,
     pixels farther outside are sure background, and GrabCut (``iterations``, bounded)
-    decides only the band between. It runs on the image scaled to at most ``max_side``
+    decides only the band between, plus wherever the heat map itself is unsure
+    (``soft[0] < heat < soft[1]``). It runs on the image scaled to at most ``max_side``
     pixels (the band is the only undecided part, and colour models need no more), then
     the band's labels are upsampled; sure pixels stay exact at full resolution.
     """
 
     name = "grabcut"
 
-    def __init__(self, band: float = 0.1, level: float = 0.5, iterations: int = 3, max_side: int = 320):
-        if not 0 < band <= 1 or not 0 < level < 1:
-            raise ValueError(f"need 0 < band <= 1 and 0 < level < 1, got band={band}, level={level}")
+    def __init__(self, band: float = 0.1, level: float = 0.5, soft: tuple[float, float] = (0.15, 0.7),
+                 iterations: int = 3, max_side: int = 320):
+        if not 0 < band <= 1 or not 0 <= soft[0] < level < soft[1] <= 1:
+            raise ValueError(f"need 0 < band <= 1 and 0 <= soft[0] < level < soft[1] <= 1, got band={band}, "
+                             f"level={level}, soft={soft}")
         if iterations < 1 or max_side < 16:
             raise ValueError("iterations must be >= 1 and max_side >= 16")
-        self.band, self.level, self.iterations, self.max_side = band, level, iterations, max_side
+        self.band, self.level, self.soft = band, level, tuple(soft)
+        self.iterations, self.max_side = iterations, max_side
 
     def seeds(self, heat: np.ndarray) -> np.ndarray:
         """(H, W) uint8 GrabCut labels: GC_FGD / GC_PR_FGD / GC_PR_BGD / GC_BGD."""
@@ -103,6 +107,8 @@ class GrabCutRefiner:
         seed = np.where(mask > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         seed[cv2.erode(mask, kernel) > 0] = cv2.GC_FGD
         seed[cv2.dilate(mask, kernel) == 0] = cv2.GC_BGD
+        unsure = (heat > self.soft[0]) & (heat < self.soft[1])
+        seed[unsure] = np.where(mask[unsure] > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD)
         if np.count_nonzero((seed == cv2.GC_BGD) | (seed == cv2.GC_PR_BGD)) < 16:
             # The object covers (nearly) everything: GrabCut needs background samples, so the
             # image border becomes probable background rather than failing.

@@ -3,6 +3,7 @@ harmonized composite with occlusion-exact masks -> accept into the dataset."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -15,11 +16,18 @@ from pipeline.dataset import Store, StoreError, check_image
 from pipeline.export import sample_instances
 from pipeline.generate import ModelLoadError, generate
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
-from pipeline.placement import PlacementError, box_at, box_size, heatmap
+from pipeline.checkpoints import CheckpointError
+from pipeline.placement import PlacementError, box_at, box_size, get_scorer, heatmap
 from pipeline.refine import RefinementError, get_refiner, refine_and_choose
 from pipeline.thesaurus import Thesaurus
 
 from .state import MODEL_LOCK, get_pipeline
+
+try:  # a maintained Gradio component for draggable boxes; the tab falls back to click-to-move without it
+    from gradio_image_annotation import image_annotator
+except ImportError:  # pragma: no cover
+    image_annotator = None
+N_VIEWS = 3 if image_annotator is not None else 2  # placement image, its text, the box editor
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -50,6 +58,32 @@ def instance_map(shape, instances) -> np.ndarray:
     for k, (_, m) in enumerate(instances):
         out[m] = PALETTE[k % len(PALETTE)]
     return out
+
+
+@lru_cache(maxsize=2)
+def _cached_scorer(path: str):
+    return get_scorer("fopa", checkpoint=path)
+
+
+@lru_cache(maxsize=2)
+def _cached_rainnet(path: str):
+    return get_harmonizer("rainnet", checkpoint=path)
+
+
+def move_box(ins: Insertion, drawn: tuple[float, float, float, float]) -> float:
+    """Take a user-drawn XYXY box (background pixels): centre the object in it and return the
+    largest scale at which the object, keeping its aspect ratio, fits inside it."""
+    h, w = ins.background.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in drawn)
+    x1, x2 = sorted((min(max(x1, 0), w), min(max(x2, 0), w)))
+    y1, y2 = sorted((min(max(y1, 0), h), min(max(y2, 0), h)))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        raise gr.Error("the box is too small")
+    ys, xs = np.nonzero(ins.fg_mask)
+    fh, fw = np.ptp(ys) + 1, np.ptp(xs) + 1
+    fit = min((x2 - x1) / fw, (y2 - y1) / fh)  # object pixels -> box pixels
+    ins.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+    return float(np.clip(fit * max(fh, fw) / min(h, w), 0.01, 1.0))
 
 
 def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
@@ -114,13 +148,19 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         ins.fg, ins.fg_mask, ins.fg_class = s.image, ch.mask(s.heat_map), class_name
         return ins, viz.upscale_for_display(viz.overlay_mask(s.image, ins.fg_mask))
 
-    def place(ins: Insertion | None, scale):
+    def place(ins: Insertion | None, scale, fopa_ckpt="", progress=gr.Progress()):
         if ins is None or ins.fg is None:
             raise gr.Error("Load a background and make an object first.")
         try:
-            ins.placement = heatmap(ins.background, ins.fg_mask, existing_masks=[m for _, m in ins.instances],
-                                    fg_class=ins.fg_class, top_k=5)
-        except PlacementError as e:
+            if (fopa_ckpt or "").strip():
+                progress(0.2, desc="FOPA: scoring 16 scales")
+                scorer = _cached_scorer(fopa_ckpt.strip())
+                with MODEL_LOCK:
+                    ins.placement = scorer(ins.background, ins.fg, ins.fg_mask, top_k=5)
+            else:
+                ins.placement = heatmap(ins.background, ins.fg_mask, existing_masks=[m for _, m in ins.instances],
+                                        fg_class=ins.fg_class, top_k=5)
+        except (PlacementError, CheckpointError, ValueError) as e:
             raise gr.Error(str(e))
         s, (x1, y1, x2, y2), _ = ins.placement.boxes[0]
         ins.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
@@ -138,28 +178,56 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         x1, y1, x2, y2 = _box(ins, scale)
         cv2.rectangle(shown, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), max(1, min(shown.shape[:2]) // 150))
         ranked = "\n".join(f"{i + 1}. scale {s:.2f}, box {b}, score {sc:.2f}" for i, (s, b, sc) in enumerate(ins.placement.boxes))
-        return viz.upscale_for_display(shown), f"box {list((x1, y1, x2, y2))} · click the image to move it\n\n{ranked}"
+        info = f"box {list((x1, y1, x2, y2))} · drag or resize it, or click the heat map to move it\n\n{ranked}"
+        editor = (_box_editor_value(ins, (x1, y1, x2, y2)),) if image_annotator is not None else ()
+        return (viz.upscale_for_display(shown), info, *editor)
+
+    def _box_editor_value(ins: Insertion, box):
+        k = _display_scale(ins.background)
+        return {"image": viz.upscale_for_display(ins.background),
+                "boxes": [{"xmin": box[0] * k, "ymin": box[1] * k, "xmax": box[2] * k, "ymax": box[3] * k,
+                           "label": ins.fg_class or "object", "color": (255, 255, 255)}]}
 
     def click(ins: Insertion | None, scale, evt: gr.SelectData):
         if ins is None or ins.placement is None:
-            return gr.update(), gr.update()
+            return (gr.update(), gr.update(), gr.skip())[:N_VIEWS]
         k = _display_scale(ins.background)
         ins.centre = (evt.index[0] / k, evt.index[1] / k)
         return _placement_views(ins, scale)
 
     def rescale(ins: Insertion | None, scale):
         if ins is None or ins.placement is None:
-            return gr.update(), gr.update()
+            return (gr.update(), gr.update(), gr.skip())[:N_VIEWS]
         return _placement_views(ins, scale)
 
-    def preview(ins: Insertion | None, scale, method, progress=gr.Progress()):
+    def drag(ins: Insertion | None, value, scale):
+        """The box was dragged or resized: its centre becomes the object's, and the scale the
+        largest at which the object (its own aspect ratio) fits the drawn box."""
+        if ins is None or ins.placement is None or not value or not value.get("boxes"):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        k = _display_scale(ins.background)
+        b = value["boxes"][0]
+        drawn = tuple(v / k for v in (b["xmin"], b["ymin"], b["xmax"], b["ymax"]))
+        current = _box(ins, scale)
+        if max(abs(a - c) for a, c in zip(drawn, current)) <= 1:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # our own update echoing back
+        new_scale = move_box(ins, drawn)
+        return (gr.update(value=new_scale), *_placement_views(ins, new_scale))
+
+    def preview(ins: Insertion | None, scale, method, rain_ckpt="", progress=gr.Progress()):
         if ins is None or ins.placement is None:
             raise gr.Error("Place the object first.")
         progress(0.3, desc="compositing")
         try:
+            if method == "rainnet":
+                if not (rain_ckpt or "").strip():
+                    raise gr.Error("RainNet needs its checkpoint (net_G.pth): give its path under 'published weights'.")
+                harmonizer = _cached_rainnet(rain_ckpt.strip())
+            else:
+                harmonizer = get_harmonizer(method)
             comp = paste(ins.background, ins.instances, ins.fg, ins.fg_mask, _box(ins, scale), ins.fg_class,
-                         harmonizer=get_harmonizer(method), harmonizer_name=method)
-        except (ComposeError, HarmonizeError) as e:
+                         harmonizer=harmonizer, harmonizer_name=method)
+        except (ComposeError, HarmonizeError, CheckpointError, ValueError) as e:
             raise gr.Error(str(e))
         ins.composite = comp
         legend = ", ".join(f"{n}" for n, _ in comp.instances)
@@ -207,12 +275,20 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
     with gr.Row():
         place_btn = gr.Button("Propose placement", elem_id="insert-place")
         scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object's longer side / background's shorter side)")
-        method = gr.Dropdown(available_methods(), value=default_method(), label="harmonization")
+        method = gr.Dropdown(available_methods() + ["rainnet"], value=default_method(), label="harmonization")
         preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview")
     with gr.Row():
         place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False)
+        box_edit = (image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
+                                    sources=None, show_clear_button=False, show_download_button=False,
+                                    elem_id="insert-box") if image_annotator is not None else None)
         comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False)
         mask_img = gr.Image(label="instance masks", type="numpy", interactive=False)
+    with gr.Accordion("published weights (optional)", open=False):
+        gr.Markdown("FOPA's ObPlaNet checkpoint replaces the weight-free placement scorer; RainNet's enables "
+                    "the `rainnet` harmonization. Both are checked key by key when loaded.")
+        fopa_ckpt = gr.Textbox("", label="FOPA checkpoint path (.pth)")
+        rain_ckpt = gr.Textbox("", label="RainNet checkpoint path (net_G.pth)")
     place_info = gr.Markdown()
     comp_info = gr.Markdown(elem_id="insert-info")
     with gr.Row():
@@ -225,8 +301,13 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
                    api_name="insert_load")
     obj_btn.click(make_object, [state, obj_class, obj_seed, model_box], [state, obj_img], concurrency_limit=1,
                   concurrency_id="model", api_name="insert_object")
-    place_btn.click(place, [state, scale], [state, scale, place_img, place_info], api_name="insert_place")
-    place_img.select(click, [state, scale], [place_img, place_info])
-    scale.release(rescale, [state, scale], [place_img, place_info])
-    preview_btn.click(preview, [state, scale, method], [state, comp_img, mask_img, comp_info], api_name="insert_preview")
+    views = [place_img, place_info, box_edit] if box_edit is not None else [place_img, place_info]
+    place_btn.click(place, [state, scale, fopa_ckpt], [state, scale, *views], api_name="insert_place",
+                    concurrency_limit=1, concurrency_id="model")
+    place_img.select(click, [state, scale], views)
+    scale.release(rescale, [state, scale], views)
+    if box_edit is not None:
+        box_edit.change(drag, [state, box_edit, scale], [scale, *views], queue=False)
+    preview_btn.click(preview, [state, scale, method, rain_ckpt], [state, comp_img, mask_img, comp_info],
+                      api_name="insert_preview")
     accept_btn.click(accept, [state, ins_tags], accept_info, api_name="insert_accept")

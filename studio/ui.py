@@ -101,10 +101,15 @@ def _refine(ins: Inspection, refiner_name: str, sam_ckpt: str | None) -> None:
 
 
 def on_threshold(ins: Inspection | None, threshold: float):
+    """The slider: only the two views that depend on the threshold are redrawn (the cheap
+    SamPredictor-style half: the heat map and refinement were computed once at generation)."""
     if ins is None:
         return None, None
-    _, mask_img, curve, _, _ = _views(ins, threshold)
-    return mask_img, curve
+    mask = viz.upscale_for_display(viz.overlay_mask(ins.image, _current_mask(ins, threshold)))
+    curve = None
+    if ins.choice is not None:
+        curve = viz.iou_curve_image(ins.choice.thresholds, ins.choice.ious, ins.choice.threshold, threshold)
+    return mask, curve
 
 
 def on_view_change(ins, resolution, t_lo, t_hi, threshold, refiner_name, sam_ckpt):

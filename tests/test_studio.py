@@ -78,6 +78,8 @@ def test_bad_input_gives_clear_errors(studio):
 
 
 def test_insert_objects_flow(studio):
+    from gradio_client.exceptions import AppError
+
     url, store_dir = studio
     c = client(url)
     gen(c, "kite", 11)
@@ -88,6 +90,10 @@ def test_insert_objects_flow(studio):
     c.predict(scale=0.4, api_name="/insert_place")
     comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
     assert "star" in info and "kite" in info
+    with pytest.raises(AppError, match="RainNet needs its checkpoint"):
+        c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
+    with pytest.raises(AppError, match="does not exist"):
+        c.predict(scale=0.4, fopa_ckpt="/nowhere/fopa.pth", api_name="/insert_place")
     msg = c.predict(tags="insert", api_name="/insert_accept")
     new_id = int(msg.split("#")[1].split()[0])
     s = Store(store_dir)
@@ -116,3 +122,23 @@ def test_eight_clients_never_see_each_others_work(studio):
         rec = s.get(sid)
         assert (rec.classes, rec.seed, rec.tags) == ([cls], seed, [f"client-{seed}"])
     assert len({sid for _, _, sid in results}) == 8
+
+
+def test_dragged_box_sets_centre_and_the_largest_fitting_scale():
+    from pipeline.placement import box_at, box_size
+    from studio.insert import Insertion, move_box
+
+    bg = np.zeros((240, 320, 3), np.uint8)
+    fg_mask = np.zeros((64, 64), bool)
+    fg_mask[10:50, 20:40] = True  # a 40 x 20 (h x w) object
+    ins = Insertion(bg, [], ["x"], "test", fg=np.zeros((64, 64, 3), np.uint8), fg_mask=fg_mask, fg_class="star")
+    drawn = (100.0, 60.0, 180.0, 200.0)  # 80 wide, 140 tall
+    scale = move_box(ins, drawn)
+    assert ins.centre == (140.0, 130.0)
+    w, h = box_size(scale, (40, 20), (240, 320))
+    assert h <= 141 and w <= 81 and (abs(h - 140) <= 1 or abs(w - 80) <= 1)  # fits, touching one side
+    x1, y1, x2, y2 = box_at(ins.centre, (w, h), (240, 320))
+    assert 100 <= x1 and x2 <= 181 and 60 <= y1 and y2 <= 201
+    import gradio as gr
+    with pytest.raises(gr.Error, match="too small"):
+        move_box(ins, (10, 10, 11, 50))
