@@ -289,7 +289,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
                     "the `rainnet` harmonization. Both are checked key by key when loaded.")
         fopa_ckpt = gr.Textbox("", label="FOPA checkpoint path (.pth)")
         rain_ckpt = gr.Textbox("", label="RainNet checkpoint path (net_G.pth)")
-    place_info = gr.Markdown()
+    place_info = gr.Markdown(elem_id="insert-place-info")
     comp_info = gr.Markdown(elem_id="insert-info")
     with gr.Row():
         ins_tags = gr.Textbox("", label="tags")

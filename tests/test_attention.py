@@ -123,3 +123,18 @@ def test_word_missing_from_prompt(tiny_pipe):
         generate(tiny_pipe, "dog", 0, steps=2, prompt="a photograph of a cat")
     # the failed trace must not leave recorders installed
     assert not any(type(p).__name__ == "_Recorder" for p in tiny_pipe.unet.attn_processors.values())
+
+
+def test_reused_projections_equal_recomputed_ones(tiny_pipe):
+    """Capture reads q/k from the processor's own to_q/to_k calls; a processor that does not
+    make them (fused projections) falls back to computing them: both give the same maps."""
+    prompt = "a photograph of a cat"
+    with trace(tiny_pipe, prompt, "cat") as tr:
+        tiny_pipe(prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert tr._projection_hooks == []  # removed on exit
+    reused = tr.maps()[0].heat_map()
+    with trace(tiny_pipe, prompt, "cat") as tr2:
+        for h in tr2._projection_hooks:  # as if the processor never called to_q/to_k
+            h.remove()
+        tiny_pipe(prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert np.allclose(tr2.maps()[0].heat_map(), reused, atol=1e-5)

@@ -70,12 +70,45 @@ def test_insert_place_and_accept(page):
     page.wait_for_timeout(8000)
     page.click("#insert-place")
     page.wait_for_timeout(3000)
+    before = _box_from_info(page)
+    _drag_box(page, before, (12, -12))  # background pixels: right and up
+    page.wait_for_timeout(2500)
+    page.locator("#insert-box").screenshot(path=str(ARTIFACTS / "2b-insert-box-dragged.png"))
+    after = _box_from_info(page)
+    assert after != before, "dragging the box did not move it"
+    moved = ((after[0] + after[2]) / 2 - (before[0] + before[2]) / 2, (after[1] + after[3]) / 2 - (before[1] + before[3]) / 2)
+    assert moved[0] > 4 and moved[1] < -4, (before, after)
     page.click("#insert-preview")
     wait_text(page, "#insert-info", "star")
     page.screenshot(path=str(ARTIFACTS / "2-insert-objects.png"), full_page=True)
     page.click("#insert-accept")
     page.wait_for_timeout(2000)
     assert Store(page.store_dir).count(status="accepted") == 2
+
+
+def _box_from_info(page):
+    import re
+
+    text = page.locator("#insert-place-info").inner_text()
+    return tuple(int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", text).groups())
+
+
+def _drag_box(page, box, delta):
+    """Drag the box editor's box by ``delta`` background pixels (the editor shows the 64 px
+    background at x5, fitted into its canvas)."""
+    canvas = page.locator("#insert-box canvas").first
+    canvas.scroll_into_view_if_needed()  # mouse events outside the viewport are dropped
+    page.wait_for_timeout(300)
+    r = canvas.bounding_box()
+    side = 64 * 5
+    s = min(r["width"] / side, r["height"] / side)
+    ox, oy = r["x"] + (r["width"] - side * s) / 2, r["y"] + (r["height"] - side * s) / 2
+    cx, cy = (box[0] + box[2]) / 2 * 5 * s + ox, (box[1] + box[3]) / 2 * 5 * s + oy
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(cx + delta[0] * 5 * s * k / 10, cy + delta[1] * 5 * s * k / 10)
+    page.mouse.up()
 
 
 def test_curate_keyboard_and_export(page):
