@@ -313,7 +313,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         t_hi = gr.Slider(0, 999, 999, step=100, label="timesteps to")
                     threshold = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="threshold", elem_id="threshold")
                     with gr.Row():
-                        mask_out = gr.Image(label="mask at threshold", type="numpy", interactive=False)
+                        mask_out = gr.Image(label="mask at threshold", type="numpy", interactive=False, elem_id="mask-view")
                         refined_out = gr.Image(label="refined mask", type="numpy", interactive=False)
                         curve_out = gr.Image(label="IoU vs threshold", type="numpy", interactive=False)
                     choice_info = gr.Markdown(elem_id="choice-info")
