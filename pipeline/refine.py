@@ -88,6 +88,7 @@ class GrabCutRefiner:
     """
 
     name = "grabcut"
+    takes_points = True
 
     def __init__(self, band: float = 0.1, level: float = 0.5, soft: tuple[float, float] = (0.15, 0.7),
                  iterations: int = 3, max_side: int = 320):
@@ -116,9 +117,16 @@ class GrabCutRefiner:
             seed[:, [0, -1]] = cv2.GC_PR_BGD
         return seed
 
-    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
+        """``points``: optional user clicks, (K, 2) XY in image pixels with ``labels`` (K,)
+        1 = object, 0 = background; each becomes a small disc of sure object/background."""
         heat = check_inputs(image, heat)
         seed = self.seeds(heat)
+        if points is not None and len(points):
+            radius = max(2, round(0.02 * min(heat.shape)))
+            for (x, y), label in zip(np.asarray(points, float), np.asarray(labels)):
+                cv2.circle(seed, (int(round(x)), int(round(y))), radius,
+                           int(cv2.GC_FGD if label else cv2.GC_BGD), -1)
         n_fg = int(np.count_nonzero((seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)))
         if n_fg == 0:
             raise RefinementError(f"no pixel of the heat map reaches {self.level}; nothing to refine")
@@ -214,6 +222,7 @@ class SamRefiner:
     """
 
     name = "sam"
+    takes_points = True
 
     def __init__(self, checkpoint: str | None = None, model_type: str = "vit_b", device: str = "cpu"):
         if not checkpoint:
@@ -281,14 +290,28 @@ class MaskChoice:
 
 
 def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: AttentionMaps | None = None,
-                      thresholds=None) -> MaskChoice:
+                      thresholds=None, points=None, labels=None) -> MaskChoice:
     """Refine, then pick the threshold with the highest IoU against the refined mask.
 
-    Raises RefinementError when the heat map is unusable or the refined mask is empty."""
+    ``points``/``labels``: user clicks (XY image pixels; 1 object, 0 background) for the
+    refiners that take them (grabcut, sam). Raises RefinementError when the heat map is
+    unusable or the refined mask is empty."""
     from .masks import DEFAULT_THRESHOLDS, choose_threshold
 
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float32)
-    result = refiner(image, heat, attention)
+    if points is not None and len(points):
+        if not getattr(refiner, "takes_points", False):
+            raise RefinementError(f"the {refiner.name} refiner does not take clicks; use grabcut or sam")
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        if len(labels) != len(points):
+            raise RefinementError(f"{len(points)} clicks but {len(labels)} labels")
+        h, w = heat.shape
+        if (points < 0).any() or (points[:, 0] >= w).any() or (points[:, 1] >= h).any():
+            raise RefinementError(f"a click lies outside the {w}x{h} image")
+        result = refiner(image, heat, attention, points=points, labels=labels)
+    else:
+        result = refiner(image, heat, attention)
     if result.empty:
         raise RefinementError(f"the {result.refiner} refiner found no object pixels "
                               f"({result.info.get('warning', 'empty mask')}); try another refiner or seed")

@@ -33,10 +33,15 @@ def mask_to_png(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * 255
 
 
+def display_scale(hw: tuple[int, int], min_side: int = 320) -> int:
+    """The integer factor :func:`upscale_for_display` enlarges an (H, W) image by."""
+    return max(1, int(np.ceil(min_side / max(1, min(hw[0], hw[1])))))
+
+
 def upscale_for_display(image: np.ndarray, min_side: int = 320) -> np.ndarray:
     """Nearest-neighbour enlargement of small images (the embedded model draws 64x64)."""
     h, w = image.shape[:2]
-    k = int(np.ceil(min_side / max(1, min(h, w))))
+    k = display_scale((h, w), min_side)
     if k <= 1:
         return image
     return cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_NEAREST)

@@ -50,7 +50,7 @@ class Insertion:
 
 
 def _display_scale(img: np.ndarray) -> int:
-    return max(1, int(np.ceil(320 / min(img.shape[:2]))))
+    return viz.display_scale(img.shape[:2])
 
 
 def instance_map(shape, instances) -> np.ndarray:

@@ -38,3 +38,4 @@ class Inspection:
     edited_mask: np.ndarray | None = None  # the user's brushed mask, if any
     history: list = field(default_factory=list)  # previous edited masks, for undo
     stored_id: int | None = None
+    clicks: list = field(default_factory=list)  # (x, y, label) in image pixels; 1 object, 0 background

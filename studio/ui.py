@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 
@@ -34,6 +36,8 @@ document.addEventListener('keydown', (e) => {
 
 
 # -- Generate & Inspect ----------------------------------------------------------------
+CLICK_MODES = ["do nothing", "add object (+)", "mark background (-)"]
+
 def _heat_view(ins: Inspection, resolution: str, t_lo: int, t_hi: int) -> np.ndarray:
     res = None if resolution in (None, "", "all") else [int(resolution)]
     return ins.attention.heat_map(resolutions=res, timesteps=(t_lo, t_hi))
@@ -90,7 +94,15 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
 def _refine(ins: Inspection, refiner_name: str, sam_ckpt: str | None) -> None:
     try:
         opts = {"checkpoint": sam_ckpt or None} if refiner_name == "sam" else {}
-        ins.choice = refine_and_choose(ins.image, ins.heat, get_refiner(refiner_name, **opts), ins.attention)
+        clicks = {}
+        if ins.clicks:
+            clicks = {"points": [(x, y) for x, y, _ in ins.clicks], "labels": [lab for _, _, lab in ins.clicks]}
+        refiner = _cached_refiner(refiner_name, **opts)
+        if refiner_name == "sam":  # one SamPredictor holds one image embedding: one session at a time
+            with MODEL_LOCK:
+                ins.choice = refine_and_choose(ins.image, ins.heat, refiner, ins.attention, **clicks)
+        else:
+            ins.choice = refine_and_choose(ins.image, ins.heat, refiner, ins.attention, **clicks)
         ins.refine_error = None
     except RefinerUnavailable as e:
         ins.choice, ins.refine_error = None, str(e)
@@ -98,6 +110,45 @@ def _refine(ins: Inspection, refiner_name: str, sam_ckpt: str | None) -> None:
     except RefinementError as e:
         ins.choice, ins.refine_error = None, f"refinement failed: {e}"
         gr.Warning(str(e))
+
+
+@lru_cache(maxsize=4)
+def _cached_refiner(name: str, **opts):
+    # SAM's predictor keeps the image embedding: reusing it makes each extra click cheap
+    return get_refiner(name, **opts)
+
+
+def _image_with_clicks(ins: Inspection) -> np.ndarray:
+    shown = viz.upscale_for_display(ins.image)
+    k = viz.display_scale(ins.image.shape[:2])
+    for x, y, label in ins.clicks:
+        centre = (int((x + 0.5) * k), int((y + 0.5) * k))
+        cv2.circle(shown, centre, max(4, int(k * 1.5)), (40, 220, 60) if label else (235, 40, 40), -1)
+        cv2.circle(shown, centre, max(4, int(k * 1.5)), (255, 255, 255), 1)
+    return shown
+
+
+def on_click(ins: Inspection | None, mode, refiner_name, sam_ckpt, threshold, evt: gr.SelectData):
+    """A click on the image adds an object (+) or background (-) point and re-runs the refiner
+    (GrabCut or SAM) with all clicks so far."""
+    if ins is None or not mode or mode == CLICK_MODES[0]:
+        return (gr.skip(),) * 6
+    if refiner_name not in ("grabcut", "sam"):
+        raise gr.Error(f"clicks refine with grabcut or sam, not {refiner_name}: choose one of them first")
+    k = viz.display_scale(ins.image.shape[:2])  # display pixels per image pixel
+    x = min(max(int(evt.index[0] // k), 0), ins.image.shape[1] - 1)
+    y = min(max(int(evt.index[1] // k), 0), ins.image.shape[0] - 1)
+    ins.clicks.append((x, y, 1 if mode == CLICK_MODES[1] else 0))
+    _refine(ins, refiner_name, sam_ckpt)
+    return (_image_with_clicks(ins), *_views(ins, threshold))
+
+
+def on_clear_clicks(ins: Inspection | None, refiner_name, sam_ckpt, threshold):
+    if ins is None:
+        return (gr.skip(),) * 6
+    ins.clicks.clear()
+    _refine(ins, refiner_name, sam_ckpt)
+    return (_image_with_clicks(ins), *_views(ins, threshold))
 
 
 def on_threshold(ins: Inspection | None, threshold: float):
@@ -305,16 +356,22 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     gen_info = gr.Markdown()
                 with gr.Column(scale=2):
                     with gr.Row():
-                        image_out = gr.Image(label="image", type="numpy", interactive=False)
+                        image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
+                                             interactive=False, elem_id="image-view")
                         heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False)
                     with gr.Row():
                         res_in = gr.Radio(["all"], value="all", label="resolution")
                         t_lo = gr.Slider(0, 999, 0, step=100, label="timesteps from")
                         t_hi = gr.Slider(0, 999, 999, step=100, label="timesteps to")
+                    with gr.Row():
+                        click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="click on the image to",
+                                              elem_id="click-mode")
+                        clear_clicks = gr.Button("Clear clicks")
                     threshold = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="threshold", elem_id="threshold")
                     with gr.Row():
                         mask_out = gr.Image(label="mask at threshold", type="numpy", interactive=False, elem_id="mask-view")
-                        refined_out = gr.Image(label="refined mask", type="numpy", interactive=False)
+                        refined_out = gr.Image(label="refined mask", type="numpy", interactive=False,
+                                               elem_id="refined-view")
                         curve_out = gr.Image(label="IoU vs threshold", type="numpy", interactive=False)
                     choice_info = gr.Markdown(elem_id="choice-info")
                     with gr.Accordion("Touch up the mask (white brush adds, black erases)", open=False):
@@ -338,6 +395,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                             show_progress="hidden", trigger_mode="always_last", queue=False)
             for comp in (res_in, t_lo, t_hi, refiner):
                 comp.input(on_view_change, [ins_state, res_in, t_lo, t_hi, threshold, refiner, sam_ckpt], views)
+            image_out.select(on_click, [ins_state, click_mode, refiner, sam_ckpt, threshold], [image_out, *views])
+            clear_clicks.click(on_clear_clicks, [ins_state, refiner, sam_ckpt, threshold], [image_out, *views])
             load_editor.click(editor_background, [ins_state, threshold], editor)
             apply_edit.click(on_edit_mask, [ins_state, editor, threshold], views)
             undo.click(on_undo, [ins_state, threshold], views)

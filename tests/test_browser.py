@@ -48,7 +48,23 @@ def test_generate_slider_accept(page):
     box.fill("0.2")
     box.press("Enter")
     page.wait_for_timeout(1500)
+    # a click on the image (mode "add object") re-runs GrabCut with that point
+    refined = "() => (document.querySelector('#refined-view img') || {}).src || ''"
+    before = page.evaluate(refined)
+    page.get_by_label("add object (+)").check()
+    image = page.locator("#image-view img").first
+    image.scroll_into_view_if_needed()
+    r = image.bounding_box()
+    page.mouse.click(r["x"] + r["width"] * 0.1, r["y"] + r["height"] * 0.1)  # a corner, outside the ball
+    page.wait_for_function(f"(b) => ({refined})() !== b", arg=before, timeout=30000)
+    page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "1-generate-inspect.png"), full_page=True)
+    import numpy as np
+    from PIL import Image
+    shown = np.asarray(Image.open(ARTIFACTS / "1-generate-inspect.png").convert("RGB")).astype(int)
+    x, y = int(r["x"] + r["width"] * 0.1), int(r["y"] + r["height"] * 0.1 + page.evaluate("window.scrollY"))
+    patch = shown[y - 3:y + 4, x - 3:x + 4]
+    assert ((patch[..., 1] > 180) & (patch[..., 0] < 120)).any(), "no green click marker where the user clicked"
     page.click("#accept-btn")
     wait_text(page, "#store-info", "saved as #")
     s = Store(page.store_dir)

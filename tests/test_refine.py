@@ -127,3 +127,30 @@ def test_grabcut_is_deterministic(instances):
     cv2.setRNGSeed(12345)  # whatever else used OpenCV's RNG in between
     cv2.randu(np.zeros((10, 10), np.float32), 0, 1)
     assert np.array_equal(GrabCutRefiner()(img, heat).mask, first)
+
+
+def test_clicks_steer_grabcut_and_bad_clicks_fail_clearly(instances):
+    img, gt = max(instances, key=lambda x: x[1].sum())
+    ys, xs = np.nonzero(gt)
+    mid = int(np.median(xs))
+    half = gt.copy()
+    half[:, mid:] = False  # attention saw only the object's left half
+    heat = coarse_heat(half)
+    plain = GrabCutRefiner()(img, heat).mask
+    right = [(x, y) for x, y in zip(xs, ys) if x > mid + (xs.max() - mid) // 2]
+    px, py = right[len(right) // 2]
+    clicked = GrabCutRefiner()(img, heat, points=[(px, py)], labels=[1]).mask
+    assert clicked[py, px] and not plain[py, px]
+    assert iou(clicked, gt) > iou(plain, gt)
+    inside = [(x, y) for x, y in zip(xs, ys) if plain[y, x]]
+    nx, ny = inside[len(inside) // 2]
+    removed = GrabCutRefiner()(img, heat, points=[(nx, ny)], labels=[0]).mask
+    assert not removed[ny, nx]
+    choice = refine_and_choose(img, heat, get_refiner("grabcut"), points=[(px, py)], labels=[1])
+    assert choice.refined[py, px]
+    with pytest.raises(RefinementError, match="does not take clicks"):
+        refine_and_choose(img, heat, get_refiner("otsu"), points=[(px, py)], labels=[1])
+    with pytest.raises(RefinementError, match="outside"):
+        refine_and_choose(img, heat, get_refiner("grabcut"), points=[(img.shape[1] + 5, 0)], labels=[1])
+    with pytest.raises(RefinementError, match="labels"):
+        refine_and_choose(img, heat, get_refiner("grabcut"), points=[(1, 1), (2, 2)], labels=[1])
