@@ -302,8 +302,8 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
     obj_btn.click(make_object, [state, obj_class, obj_seed, model_box], [state, obj_img], concurrency_limit=1,
                   concurrency_id="model", api_name="insert_object")
     views = [place_img, place_info, box_edit] if box_edit is not None else [place_img, place_info]
-    place_btn.click(place, [state, scale, fopa_ckpt], [state, scale, *views], api_name="insert_place",
-                    concurrency_limit=1, concurrency_id="model")
+    # the weight-free scorer is cheap and runs beside generation; FOPA takes MODEL_LOCK itself
+    place_btn.click(place, [state, scale, fopa_ckpt], [state, scale, *views], api_name="insert_place")
     place_img.select(click, [state, scale], views)
     scale.release(rescale, [state, scale], views)
     if box_edit is not None:
