@@ -91,7 +91,9 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """What to generate. Fields above ``per_class`` (and ``seed``) define the run key."""
+    """What to generate. The run key (and so every candidate's uid) is fixed by model,
+    config, template, steps, guidance, size, refiner and seed; the other fields change
+    decisions, speed or placement, not what a candidate is."""
 
     classes: tuple[str, ...]
     per_class: int
@@ -638,12 +640,12 @@ class BatchRun:
         chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
         for result in self.executor.map(compose_candidates, spec, chunks):
             for comp in result:
-                base_class = self.store.get_by_uid(comp.base_uid).meta["batch"]["class"]
+                base = self.store.get_by_uid(comp.base_uid)
+                base_class = base.meta["batch"]["class"]
                 r = self.report.classes[base_class]
                 if comp.image is None:
                     r.composite_skips.append(comp.skipped)
                     continue
-                base = self.store.get_by_uid(comp.base_uid)
                 self.store.add(comp.image, list(dict.fromkeys(n for n, _, _ in comp.instances)),
                                instances=[(n, m) for n, m, _ in comp.instances],
                                instance_sources=[s for _, _, s in comp.instances], uid=comp.base_uid + "+insert",

@@ -14,14 +14,13 @@ from pipeline import viz
 from pipeline.compose import ComposeError, paste
 from pipeline.dataset import Store, StoreError, check_image
 from pipeline.export import sample_instances
-from pipeline.generate import ModelLoadError, generate
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
 from pipeline.checkpoints import CheckpointError
 from pipeline.placement import PlacementError, box_at, box_size, get_scorer, heatmap
 from pipeline.refine import RefinementError, get_refiner, refine_and_choose
 from pipeline.thesaurus import Thesaurus
 
-from .state import MODEL_LOCK, get_pipeline
+from .state import MODEL_LOCK, generate_one
 
 try:  # a maintained Gradio component for draggable boxes; the tab falls back to click-to-move without it
     from gradio_image_annotation import image_annotator
@@ -137,13 +136,11 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         if not class_name:
             raise gr.Error("Choose or type the object's class.")
         progress(0.1, desc="generating the object")
+        s = generate_one(model, class_name, seed)
+        progress(0.7, desc="refining its mask")
         try:
-            pipe = get_pipeline(model or "embedded")
-            with MODEL_LOCK:
-                s = generate(pipe, class_name, int(seed))[0]
-            progress(0.7, desc="refining its mask")
             ch = refine_and_choose(s.image, s.heat_map, get_refiner("grabcut"), s.attention)
-        except (ModelLoadError, ValueError, RefinementError) as e:
+        except RefinementError as e:
             raise gr.Error(str(e))
         ins.fg, ins.fg_mask, ins.fg_class = s.image, ch.mask(s.heat_map), class_name
         return ins, viz.upscale_for_display(viz.overlay_mask(s.image, ins.fg_mask))

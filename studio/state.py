@@ -22,6 +22,21 @@ def get_pipeline(model: str, device: str = "auto"):
     return load_pipeline(None if model in ("", "embedded") else model, device=device)
 
 
+def generate_one(model: str | None, class_name: str, seed, **options):
+    """One sample from the (cached) model under MODEL_LOCK; load and prompt errors (missing
+    weights, a word not in the prompt, a bad template) become the user's error toast."""
+    import gradio as gr
+
+    from pipeline.generate import ModelLoadError, generate
+
+    try:
+        pipe = get_pipeline(model or "embedded")
+        with MODEL_LOCK:
+            return generate(pipe, class_name, int(seed), **options)[0]
+    except (ModelLoadError, ValueError) as e:
+        raise gr.Error(str(e))
+
+
 @dataclass
 class Inspection:
     """What one session is looking at on the Generate & Inspect tab."""

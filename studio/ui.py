@@ -16,12 +16,11 @@ from pipeline.attention import capture_for
 from pipeline.dataset import Store, StoreError
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS, ExportError, export, sample_instances
-from pipeline.generate import ModelLoadError, generate
 from pipeline.masks import mask_at
 from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner, refine_and_choose
 
 from .insert import build_insert_tab
-from .state import MODEL_LOCK, Inspection, get_pipeline
+from .state import MODEL_LOCK, Inspection, generate_one
 
 SHORTCUTS_JS = """
 <script>
@@ -47,20 +46,27 @@ def _current_mask(ins: Inspection, threshold: float) -> np.ndarray:
     return ins.edited_mask if ins.edited_mask is not None else mask_at(ins.heat, threshold)
 
 
+def _threshold_views(ins: Inspection, threshold: float):
+    """The two views that depend on the threshold: the mask overlay and the IoU curve."""
+    mask = viz.upscale_for_display(viz.overlay_mask(ins.image, _current_mask(ins, threshold)))
+    curve = None
+    if ins.choice is not None:
+        curve = viz.iou_curve_image(ins.choice.thresholds, ins.choice.ious, ins.choice.threshold, threshold)
+    return mask, curve
+
+
 def _views(ins: Inspection, threshold: float):
     disp = viz.upscale_for_display
-    mask = _current_mask(ins, threshold)
-    curve = None
+    mask, curve = _threshold_views(ins, threshold)
     info = ins.refine_error or ""
     refined = None
     if ins.choice is not None:
-        curve = viz.iou_curve_image(ins.choice.thresholds, ins.choice.ious, ins.choice.threshold, threshold)
         refined = disp(viz.overlay_mask(ins.image, ins.choice.refined, (255, 60, 200)))
         info = (f"{ins.choice.refiner}: chosen threshold {ins.choice.threshold:.2f} "
                 f"(IoU {ins.choice.best_iou:.2f} with the refined mask)")
     if ins.edited_mask is not None:
         info += " · showing your edited mask"
-    return (disp(viz.overlay_heat(ins.image, ins.heat)), disp(viz.overlay_mask(ins.image, mask)), curve, refined, info)
+    return (disp(viz.overlay_heat(ins.image, ins.heat)), mask, curve, refined, info)
 
 
 def on_generate(class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo, t_hi,
@@ -68,18 +74,9 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     class_name = (class_name or "").strip()
     if not class_name:
         raise gr.Error("Type a class name, e.g. 'ball'.")
-    progress(0.05, desc="loading model")
-    try:
-        pipe = get_pipeline(model or "embedded")
-    except ModelLoadError as e:
-        raise gr.Error(str(e))
-    progress(0.2, desc="generating")
-    try:
-        with MODEL_LOCK:
-            sample = generate(pipe, class_name, int(seed), template=template or "a photograph of a {}",
-                              steps=int(steps), guidance=float(guidance), capture=capture_for(refiner_name))[0]
-    except ValueError as e:  # word not in prompt, bad template
-        raise gr.Error(str(e))
+    progress(0.1, desc="loading the model and generating")
+    sample = generate_one(model, class_name, seed, template=template or "a photograph of a {}", steps=int(steps),
+                          guidance=float(guidance), capture=capture_for(refiner_name))
     ins = Inspection(sample.image, class_name, sample.prompt, int(seed), model or "embedded", sample.attention,
                      sample.heat_map)
     ins.heat = _heat_view(ins, resolution, t_lo, t_hi)
@@ -156,11 +153,7 @@ def on_threshold(ins: Inspection | None, threshold: float):
     SamPredictor-style half: the heat map and refinement were computed once at generation)."""
     if ins is None:
         return None, None
-    mask = viz.upscale_for_display(viz.overlay_mask(ins.image, _current_mask(ins, threshold)))
-    curve = None
-    if ins.choice is not None:
-        curve = viz.iou_curve_image(ins.choice.thresholds, ins.choice.ious, ins.choice.threshold, threshold)
-    return mask, curve
+    return _threshold_views(ins, threshold)
 
 
 def on_view_change(ins, resolution, t_lo, t_hi, threshold, refiner_name, sam_ckpt):
