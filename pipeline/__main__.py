@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
-    g.add_argument("--sam-checkpoint", default=None)
+    g.add_argument("--sam-checkpoint", default=None,
+                   help="SAM weights: segment-anything .pth, or a transformers SAM folder / hub id")
     g.add_argument("--resolutions", type=_csv_ints, default=(), help="attention map sizes to use, e.g. 64,32,16")
     g.add_argument("--timesteps", type=int, nargs=2, default=(0, 999), metavar=("LO", "HI"))
     g.add_argument("--out", required=True)
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--height", type=int, default=None)
     b.add_argument("--width", type=int, default=None)
     b.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
-    b.add_argument("--sam-checkpoint", default=None)
+    b.add_argument("--sam-checkpoint", default=None,
+                   help="SAM weights: segment-anything .pth, or a transformers SAM folder / hub id")
     b.add_argument("--threshold", choices=("per-image", "per-class"), default="per-image",
                    help="mask threshold: chosen per image, or calibrated per class on --warmup candidates")
     b.add_argument("--warmup", type=int, default=8, help="candidates per class that calibrate the class's "

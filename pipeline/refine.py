@@ -6,8 +6,9 @@ Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResu
 
 - ``grabcut`` (default): OpenCV GrabCut deciding only a band around the heat map's object
   boundary; no weights.
-- ``sam``: segment-anything's SamPredictor prompted with a box and positive/negative
-  points derived from the heat map; needs a checkpoint file.
+- ``sam``: SAM prompted with a box and positive/negative points derived from the heat
+  map; needs weights: a segment-anything ``.pth`` (run by segment-anything) or the same
+  weights in transformers' format, a folder or hub id (run by transformers' SamModel).
 - ``affinity``: attention only. The heat map is propagated with the captured
   self-attention (the pixel affinity the UNet itself computed), as Dataset Diffusion does
   and in the spirit of the paper's AffinityNet, then split with Otsu's threshold.
@@ -215,7 +216,7 @@ def sam_prompts(heat: np.ndarray, n_negative: int = 2, level: float = 0.5):
 
 
 class SamRefiner:
-    """segment-anything's SamPredictor, prompted from the heat map (plus optional user clicks).
+    """SAM prompted from the heat map (plus optional user clicks); see :mod:`pipeline.sam`.
 
     As with SamPredictor, the image embedding is computed once per image (cached by
     content), so repeated calls with extra clicks are cheap.
@@ -225,21 +226,17 @@ class SamRefiner:
     takes_points = True
 
     def __init__(self, checkpoint: str | None = None, model_type: str = "vit_b", device: str = "cpu"):
+        from .sam import SamUnavailable, load_sam_predictor
+
         if not checkpoint:
             raise RefinerUnavailable(
-                "the SAM refiner needs a checkpoint file: download sam_vit_b_01ec64.pth (or vit_l/vit_h) from "
-                "the segment-anything release and pass its path (--sam-checkpoint PATH)")
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise RefinerUnavailable(f"SAM checkpoint {path} does not exist")
+                "the SAM refiner needs weights: a segment-anything checkpoint file (sam_vit_b_01ec64.pth, or "
+                "vit_l/vit_h with model_type) or a transformers SAM folder / hub id (facebook/sam-vit-base); "
+                "pass it with --sam-checkpoint")
         try:
-            from segment_anything import SamPredictor, sam_model_registry
-        except Exception as e:  # ImportError, or torchvision failing to import
-            raise RefinerUnavailable(f"the SAM refiner needs `pip install segment-anything torchvision` ({e})") from e
-        if model_type not in sam_model_registry:
-            raise RefinerUnavailable(f"unknown SAM model type {model_type!r}; one of {sorted(sam_model_registry)}")
-        sam = sam_model_registry[model_type](checkpoint=str(path)).to(device)
-        self.predictor = SamPredictor(sam)
+            self.predictor = load_sam_predictor(checkpoint, model_type, device)
+        except SamUnavailable as e:
+            raise RefinerUnavailable(str(e)) from e
         self._image_key = None
 
     def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:

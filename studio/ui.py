@@ -344,7 +344,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
                     model_in = gr.Textbox(model, label="model (embedded, diffusers folder, .safetensors file, hub id)")
                     refiner = gr.Dropdown(refiners, value="grabcut", label="refiner")
-                    sam_ckpt = gr.Textbox("", label="SAM checkpoint path (for the sam refiner)")
+                    sam_ckpt = gr.Textbox("", label="SAM weights (sam refiner): segment-anything .pth, or transformers SAM folder / hub id")
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     gen_info = gr.Markdown()
                 with gr.Column(scale=2):

@@ -1,0 +1,127 @@
+"""Loading SAM for the ``sam`` refiner, from either of its two published forms.
+
+- a segment-anything checkpoint file (``sam_vit_b_01ec64.pth`` and its vit_l/vit_h
+  siblings): run by the ``segment_anything`` package's own ``SamPredictor``; that package
+  needs torchvision;
+- the same weights in transformers' format (the hub's ``facebook/sam-vit-base``/-large/
+  -huge, or a local folder with its ``config.json``): run by transformers' ``SamModel``
+  behind :class:`HFSamPredictor`, which needs nothing beyond transformers.
+
+Both give an object with SamPredictor's interface: ``set_image`` once per image (the
+expensive image encoder), then many cheap ``predict`` calls (prompt encoder + mask decoder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class SamUnavailable(RuntimeError):
+    """SAM cannot be loaded from what was given (missing file, package, offline hub)."""
+
+
+def is_hub_id(checkpoint: str) -> bool:
+    """``owner/name`` that is not a path on this machine (what ``from_pretrained`` would fetch)."""
+    p = Path(checkpoint)
+    return (not p.exists() and not p.is_absolute() and not p.suffix and checkpoint.count("/") == 1
+            and not checkpoint.startswith((".", "~")))
+
+
+class HFSamPredictor:
+    """SamPredictor's interface over transformers' ``SamModel`` and ``SamProcessor``.
+
+    ``set_image(image)``: image HWC uint8 RGB; runs the ViT image encoder once and keeps
+    the embedding. ``predict(point_coords, point_labels, box, multimask_output)``: points
+    (K, 2) XY and box XYXY in image pixels, labels (K,) 1 object / 0 background; returns
+    SamPredictor's ``(masks (M, H, W) bool, scores (M,) float, low_res_logits (M, 256, 256))``
+    with M = 3 when ``multimask_output`` else 1.
+    """
+
+    def __init__(self, model, processor, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device = device
+        self.embedding = None
+        self.original_size = None  # (H, W) of the image given to set_image
+        self.input_size = None  # (h, w) after the processor's longest-side resize (1024 for SAM)
+
+    def set_image(self, image: np.ndarray) -> None:
+        inputs = self.processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+            self.embedding = self.model.get_image_embeddings(pixels)
+        self.original_size = tuple(int(v) for v in inputs["original_sizes"][0])
+        self.input_size = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
+
+    def transform_coords(self, xy: np.ndarray) -> np.ndarray:
+        """Image pixels -> the resized frame the model sees (what SamProcessor does to prompts)."""
+        (oh, ow), (nh, nw) = self.original_size, self.input_size
+        return np.asarray(xy, np.float64) * np.array([nw / ow, nh / oh])
+
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output: bool = True):
+        if self.embedding is None:
+            raise RuntimeError("call set_image(image) before predict()")
+        kwargs = {}
+        if point_coords is not None and len(point_coords):
+            pts = self.transform_coords(np.asarray(point_coords).reshape(-1, 2))
+            kwargs["input_points"] = torch.tensor(pts, dtype=torch.float32).reshape(1, 1, -1, 2)
+            kwargs["input_labels"] = torch.tensor(np.asarray(point_labels), dtype=torch.long).reshape(1, 1, -1)
+        if box is not None:
+            corners = self.transform_coords(np.asarray(box).reshape(2, 2)).reshape(-1)
+            kwargs["input_boxes"] = torch.tensor(corners, dtype=torch.float32).reshape(1, 1, 4)
+        with torch.no_grad():
+            out = self.model(image_embeddings=self.embedding,
+                             multimask_output=multimask_output, **{k: v.to(self.device) for k, v in kwargs.items()})
+        logits = out.pred_masks[0, 0].float().cpu()  # (M, 256, 256)
+        masks = self.processor.post_process_masks(
+            out.pred_masks.float().cpu(), [self.original_size], [self.input_size])[0][0]  # (M, H, W) bool
+        return masks.numpy().astype(bool), out.iou_scores[0, 0].float().cpu().numpy(), logits.numpy()
+
+
+def load_sam_predictor(checkpoint: str, model_type: str = "vit_b", device: str = "cpu"):
+    """A SamPredictor-like object from a segment-anything ``.pth`` file, a transformers SAM
+    folder or a hub id. Raises :class:`SamUnavailable` saying what to do."""
+    path = Path(checkpoint).expanduser()
+    if path.is_file():
+        return _segment_anything_predictor(path, model_type, device)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SamUnavailable(f"{path} is a folder without config.json: pass a segment-anything .pth file "
+                                 "or a transformers SAM folder (as saved by SamModel.save_pretrained)")
+        return _transformers_predictor(str(path), device)
+    if is_hub_id(checkpoint):
+        return _transformers_predictor(checkpoint, device)
+    raise SamUnavailable(f"SAM checkpoint {path} does not exist")
+
+
+def _segment_anything_predictor(path: Path, model_type: str, device: str):
+    try:
+        from segment_anything import SamPredictor, sam_model_registry
+    except Exception as e:  # ImportError, or torchvision failing to import beside this torch
+        raise SamUnavailable(
+            f"{path.name} is a segment-anything checkpoint, which needs `pip install segment-anything torchvision` "
+            f"({type(e).__name__}: {e}); or use the same weights in transformers' format "
+            "(facebook/sam-vit-base, saved to a local folder), which need no torchvision") from e
+    if model_type not in sam_model_registry:
+        raise SamUnavailable(f"unknown SAM model type {model_type!r}; one of {sorted(sam_model_registry)}")
+    try:
+        sam = sam_model_registry[model_type](checkpoint=str(path))
+    except Exception as e:  # wrong model type for the file, or not a SAM checkpoint
+        raise SamUnavailable(f"could not load {path} as a segment-anything {model_type} checkpoint: {e}") from e
+    return SamPredictor(sam.to(device))
+
+
+def _transformers_predictor(source: str, device: str):
+    from transformers import SamModel, SamProcessor
+
+    try:
+        model = SamModel.from_pretrained(source)
+        processor = SamProcessor.from_pretrained(source)
+    except OSError as e:
+        where = ("the hub is not reachable from here (HF_HUB_OFFLINE) or it is not cached: download it where it is "
+                 f"(`hf download {source} --local-dir DIR`) and pass DIR" if is_hub_id(source)
+                 else "the folder lacks the model or processor files of SamModel/SamProcessor.save_pretrained")
+        raise SamUnavailable(f"could not load the SAM model {source!r}: {where} ({e})") from e
+    return HFSamPredictor(model, processor, device)
