@@ -17,7 +17,6 @@ Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -98,8 +98,10 @@ def test_sam_loading_errors_say_what_to_do(tmp_path, monkeypatch):
         get_refiner("sam", checkpoint=str(tmp_path))
     pth = tmp_path / "sam_vit_b_01ec64.pth"
     pth.write_bytes(b"not a checkpoint")
+    import importlib
+
     try:
-        import segment_anything  # noqa: F401
+        importlib.import_module("segment_anything")
     except Exception:  # not installed, or torchvision broken: the message says how to get SAM anyway
         with pytest.raises(RefinerUnavailable, match="segment-anything torchvision.*transformers' format"):
             get_refiner("sam", checkpoint=str(pth))
