@@ -70,3 +70,19 @@ def tiny_sdxl_pipeline(seed: int = 0, sample_size: int = 32):
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_tiny_sam(folder, seed: int = 0) -> Path:
+    """A small, randomly initialised SAM (transformers' SamModel: ViT of width 32 and 2 layers,
+    SAM's own prompt encoder and mask decoder) with its processor, saved to ``folder`` as a
+    transformers SAM folder. Its masks mean nothing; it exercises loading and prompting."""
+    from transformers import SamConfig, SamModel, SamProcessor, SamVisionConfig
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    torch.manual_seed(seed)
+    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                             global_attn_indexes=[1])
+    folder = Path(folder)
+    SamModel(SamConfig(vision_config=vision)).save_pretrained(folder)
+    SamProcessor(SamImageProcessorPil()).save_pretrained(folder)
+    return folder

@@ -10,20 +10,12 @@ import torch
 from conftest import coco_image
 from pipeline.refine import RefinerUnavailable, get_refiner, refine_and_choose, sam_prompts
 from pipeline.sam import HFSamPredictor, is_hub_id
+from pipeline.testing import save_tiny_sam
 
 
 @pytest.fixture(scope="module")
 def sam_dir(tmp_path_factory):
-    from transformers import SamConfig, SamModel, SamProcessor, SamVisionConfig
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
-
-    torch.manual_seed(0)
-    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
-                             global_attn_indexes=[1])
-    folder = tmp_path_factory.mktemp("sam-tiny")
-    SamModel(SamConfig(vision_config=vision)).save_pretrained(folder)
-    SamProcessor(SamImageProcessorPil()).save_pretrained(folder)
-    return folder
+    return save_tiny_sam(tmp_path_factory.mktemp("sam-tiny"))
 
 
 @pytest.fixture(scope="module")
