@@ -223,7 +223,9 @@ def refiners_on_coco() -> str:
     return "\n".join(lines + ["", f"mIoU against the COCO instance mask, {len(anns)} instances (area > 8000 px) of "
                               "`../shared/data/coco-mini`; heat maps made from the truth as named. The affinity "
                               "refiner needs the UNet's self-attention, so it is measured on generated images "
-                              "(bench_embedded) instead; SAM needs a checkpoint, which cannot be downloaded here."])
+                              "(bench_embedded) instead. SAM runs (segment-anything .pth or transformers folder; tested with a small "
+                              "random SAM), but its published weights cannot be downloaded here, so it is not in this "
+                              "table."])
 
 
 if __name__ == "__main__":
