@@ -224,13 +224,13 @@ class SamRefiner:
     name = "sam"
     takes_points = True
 
-    def __init__(self, checkpoint: str | None = None, model_type: str = "vit_b", device: str = "cpu"):
+    def __init__(self, checkpoint: str | None = None, model_type: str | None = None, device: str = "cpu"):
         from .sam import SamUnavailable, load_sam_predictor
 
         if not checkpoint:
             raise RefinerUnavailable(
-                "the SAM refiner needs weights: a segment-anything checkpoint file (sam_vit_b_01ec64.pth, or "
-                "vit_l/vit_h with model_type) or a transformers SAM folder / hub id (facebook/sam-vit-base); "
+                "the SAM refiner needs weights: a segment-anything checkpoint file (sam_vit_b_01ec64.pth, "
+                "vit_l or vit_h) or a transformers SAM folder / hub id (facebook/sam-vit-base); "
                 "pass it with --sam-checkpoint")
         try:
             self.predictor = load_sam_predictor(checkpoint, model_type, device)

@@ -86,3 +86,17 @@ def save_tiny_sam(folder, seed: int = 0) -> Path:
     SamModel(SamConfig(vision_config=vision)).save_pretrained(folder)
     SamProcessor(SamImageProcessorPil()).save_pretrained(folder)
     return folder
+
+
+def save_tiny_segment_anything(path, seed: int = 0) -> Path:
+    """A small, randomly initialised SAM built by segment-anything's own code (ViT of width
+    32, 2 blocks, the second with global attention; SAM's prompt encoder and mask decoder),
+    saved as a state-dict ``.pth`` like the published ``sam_vit_b_01ec64.pth``."""
+    from segment_anything.build_sam import _build_sam
+
+    torch.manual_seed(seed)
+    sam = _build_sam(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sam.state_dict(), path)
+    return path

@@ -9,8 +9,8 @@ import torch
 
 from conftest import coco_image
 from pipeline.refine import RefinerUnavailable, get_refiner, refine_and_choose, sam_prompts
-from pipeline.sam import HFSamPredictor, is_hub_id
-from pipeline.testing import save_tiny_sam
+from pipeline.sam import HFSamPredictor, is_hub_id, sam_architecture
+from pipeline.testing import save_tiny_sam, save_tiny_segment_anything
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def sam_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def instance(coco):
     ann = next(a for a in coco.loadAnns(coco.getAnnIds(iscrowd=False)) if a["area"] > 20000)
-    img = coco_image(coco, ann["image_id"])
+    img = np.array(coco_image(coco, ann["image_id"]))  # writable, as torch.from_numpy prefers
     gt = coco.annToMask(ann).astype(np.float32)
     import cv2
 
@@ -88,15 +88,62 @@ def test_sam_loading_errors_say_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text('{"model_type": "sam"}')
     with pytest.raises(RefinerUnavailable, match="could not load the SAM model"):
         get_refiner("sam", checkpoint=str(tmp_path))
-    pth = tmp_path / "sam_vit_b_01ec64.pth"
-    pth.write_bytes(b"not a checkpoint")
-    import importlib
+    garbage = tmp_path / "sam_vit_b_01ec64.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(RefinerUnavailable, match="cannot read checkpoint"):
+        get_refiner("sam", checkpoint=str(garbage))
 
-    try:
-        importlib.import_module("segment_anything")
-    except Exception:  # not installed, or torchvision broken: the message says how to get SAM anyway
-        with pytest.raises(RefinerUnavailable, match="segment-anything torchvision.*transformers' format"):
-            get_refiner("sam", checkpoint=str(pth))
-    else:
-        with pytest.raises(RefinerUnavailable, match="could not load"):
-            get_refiner("sam", checkpoint=str(pth))
+
+@pytest.fixture(scope="module")
+def sam_pth(tmp_path_factory):
+    return save_tiny_segment_anything(tmp_path_factory.mktemp("sam-pth") / "sam_tiny.pth")
+
+
+def test_segment_anything_checkpoint_runs_through_its_own_predictor(sam_pth, instance):
+    """A segment-anything .pth (here a small SAM built by segment-anything's own code) is
+    run by segment-anything's SamPredictor; the architecture is read off the file."""
+    from segment_anything import SamPredictor
+    from segment_anything.build_sam import _build_sam
+
+    from pipeline.checkpoints import read_state_dict
+
+    img, heat = instance
+    refiner = get_refiner("sam", checkpoint=str(sam_pth))
+    assert isinstance(refiner.predictor, SamPredictor)
+    assert sam_architecture(read_state_dict(sam_pth)) == dict(
+        encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
+    result = refiner(img, heat)
+    # the same weights driven directly through segment-anything, with the same prompts
+    torch.manual_seed(0)
+    direct = SamPredictor(_build_sam(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                                     encoder_global_attn_indexes=[1]).eval())
+    direct.model.load_state_dict(torch.load(sam_pth))
+    direct.set_image(img)
+    box, points, labels = sam_prompts(heat)
+    masks, scores, _ = direct.predict(point_coords=points, point_labels=labels, box=box, multimask_output=True)
+    assert np.array_equal(result.mask, masks[int(np.argmax(scores))])
+    assert result.info["score"] == pytest.approx(float(scores.max()))
+
+
+def test_segment_anything_variants_are_read_off_the_file(sam_pth, tmp_path):
+    from pipeline.sam import SAM_VARIANTS
+
+    # a vit_b-shaped state dict (shapes only matter here) is recognised as vit_b
+    from segment_anything import sam_model_registry
+
+    shapes = {k: torch.empty(v.shape) for k, v in sam_model_registry["vit_b"]().state_dict().items()}
+    assert sam_architecture(shapes) == SAM_VARIANTS["vit_b"]
+    with pytest.raises(RefinerUnavailable, match="non-standard SAM .32-wide, 2 blocks., not vit_l"):
+        get_refiner("sam", checkpoint=str(sam_pth), model_type="vit_l")
+    with pytest.raises(RefinerUnavailable, match="unknown SAM model type"):
+        get_refiner("sam", checkpoint=str(sam_pth), model_type="vit_x")
+    other = tmp_path / "not_sam.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(RefinerUnavailable, match="not a segment-anything checkpoint"):
+        get_refiner("sam", checkpoint=str(other))
+    truncated = tmp_path / "truncated.pth"
+    state = torch.load(sam_pth)
+    state.pop("mask_decoder.iou_token.weight")
+    torch.save(state, truncated)
+    with pytest.raises(RefinerUnavailable, match="1 missing .mask_decoder.iou_token.weight"):
+        get_refiner("sam", checkpoint=str(truncated))
