@@ -12,7 +12,11 @@ HEADER = "# Benchmark results\n\nEach section is rewritten by the script named i
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    import torch
+
+    device = "CUDA" if torch.cuda.is_available() else "the CPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__} on {device}")
 
 
 def write_section(name: str, body: str) -> None:

@@ -1,4 +1,4 @@
-"""Core pipeline figures: capture memory vs steps, re-threshold latency, GrabCut time.
+"""Core pipeline figures: capture overhead and memory vs steps, re-threshold latency, GrabCut, refiners.
 
     python bench/bench_core.py
 """
@@ -23,8 +23,26 @@ from _results import write_section  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def _heap_in_use() -> int:
+    """Bytes the C heap has handed out and not taken back (glibc mallinfo2: arena + mmapped
+    blocks). Torch's CPU tensors live there, shared libraries do not, so unlike RSS this
+    follows what the process holds."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def _capture_child(steps: int, mode: str) -> None:
-    """Run in a subprocess: one traced generation, print peak RSS growth and state size."""
+    """Run in a subprocess: one traced generation; print the heap held after each step,
+    peak RSS and the attention state's size."""
     import torch
 
     from pipeline.attention import CaptureConfig, trace
@@ -33,11 +51,19 @@ def _capture_child(steps: int, mode: str) -> None:
     pipe = tiny_pipeline(sample_size=128)  # 256x256 images, cross-attention maps of 64x64 like SD's largest
     prompt = "a photograph of a dog"
     pipe(prompt, num_inference_steps=1, output_type="np")  # warm up allocators
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    heap = []
+
+    def after_step(pipeline, i, t, kwargs):  # diffusers' callback_on_step_end
+        heap.append(_heap_in_use())
+        return kwargs
+
+    run = dict(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
+               callback_on_step_end=after_step)
+    base_heap = _heap_in_use()
     t0 = time.perf_counter()
     if mode == "running-sum":
         with trace(pipe, prompt, "dog", CaptureConfig(self_attention_max_tokens=0)) as tr:
-            pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+            pipe(prompt, **run)
         state = sum(t.numel() * t.element_size() for t in tr._sums.values())
     elif mode == "store-every-map":  # what DAAM/DiffuMask do: keep each step's maps
         kept = []
@@ -49,15 +75,15 @@ def _capture_child(steps: int, mode: str) -> None:
                 orig(attn, hs, ehs, *projections)
                 kept.extend(tr._sums[k] - before.get(k, 0) for k in tr._sums)
             tr._record_cross = keep
-            pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+            pipe(prompt, **run)
         state = sum(t.numel() * t.element_size() for t in kept)
     else:
-        pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+        pipe(prompt, **run)
         state = 0
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"steps": steps, "mode": mode, "rss_growth_mb": (peak - base) / 1024, "state_mb": state / 2**20,
-                      "seconds": dt}))
+    print(json.dumps({"steps": steps, "mode": mode, "peak_mb": peak / 1024, "heap_last_mb": (heap[-1] - base_heap) / 2**20,
+                      "heap_max_mb": (max(heap) - base_heap) / 2**20, "state_mb": state / 2**20, "seconds": dt}))
 
 
 def capture_memory() -> str:
@@ -67,15 +93,21 @@ def capture_memory() -> str:
             out = subprocess.run([sys.executable, __file__, "--child", str(steps), mode], capture_output=True,
                                  text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    lines = ["| capture | steps | peak RSS growth (MB) | attention state kept (MB) | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['steps']} | {r['rss_growth_mb']:.1f} | {r['state_mb']:.2f} | {r['seconds']:.1f} |" for r in rows]
+    lines = ["| capture | steps | heap held after the last step (MB) | most held after any step (MB) | "
+             "attention state kept (MB) | process peak RSS (MB) | seconds |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['steps']} | {r['heap_last_mb']:.2f} | {r['heap_max_mb']:.2f} | {r['state_mb']:.2f} | "
+              f"{r['peak_mb']:.0f} | {r['seconds']:.1f} |" for r in rows]
     by = {(r["mode"], r["steps"]): r for r in rows}
     rs10, rs50 = by[("running-sum", 10)], by[("running-sum", 50)]
+    st10, st50 = by[("store-every-map", 10)], by[("store-every-map", 50)]
     lines.append("")
-    lines.append(f"Running-sum state at 50 vs 10 steps: {rs50['state_mb']:.2f} MB vs {rs10['state_mb']:.2f} MB "
-                 f"(ratio {rs50['state_mb'] / rs10['state_mb']:.2f}); peak RSS growth {rs10['rss_growth_mb']:.1f} MB "
-                 f"vs {rs50['rss_growth_mb']:.1f} MB (the allocator's noise; storing every map adds hundreds). "
-                 f"Storing every map grows {by[('store-every-map', 50)]['state_mb'] / by[('store-every-map', 10)]['state_mb']:.1f}x.")
+    lines.append(f"Running sums at 50 vs 10 steps: heap held {rs50['heap_max_mb']:.2f} MB vs {rs10['heap_max_mb']:.2f} MB "
+                 f"(most after any step, over the warm-up), attention state {rs50['state_mb']:.2f} MB vs "
+                 f"{rs10['state_mb']:.2f} MB. Storing every map: heap {st50['heap_max_mb']:.1f} MB vs "
+                 f"{st10['heap_max_mb']:.1f} MB, state {st50['state_mb']:.1f} MB vs {st10['state_mb']:.1f} MB. "
+                 "Heap = glibc's bytes in use (mallinfo2), sampled at the end of every denoising step, relative to "
+                 "the same process after a 1-step warm-up; it holds torch's CPU tensors but not shared libraries, "
+                 "whose pages make the process's RSS (about 1 GB here) move by tens of MB between identical runs.")
     lines.append("Pipeline: tiny random SD (pipeline/testing.py) at 256x256, so the largest cross-attention maps are "
                  "64x64 as in SD at 512x512; one class word; 10 time buckets.")
     return "\n".join(lines)
@@ -232,12 +264,15 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _capture_child(int(sys.argv[2]), sys.argv[3])
         sys.exit(0)
-    if len(sys.argv) > 1 and sys.argv[1] == "--only-capture":  # re-measure one subsection in place
+    only = {"--only-capture": ("### Capture overhead", "### Capture memory vs steps", capture_overhead),
+            "--only-memory": ("### Capture memory vs steps", "### Interactive operations", capture_memory)}
+    if len(sys.argv) > 1 and sys.argv[1] in only:  # re-measure one subsection in place
         from _results import RESULTS
 
+        head, after, measure = only[sys.argv[1]]
         text = RESULTS.read_text()
-        a, b = text.index("### Capture overhead\n\n") + len("### Capture overhead\n\n"), text.index("\n\n### Capture memory")
-        RESULTS.write_text(text[:a] + capture_overhead() + text[b:])
+        a, b = text.index(head + "\n\n") + len(head + "\n\n"), text.index("\n\n" + after)
+        RESULTS.write_text(text[:a] + measure() + text[b:])
         sys.exit(0)
     body = ("### Capture overhead\n\n" + capture_overhead() + "\n\n### Capture memory vs steps\n\n" + capture_memory()
             + "\n\n### Interactive operations\n\n" + rethreshold_and_grabcut()

@@ -224,7 +224,11 @@ class SamRefiner:
     name = "sam"
     takes_points = True
 
-    def __init__(self, checkpoint: str | None = None, model_type: str | None = None, device: str = "cpu"):
+    def __init__(self, checkpoint: str | None = None, model_type: str | None = None, device: str = "auto"):
+        """``checkpoint``: a segment-anything file, a transformers SAM folder or a hub id;
+        ``model_type``: vit_b/vit_l/vit_h to insist on (None: what the file holds);
+        ``device``: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"..."""
+        from .generate import ModelLoadError, resolve_device
         from .sam import SamUnavailable, load_sam_predictor
 
         if not checkpoint:
@@ -233,8 +237,8 @@ class SamRefiner:
                 "vit_l or vit_h) or a transformers SAM folder / hub id (facebook/sam-vit-base); "
                 "pass it with --sam-checkpoint")
         try:
-            self.predictor = load_sam_predictor(checkpoint, model_type, device)
-        except SamUnavailable as e:
+            self.predictor = load_sam_predictor(checkpoint, model_type, resolve_device(device))
+        except (SamUnavailable, ModelLoadError) as e:  # ModelLoadError: CUDA asked for, none here
             raise RefinerUnavailable(str(e)) from e
         self._image_key = None
 

@@ -137,6 +137,9 @@ def test_segment_anything_variants_are_read_off_the_file(sam_pth, tmp_path):
         get_refiner("sam", checkpoint=str(sam_pth), model_type="vit_l")
     with pytest.raises(RefinerUnavailable, match="unknown SAM model type"):
         get_refiner("sam", checkpoint=str(sam_pth), model_type="vit_x")
+    if not torch.cuda.is_available():
+        with pytest.raises(RefinerUnavailable, match="CUDA is not available"):
+            get_refiner("sam", checkpoint=str(sam_pth), device="cuda")
     other = tmp_path / "not_sam.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(RefinerUnavailable, match="not a segment-anything checkpoint"):
