@@ -1,8 +1,10 @@
-"""The ``sam`` refiner on transformers' SamModel: loading, prompts, cached embedding, errors.
+"""The ``sam`` refiner in both weight formats: loading, prompts, cached embedding, errors.
 
-No SAM weights can be downloaded here, so the model is a small SAM built from a config with
-random weights and saved as a folder: these tests check the plumbing (loading, the prompt
-coordinates, the embedding cache, clicks), not the quality of SAM's masks."""
+No SAM weights can be downloaded here, so the models are small SAMs with random weights,
+built by transformers (saved as a folder) and by segment-anything's own code (saved as a
+.pth): these tests check loading, the prompt coordinates, the embedding cache and clicks
+against the libraries' own results, not the quality of SAM's masks."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,8 +25,6 @@ def instance(coco):
     ann = next(a for a in coco.loadAnns(coco.getAnnIds(iscrowd=False)) if a["area"] > 20000)
     img = np.array(coco_image(coco, ann["image_id"]))  # writable, as torch.from_numpy prefers
     gt = coco.annToMask(ann).astype(np.float32)
-    import cv2
-
     heat = cv2.GaussianBlur(gt, (0, 0), 8)
     return img, heat / heat.max()
 
@@ -114,7 +114,6 @@ def test_segment_anything_checkpoint_runs_through_its_own_predictor(sam_pth, ins
         encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
     result = refiner(img, heat)
     # the same weights driven directly through segment-anything, with the same prompts
-    torch.manual_seed(0)
     direct = SamPredictor(_build_sam(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
                                      encoder_global_attn_indexes=[1]).eval())
     direct.model.load_state_dict(torch.load(sam_pth))
@@ -126,11 +125,11 @@ def test_segment_anything_checkpoint_runs_through_its_own_predictor(sam_pth, ins
 
 
 def test_segment_anything_variants_are_read_off_the_file(sam_pth, tmp_path):
+    from segment_anything import sam_model_registry
+
     from pipeline.sam import SAM_VARIANTS
 
     # a vit_b-shaped state dict (shapes only matter here) is recognised as vit_b
-    from segment_anything import sam_model_registry
-
     shapes = {k: torch.empty(v.shape) for k, v in sam_model_registry["vit_b"]().state_dict().items()}
     assert sam_architecture(shapes) == SAM_VARIANTS["vit_b"]
     with pytest.raises(RefinerUnavailable, match="non-standard SAM .32-wide, 2 blocks., not vit_l"):
