@@ -9,24 +9,19 @@ from pathlib import Path
 import cv2
 import gradio as gr
 import numpy as np
+from gradio_image_annotation import image_annotator  # a maintained Gradio component for draggable boxes
 
 from pipeline import viz
+from pipeline.checkpoints import CheckpointError
 from pipeline.compose import ComposeError, paste
 from pipeline.dataset import Store, StoreError, check_image
 from pipeline.export import sample_instances
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
-from pipeline.checkpoints import CheckpointError
 from pipeline.placement import PlacementError, box_at, box_size, get_scorer, heatmap
 from pipeline.refine import RefinementError, get_refiner, refine_and_choose
 from pipeline.thesaurus import Thesaurus
 
 from .state import MODEL_LOCK, generate_one
-
-try:  # a maintained Gradio component for draggable boxes; the tab falls back to click-to-move without it
-    from gradio_image_annotation import image_annotator
-except ImportError:  # pragma: no cover
-    image_annotator = None
-N_VIEWS = 3 if image_annotator is not None else 2  # placement image, its text, the box editor
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -176,8 +171,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         cv2.rectangle(shown, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), max(1, min(shown.shape[:2]) // 150))
         ranked = "\n".join(f"{i + 1}. scale {s:.2f}, box {b}, score {sc:.2f}" for i, (s, b, sc) in enumerate(ins.placement.boxes))
         info = f"box {list((x1, y1, x2, y2))} · drag or resize it, or click the heat map to move it\n\n{ranked}"
-        editor = (_box_editor_value(ins, (x1, y1, x2, y2)),) if image_annotator is not None else ()
-        return (viz.upscale_for_display(shown), info, *editor)
+        return viz.upscale_for_display(shown), info, _box_editor_value(ins, (x1, y1, x2, y2))
 
     def _box_editor_value(ins: Insertion, box):
         k = _display_scale(ins.background)
@@ -187,14 +181,14 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
 
     def click(ins: Insertion | None, scale, evt: gr.SelectData):
         if ins is None or ins.placement is None:
-            return (gr.update(), gr.update(), gr.skip())[:N_VIEWS]
+            return gr.update(), gr.update(), gr.skip()
         k = _display_scale(ins.background)
         ins.centre = (evt.index[0] / k, evt.index[1] / k)
         return _placement_views(ins, scale)
 
     def rescale(ins: Insertion | None, scale):
         if ins is None or ins.placement is None:
-            return (gr.update(), gr.update(), gr.skip())[:N_VIEWS]
+            return gr.update(), gr.update(), gr.skip()
         return _placement_views(ins, scale)
 
     def drag(ins: Insertion | None, value, scale):
@@ -276,9 +270,9 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview")
     with gr.Row():
         place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False)
-        box_edit = (image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
-                                    sources=None, show_clear_button=False, show_download_button=False,
-                                    elem_id="insert-box") if image_annotator is not None else None)
+        box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
+                                   sources=None, show_clear_button=False, show_download_button=False,
+                                   elem_id="insert-box")
         comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False)
         mask_img = gr.Image(label="instance masks", type="numpy", interactive=False)
     with gr.Accordion("published weights (optional)", open=False):
@@ -298,13 +292,12 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
                    api_name="insert_load")
     obj_btn.click(make_object, [state, obj_class, obj_seed, model_box], [state, obj_img], concurrency_limit=1,
                   concurrency_id="model", api_name="insert_object")
-    views = [place_img, place_info, box_edit] if box_edit is not None else [place_img, place_info]
+    views = [place_img, place_info, box_edit]
     # the weight-free scorer is cheap and runs beside generation; FOPA takes MODEL_LOCK itself
     place_btn.click(place, [state, scale, fopa_ckpt], [state, scale, *views], api_name="insert_place")
     place_img.select(click, [state, scale], views)
     scale.release(rescale, [state, scale], views)
-    if box_edit is not None:
-        box_edit.change(drag, [state, box_edit, scale], [scale, *views], queue=False)
+    box_edit.change(drag, [state, box_edit, scale], [scale, *views], queue=False)
     preview_btn.click(preview, [state, scale, method, rain_ckpt], [state, comp_img, mask_img, comp_info],
                       api_name="insert_preview")
     accept_btn.click(accept, [state, ins_tags], accept_info, api_name="insert_accept")
