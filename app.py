@@ -1,27 +1,53 @@
 """DiffuMask-Editor Studio: ``python app.py`` (offline, on the embedded model).
 
-Options: ``--model`` (diffusers folder, .safetensors file or hub id), ``--store`` (the
-dataset folder, default ./studio_data), ``--port``, ``--host``. On Hugging Face Spaces the
-defaults apply.
+Options: ``--model`` (embedded, a diffusers folder, a .safetensors/.ckpt file or a hub id),
+``--device`` (auto, cpu, cuda), ``--dtype`` (float32, float16, bfloat16; default float16 on
+CUDA, float32 on CPU), ``--store`` (the dataset folder, default ./studio_data), ``--port``,
+``--host``. On Hugging Face Spaces the defaults apply.
 """
 from __future__ import annotations
 
 import argparse
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default model ships with the app: no hub at start-up
-
-from studio.ui import SHORTCUTS_JS, build_app  # noqa: E402
+import sys
 
 
-def main(argv=None) -> None:
+def configure_hub(model: str, environ=os.environ) -> None:
+    """No hub at start-up for what ships with the app or lies on disk: HF_HUB_OFFLINE=1
+    unless the user set it. A hub id leaves the variable as the user has it (unset:
+    downloads when the network is there; 1: the local Hugging Face cache only)."""
+    from pipeline.generate import looks_like_path
+
+    if "HF_HUB_OFFLINE" in environ:
+        return
+    if model in ("", "embedded") or looks_like_path(model):
+        environ["HF_HUB_OFFLINE"] = "1"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="DiffuMask-Editor Studio")
-    ap.add_argument("--model", default=os.environ.get("DIFFUMASK_MODEL", "embedded"))
+    ap.add_argument("--model", default=os.environ.get("DIFFUMASK_MODEL", "embedded"),
+                    help="embedded (default), a diffusers folder, a .safetensors/.ckpt file, or a hub id")
+    ap.add_argument("--device", default=os.environ.get("DIFFUMASK_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--dtype", default=os.environ.get("DIFFUMASK_DTYPE"), choices=["float32", "float16", "bfloat16"],
+                    help="default: float16 on CUDA, float32 on CPU")
     ap.add_argument("--store", default=os.environ.get("DIFFUMASK_STORE", "studio_data"))
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    args = ap.parse_args(argv)
-    demo = build_app(args.store, args.model)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    configure_hub(args.model)
+    from pipeline.dataset import StoreError
+    from pipeline.generate import ModelLoadError
+    from studio.ui import SHORTCUTS_JS, build_app
+
+    try:
+        demo = build_app(args.store, args.model, device=args.device, dtype=args.dtype)
+    except (StoreError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")
     demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, max_file_size="20mb",
                 show_error=True)
 

@@ -256,7 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
     c.add_argument("--out", required=True, help="file.safetensors or file.ckpt")
     c.set_defaults(func=cmd_convert)
+
+    k = sub.add_parser("check", help="verify a store: every file against its hash, orphans, leftovers")
+    k.add_argument("--store", required=True)
+    k.add_argument("--repair", action="store_true", help="remove leftovers of killed writers (.tmp files)")
+    k.add_argument("--remove-orphans", action="store_true",
+                   help="with --repair: also delete files no sample refers to")
+    k.set_defaults(func=cmd_check)
     return ap
+
+
+def cmd_check(args) -> int:
+    """Exit 0 when the store is healthy (orphans alone are only reported), 1 otherwise."""
+    from .dataset import Store
+
+    with Store(args.store, create=False) as store:
+        rep = store.check(repair=args.repair, remove_orphans=args.remove_orphans)
+    print(f"{rep.samples} samples checked in {args.store}")
+    for sid, problems in sorted(rep.damaged.items()):
+        print(f"damaged: sample #{sid}: " + "; ".join(problems))
+    print(f"{len(rep.damaged)} damaged samples, {len(rep.orphans)} orphan files"
+          + (f" ({rep.removed_orphans} removed)" if rep.removed_orphans else "")
+          + f", {len(rep.leftovers)} leftover temporary files" + (" after repair" if args.repair else ""))
+    if rep.leftovers and not args.repair:
+        print("-> run again with --repair to remove the leftovers")
+    if rep.damaged:
+        print("-> a damaged sample cannot be exported; restore its files from a backup, or reject it "
+              "and export with --skip-damaged")
+    return 0 if rep.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

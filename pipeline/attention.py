@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .masks import quantize_heat
+
 N_TRAIN_TIMESTEPS = 1000
 
 
@@ -126,7 +128,7 @@ class AttentionMaps:
     def heat_map(self, resolutions: Sequence[int] | None = None, timesteps: tuple[int, int] | None = None,
                  weights: dict[int, float] | None = None) -> np.ndarray:
         """Paper eq. 2: per-resolution means upsampled to image size, averaged (optionally
-        weighted), then min-max normalised. Returns (H, W) float32 in [0, 1]; all zeros when
+        weighted), then min-max normalised, rounded to the store's float16. Returns (H, W) float32 in [0, 1]; all zeros when
         nothing was recorded or the map is flat (no evidence of the object anywhere)."""
         res_list = [r for r in (resolutions or self.resolutions) if r in self.sums]
         if not res_list:
@@ -141,7 +143,8 @@ class AttentionMaps:
                 continue
             acc += w * upsample(m, self.image_size)
             total_w += w
-        return normalise(acc) if total_w > 0 else acc
+        # rounded as the curation store keeps it, so a mask shown is the mask re-derived later
+        return quantize_heat(normalise(acc) if total_w > 0 else acc)
 
     def resolution_heat_maps(self, timesteps: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
         """Each resolution alone, upsampled to image size and normalised to [0, 1] (for display)."""

@@ -11,9 +11,17 @@ there or not visible at all, whatever moment a process is killed. Adding a sampl
 ``uid`` that is already present returns the existing row (idempotent retries).
 
 Images are HWC uint8 RGB; masks are HW bool; heat maps HW float in [0, 1].
+
+Which mask a sample has is decided here and nowhere else: the instance masks stored in
+its row are the masks, full stop. :meth:`Store.masks` reads them for the gallery, every
+exporter and the Insert tab alike. A threshold change (:meth:`Store.set_threshold`)
+re-derives the generated instances' masks from the *stored* heat map in the same
+transaction that records the threshold, so the studio (which thresholds the same
+float16-rounded heat, see :func:`pipeline.masks.quantize_heat`) and every export agree to the pixel.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,14 +30,20 @@ import re
 import sqlite3
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from .masks import HEAT_DTYPE, quantize_heat
+
 STATUSES = ("pending", "accepted", "rejected")
+# Where an instance mask came from. Only "generated" masks (the heat map at the sample's
+# threshold) are re-derived when the threshold changes; the others are kept as stored.
+SOURCES = ("generated", "refined", "user", "inserted", "imported")
+_BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy)")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _CLASS = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
 
@@ -65,6 +79,16 @@ class StoreError(ValueError):
     """Bad input for the store; nothing was written."""
 
 
+class DamagedSampleError(StoreError):
+    """One sample's files are missing or do not match their hash; the rest of the store is fine."""
+
+    def __init__(self, sample_id: int, reason: str):
+        super().__init__(f"sample #{sample_id} is damaged: {reason} (run `python -m pipeline check --store ...`)")
+        self.sample_id, self.reason = sample_id, reason
+
+
+
+
 def check_tag(tag: str) -> str:
     if not isinstance(tag, str) or not _TAG.match(tag) or ".." in tag:
         raise StoreError(f"bad tag {tag!r}: use letters, digits, space, '_', '-', '.' (at most 64), no '..'")
@@ -84,7 +108,7 @@ class Instance:
     class_name: str
     mask: str
     bbox: list[int]  # XYXY, x2/y2 exclusive
-    source: str = "generated"  # generated | inserted | imported | user
+    source: str = "generated"  # one of SOURCES
 
 
 @dataclass
@@ -118,6 +142,9 @@ class Record:
         return self.user_threshold if self.user_threshold is not None else self.threshold
 
 
+_RECORD_FIELDS = {f.name for f in fields(Record)}
+
+
 def _encode_png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
@@ -125,21 +152,68 @@ def _encode_png(array: np.ndarray) -> bytes:
 
 
 class Store:
-    """Open (creating if asked) a store folder. Safe to use from several processes."""
+    """Open (creating if asked) a store folder. Safe to use from several processes.
+
+    Every read-modify-write (:meth:`update`, :meth:`set_threshold`, :meth:`save`) runs in
+    one ``BEGIN IMMEDIATE`` transaction, so concurrent writers never lose each other's
+    changes. A damaged ``store.sqlite`` raises :class:`StoreError` naming the file and what
+    to do; a damaged sample raises :class:`DamagedSampleError` naming the sample only.
+    """
+
+    SCHEMA_VERSION = 1  # 1: generated instance masks are materialised at the user's threshold
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = Path(root)
         if not self.root.exists():
             if not create:
                 raise StoreError(f"no store at {self.root}")
-            self.root.mkdir(parents=True)
-        (self.root / "blobs").mkdir(exist_ok=True)
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the store folder {self.root}: {e.strerror}") from e
+        elif not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a store folder")
         self.db_path = self.root / "store.sqlite"
-        self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
-        self._db.execute("PRAGMA busy_timeout=60000")
-        self._db.executescript(SCHEMA)
+        if self.db_path.is_dir():
+            raise StoreError(f"{self.db_path} is a folder; it must be the store's SQLite file")
+        try:
+            (self.root / "blobs").mkdir(exist_ok=True)
+            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.executescript(SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(self._db_problem(e)) from e
+        except OSError as e:
+            raise StoreError(f"cannot use the store folder {self.root}: {e}") from e
+        self.clean_leftovers()
+
+    def _db_problem(self, e: Exception) -> str:
+        text = str(e).lower()
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return (f"cannot open or write {self.db_path} ({e}): check that the folder and the file are writable "
+                    "by this user and the disk is not full or mounted read-only")
+        return (f"{self.db_path} is damaged ({e}). Restore it from a backup; or move it aside (the images and "
+                f"masks under {self.root / 'blobs'} stay) and `python -m pipeline import` the data again")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= self.SCHEMA_VERSION:
+            return
+        with self._tx():
+            # Stores written before version 1 re-derived generated masks at export time from
+            # a user threshold the row did not materialise: materialise them once.
+            rows = self._db.execute("SELECT id FROM samples WHERE user_threshold IS NOT NULL AND heat_map IS NOT NULL")
+            pending = [r[0] for r in rows]
+            self._db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
+        for sid in pending:
+            try:
+                rec = self.get(sid)
+                self.set_threshold(sid, rec.user_threshold)
+            except StoreError:
+                pass  # a damaged or hand-edited sample keeps what it has
 
     def close(self) -> None:
         self._db.close()
@@ -150,9 +224,30 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
+    @contextlib.contextmanager
+    def _tx(self):
+        """One write transaction, taken before the first read (no lost updates)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _execute(self, sql: str, args=()) -> sqlite3.Cursor:
+        cur = self._db.cursor()
+        cur.row_factory = sqlite3.Row
+        try:
+            return cur.execute(sql, args)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise
+            raise StoreError(self._db_problem(e)) from e
+
     # -- blobs ---------------------------------------------------------------------------
     def _blob_path(self, key: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}\.(png|npy)", key):
+        if not isinstance(key, str) or not _BLOB_KEY.fullmatch(key):
             raise StoreError(f"bad blob key {key!r}")
         return self.root / "blobs" / key[:2] / key
 
@@ -162,12 +257,17 @@ class Store:
         if path.exists():
             return key
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic; a concurrent writer of the same content is harmless
+        # the writer's pid in the name lets a later process remove it if this one is killed
+        tmp = path.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic; a concurrent writer of the same content is harmless
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write to the store {self.root}: {e.strerror or e}") from e
         return key
 
     def put_image(self, image: np.ndarray) -> str:
@@ -200,16 +300,73 @@ class Store:
     def array(self, key: str) -> np.ndarray:
         return np.load(self._blob_path(key), allow_pickle=False)
 
+    def blob_problem(self, key: str, verify_hash: bool = False) -> str | None:
+        """Why a blob cannot be used (missing, empty, wrong hash), or None."""
+        path = self._blob_path(key)
+        if not path.is_file():
+            return f"file {key} is missing"
+        if verify_hash:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != key.split(".")[0]:
+                return f"file {key} does not match its hash (truncated or overwritten)"
+        elif path.stat().st_size == 0:
+            return f"file {key} is empty"
+        return None
+
+    # -- sample reads (the one mask rule) -------------------------------------------------
+    def load_image(self, rec: Record) -> np.ndarray:
+        """A sample's image, HWC uint8 RGB; DamagedSampleError names the sample if unreadable."""
+        return self._read(rec, self.image, rec.image)
+
+    def masks(self, rec: Record) -> list[tuple[str, np.ndarray]]:
+        """The sample's instance masks, (class name, (H, W) bool), back to front (later ones
+        are on top). This is what the gallery shows, what every export writes and what the
+        Insert tab starts from: the masks stored in the row, nothing re-derived on reading."""
+        out = []
+        for inst in rec.instances:
+            m = self._read(rec, self.mask, inst.mask)
+            if m.shape != (rec.height, rec.width):
+                raise DamagedSampleError(rec.id, f"mask {inst.mask} is {m.shape}, the image {(rec.height, rec.width)}")
+            out.append((inst.class_name, m))
+        return out
+
+    def heat(self, rec: Record) -> np.ndarray | None:
+        """The stored heat map as (H, W) float32, or None."""
+        return None if not rec.heat_map else self._read(rec, self.array, rec.heat_map).astype(np.float32)
+
+    def _read(self, rec: Record, reader, key: str):
+        try:
+            return reader(key)
+        except FileNotFoundError:
+            raise DamagedSampleError(rec.id, f"file {key} is missing") from None
+        except (OSError, ValueError, SyntaxError) as e:  # PIL/numpy on a truncated or corrupt file
+            raise DamagedSampleError(rec.id, f"file {key} cannot be read ({type(e).__name__}: {e})") from None
+
+    def problems(self, rec: Record, verify_hash: bool = False) -> list[str]:
+        """Every reason this sample cannot be exported (missing/corrupt files); [] if none."""
+        keys = [rec.image] + [i.mask for i in rec.instances] + [k for k in (rec.heat_map, rec.refined_mask) if k]
+        return [p for p in (self.blob_problem(k, verify_hash) for k in keys) if p]
+
     # -- samples ---------------------------------------------------------------------------
     def add(self, image: np.ndarray, classes: Sequence[str], *, instances: Sequence[tuple[str, np.ndarray]] = (),
             uid: str | None = None, prompt: str = "", seed: int | None = None, model: str = "",
             heat_map: np.ndarray | None = None, threshold: float | None = None, refined_mask: np.ndarray | None = None,
             status: str = "pending", tags: Iterable[str] = (), notes: str = "", meta: dict | None = None,
-            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None) -> int:
-        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs.
+            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None,
+            user_threshold: float | None = None, replace: bool = False) -> int:
+        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs,
+        back to front; ``instance_sources`` says where each came from (:data:`SOURCES`).
 
-        Everything is validated before anything is written; with a ``uid`` already in the
-        store, nothing is written and the existing id is returned."""
+        A ``generated`` instance of a sample with a heat map must be exactly the stored
+        heat at the sample's threshold (``user_threshold`` if given, else ``threshold``),
+        less what later inserted instances cover; anything else is refused, so what the
+        store says is threshold-derived can always be re-derived. Everything is validated
+        before anything is written. With a ``uid`` already in the store, nothing is written
+        and the existing id is returned, unless ``replace``: then that row's content and
+        status are replaced (one inspected sample stays one row however often it is saved)."""
         image = check_image(image)
         h, w = image.shape[:2]
         classes = [check_class(c) for c in classes]
@@ -218,6 +375,12 @@ class Store:
         if status not in STATUSES:
             raise StoreError(f"bad status {status!r}; one of {STATUSES}")
         tags = [check_tag(t) for t in tags]
+        sources = list(instance_sources or ["generated"] * len(instances))
+        if len(sources) != len(instances):
+            raise StoreError(f"{len(instances)} instances but {len(sources)} instance sources")
+        bad = [s for s in sources if s not in SOURCES]
+        if bad:
+            raise StoreError(f"bad instance source {bad[0]!r}; one of {SOURCES}")
         masks = []
         for name, m in instances:
             m = np.asarray(m)
@@ -227,55 +390,73 @@ class Store:
         for label, arr in (("heat map", heat_map), ("refined mask", refined_mask)):
             if arr is not None and np.asarray(arr).shape != (h, w):
                 raise StoreError(f"{label} is {np.asarray(arr).shape}, the image is {(h, w)}")
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise StoreError(f"threshold {threshold} is outside [0, 1]")
+        threshold = _check_threshold(threshold, "threshold")
+        user_threshold = _check_threshold(user_threshold, "user threshold")
+        heat = None if heat_map is None else quantize_heat(heat_map)
+        effective = user_threshold if user_threshold is not None else threshold
+        if heat is not None and effective is not None:
+            derived = _derive_generated(heat, effective, [m for _, m in masks], sources)
+            for k, (name, m) in enumerate(masks):
+                if derived[k] is not None and not np.array_equal(derived[k], m):
+                    raise StoreError(f"instance {k} ({name!r}) is marked 'generated' but is not the heat map at "
+                                     f"threshold {effective}; store an edited or refined mask as 'user' or 'refined'")
         uid = uid or uuid.uuid4().hex
-        existing = self._db.execute("SELECT id FROM samples WHERE uid=?", (uid,)).fetchone()
-        if existing:
+        existing = self._execute("SELECT id, status FROM samples WHERE uid=?", (uid,)).fetchone()
+        if existing and not replace:
             return existing[0]
         from .masks import bbox
 
-        sources = list(instance_sources or ["generated"] * len(masks))
         inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
                 for (n, m), s in zip(masks, sources)]
+        now = time.time()
         row = dict(uid=uid, image=self.put_image(image), width=w, height=h, classes=json.dumps(classes),
                    prompt=prompt, seed=seed, model=model,
-                   heat_map=None if heat_map is None else self.put_array(np.asarray(heat_map, np.float16)),
-                   threshold=threshold, refined_mask=None if refined_mask is None else self.put_mask(refined_mask),
+                   heat_map=None if heat is None else self.put_array(heat.astype(HEAT_DTYPE)),
+                   threshold=threshold, user_threshold=user_threshold,
+                   refined_mask=None if refined_mask is None else self.put_mask(refined_mask),
                    instances=json.dumps(inst), inserted=json.dumps(list(inserted)), status=status,
-                   tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=time.time(),
-                   updated=time.time())
+                   tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=now, updated=now)
+        if existing:
+            # The same inspected sample saved again (accept, then reject...): one row, its
+            # content and status replaced in one transaction; id, creation time and notes stay.
+            with self._tx():
+                cur = self._execute("SELECT id, status, meta FROM samples WHERE uid=?", (uid,)).fetchone()
+                old_meta = json.loads(cur["meta"])
+                merged = {**old_meta, **(meta or {})}
+                if cur["status"] != status:
+                    merged["history"] = list(old_meta.get("history", [])) + [_history(cur["status"], status, "save")]
+                row["meta"] = json.dumps(merged)
+                keep = {"uid", "created", "notes"}
+                sets = {k: v for k, v in row.items() if k not in keep}
+                self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
+                              (*sets.values(), cur["id"]))
+            return cur["id"]
+        if status != "pending":
+            row["meta"] = json.dumps({**(meta or {}), "history": [_history("new", status, "save")]})
         cols = ", ".join(row)
         marks = ", ".join("?" * len(row))
         # INSERT OR IGNORE + re-read: two processes racing on one uid both get the same id.
-        self._db.execute(f"INSERT OR IGNORE INTO samples ({cols}) VALUES ({marks})", tuple(row.values()))
-        return self._db.execute("SELECT id FROM samples WHERE uid=?", (uid,)).fetchone()[0]
+        self._execute(f"INSERT OR IGNORE INTO samples ({cols}) VALUES ({marks})", tuple(row.values()))
+        return self._execute("SELECT id FROM samples WHERE uid=?", (uid,)).fetchone()[0]
 
     def _record(self, row: sqlite3.Row) -> Record:
         d = dict(row)
         for k in ("classes", "tags", "inserted", "meta"):
             d[k] = json.loads(d[k])
         d["instances"] = [Instance(**i) for i in json.loads(d["instances"])]
-        return Record(**d)
-
-    def _cursor(self):
-        cur = self._db.cursor()
-        cur.row_factory = sqlite3.Row
-        return cur
+        return Record(**{k: v for k, v in d.items() if k in _RECORD_FIELDS})
 
     def get(self, sample_id: int) -> Record:
-        row = self._cursor().execute("SELECT * FROM samples WHERE id=?", (int(sample_id),)).fetchone()
+        row = self._execute("SELECT * FROM samples WHERE id=?", (int(sample_id),)).fetchone()
         if row is None:
-            raise KeyError(f"no sample {sample_id} in {self.root}")
+            raise StoreError(f"no sample #{sample_id} in {self.root}")
         return self._record(row)
 
     def get_by_uid(self, uid: str) -> Record | None:
-        row = self._cursor().execute("SELECT * FROM samples WHERE uid=?", (uid,)).fetchone()
+        row = self._execute("SELECT * FROM samples WHERE uid=?", (uid,)).fetchone()
         return None if row is None else self._record(row)
 
-    def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
-              tags: Sequence[str] | None = None, limit: int | None = None) -> list[Record]:
-        """Samples matching every filter given (any of the classes, all of the tags), by id."""
+    def _where(self, status=None, classes=None, tags=None) -> tuple[str, list]:
         where, args = [], []
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -290,22 +471,32 @@ class Store:
         for t in tags or ():
             where.append("EXISTS (SELECT 1 FROM json_each(samples.tags) WHERE value = ?)")
             args.append(check_tag(t))
-        sql = "SELECT * FROM samples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [self._record(r) for r in self._cursor().execute(sql, args)]
+        return (" WHERE " + " AND ".join(where) if where else ""), args
 
-    def count(self, **filters) -> int:
-        return len(self.query(**filters))
+    def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+              tags: Sequence[str] | None = None, limit: int | None = None, offset: int = 0) -> list[Record]:
+        """Samples matching every filter given (any of the classes, all of the tags), by id."""
+        where, args = self._where(status, classes, tags)
+        sql = "SELECT * FROM samples" + where + " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return [self._record(r) for r in self._execute(sql, args)]
+
+    def count(self, status=None, classes=None, tags=None) -> int:
+        where, args = self._where(status, classes, tags)
+        return self._execute("SELECT COUNT(*) FROM samples" + where, args).fetchone()[0]
 
     def update(self, sample_id: int, *, status: str | None = None, tags: Iterable[str] | None = None,
-               notes: str | None = None, user_threshold: float | None | str = "keep",
-               instances: Sequence[tuple[str, np.ndarray, str]] | None = None,
+               notes: str | None = None, instances: Sequence[tuple[str, np.ndarray, str]] | None = None,
                inserted: Sequence[dict] | None = None, image: np.ndarray | None = None,
-               classes: Sequence[str] | None = None, meta: dict | None = None) -> Record:
+               classes: Sequence[str] | None = None, meta: dict | None = None, append_history: dict | None = None,
+               ) -> Record:
         """Change a sample; validated first, then one transaction. Returns the new record.
 
-        ``meta`` is merged into the sample's meta (top-level keys replaced)."""
+        ``meta`` is merged into the sample's meta (top-level keys replaced) inside the
+        transaction, so concurrent merges of different keys all survive. Instances given
+        here are stored as they are: give a ``generated`` one only if it is the heat map at
+        the sample's threshold (use :meth:`set_threshold` to change the threshold)."""
         rec = self.get(sample_id)
         sets: dict = {}
         if status is not None:
@@ -316,10 +507,6 @@ class Store:
             sets["tags"] = json.dumps(sorted({check_tag(t) for t in tags}))
         if notes is not None:
             sets["notes"] = str(notes)
-        if user_threshold != "keep":
-            if user_threshold is not None and not 0 <= float(user_threshold) <= 1:
-                raise StoreError(f"threshold {user_threshold} is outside [0, 1]")
-            sets["user_threshold"] = user_threshold
         if classes is not None:
             sets["classes"] = json.dumps([check_class(c) for c in classes])
         h, w = rec.height, rec.width
@@ -335,39 +522,210 @@ class Store:
                 m = np.asarray(m).astype(bool)
                 if m.shape != (h, w):
                     raise StoreError(f"instance mask of {name!r} is {m.shape}, the image is {(h, w)}")
+                if source not in SOURCES:
+                    raise StoreError(f"bad instance source {source!r}; one of {SOURCES}")
                 checked.append((check_class(name), m, source))
             sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
                                             for n, m, s in checked])
-        if meta is not None:
-            sets["meta"] = json.dumps({**rec.meta, **meta})
         if inserted is not None:
             sets["inserted"] = json.dumps(list(inserted))
         if image is not None:
             sets["image"] = self.put_image(image)
-        if not sets:
+        if not sets and meta is None and append_history is None:
             return rec
-        sets["updated"] = time.time()
-        self._db.execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
-                         (*sets.values(), rec.id))
+        with self._tx():
+            row = self._execute("SELECT meta, status FROM samples WHERE id=?", (rec.id,)).fetchone()
+            if row is None:
+                raise StoreError(f"sample #{rec.id} was deleted meanwhile")
+            if meta is not None or append_history is not None:
+                current = json.loads(row["meta"])
+                merged = {**current, **(meta or {})}
+                if append_history is not None:
+                    merged["history"] = list(current.get("history", [])) + [append_history]
+                sets["meta"] = json.dumps(merged)
+            sets["updated"] = time.time()
+            self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
+                          (*sets.values(), rec.id))
         return self.get(rec.id)
 
-    def set_status(self, ids: Iterable[int], status: str) -> int:
-        """Bulk accept/reject; returns how many rows changed."""
+    def set_threshold(self, sample_id: int, threshold: float | None) -> Record:
+        """Set the user's threshold for a sample (None: back to the refiner's choice) and
+        re-derive, in the same transaction, the masks of its ``generated`` instances from
+        the stored heat map (less what later inserted instances cover). Refused with a
+        StoreError for a sample without a heat map or without threshold-derived instances
+        (a refined or hand-edited mask does not depend on a threshold)."""
+        threshold = _check_threshold(threshold, "threshold")
+        for _ in range(5):  # optimistic: recompute if the row changed while we derived
+            rec = self.get(sample_id)
+            effective = threshold if threshold is not None else rec.threshold
+            if rec.heat_map is None or effective is None:
+                raise StoreError(f"sample #{rec.id} has no heat map and threshold: its masks do not come from one")
+            if not any(i.source == "generated" for i in rec.instances):
+                kinds = sorted({i.source for i in rec.instances}) or ["none"]
+                raise StoreError(f"sample #{rec.id}'s mask is not a threshold mask ({', '.join(kinds)}): "
+                                 "the threshold does not change it")
+            heat = self.heat(rec)
+            current = self.masks(rec)
+            derived = _derive_generated(heat, effective, [m for _, m in current], [i.source for i in rec.instances])
+            from .masks import bbox
+
+            new = []
+            for inst, d in zip(rec.instances, derived):
+                if d is None:
+                    new.append(asdict(inst))
+                else:
+                    new.append(asdict(Instance(inst.class_name, self.put_mask(d), list(bbox(d) or (0, 0, 0, 0)),
+                                               inst.source)))
+            old_json = json.dumps([asdict(i) for i in rec.instances])
+            with self._tx():
+                row = self._execute("SELECT instances FROM samples WHERE id=?", (rec.id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"sample #{rec.id} was deleted meanwhile")
+                if json.loads(row["instances"]) != json.loads(old_json):
+                    continue
+                self._execute("UPDATE samples SET user_threshold=?, instances=?, updated=? WHERE id=?",
+                              (threshold, json.dumps(new), time.time(), rec.id))
+            return self.get(rec.id)
+        raise StoreError(f"sample #{sample_id} kept changing while its threshold was set; try again")
+
+    def set_status(self, ids: Iterable[int], status: str, by: str = "curate") -> int:
+        """Bulk accept/reject, each change recorded in the sample's history; returns how
+        many rows changed (rows already in that status are left alone)."""
         if status not in STATUSES:
             raise StoreError(f"bad status {status!r}; one of {STATUSES}")
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        cur = self._db.execute(f"UPDATE samples SET status=?, updated=? WHERE id IN ({','.join('?' * len(ids))})",
-                               (status, time.time(), *ids))
-        return cur.rowcount
+        changed = 0
+        with self._tx():
+            marks = ",".join("?" * len(ids))
+            rows = self._execute(f"SELECT id, status FROM samples WHERE id IN ({marks}) AND status != ?",
+                                 (*ids, status)).fetchall()
+            for row in rows:
+                # the history lives in meta: json_insert '$[#]' appends inside SQLite, atomically
+                self._execute("UPDATE samples SET status=?, updated=?, meta=json_set(meta, '$.history', "
+                              "json_insert(coalesce(json_extract(meta, '$.history'), json('[]')), '$[#]', json(?))) "
+                              "WHERE id=?", (status, time.time(), json.dumps(_history(row["status"], status, by)),
+                                             row["id"]))
+                changed += 1
+        return changed
+
+    def status_history(self, sample_id: int) -> list[dict]:
+        """Status changes of a sample, oldest first: {"from", "to", "by", "time"}."""
+        return list(self.get(sample_id).meta.get("history", []))
+
+    def delete(self, sample_id: int) -> None:
+        """Remove a sample's row (its blobs stay until `check --repair --orphans`)."""
+        self._execute("DELETE FROM samples WHERE id=?", (int(sample_id),))
 
     def classes(self) -> list[str]:
-        rows = self._db.execute("SELECT DISTINCT value FROM samples, json_each(samples.classes) ORDER BY value")
+        rows = self._execute("SELECT DISTINCT value FROM samples, json_each(samples.classes) ORDER BY value")
         return [r[0] for r in rows]
 
-    def instance_masks(self, rec: Record) -> list[tuple[str, np.ndarray]]:
-        return [(i.class_name, self.mask(i.mask)) for i in rec.instances]
+    # -- health ----------------------------------------------------------------------------
+    def clean_leftovers(self) -> list[Path]:
+        """Remove temporary blob files whose writing process is gone (a killed import or
+        batch leaves them); returns what was removed."""
+        removed = []
+        for p in (self.root / "blobs").glob("*/.*.tmp"):
+            parts = p.name.split(".")
+            pid = int(parts[3]) if len(parts) >= 6 and parts[3].isdigit() else None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                continue
+            if pid is None and time.time() - p.stat().st_mtime < 3600:
+                continue  # an older-style name: only once it is clearly stale
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def check(self, repair: bool = False, remove_orphans: bool = False) -> "CheckReport":
+        """Verify every referenced blob against its hash, find orphan blobs (referenced by no
+        sample) and leftovers. ``repair`` removes leftovers (and, with ``remove_orphans``,
+        orphans); damaged samples are reported, never deleted."""
+        report = CheckReport()
+        referenced = set()
+        for rec in self.query():
+            report.samples += 1
+            keys = [rec.image] + [i.mask for i in rec.instances] + [k for k in (rec.heat_map, rec.refined_mask) if k]
+            referenced.update(keys)
+            probs = [p for p in (self.blob_problem(k, verify_hash=True) for k in keys) if p]
+            if probs:
+                report.damaged[rec.id] = probs
+        for p in (self.root / "blobs").glob("*/*"):
+            if p.name.endswith(".tmp"):
+                report.leftovers.append(p)
+            elif p.name not in referenced:
+                report.orphans.append(p)
+        if repair:
+            self.clean_leftovers()
+            report.leftovers = [p for p in report.leftovers if p.exists()]
+            if remove_orphans:
+                for p in report.orphans:
+                    p.unlink(missing_ok=True)
+                report.removed_orphans = len(report.orphans)
+        return report
+
+
+@dataclass
+class CheckReport:
+    samples: int = 0
+    damaged: dict = field(default_factory=dict)  # sample id -> [problems]
+    orphans: list = field(default_factory=list)
+    leftovers: list = field(default_factory=list)
+    removed_orphans: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.leftovers
+
+
+def _check_threshold(t, label: str) -> float | None:
+    if t is None:
+        return None
+    try:
+        value = float(t)
+    except (TypeError, ValueError):
+        raise StoreError(f"{label} {t!r} is not a number") from None
+    if not (np.isfinite(value) and 0 <= value <= 1):
+        raise StoreError(f"{label} {t!r} is outside [0, 1]")
+    return value
+
+
+def _history(old: str, new: str, by: str) -> dict:
+    return {"from": old, "to": new, "by": by, "time": round(time.time(), 3)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _derive_generated(heat: np.ndarray, threshold: float, masks: list[np.ndarray],
+                      sources: list[str]) -> list[np.ndarray | None]:
+    """For each instance: its mask re-derived from the heat map if it is ``generated``
+    (``heat >= threshold`` minus every later ``inserted`` instance, which lies on top), else
+    None (kept as stored)."""
+    from .masks import mask_at
+
+    out: list[np.ndarray | None] = []
+    for k, source in enumerate(sources):
+        if source != "generated":
+            out.append(None)
+            continue
+        m = mask_at(heat, threshold)
+        for later, s in zip(masks[k + 1:], sources[k + 1:]):
+            if s == "inserted":
+                m = m & ~later
+        out.append(m)
+    return out
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

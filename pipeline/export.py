@@ -61,22 +61,9 @@ class ExportReport:
 
 
 def sample_instances(store: Store, rec: Record) -> list[tuple[str, np.ndarray]]:
-    """The instance masks to export for a sample, later ones on top.
-
-    Generated instances follow the user's threshold override (re-thresholding the stored
-    heat map); masks a user drew or that came from compose/import are taken as stored."""
-    out = []
-    heat = store.array(rec.heat_map).astype(np.float32) if rec.heat_map and rec.user_threshold is not None else None
-    for inst in rec.instances:
-        if inst.source == "generated" and heat is not None:
-            out.append((inst.class_name, heat >= rec.user_threshold))
-        else:
-            out.append((inst.class_name, store.mask(inst.mask)))
-    if not out and rec.heat_map and rec.effective_threshold is not None:
-        out.append((rec.classes[0], store.array(rec.heat_map).astype(np.float32) >= rec.effective_threshold))
-    elif not out and rec.refined_mask:
-        out.append((rec.classes[0], store.mask(rec.refined_mask)))
-    return out
+    """The instance masks to export for a sample, later ones on top: exactly what the store
+    holds (:meth:`pipeline.dataset.Store.masks`), which is also what the gallery shows."""
+    return store.masks(rec)
 
 
 def _inside(root: Path, rel: str) -> Path:

@@ -140,8 +140,16 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
              capture: CaptureConfig = CaptureConfig(), prompt: str | list[str] | None = None) -> list[Sample]:
     """Generate one image per (class, seed) in one batched pipeline call, with attention capture.
 
-    Each image has its own ``torch.Generator(seed)``, so sample k of class c is the same
-    whether it is generated alone or in a batch.
+    Each image has its own ``torch.Generator(seed)``, so its initial noise is the same
+    whether it is generated alone or in a batch. What is promised about the pixels:
+
+    - the same call (same classes, seeds and order) gives bit-identical images and maps;
+    - the same seed at another batch position, or alone, gives the same image up to
+      rounding: batched matrix kernels may round one row differently from another on some
+      CPUs (measured: at most 1 level in under 0.1 % of the pixels of a tiny model).
+
+    ``pipeline.batch`` therefore always computes a candidate in the same batch (candidates
+    are grouped by index), so a resumed run reproduces an uninterrupted one exactly.
     """
     classes = [class_name] if isinstance(class_name, str) else list(class_name)
     seeds = [seed] * len(classes) if isinstance(seed, int) else list(seed)

@@ -14,6 +14,17 @@ import numpy as np
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
+HEAT_DTYPE = np.float16  # how the curation store keeps heat maps (512 KB per 512x512 sample)
+
+
+def quantize_heat(heat: np.ndarray) -> np.ndarray:
+    """The heat map exactly as the curation store holds it, as (H, W) float32.
+
+    The studio thresholds this, not the full-precision map, so that a mask shown at
+    threshold t is pixel for pixel the mask re-derived later from the stored heat."""
+    return np.asarray(heat, np.float32).astype(HEAT_DTYPE).astype(np.float32)
+
+
 def mask_at(heat: np.ndarray, threshold: float) -> np.ndarray:
     """Binary mask ``heat >= threshold``, (H, W) bool."""
     return np.asarray(heat) >= threshold

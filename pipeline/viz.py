@@ -28,6 +28,36 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha
     return out
 
 
+# Distinct, saturated colours for instances (Kelly's / Tableau-like), readable on photos.
+INSTANCE_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+def overlay_instances(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.45) -> np.ndarray:
+    """Each instance mask tinted in its own colour with a dark-and-light outline (visible on
+    any background), later masks on top; HWC uint8."""
+    out = image.copy()
+    for k, m in enumerate(masks):
+        m = np.asarray(m, bool)
+        colour = np.array(INSTANCE_COLOURS[k % len(INSTANCE_COLOURS)])
+        out[m] = (out[m] * (1 - alpha) + colour * alpha).astype(np.uint8)
+    for k, m in enumerate(masks):
+        if np.asarray(m).any():
+            contours, _ = cv2.findContours(np.asarray(m, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, (0, 0, 0), 2)
+            cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink (area interpolation) so the longer side is at most ``max_side``; never enlarges."""
+    h, w = image.shape[:2]
+    k = max_side / max(h, w)
+    if k >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
 def mask_to_png(mask: np.ndarray) -> np.ndarray:
     """bool mask -> (H, W) uint8 0/255."""
     return mask.astype(np.uint8) * 255

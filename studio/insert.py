@@ -15,7 +15,6 @@ from pipeline import viz
 from pipeline.checkpoints import CheckpointError
 from pipeline.compose import ComposeError, paste
 from pipeline.dataset import Store, StoreError, check_image
-from pipeline.export import sample_instances
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
 from pipeline.placement import PlacementError, box_at, box_size, get_scorer, heatmap
 from pipeline.refine import RefinementError, get_refiner, refine_and_choose
@@ -105,7 +104,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
                     rec = store.get(int(choice.split()[0].lstrip("#")))
                 except (ValueError, KeyError, IndexError):
                     raise gr.Error(f"no sample {choice!r}: pick one from the list")
-                ins = Insertion(store.image(rec.image), sample_instances(store, rec), list(rec.classes), f"sample #{rec.id}")
+                try:
+                    ins = Insertion(store.load_image(rec), store.masks(rec), list(rec.classes), f"sample #{rec.id}")
+                except StoreError as e:
+                    raise gr.Error(str(e))
             finally:
                 store.close()
         else:
@@ -301,3 +303,5 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
     preview_btn.click(preview, [state, scale, method, rain_ckpt], [state, comp_img, mask_img, comp_info],
                       api_name="insert_preview")
     accept_btn.click(accept, [state, ins_tags], accept_info, api_name="insert_accept")
+    # the caller refreshes the list of accepted samples whenever the tab is opened
+    return (lambda: gr.update(choices=accepted_choices())), None, bg_choice

@@ -1,6 +1,7 @@
 """The Blocks layout and event wiring of the studio."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -13,100 +14,61 @@ import numpy as np
 
 from pipeline import viz
 from pipeline.attention import capture_for
-from pipeline.dataset import Store, StoreError
+from pipeline.dataset import DamagedSampleError, Store, StoreError
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS, ExportError, export, sample_instances
-from pipeline.masks import mask_at
-from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner, refine_and_choose
+from pipeline.generate import DEFAULT_TEMPLATE
+from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner
+from pipeline.session import InspectSession, SessionError
 
 from .insert import build_insert_tab
-from .state import MODEL_LOCK, Inspection, generate_one
+from .state import MODEL_LOCK, generate_one, set_model_options
 
-SHORTCUTS_JS = """
-<script>
-document.addEventListener('keydown', (e) => {
-  const t = e.target; if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA')) return;
-  const ids = {a: 'curate-accept', r: 'curate-reject', n: 'curate-next', p: 'curate-prev'};
-  const id = ids[e.key.toLowerCase()]; if (!id) return;
-  const b = document.querySelector('#' + id); if (b) { b.click(); e.preventDefault(); }
-});
-</script>
-"""
 
 
 # -- Generate & Inspect ----------------------------------------------------------------
 CLICK_MODES = ["do nothing", "add object (+)", "mark background (-)"]
-
-def _heat_view(ins: Inspection, resolution: str, t_lo: int, t_hi: int) -> np.ndarray:
-    res = None if resolution in (None, "", "all") else [int(resolution)]
-    return ins.attention.heat_map(resolutions=res, timesteps=(t_lo, t_hi))
-
-
-def _current_mask(ins: Inspection, threshold: float) -> np.ndarray:
-    return ins.edited_mask if ins.edited_mask is not None else mask_at(ins.heat, threshold)
+SOURCE_CHOICES = {"use threshold mask": "threshold", "use refined mask": "refined"}
+SOURCE_LABELS = {v: k for k, v in SOURCE_CHOICES.items()}
+# Mistakes a user can make (bad settings, an action that does not apply now): shown as a
+# toast, and every view stays as it was.
+USER_ERRORS = (SessionError, RefinementError, RefinerUnavailable, StoreError, ValueError)
 
 
-def _threshold_views(ins: Inspection, threshold: float):
-    """The two views that depend on the threshold: the mask overlay and the IoU curve."""
-    mask = viz.upscale_for_display(viz.overlay_mask(ins.image, _current_mask(ins, threshold)))
-    curve = None
-    if ins.choice is not None:
-        curve = viz.iou_curve_image(ins.choice.thresholds, ins.choice.ious, ins.choice.threshold, threshold)
-    return mask, curve
+def keep_views_on_error(n_outputs: int):
+    """Turn a user error into a warning toast that leaves the handler's n outputs as they
+    were (gr.skip), instead of Gradio's red 'Error' badges over every view."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except USER_ERRORS as e:
+                gr.Warning(str(e))
+                return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
+        return wrapper
+    return deco
 
 
-def _views(ins: Inspection, threshold: float):
-    disp = viz.upscale_for_display
-    mask, curve = _threshold_views(ins, threshold)
-    info = ins.refine_error or ""
-    refined = None
-    if ins.choice is not None:
-        refined = disp(viz.overlay_mask(ins.image, ins.choice.refined, (255, 60, 200)))
-        info = (f"{ins.choice.refiner}: chosen threshold {ins.choice.threshold:.2f} "
-                f"(IoU {ins.choice.best_iou:.2f} with the refined mask)")
-    if ins.edited_mask is not None:
-        info += " · showing your edited mask"
-    return (disp(viz.overlay_heat(ins.image, ins.heat)), mask, curve, refined, info)
+class LockedRefiner:
+    """A refiner that holds MODEL_LOCK while it runs: SAM keeps one image embedding per
+    predictor, so one session at a time may use it."""
+
+    def __init__(self, refiner):
+        self.refiner, self.name = refiner, refiner.name
+        self.takes_points = getattr(refiner, "takes_points", False)
+
+    def __call__(self, *args, **kwargs):
+        with MODEL_LOCK:
+            return self.refiner(*args, **kwargs)
 
 
-def on_generate(class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo, t_hi,
-                progress=gr.Progress()):
-    class_name = (class_name or "").strip()
-    if not class_name:
-        raise gr.Error("Type a class name, e.g. 'ball'.")
-    progress(0.1, desc="loading the model and generating")
-    sample = generate_one(model, class_name, seed, template=template or "a photograph of a {}", steps=int(steps),
-                          guidance=float(guidance), capture=capture_for(refiner_name))
-    ins = Inspection(sample.image, class_name, sample.prompt, int(seed), model or "embedded", sample.attention,
-                     sample.heat_map)
-    ins.heat = _heat_view(ins, resolution, t_lo, t_hi)
-    progress(0.8, desc=f"refining ({refiner_name})")
-    _refine(ins, refiner_name, sam_ckpt)
-    threshold = ins.choice.threshold if ins.choice else 0.5
-    res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
-    return (ins, viz.upscale_for_display(sample.image), *_views(ins, threshold), gr.update(value=threshold),
-            gr.update(choices=res_choices, value="all"), f"prompt: {sample.prompt!r}, seed {seed}")
-
-
-def _refine(ins: Inspection, refiner_name: str, sam_ckpt: str | None) -> None:
-    try:
-        opts = {"checkpoint": sam_ckpt or None} if refiner_name == "sam" else {}
-        clicks = {}
-        if ins.clicks:
-            clicks = {"points": [(x, y) for x, y, _ in ins.clicks], "labels": [lab for _, _, lab in ins.clicks]}
-        refiner = _cached_refiner(refiner_name, **opts)
-        if refiner_name == "sam":  # one SamPredictor holds one image embedding: one session at a time
-            with MODEL_LOCK:
-                ins.choice = refine_and_choose(ins.image, ins.heat, refiner, ins.attention, **clicks)
-        else:
-            ins.choice = refine_and_choose(ins.image, ins.heat, refiner, ins.attention, **clicks)
-        ins.refine_error = None
-    except RefinerUnavailable as e:
-        ins.choice, ins.refine_error = None, str(e)
-        gr.Warning(str(e))
-    except RefinementError as e:
-        ins.choice, ins.refine_error = None, f"refinement failed: {e}"
-        gr.Warning(str(e))
+def make_refiner(name: str, sam_ckpt: str | None):
+    opts = {"checkpoint": (sam_ckpt or "").strip() or None} if name == "sam" else {}
+    refiner = _cached_refiner(name, **opts)
+    return LockedRefiner(refiner) if name == "sam" else refiner
 
 
 @lru_cache(maxsize=4)
@@ -115,333 +77,677 @@ def _cached_refiner(name: str, **opts):
     return get_refiner(name, **opts)
 
 
-def _image_with_clicks(ins: Inspection) -> np.ndarray:
-    shown = viz.upscale_for_display(ins.image)
-    k = viz.display_scale(ins.image.shape[:2])
-    for x, y, label in ins.clicks:
+def _heat_view(ses: InspectSession, resolution: str, t_lo: int, t_hi: int) -> np.ndarray:
+    if t_lo > t_hi:
+        raise SessionError("the timestep range is empty: 'timesteps from' is above 'timesteps to'")
+    res = None if resolution in (None, "", "all") else [int(resolution)]
+    return ses.attention.heat_map(resolutions=res, timesteps=(t_lo, t_hi))
+
+
+def _mask_label(ses: InspectSession) -> str:
+    undo = "undo available" if ses.can_undo else "nothing to undo"
+    return f"**Current mask** (what Accept saves): {ses.describe()} · {undo}"
+
+
+def _current_view(ses: InspectSession) -> np.ndarray:
+    return viz.upscale_for_display(viz.overlay_mask(ses.image, ses.current_mask()))
+
+
+def _threshold_views(ses: InspectSession):
+    """What depends on the threshold: the current mask, the threshold view and the curve."""
+    thr = viz.upscale_for_display(viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0)))
+    curve = None
+    if ses.choice is not None:
+        curve = viz.iou_curve_image(ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold)
+    return _current_view(ses), thr, curve, _mask_label(ses)
+
+
+def _views(ses: InspectSession):
+    """Every view of the Generate tab, in the order of ``views`` in build_app."""
+    disp = viz.upscale_for_display
+    current, thr, curve, label = _threshold_views(ses)
+    refined, info = None, ses.refine_error or ""
+    if ses.choice is not None:
+        refined = disp(viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200)))
+        info = (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} "
+                f"(its mask overlaps the refined mask with IoU {ses.choice.best_iou:.2f})")
+    return (_image_with_clicks(ses), disp(viz.overlay_heat(ses.image, ses.heat)), current, thr, curve, refined,
+            info, label, gr.update(value=ses.threshold), gr.update(value=SOURCE_LABELS[ses.source]))
+
+
+def on_generate(class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo, t_hi,
+                progress=gr.Progress()):
+    class_name = (class_name or "").strip()
+    if not class_name:
+        raise gr.Error("Type a class name in the 'class' box, e.g. 'ball'.")
+    if t_lo > t_hi:
+        raise gr.Error("'timesteps from' is above 'timesteps to': the range is empty.")
+    progress(0.1, desc="loading the model and generating")
+    sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=int(steps),
+                          guidance=float(guidance), capture=capture_for(refiner_name))
+    progress(0.8, desc=f"refining ({refiner_name})")
+    try:
+        refiner = make_refiner(refiner_name, sam_ckpt)
+    except (RefinerUnavailable, ValueError) as e:
+        gr.Warning(_user_words(str(e)))
+        refiner = None
+    ses = InspectSession(sample.image, class_name, sample.heat_map, attention=sample.attention, prompt=sample.prompt,
+                         seed=int(seed), model=model or "embedded", refiner=refiner)
+    if (resolution, t_lo, t_hi) != ("all", 0, 999):
+        ses.set_heat(_heat_view(ses, resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
+    else:
+        ses.refine()
+    if ses.choice is not None:
+        ses.set_threshold(ses.choice.threshold)
+        ses._undo.clear()  # the starting point is not an edit
+    elif ses.refine_error:
+        gr.Warning(_user_words(ses.refine_error))
+    res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
+    return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),
+            f"prompt: “{sample.prompt}”, seed {seed}")
+
+
+def _user_words(text: str) -> str:
+    """Point programmer-facing hints at the widget a studio user has."""
+    return (text.replace("pass it with --sam-checkpoint", "put its path in the 'SAM weights' box")
+                .replace("--sam-checkpoint", "the 'SAM weights' box"))
+
+
+def _image_with_clicks(ses: InspectSession) -> np.ndarray:
+    shown = viz.upscale_for_display(ses.image)
+    k = viz.display_scale(ses.image.shape[:2])
+    for x, y, label in ses.clicks:
         centre = (int((x + 0.5) * k), int((y + 0.5) * k))
         cv2.circle(shown, centre, max(4, int(k * 1.5)), (40, 220, 60) if label else (235, 40, 40), -1)
         cv2.circle(shown, centre, max(4, int(k * 1.5)), (255, 255, 255), 1)
     return shown
 
 
-def on_click(ins: Inspection | None, mode, refiner_name, sam_ckpt, threshold, evt: gr.SelectData):
+N_VIEWS = 10
+
+
+def _need(ses):
+    if ses is None:
+        raise SessionError("Generate an image first (the 'Generate' button).")
+    return ses
+
+
+@keep_views_on_error(N_VIEWS)
+def on_click(ses: InspectSession | None, mode, evt: gr.SelectData):
     """A click on the image adds an object (+) or background (-) point and re-runs the refiner
-    (GrabCut or SAM) with all clicks so far."""
-    if ins is None or not mode or mode == CLICK_MODES[0]:
-        return (gr.skip(),) * 6
-    if refiner_name not in ("grabcut", "sam"):
-        raise gr.Error(f"clicks refine with grabcut or sam, not {refiner_name}: choose one of them first")
-    k = viz.display_scale(ins.image.shape[:2])  # display pixels per image pixel
-    x = min(max(int(evt.index[0] // k), 0), ins.image.shape[1] - 1)
-    y = min(max(int(evt.index[1] // k), 0), ins.image.shape[0] - 1)
-    ins.clicks.append((x, y, 1 if mode == CLICK_MODES[1] else 0))
-    _refine(ins, refiner_name, sam_ckpt)
-    return (_image_with_clicks(ins), *_views(ins, threshold))
+    (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask."""
+    if ses is None or not mode or mode == CLICK_MODES[0]:
+        return tuple(gr.skip() for _ in range(N_VIEWS))
+    k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
+    ses.add_click(int(evt.index[0] // k), int(evt.index[1] // k), 1 if mode == CLICK_MODES[1] else 0)
+    if ses.refine_error:
+        gr.Warning(_user_words(ses.refine_error))
+    return _views(ses)
 
 
-def on_clear_clicks(ins: Inspection | None, refiner_name, sam_ckpt, threshold):
-    if ins is None:
-        return (gr.skip(),) * 6
-    ins.clicks.clear()
-    _refine(ins, refiner_name, sam_ckpt)
-    return (_image_with_clicks(ins), *_views(ins, threshold))
+@keep_views_on_error(N_VIEWS)
+def on_clear_clicks(ses: InspectSession | None):
+    _need(ses).clear_clicks()
+    return _views(ses)
 
 
-def on_threshold(ins: Inspection | None, threshold: float):
-    """The slider: only the two views that depend on the threshold are redrawn (the cheap
-    SamPredictor-style half: the heat map and refinement were computed once at generation)."""
-    if ins is None:
-        return None, None
-    return _threshold_views(ins, threshold)
+@keep_views_on_error(4)
+def on_threshold(ses: InspectSession | None, threshold: float):
+    """The slider: only the views that depend on the threshold are redrawn (the cheap
+    SamPredictor-style half: the heat map and refinement were computed once)."""
+    if ses is None:
+        return tuple(gr.skip() for _ in range(4))
+    ses.set_threshold(threshold)
+    return _threshold_views(ses)
 
 
-def on_view_change(ins, resolution, t_lo, t_hi, threshold, refiner_name, sam_ckpt):
-    if ins is None:
-        return (None,) * 5
-    if t_lo > t_hi:
-        raise gr.Error("the timestep range is empty (from > to)")
-    ins.heat = _heat_view(ins, resolution, t_lo, t_hi)
-    _refine(ins, refiner_name, sam_ckpt)
-    return _views(ins, threshold)
+@keep_views_on_error(N_VIEWS)
+def on_source(ses: InspectSession | None, choice: str):
+    _need(ses).use_source(SOURCE_CHOICES[choice])
+    return _views(ses)
 
 
-def on_edit_mask(ins: Inspection | None, editor, threshold):
-    """Brush strokes on the editor's layer add to the mask (white) or erase it (eraser)."""
-    if ins is None or editor is None:
-        return (None,) * 5
-    layers = editor.get("layers") or []
-    base = _current_mask(ins, threshold).copy()
-    for layer in layers:
+@keep_views_on_error(N_VIEWS)
+def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt):
+    if ses is None:
+        return tuple(gr.skip() for _ in range(N_VIEWS))
+    heat = _heat_view(ses, resolution, t_lo, t_hi)  # checks the range before anything changes
+    refiner = make_refiner(refiner_name, sam_ckpt)
+    ses.refiner = refiner
+    ses.set_heat(heat, (resolution, t_lo, t_hi))
+    if ses.refine_error:
+        gr.Warning(_user_words(ses.refine_error))
+    return _views(ses)
+
+
+def strokes_from_editor(editor, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(added, erased) (H, W) bool at image size from the editor's layers: white strokes
+    add, black strokes erase (the editor shows the image enlarged; nearest sampling)."""
+    add, erase = np.zeros(shape, bool), np.zeros(shape, bool)
+    for layer in (editor or {}).get("layers") or []:
         arr = np.asarray(layer)
         if arr.ndim == 3 and arr.shape[2] == 4:
-            import cv2
-
-            alpha = cv2.resize(arr[..., 3], ins.image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-            bright = cv2.resize(arr[..., :3].mean(2), ins.image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-            base[alpha & (bright >= 128)] = True
-            base[alpha & (bright < 128)] = False
-    ins.history.append(ins.edited_mask)
-    ins.edited_mask = base
-    return _views(ins, threshold)
+            alpha = cv2.resize(arr[..., 3], shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            bright = cv2.resize(arr[..., :3].mean(2), shape[::-1], interpolation=cv2.INTER_NEAREST)
+            add |= alpha & (bright >= 128)
+            erase |= alpha & (bright < 128)
+    return add, erase
 
 
-def on_undo(ins: Inspection | None, threshold):
-    if ins is None:
-        return (None,) * 5
-    ins.edited_mask = ins.history.pop() if ins.history else None
-    return _views(ins, threshold)
+def editor_background(ses: InspectSession | None):
+    """The editor, emptied, over the current mask (after every change, so strokes are never applied twice)."""
+    if ses is None:
+        return gr.skip()
+    return {"background": _current_view(ses), "layers": [], "composite": None}
 
 
-def editor_background(ins: Inspection | None, threshold):
-    if ins is None:
-        return None
-    return {"background": viz.upscale_for_display(viz.overlay_mask(ins.image, _current_mask(ins, threshold))),
-            "layers": [], "composite": None}
+@keep_views_on_error(N_VIEWS + 1)
+def on_edit_mask(ses: InspectSession | None, editor):
+    """Brush strokes on the editor's layer add to the mask (white) or erase it (black)."""
+    _need(ses)
+    add, erase = strokes_from_editor(editor, ses.image.shape[:2])
+    if not (add.any() or erase.any()):
+        raise SessionError("Draw on the mask first: white adds to it, black erases.")
+    ses.apply_strokes(add, erase)
+    return (*_views(ses), editor_background(ses))
+
+
+@keep_views_on_error(N_VIEWS + 1)
+def on_undo(ses: InspectSession | None):
+    if not _need(ses).undo():
+        raise SessionError("Nothing to undo.")
+    return (*_views(ses), editor_background(ses))
+
+
+@keep_views_on_error(N_VIEWS + 1)
+def on_redo(ses: InspectSession | None):
+    if not _need(ses).redo():
+        raise SessionError("Nothing to redo.")
+    return (*_views(ses), editor_background(ses))
+
+
+@keep_views_on_error(N_VIEWS + 1)
+def on_discard(ses: InspectSession | None):
+    _need(ses).discard_edits()
+    return (*_views(ses), editor_background(ses))
 
 
 def make_store_actions(store_dir: Path):
-    def on_store(ins: Inspection | None, threshold: float, status: str, tags: str):
-        if ins is None:
+    def on_store(ses: InspectSession | None, status: str, tags: str):
+        if ses is None:
             raise gr.Error("Generate an image first.")
-        store = Store(store_dir)
-        mask = _current_mask(ins, threshold)
-        user_t = None if ins.choice and abs(threshold - ins.choice.threshold) < 1e-6 else float(threshold)
-        source = "user" if ins.edited_mask is not None else "generated"
         try:
             tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
-            sid = store.add(ins.image, [ins.class_name], instances=[(ins.class_name, mask)], instance_sources=[source],
-                            prompt=ins.prompt, seed=ins.seed, model=ins.model, heat_map=ins.heat,
-                            threshold=ins.choice.threshold if ins.choice else None,
-                            refined_mask=ins.choice.refined if ins.choice else None, status=status, tags=tag_list,
-                            meta={"refiner": ins.choice.refiner if ins.choice else None})
-            if user_t is not None:
-                store.update(sid, user_threshold=user_t)
+            with Store(store_dir) as store:
+                sid = ses.to_store(store, status, tag_list)
         except StoreError as e:
             raise gr.Error(str(e))
-        finally:
-            store.close()
-        ins.stored_id = sid
         gr.Info(f"sample #{sid} saved as {status}")
-        return f"saved as #{sid} ({status})"
+        return f"saved as #{sid} ({status}): {ses.describe()}"
 
-    def on_accept(ins: Inspection | None, threshold: float, tags: str):
-        return on_store(ins, threshold, "accepted", tags)
+    def on_accept(ses: InspectSession | None, tags: str):
+        return on_store(ses, "accepted", tags)
 
-    def on_reject(ins: Inspection | None, threshold: float, tags: str):
-        return on_store(ins, threshold, "rejected", tags)
+    def on_reject(ses: InspectSession | None, tags: str):
+        return on_store(ses, "rejected", tags)
 
     return on_accept, on_reject
 
 
 # -- Curate & Export ---------------------------------------------------------------------
-def make_curate_actions(store_dir: Path):
-    def _query(status, classes, tag):
-        store = Store(store_dir)
+EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
+PAGE_SIZE = 48
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [c.strip() for c in (text or "").split(",") if c.strip()] or None
+
+
+@lru_cache(maxsize=4096)
+def _thumbnail(store_dir: str, sample_id: int, image_key: str, instances_key: str) -> np.ndarray:
+    """A sample's gallery picture, cached by its image and instance blobs (any change to the
+    mask changes the key, so the cache never shows a stale mask)."""
+    with Store(store_dir) as store:
+        rec = store.get(sample_id)
+        img = store.load_image(rec)
+        masks = store.masks(rec)
+    if masks:
+        img = viz.overlay_mask(img, np.any([m for _, m in masks], axis=0))
+    return viz.upscale_for_display(img, 128) if max(img.shape[:2]) < 128 else viz.fit_within(img, 256)
+
+
+def _damaged_tile(text: str) -> np.ndarray:
+    tile = np.full((128, 128, 3), 70, np.uint8)
+    cv2.line(tile, (0, 0), (127, 127), (200, 60, 60), 3)
+    cv2.line(tile, (127, 0), (0, 127), (200, 60, 60), 3)
+    return tile
+
+
+class CurateActions:
+    """The Curate & Export tab's handlers over one store folder: page through the
+    samples, review one at a time, change status (with undo), notes and threshold, export."""
+
+    def __init__(self, store_dir: Path):
+        self.store_dir = Path(store_dir)
+
+    def _store(self) -> Store:
+        return Store(self.store_dir)
+
+    def gallery(self, status, classes, tag, page: int = 0):
+        """(ids, [(picture, caption)], summary) for one page of matching samples."""
+        status = None if status in (None, "", "any") else status
+        with self._store() as store:
+            total = store.count(status=status, classes=_split_list(classes), tags=[tag.strip()] if tag and tag.strip() else None)
+            pages = max(1, -(-total // PAGE_SIZE))
+            page = min(max(int(page or 0), 0), pages - 1)
+            recs = store.query(status=status, classes=_split_list(classes),
+                               tags=[tag.strip()] if tag and tag.strip() else None, limit=PAGE_SIZE,
+                               offset=page * PAGE_SIZE)
+        items = []
+        for r in recs:
+            try:
+                pic = _thumbnail(str(self.store_dir), r.id, r.image, ",".join(i.mask for i in r.instances))
+                items.append((pic, self.caption(r)))
+            except StoreError as e:
+                reason = e.reason if isinstance(e, DamagedSampleError) else str(e)
+                items.append((_damaged_tile(reason), f"#{r.id} ⚠ damaged: {reason}"))
+        summary = f"{total} samples · page {page + 1} of {pages}"
+        return [r.id for r in recs], items, summary, page
+
+    @staticmethod
+    def caption(r) -> str:
+        return f"#{r.id} {', '.join(r.classes)} · {r.status}"
+
+    def review(self, sample_id: int, show_heat: bool = False):
+        """The large view of one sample: image with its masks (or heat map), and its details."""
+        with self._store() as store:
+            r = store.get(sample_id)
+            try:
+                img = store.load_image(r)
+                if show_heat and r.heat_map:
+                    view = viz.overlay_heat(img, store.heat(r))
+                else:
+                    masks = store.masks(r)
+                    view = viz.overlay_instances(img, [m for _, m in masks]) if masks else img
+            except DamagedSampleError as e:
+                return None, f"#{r.id} is damaged: {e.reason}", r.notes, gr.update()
+            history = store.status_history(r.id)
+        kinds = ", ".join(sorted({i.source for i in r.instances})) or "no mask"
+        t = r.effective_threshold
+        lines = [f"**#{r.id}** · {', '.join(r.classes)} · **{r.status}** · mask: {kinds}",
+                 f"prompt “{r.prompt}” · seed {r.seed} · model {r.model}" if r.prompt else f"model {r.model}"]
+        if t is not None:
+            lines.append(f"threshold {t:.2f}" + (" (yours; the refiner chose "
+                                                  f"{r.threshold:.2f})" if r.user_threshold is not None and r.threshold is not None else ""))
+        if r.tags:
+            lines.append("tags: " + ", ".join(r.tags))
+        if history:
+            lines.append("history: " + " → ".join(h["to"] for h in history))
+        return (viz.upscale_for_display(view, 384), "  \n".join(lines), r.notes,
+                gr.update(value=t if t is not None else 0.5, interactive=any(i.source == "generated" for i in r.instances)))
+
+    def set_status(self, sample_id: int, status: str) -> None:
+        with self._store() as store:
+            store.set_status([sample_id], status)
+
+    def undo_status(self, sample_id: int) -> str:
+        """Put back the status a sample had before its last change."""
+        with self._store() as store:
+            history = store.status_history(sample_id)
+            if not history or history[-1]["from"] not in ("pending", "accepted", "rejected"):
+                raise StoreError(f"#{sample_id} has no status change to undo")
+            store.set_status([sample_id], history[-1]["from"], by="undo")
+            return history[-1]["from"]
+
+    def bulk(self, ids, status: str) -> int:
+        with self._store() as store:
+            return store.set_status(ids or [], status)
+
+    def save_details(self, sample_id: int, notes: str, threshold: float | None) -> str:
+        with self._store() as store:
+            rec = store.get(sample_id)
+            store.update(sample_id, notes=notes or "")
+            if threshold is not None and rec.effective_threshold is not None \
+                    and abs(float(threshold) - rec.effective_threshold) > 1e-6:
+                store.set_threshold(sample_id, float(threshold))
+                return f"#{sample_id}: notes saved, masks re-derived at threshold {float(threshold):.2f}"
+        return f"#{sample_id}: notes saved"
+
+    def export_summary(self, status, classes, tag) -> str:
+        status = None if status in (None, "", "any") else status
+        with self._store() as store:
+            n = store.count(status=status, classes=_split_list(classes), tags=[tag.strip()] if tag and tag.strip() else None)
+        what = f"{status} samples" if status else "samples of every status (including rejected)"
+        return f"The export will include {n} {what}" + (f" of classes {classes}" if _split_list(classes) else "") + \
+            (f" tagged {tag.strip()}" if tag and tag.strip() else "") + "."
+
+    def export_zip(self, fmt, status, classes, tag, val) -> tuple[str, str]:
+        """Export into a fresh folder, zip it, delete the folder; only the newest zip of
+        this process is kept (older ones and those of dead processes are removed)."""
+        status = None if status in (None, "", "any") else status
+        work_root = EXPORTS_DIR / str(os.getpid())
+        clean_old_exports(keep=None)
+        work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=_mkdir(work_root)))
         try:
-            recs = store.query(status=None if status == "any" else status,
-                               classes=[c.strip() for c in (classes or "").split(",") if c.strip()] or None,
-                               tags=[tag.strip()] if tag and tag.strip() else None)
-            items = []
-            for r in recs:
-                img = store.image(r.image)
-                inst = sample_instances(store, r)
-                if inst:
-                    img = viz.overlay_mask(img, np.any([m for _, m in inst], axis=0))
-                items.append((viz.upscale_for_display(img, 128), f"#{r.id} {', '.join(r.classes)} · {r.status}"))
-            return recs, items
-        except StoreError as e:
-            raise gr.Error(str(e))
-        finally:
-            store.close()
-
-    def refresh(status, classes, tag):
-        recs, items = _query(status, classes, tag)
-        return [r.id for r in recs], items, f"{len(recs)} samples", None
-
-    def select(ids, evt: gr.SelectData):
-        return evt.index
-
-    def detail(ids, index):
-        if index is None or not ids or index >= len(ids):
-            return "", "", None
-        store = Store(store_dir)
-        try:
-            r = store.get(ids[index])
-        finally:
-            store.close()
-        text = (f"#{r.id} · {', '.join(r.classes)} · {r.status} · seed {r.seed} · model {r.model}\n"
-                f"prompt: {r.prompt}\nthreshold {r.threshold} (yours: {r.user_threshold}) · tags: {', '.join(r.tags)}")
-        return text, r.notes, r.effective_threshold
-
-    def set_status(ids, index, status):
-        if index is None or not ids:
-            raise gr.Error("Select a sample in the gallery first.")
-        store = Store(store_dir)
-        try:
-            store.set_status([ids[index]], status)
-        finally:
-            store.close()
-        gr.Info(f"#{ids[index]} {status}")
-        return min(index + 1, len(ids) - 1)
-
-    def save_details(ids, index, notes, threshold):
-        if index is None or not ids:
-            raise gr.Error("Select a sample in the gallery first.")
-        store = Store(store_dir)
-        try:
-            rec = store.get(ids[index])
-            t = None if threshold is None or rec.threshold is None or abs(threshold - rec.threshold) < 1e-6 else threshold
-            store.update(ids[index], notes=notes or "", user_threshold=t)
-        except StoreError as e:
-            raise gr.Error(str(e))
-        finally:
-            store.close()
-        gr.Info("saved")
-
-    def bulk(ids, status):
-        store = Store(store_dir)
-        try:
-            n = store.set_status(ids or [], status)
-        finally:
-            store.close()
-        gr.Info(f"{n} samples {status}")
-
-    def do_export(fmt, status, classes, tag, val, progress=gr.Progress()):
-        store = Store(store_dir)
-        work = Path(tempfile.mkdtemp(prefix="studio-export-"))
-        try:
-            progress(0.1, desc=f"exporting {fmt}")
-            rep = export(store, fmt, work / f"dataset-{fmt}", status=None if status == "any" else status,
-                         classes=[c.strip() for c in (classes or "").split(",") if c.strip()] or None,
-                         tags=[tag.strip()] if tag and tag.strip() else None, val_fraction=float(val or 0))
-            progress(0.8, desc="zipping")
+            with self._store() as store:
+                rep = export(store, fmt, work / f"dataset-{fmt}", status=status, classes=_split_list(classes),
+                             tags=[tag.strip()] if tag and tag.strip() else None, val_fraction=float(val or 0))
             archive = shutil.make_archive(str(work / f"dataset-{fmt}"), "zip", rep.out)
-        except (ExportError, StoreError) as e:
-            raise gr.Error(str(e))
-        finally:
-            store.close()
-        return archive, f"{rep.n_images} images, {rep.n_instances} instances, splits {rep.splits}"
+            shutil.rmtree(rep.out, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        clean_old_exports(keep=work)
+        splits = ", ".join(f"{k} {v}" for k, v in rep.splits.items())
+        return archive, f"{rep.n_images} images, {rep.n_instances} instances ({splits})"
 
-    return refresh, select, detail, set_status, save_details, bulk, do_export
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedded") -> gr.Blocks:
+def clean_old_exports(keep: Path | None) -> None:
+    """Remove studio export folders: every folder of a studio process that is gone and,
+    with ``keep``, this process's folders other than ``keep`` (Gradio has copied an
+    earlier zip into its own cache by the time the next export finishes)."""
+    if not EXPORTS_DIR.exists():
+        return
+    for proc_dir in EXPORTS_DIR.iterdir():
+        try:
+            pid = int(proc_dir.name)
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)  # another running studio's exports: not ours to remove
+            except ProcessLookupError:
+                shutil.rmtree(proc_dir, ignore_errors=True)
+            except PermissionError:
+                pass
+        elif keep is not None:
+            for d in proc_dir.iterdir():
+                if d != keep:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedded", device: str = "auto",
+              dtype: str | None = None) -> gr.Blocks:
     store_dir = Path(store_dir)
-    Store(store_dir).close()  # create it (and fail early if the folder is unusable)
+    Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
+    clean_old_exports(keep=None)
+    set_model_options(device, dtype)
     refiners = sorted(REFINERS)
-    with gr.Blocks(title="DiffuMask-Editor Studio") as demo:
+    with gr.Blocks(title="DiffuMask-Editor Studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DiffuMask-Editor Studio\nSegmentation data from a diffusion model's cross-attention. "
                     f"Model: **{model}** (the embedded model draws 64x64 scenes of: {', '.join(CLASS_NAMES)}).")
-        ins_state = gr.State(None)
+        ses_state = gr.State(None)
         with gr.Tab("Generate & Inspect", id="generate"):
             with gr.Row():
-                with gr.Column(scale=1):
+                with gr.Column(scale=1, min_width=260):
                     class_in = gr.Dropdown(list(CLASS_NAMES), value="ball", allow_custom_value=True, label="class")
-                    template = gr.Textbox("a photograph of a {}", label="prompt template ({} = class)")
-                    seed = gr.Number(0, precision=0, label="seed")
-                    steps = gr.Slider(5, 100, 25, step=1, label="steps")
-                    guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
-                    model_in = gr.Textbox(model, label="model (embedded, diffusers folder, .safetensors file, hub id)")
-                    refiner = gr.Dropdown(refiners, value="grabcut", label="refiner")
-                    sam_ckpt = gr.Textbox("", label="SAM weights (sam refiner): segment-anything .pth, or transformers SAM folder / hub id")
-                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
+                    gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn")
+                    next_seed = gr.Button("Next seed (s)", elem_id="next-seed-btn")
                     gen_info = gr.Markdown()
-                with gr.Column(scale=2):
-                    with gr.Row():
-                        image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
-                                             interactive=False, elem_id="image-view")
-                        heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False)
-                    with gr.Row():
+                    with gr.Accordion("prompt, model and refiner", open=False):
+                        template = gr.Textbox(DEFAULT_TEMPLATE, label="prompt template ({} = class)")
+                        steps = gr.Slider(5, 100, 25, step=1, label="steps")
+                        guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
+                        model_in = gr.Textbox(model, label="model (embedded, diffusers folder, .safetensors file, hub id)")
+                        refiner = gr.Dropdown(refiners, value="grabcut", label="refiner", elem_id="refiner")
+                        sam_ckpt = gr.Textbox("", label="SAM weights (for the sam refiner): segment-anything .pth, "
+                                                         "or a transformers SAM folder / hub id")
+                    with gr.Accordion("heat map view", open=False):
                         res_in = gr.Radio(["all"], value="all", label="resolution")
                         t_lo = gr.Slider(0, 999, 0, step=100, label="timesteps from")
                         t_hi = gr.Slider(0, 999, 999, step=100, label="timesteps to")
+                    gr.Markdown(GENERATE_KEYS_HELP, elem_id="generate-keys")
+                with gr.Column(scale=4):
                     with gr.Row():
+                        image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
+                                             interactive=False, elem_id="image-view", height=300)
+                        heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300)
+                        mask_out = gr.Image(label="current mask (what Accept saves)", type="numpy", interactive=False,
+                                            elem_id="mask-view", height=300)
+                    mask_label = gr.Markdown(elem_id="mask-label")
+                    with gr.Row():
+                        threshold = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="threshold", elem_id="threshold")
+                        source = gr.Radio(list(SOURCE_CHOICES), value="use threshold mask", label="mask source",
+                                          elem_id="mask-source")
                         click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="click on the image to",
                                               elem_id="click-mode")
-                        clear_clicks = gr.Button("Clear clicks")
-                    threshold = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="threshold", elem_id="threshold")
                     with gr.Row():
-                        mask_out = gr.Image(label="mask at threshold", type="numpy", interactive=False, elem_id="mask-view")
-                        refined_out = gr.Image(label="refined mask", type="numpy", interactive=False,
-                                               elem_id="refined-view")
-                        curve_out = gr.Image(label="IoU vs threshold", type="numpy", interactive=False)
-                    choice_info = gr.Markdown(elem_id="choice-info")
-                    with gr.Accordion("Touch up the mask (white brush adds, black erases)", open=False):
-                        editor = gr.ImageEditor(type="numpy", label="mask editor", brush=gr.Brush(colors=["#ffffff", "#000000"]))
-                        with gr.Row():
-                            load_editor = gr.Button("Load mask into editor")
-                            apply_edit = gr.Button("Apply strokes")
-                            undo = gr.Button("Undo")
-                    with gr.Row():
-                        tags_in = gr.Textbox("", label="tags (comma-separated)")
-                        accept_btn = gr.Button("Accept into dataset", variant="primary", elem_id="accept-btn")
-                        reject_btn = gr.Button("Reject", elem_id="reject-btn")
+                        clear_clicks = gr.Button("Clear clicks", size="sm")
+                        undo = gr.Button("Undo (z)", size="sm", elem_id="undo-btn")
+                        redo = gr.Button("Redo (y)", size="sm", elem_id="redo-btn")
+                        discard = gr.Button("Discard edits", size="sm", elem_id="discard-btn")
+                        tags_in = gr.Textbox("", label="tags", placeholder="comma-separated", scale=2)
+                        accept_btn = gr.Button("Accept (a)", variant="primary", elem_id="accept-btn")
+                        reject_btn = gr.Button("Reject (r)", elem_id="reject-btn", variant="stop")
                     store_info = gr.Markdown(elem_id="store-info")
-            views = [heat_out, mask_out, curve_out, refined_out, choice_info]
-            gen_btn.click(on_generate, [class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in,
-                                        t_lo, t_hi], [ins_state, image_out, *views, threshold, res_in, gen_info],
-                          concurrency_limit=1, concurrency_id="model", api_name="generate")
+                    with gr.Row():
+                        thr_out = gr.Image(label="heat map at the threshold", type="numpy", interactive=False,
+                                           elem_id="threshold-view", height=220)
+                        refined_out = gr.Image(label="refined mask", type="numpy", interactive=False,
+                                               elem_id="refined-view", height=220)
+                        curve_out = gr.Image(label="IoU with the refined mask vs threshold", type="numpy",
+                                             interactive=False, height=220, elem_id="curve-view")
+                    choice_info = gr.Markdown(elem_id="choice-info")
+                    with gr.Accordion("Touch up the mask: white brush adds, black brush erases", open=False):
+                        editor = gr.ImageEditor(type="numpy", label="mask editor", elem_id="mask-editor",
+                                                brush=gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff"),
+                                                eraser=False, layers=False, transforms=(), sources=())
+                        apply_edit = gr.Button("Apply strokes", elem_id="apply-strokes")
+            views = [image_out, heat_out, mask_out, thr_out, curve_out, refined_out, choice_info, mask_label,
+                     threshold, source]
+            gen_inputs = [class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in, t_lo, t_hi]
+            gen_outputs = [ses_state, *views, res_in, gen_info]
+            gen_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model",
+                          api_name="generate").then(editor_background, ses_state, editor)
+            next_seed.click(lambda s: int(s or 0) + 1, seed, seed).then(
+                on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model").then(
+                editor_background, ses_state, editor)
             # Re-thresholding is a sub-millisecond numpy comparison: skip the queue so the slider
             # feels live (the queue's round trip alone is most of the latency).
-            threshold.input(on_threshold, [ins_state, threshold], [mask_out, curve_out], api_name="threshold",
-                            show_progress="hidden", trigger_mode="always_last", queue=False)
+            threshold.input(on_threshold, [ses_state, threshold], [mask_out, thr_out, curve_out, mask_label],
+                            api_name="threshold", show_progress="hidden", trigger_mode="always_last", queue=False)
+            source.input(on_source, [ses_state, source], views, api_name="mask_source")
             for comp in (res_in, t_lo, t_hi, refiner):
-                comp.input(on_view_change, [ins_state, res_in, t_lo, t_hi, threshold, refiner, sam_ckpt], views)
-            image_out.select(on_click, [ins_state, click_mode, refiner, sam_ckpt, threshold], [image_out, *views])
-            clear_clicks.click(on_clear_clicks, [ins_state, refiner, sam_ckpt, threshold], [image_out, *views])
-            load_editor.click(editor_background, [ins_state, threshold], editor)
-            apply_edit.click(on_edit_mask, [ins_state, editor, threshold], views)
-            undo.click(on_undo, [ins_state, threshold], views)
+                comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], views)
+            # clicks queue one after another (never dropped) and share the session's order
+            image_out.select(on_click, [ses_state, click_mode], views, concurrency_limit=1, concurrency_id="clicks",
+                             trigger_mode="multiple")
+            clear_clicks.click(on_clear_clicks, ses_state, views)
+            apply_edit.click(on_edit_mask, [ses_state, editor], [*views, editor], api_name="apply_strokes")
+            undo.click(on_undo, ses_state, [*views, editor], api_name="undo")
+            redo.click(on_redo, ses_state, [*views, editor], api_name="redo")
+            discard.click(on_discard, ses_state, [*views, editor], api_name="discard_edits")
             on_accept, on_reject = make_store_actions(store_dir)
-            accept_btn.click(on_accept, [ins_state, threshold, tags_in], store_info, api_name="accept")
-            reject_btn.click(on_reject, [ins_state, threshold, tags_in], store_info, api_name="reject")
-        with gr.Tab("Insert Objects", id="insert"):
-            build_insert_tab(store_dir, model_in)
-        with gr.Tab("Curate & Export", id="curate"):
-            refresh, select, detail, set_status, save_details, bulk, do_export = make_curate_actions(store_dir)
-            ids_state, index_state = gr.State([]), gr.State(None)
+            accept_btn.click(on_accept, [ses_state, tags_in], store_info, api_name="accept")
+            reject_btn.click(on_reject, [ses_state, tags_in], store_info, api_name="reject")
+        with gr.Tab("Insert Objects", id="insert") as insert_tab:
+            refresh_insert = build_insert_tab(store_dir, model_in)
+        with gr.Tab("Curate & Export", id="curate") as curate_tab:
+            cur = CurateActions(store_dir)
+            ids_state, index_state, page_state = gr.State([]), gr.State(None), gr.State(0)
             with gr.Row():
                 f_status = gr.Dropdown(["any", "accepted", "pending", "rejected"], value="any", label="status")
                 f_class = gr.Textbox("", label="classes (comma-separated)")
                 f_tag = gr.Textbox("", label="tag")
-                refresh_btn = gr.Button("Refresh", elem_id="curate-refresh")
-            count = gr.Markdown()
-            gallery = gr.Gallery(label="dataset", columns=8, height=300, object_fit="contain", allow_preview=False,
-                                 elem_id="curate-gallery")
+                refresh_btn = gr.Button("Refresh", elem_id="curate-refresh", size="sm")
+                prev_page = gr.Button("◀ page", size="sm")
+                next_page = gr.Button("page ▶", size="sm")
+            count = gr.Markdown(elem_id="curate-count")
             with gr.Row():
-                detail_md = gr.Markdown()
-                notes = gr.Textbox("", label="notes")
-                user_t = gr.Slider(0, 1, 0.5, step=0.01, label="threshold for this sample")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="dataset", columns=8, height=430, object_fit="contain",
+                                         allow_preview=False, elem_id="curate-gallery")
+                with gr.Column(scale=2):
+                    review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=300,
+                                          elem_id="curate-view")
+                    show_heat = gr.Checkbox(False, label="show the heat map (h)", elem_id="curate-heat")
+                    detail_md = gr.Markdown(elem_id="curate-detail")
             with gr.Row():
-                gr.Markdown("Keys: **a** accept · **r** reject · **n** next · **p** previous")
-                prev_btn = gr.Button("Previous", elem_id="curate-prev")
-                acc = gr.Button("Accept", variant="primary", elem_id="curate-accept")
-                rej = gr.Button("Reject", elem_id="curate-reject")
-                next_btn = gr.Button("Next", elem_id="curate-next")
-                save_btn = gr.Button("Save notes/threshold")
+                prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm")
+                acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm")
+                rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm")
+                undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm")
+                next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm")
+                notes = gr.Textbox("", label="notes", scale=2)
+                user_t = gr.Slider(0, 1, 0.5, step=0.01, label="threshold for this sample", elem_id="curate-threshold")
+                save_btn = gr.Button("Save notes/threshold", size="sm")
             with gr.Row():
-                bulk_acc = gr.Button("Accept all shown")
-                bulk_rej = gr.Button("Reject all shown")
-            with gr.Row():
+                bulk_acc = gr.Button("Accept all on this page", size="sm")
+                bulk_rej = gr.Button("Reject all on this page", size="sm")
                 fmt = gr.Dropdown(list(FORMATS), value="coco", label="export format")
+                e_status = gr.Dropdown(["accepted", "any", "pending", "rejected"], value="accepted",
+                                       label="export samples with status", elem_id="export-status")
                 val = gr.Slider(0, 0.5, 0.0, step=0.05, label="validation fraction")
                 exp_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
-            exp_file = gr.File(label="download")
-            exp_info = gr.Markdown(elem_id="export-info")
+            with gr.Row():
+                exp_scope = gr.Markdown(elem_id="export-scope")
+                exp_file = gr.File(label="download")
+                exp_info = gr.Markdown(elem_id="export-info")
+            gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
+
             filters = [f_status, f_class, f_tag]
-            refresh_btn.click(refresh, filters, [ids_state, gallery, count, index_state], api_name="refresh")
-            gallery.select(select, ids_state, index_state).then(detail, [ids_state, index_state], [detail_md, notes, user_t])
-            for btn, status in ((acc, "accepted"), (rej, "rejected")):
-                btn.click(set_status, [ids_state, index_state, gr.State(status)], index_state).then(
-                    detail, [ids_state, index_state], [detail_md, notes, user_t])
-            next_btn.click(lambda ids, i: min((i or 0) + 1, max(len(ids) - 1, 0)) if ids else None,
-                           [ids_state, index_state], index_state).then(detail, [ids_state, index_state], [detail_md, notes, user_t])
-            prev_btn.click(lambda ids, i: max((i or 0) - 1, 0) if ids else None, [ids_state, index_state],
-                           index_state).then(detail, [ids_state, index_state], [detail_md, notes, user_t])
-            save_btn.click(save_details, [ids_state, index_state, notes, user_t], None)
-            bulk_acc.click(lambda ids: bulk(ids, "accepted"), ids_state, None)
-            bulk_rej.click(lambda ids: bulk(ids, "rejected"), ids_state, None)
-            exp_btn.click(do_export, [fmt, f_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
+
+            def show_page(status, classes, tag, page, index=None):
+                ids, items, summary, page = cur.gallery(status, classes, tag, page)
+                index = None if index is None or not ids else min(index, len(ids) - 1)
+                return ids, gr.update(value=items, selected_index=index), summary, page, index
+
+            def review(ids, index, heat):
+                if index is None or not ids or index >= len(ids):
+                    return None, "Select a sample in the gallery (or press n).", "", gr.update()
+                return cur.review(ids[index], heat)
+
+            page_outputs = [ids_state, gallery, count, page_state, index_state]
+            review_outputs = [review_img, detail_md, notes, user_t]
+
+            def refresh(status, classes, tag, page, index):
+                return show_page(status, classes, tag, page, index)
+
+            refresh_btn.click(refresh, [*filters, page_state, index_state], page_outputs, api_name="refresh").then(
+                review, [ids_state, index_state, show_heat], review_outputs)
+            for comp in filters:
+                comp.change(lambda *a: show_page(*a, 0, None), filters, page_outputs)
+            prev_page.click(lambda st, c, t, p: show_page(st, c, t, p - 1), [*filters, page_state], page_outputs)
+            next_page.click(lambda st, c, t, p: show_page(st, c, t, p + 1), [*filters, page_state], page_outputs)
+            curate_tab.select(refresh, [*filters, page_state, index_state], page_outputs).then(
+                review, [ids_state, index_state, show_heat], review_outputs)
+
+            def select(evt: gr.SelectData):
+                return evt.index
+
+            gallery.select(select, None, index_state).then(review, [ids_state, index_state, show_heat], review_outputs)
+            show_heat.change(review, [ids_state, index_state, show_heat], review_outputs)
+
+            def step(status, classes, tag, page, ids, index, delta):
+                if not ids:
+                    raise gr.Error("No samples on this page: change the filters or press Refresh.")
+                index = 0 if index is None else min(max(index + delta, 0), len(ids) - 1)
+                return show_page(status, classes, tag, page, index)
+
+            def change_status(status, classes, tag, page, ids, index, new_status):
+                if index is None or not ids or index >= len(ids):
+                    raise gr.Error("Select a sample in the gallery first.")
+                cur.set_status(ids[index], new_status)
+                gr.Info(f"#{ids[index]} {new_status}")
+                # the caption updates, and the highlight moves on to the next sample
+                return show_page(status, classes, tag, page, min(index + 1, len(ids) - 1))
+
+            def undo_last(status, classes, tag, page, ids, index):
+                if index is None or not ids:
+                    raise gr.Error("Select a sample in the gallery first.")
+                try:
+                    back = cur.undo_status(ids[index])
+                except StoreError as e:
+                    raise gr.Error(str(e))
+                gr.Info(f"#{ids[index]} back to {back}")
+                return show_page(status, classes, tag, page, index)
+
+            nav = [*filters, page_state, ids_state, index_state]
+            for btn, delta, name in ((next_btn, 1, "next"), (prev_btn, -1, "previous")):
+                btn.click(lambda *a, d=delta: step(*a, d), nav, page_outputs, api_name=name).then(
+                    review, [ids_state, index_state, show_heat], review_outputs)
+            for btn, new_status in ((acc, "accepted"), (rej, "rejected")):
+                btn.click(lambda *a, st=new_status: change_status(*a, st), nav, page_outputs,
+                          api_name=f"curate_{new_status[:-2]}").then(
+                    review, [ids_state, index_state, show_heat], review_outputs)
+            undo_status.click(undo_last, nav, page_outputs, api_name="undo_status").then(
+                review, [ids_state, index_state, show_heat], review_outputs)
+
+            def save(ids, index, text, t):
+                if index is None or not ids:
+                    raise gr.Error("Select a sample in the gallery first.")
+                try:
+                    gr.Info(cur.save_details(ids[index], text, t))
+                except StoreError as e:
+                    raise gr.Error(str(e))
+
+            save_btn.click(save, [ids_state, index_state, notes, user_t], None, api_name="save_details").then(
+                lambda *a: show_page(*a), [*filters, page_state, index_state], page_outputs).then(
+                review, [ids_state, index_state, show_heat], review_outputs)
+
+            def bulk(status, classes, tag, page, ids, index, new_status):
+                gr.Info(f"{cur.bulk(ids, new_status)} samples {new_status}")
+                return show_page(status, classes, tag, page, index)
+
+            bulk_acc.click(lambda *a: bulk(*a, "accepted"), nav, page_outputs)
+            bulk_rej.click(lambda *a: bulk(*a, "rejected"), nav, page_outputs)
+
+            def do_export(fmt, status, classes, tag, val, progress=gr.Progress()):
+                progress(0.1, desc=f"exporting {fmt}")
+                try:
+                    return cur.export_zip(fmt, status, classes, tag, val)
+                except (ExportError, StoreError) as e:
+                    raise gr.Error(str(e))
+
+            for comp in (e_status, f_class, f_tag):
+                comp.change(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
+            curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
+            exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
+        insert_tab.select(*refresh_insert)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
+
+
+GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
+**z** undo · **y** redo · **1** threshold mask · **2** refined mask"""
+CURATE_KEYS_HELP = """**Keys** (not while typing): **n** next · **p** previous · **a** accept · **r** reject ·
+**u** undo the last status change · **h** heat map on/off"""
+
+SHORTCUTS_JS = """
+<script>
+// One key map per tab; a key clicks the first *visible* button of its list, so the same
+// letter means accept on whichever tab is open. Keys never fire while typing.
+const DM_KEYS = {
+  g: ['generate-btn'], s: ['next-seed-btn'], z: ['undo-btn'], y: ['redo-btn'],
+  a: ['accept-btn', 'curate-accept'], r: ['reject-btn', 'curate-reject'],
+  n: ['curate-next'], p: ['curate-prev'], u: ['curate-undo'],
+};
+function dmVisible(el) { return el && el.offsetParent !== null; }
+document.addEventListener('keydown', (e) => {
+  const t = e.target;
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+  const k = e.key.toLowerCase();
+  if (k === '1' || k === '2') {
+    const radio = document.querySelectorAll('#mask-source input[type=radio]')[k === '1' ? 0 : 1];
+    if (dmVisible(radio)) { radio.click(); e.preventDefault(); }
+    return;
+  }
+  if (k === 'h') {
+    const box = document.querySelector('#curate-heat input[type=checkbox]');
+    if (dmVisible(box)) { box.click(); e.preventDefault(); }
+    return;
+  }
+  for (const id of (DM_KEYS[k] || [])) {
+    const b = document.getElementById(id);
+    if (dmVisible(b)) { b.click(); e.preventDefault(); return; }
+  }
+});
+</script>
+"""

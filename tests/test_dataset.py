@@ -46,9 +46,11 @@ def test_store_round_trip_and_filters(store, tmp_path):
     r = store.get(recs[0].id)
     assert store.image(r.image).shape == (48, 48, 3) and store.array(r.heat_map).dtype == np.float16
     assert r.instances[0].class_name == "dog" and r.instances[0].source == "generated"
-    r2 = store.update(r.id, status="rejected", tags=["x", "y"], notes="blurry", user_threshold=0.3)
+    r2 = store.update(r.id, status="rejected", tags=["x", "y"], notes="blurry")
+    r2 = store.set_threshold(r.id, 0.3)
     assert (r2.status, r2.tags, r2.notes, r2.effective_threshold) == ("rejected", ["x", "y"], "blurry", 0.3)
-    assert store.set_status([1, 2], "accepted") == 2
+    assert store.set_status([1, 2], "accepted") == 1  # #2 was accepted already: one change
+    assert [(h["from"], h["to"]) for h in store.status_history(1)] == [("new", "accepted"), ("rejected", "accepted")]
     # re-opening shows exactly what was committed
     store.close()
     again = Store(tmp_path / "store", create=False)
@@ -131,7 +133,7 @@ def test_user_threshold_override_reaches_the_export(store, tmp_path):
     from pycocotools.coco import COCO
 
     rec = store.query(status="accepted")[0]
-    store.update(rec.id, user_threshold=0.95)  # above the 0.9 heat: the mask becomes empty
+    store.set_threshold(rec.id, 0.95)  # above the 0.9 heat: the mask becomes empty
     export(store, "coco", tmp_path / "c")
     coco = COCO(str(tmp_path / "c/annotations/instances_train.json"))
     assert coco.getAnnIds(imgIds=[rec.id]) == []

@@ -57,6 +57,18 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
 
 
+def mark_float32(folder: Path) -> None:
+    """Weights stay float16 on disk (size), but the configs say float32: transformers 5
+    loads a model in its config's dtype by default, and a float16 text encoder beside a
+    float32 UNet breaks a stock ``StableDiffusionPipeline.from_pretrained(folder)`` on CPU."""
+    for config in Path(folder).glob("*/config.json"):
+        data = json.loads(config.read_text())
+        for key in ("dtype", "torch_dtype"):
+            if key in data:
+                data[key] = "float32"
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def build_components(cfg: TrainConfig):
     """Fresh (untrained) vae, unet, text encoder, tokenizer, noise scheduler."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -347,6 +359,7 @@ def save_pipeline(cfg: TrainConfig, vae, unet, text_encoder, tokenizer, scaling:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)  # fp16: ~20 MB in all
+    mark_float32(tmp)
     (tmp / "training_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     for name in ("README.md",):  # keep a hand-written model card across re-training
         if (out / name).exists():
