@@ -75,6 +75,7 @@ class InspectSession:
     stored_id: int | None = None
     choice: object = None  # MaskChoice for the current clicks, or None
     refine_error: str | None = None
+    refiner_problem: str | None = None  # why there is no refiner (e.g. SAM weights missing)
     view: tuple = (None, None)  # (resolutions, timesteps) of the heat view
     _state: MaskState = field(default_factory=MaskState)
     _undo: list = field(default_factory=list)
@@ -111,7 +112,7 @@ class InspectSession:
         key = self._state.clicks
         if key not in self._choices:
             if self.refiner is None:
-                self._choices[key] = "no refiner chosen"
+                self._choices[key] = self.refiner_problem or "no refiner chosen"
             else:
                 pts = {}
                 if key:

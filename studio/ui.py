@@ -126,13 +126,13 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=int(steps),
                           guidance=float(guidance), capture=capture_for(refiner_name))
     progress(0.8, desc=f"refining ({refiner_name})")
+    problem = None
     try:
         refiner = make_refiner(refiner_name, sam_ckpt)
     except (RefinerUnavailable, ValueError) as e:
-        gr.Warning(_user_words(str(e)))
-        refiner = None
+        refiner, problem = None, _user_words(str(e))
     ses = InspectSession(sample.image, class_name, sample.heat_map, attention=sample.attention, prompt=sample.prompt,
-                         seed=int(seed), model=model or "embedded", refiner=refiner)
+                         seed=int(seed), model=model or "embedded", refiner=refiner, refiner_problem=problem)
     if (resolution, t_lo, t_hi) != ("all", 0, 999):
         ses.set_heat(_heat_view(ses, resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
     else:

@@ -36,13 +36,14 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     out = gen(c, "ball", 5)
     image = np.asarray(Image.open(out[0]))
     assert image.shape[0] >= 320  # the 64x64 sample, enlarged for display
-    threshold = out[6]["value"] if isinstance(out[6], dict) else out[6]  # a gr.update
-    assert 0 < threshold < 1 and "chosen threshold" in out[5]
+    threshold = out[8]["value"] if isinstance(out[8], dict) else out[8]  # a gr.update
+    assert 0 < threshold < 1 and "chose threshold" in out[6]
     m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[0]))
     m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[0]))
     tint = lambda m: int((np.abs(m.astype(int) - image.astype(int)).sum(-1) > 30).sum())
     assert tint(m_lo) > tint(m_hi)  # a lower threshold shows a bigger mask
-    msg = c.predict(threshold=threshold, tags="api", api_name="/accept")
+    c.predict(threshold=threshold, api_name="/threshold")  # back to the refiner's choice
+    msg = c.predict(tags="api", api_name="/accept")
     assert "saved as #" in msg
     sid = int(msg.split("#")[1].split()[0])
     s = Store(store_dir)
@@ -51,6 +52,7 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     assert rec.threshold == pytest.approx(threshold)
     s.close()
     c.predict(status="any", classes="", tag="", api_name="/refresh")
+    assert c.predict(tags="api", api_name="/accept") == msg  # accepting again: the same one row
     zpath, info = c.predict(fmt="coco", status="accepted", classes="ball", tag="api", val=0, api_name="/export")
     with zipfile.ZipFile(zpath) as z:
         z.extractall(tmp_path / "x")
@@ -72,7 +74,7 @@ def test_bad_input_gives_clear_errors(studio):
     with pytest.raises(AppError, match="template"):
         c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of a cat"})
     with pytest.raises(AppError, match="Generate an image first"):
-        c.predict(threshold=0.5, tags="", api_name="/accept")
+        c.predict(tags="", api_name="/accept")
     with pytest.raises(AppError, match="no samples match"):
         c.predict(fmt="voc", status="accepted", classes="zebra", tag="", val=0, api_name="/export")
 
@@ -83,7 +85,7 @@ def test_insert_objects_flow(studio):
     url, store_dir = studio
     c = client(url)
     gen(c, "kite", 11)
-    sid = int(c.predict(threshold=0.5, tags="", api_name="/accept").split("#")[1].split()[0])
+    sid = int(c.predict(tags="", api_name="/accept").split("#")[1].split()[0])
     bg_choice = f"#{sid} kite"
     c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", api_name="/insert_load")
     c.predict(class_name="star", seed=3, model="embedded", api_name="/insert_object")
@@ -112,7 +114,8 @@ def test_eight_clients_never_see_each_others_work(studio):
         cls, seed = job
         c = client(url)
         gen(c, cls, seed)
-        msg = c.predict(threshold=0.5, tags=f"client-{seed}", api_name="/accept")
+        c.predict(threshold=0.5, api_name="/threshold")
+        msg = c.predict(tags=f"client-{seed}", api_name="/accept")
         return cls, seed, int(msg.split("#")[1].split()[0])
 
     with ThreadPoolExecutor(8) as pool:
@@ -155,7 +158,7 @@ def test_sam_refiner_from_a_transformers_folder(studio, tmp_path):
     out = c.predict(class_name="ball", seed=7, api_name="/generate",
                     **{**GEN_ARGS, "refiner_name": "sam", "sam_ckpt": str(folder)})
     # random weights may find no object: then the refiner says so; either way SAM ran on the image
-    assert out[5].startswith("sam: chosen threshold") or "sam refiner found no object pixels" in out[5], out[5]
+    assert out[6].startswith("sam chose threshold") or "sam refiner found no object pixels" in out[6], out[6]
     out = c.predict(class_name="ball", seed=7, api_name="/generate",
                     **{**GEN_ARGS, "refiner_name": "sam", "sam_ckpt": "facebook/sam-vit-base"})
-    assert "hf download facebook/sam-vit-base" in out[5]
+    assert "hf download facebook/sam-vit-base" in out[6]
