@@ -32,6 +32,7 @@ exactly where upstream's ``make_composite_PIL`` puts the whole foreground's pixe
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -238,16 +239,18 @@ class FopaResult(PlacementResult):
         """Upstream's top ``n`` boxes as (scale index, x, y, w, h, heat), XYWH of the whole
         scaled foreground: libcom's generate_bounding_box on the float maps (the highest
         valid heat over all scales; equal heats in index order)."""
+        return list(itertools.islice(self.ranked_centres(), n))
+
+    def ranked_centres(self):
+        """All of :meth:`upstream_boxes`, lazily, best first."""
         bh, bw = self.maps.shape[1:]
         centre = np.stack([np.where(center_valid(s, (bh, bw)), hm, 0.0) for hm, s in zip(self.heat, self.sizes)])
-        order = np.argsort(-centre, axis=None, kind="stable")[:n]
-        out = []
+        order = np.argsort(-centre, axis=None, kind="stable")
         for si, y_, x_ in zip(*np.unravel_index(order, centre.shape)):
             w, h = self.sizes[si]
             x = int(x_ / centre.shape[2] * bw - w / 2)
             y = int(y_ / centre.shape[1] * bh - h / 2)
-            out.append((int(si), x, y, w, h, float(centre[si, y_, x_])))
-        return out
+            yield int(si), x, y, w, h, float(centre[si, y_, x_])
 
 
 class FopaScorer:
@@ -337,7 +340,7 @@ class FopaScorer:
         result = FopaResult(scales, maps, [], heat=heat, sizes=sizes, fg_box=fb)
         fh, fw = fg.shape[:2]
         boxes, taken = [], []
-        for si, x, y, w, h, score in result.upstream_boxes(n=heat.size):
+        for si, x, y, w, h, score in result.ranked_centres():
             if len(boxes) >= top_k:
                 break
             # the object's box inside the scaled foreground (whole image scaled to w x h)
