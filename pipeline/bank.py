@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .dataset import Store
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 class BankError(ValueError):
@@ -154,3 +158,12 @@ def supply(suggestions: Iterable, vocabulary: Iterable[str] | None = None,
             who.append("bank")
         out.append(Suggestion(name, score, tuple(who)))
     return [s for s in out if s.supplied] + [s for s in out if not s.supplied]
+
+
+def import_examples(store: Store, status: str = "accepted") -> list[int]:
+    """Add the shipped example photos (assets/examples: four CC BY 2.0 COCO photos with
+    their COCO instance masks, see its ATTRIBUTION.md) to ``store``, tagged ``example``;
+    idempotent (uids are the file names). Returns the sample ids."""
+    from .export import import_coco
+
+    return import_coco(store, EXAMPLES / "instances.json", EXAMPLES / "images", status=status, tags=("example",))

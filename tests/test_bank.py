@@ -118,3 +118,20 @@ def test_supply_orders_suggestions_by_who_can_provide_them(bank_store):
     # a real Stable Diffusion model draws any class: everything is supplied
     assert all("model" in s.suppliers for s in supply(ranked, vocabulary=None))
     assert supply(["horse"], vocabulary=[])[0].label() == "horse (0.00; not available)"
+
+
+def test_shipped_examples_feed_the_bank(tmp_path):
+    """assets/examples: CC BY photos with COCO masks, usable with no shared data at all."""
+    from pipeline.bank import EXAMPLES, import_examples
+
+    store = Store(tmp_path / "s")
+    ids = import_examples(store)
+    assert len(ids) == 4 and import_examples(store) == ids  # idempotent
+    meta = json.loads((EXAMPLES / "instances.json").read_text())
+    assert {im["license"] for im in meta["images"]} == {4}  # CC BY 2.0 only
+    attribution = (EXAMPLES / "ATTRIBUTION.md").read_text()
+    assert all(im["file_name"] in attribution and im["flickr_url"] in attribution for im in meta["images"])
+    bank = ObjectBank(store)
+    assert {"person", "car"} <= set(bank.classes())
+    crop, mask = bank.cut_out(bank.pick("car"))
+    assert crop.shape[:2] == mask.shape and mask.any() and mask[0].any() and mask[:, 0].any()  # tight crop
