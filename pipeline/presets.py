@@ -216,3 +216,14 @@ def describe(name: str, model=None) -> str:
         if params is not None:
             text += f", {str(params.dtype).replace('torch.', '')} on {params.device}"
     return text
+
+
+def preload_from_hub(preset_names: list[str]) -> list[str]:
+    """Entries for a Space's README front matter ``preload_from_hub:`` list ("repo file,file"),
+    so the Space downloads these presets' files into its HF cache when it is built."""
+    lines = []
+    for name in preset_names:
+        p = get(name)
+        if p.repo is not None:
+            lines.append(f"{p.repo} " + ",".join(f.split("|")[0] for f in p.files))
+    return lines

@@ -156,3 +156,11 @@ def test_cli_generate_with_a_preset(offline_cache, tmp_path, capsys, monkeypatch
     assert "'sdxl-base'" in err and "hf download stabilityai/stable-diffusion-xl-base-1.0" in err
     assert main(["generate", "--preset", "sd15", "--model", "x", "--class", "dog", "--out", str(out)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_preload_from_hub_lines_name_every_file():
+    lines = presets.preload_from_hub(["embedded", "sd-turbo", "fopa"])
+    assert lines[1] == "BCMIZB/Libcom_pretrained_models FOPA.pth"
+    repo, files = lines[0].split(" ")
+    assert repo == "stabilityai/sd-turbo" and files.split(",") == list(presets.get("sd-turbo").files)
+    assert len(lines) == 2  # embedded ships with the app
