@@ -143,11 +143,13 @@ def _unavailable(p: Preset, missing: list[str], reason: str) -> PresetUnavailabl
     shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
     how = ("the hub is not reachable (HF_HUB_OFFLINE=1): on a machine with network, run\n"
            if offline() else "where the hub is reachable, run\n")
+    n = len(p.files)
+    tail = ("(then copy that cache here), or unset HF_HUB_OFFLINE to download on first use" if offline()
+            else "(the hub address is HF_ENDPOINT; a token in HF_TOKEN for gated repositories)")
     return PresetUnavailable(
-        f"preset {p.name!r} ({p.label}) is not available: {reason}. It needs {len(p.files)} files of the hub "
+        f"preset {p.name!r} ({p.label}) is not available: {reason}. It needs {n} file{'s' * (n != 1)} of the hub "
         f"repository {p.repo}; missing from the cache {cache_dir()}: {shown}.\n-> {how}   "
-        f"HF_HUB_CACHE={cache_dir()} {download_command(p, missing)}\n"
-        f"   (or copy that cache here, or unset HF_HUB_OFFLINE to download on first use)")
+        f"HF_HUB_CACHE={cache_dir()} {download_command(p, missing)}\n   {tail}")
 
 
 def _snapshot(p: Preset, patterns: list[str]) -> Path:

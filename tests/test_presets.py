@@ -164,3 +164,19 @@ def test_preload_from_hub_lines_name_every_file():
     repo, files = lines[0].split(" ")
     assert repo == "stabilityai/sd-turbo" and files.split(",") == list(presets.get("sd-turbo").files)
     assert len(lines) == 2  # embedded ships with the app
+
+
+def test_unreachable_hub_online(tmp_path, monkeypatch, offline_cache):
+    """Online but no hub answers: the cache still serves a complete preset; a missing one
+    gets the message (with the download command, not the offline advice)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert presets.resolve("fopa").is_file()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(PresetUnavailable) as e:
+        presets.resolve("fopa")
+    text = str(e.value)
+    assert "needs 1 file of the hub repository BCMIZB/Libcom_pretrained_models" in text
+    assert "hf download BCMIZB/Libcom_pretrained_models FOPA.pth" in text and "unset HF_HUB_OFFLINE" not in text
