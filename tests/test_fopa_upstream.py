@@ -8,6 +8,8 @@ its own files (it reads paths and caches JPEGs); this project's code gets the sa
 as arrays. Fewer scales than the default 16 keep the CPU time down: upstream's
 ``fg_scale_num=n`` means the scales i / (n + 2), which are passed to the scorer as such.
 """
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -68,8 +70,6 @@ def _run_upstream(model, fg_path, mask_path, bg_path, tmp_path):
     for path, hm in zip(names, floats):
         Image.fromarray(hm.astype(np.float32), mode="F").save(path, format="TIFF")
     for d in cache.glob(f"{N_SCALES}scales_composite*"):
-        import shutil
-
         shutil.rmtree(d)
     model.generate_bounding_box(str(fg_path), str(mask_path), str(bg_path), str(cache / f"{N_SCALES}scales.csv"),
                                 str(cache), str(heat_dir), N_SCALES, 1, 50)
