@@ -14,11 +14,34 @@ def _csv_ints(text: str) -> tuple[int, ...]:
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
+    from .presets import names
+
     ap.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file or hub id "
                     "(default: the embedded model in assets/embedded_model)")
+    ap.add_argument("--preset", default=None, choices=names("diffusion"),
+                    help="a named hub model, fetched into the HF cache on first use (instead of --model)")
     ap.add_argument("--config", default=None, help="diffusers folder/hub id describing a single-file --model")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+
+
+def _model(args) -> str | None:
+    """--model, or the local folder of --preset (resolved through the HF cache)."""
+    if getattr(args, "preset", None):
+        if args.model:
+            raise ValueError("give --model or --preset, not both")
+        from .presets import resolve
+
+        return str(resolve(args.preset))
+    return args.model
+
+
+def _sam_checkpoint(args) -> str | None:
+    """--sam-checkpoint: a path or hub id, or a SAM preset name (sam-vit-b, sam-vit-b-pth)."""
+    from .presets import names, resolve
+
+    ckpt = args.sam_checkpoint
+    return str(resolve(ckpt)) if ckpt in names("sam") else ckpt
 
 
 def cmd_generate(args) -> int:
@@ -32,8 +55,9 @@ def cmd_generate(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model, args.device, args.dtype, args.config)
-    refiner_opts = {"checkpoint": args.sam_checkpoint} if args.refiner == "sam" else {}
+    model = _model(args)
+    pipe = load_pipeline(model, args.device, args.dtype, args.config)
+    refiner_opts = {"checkpoint": _sam_checkpoint(args)} if args.refiner == "sam" else {}
     refiner = get_refiner(args.refiner, **refiner_opts)
     capture = capture_for(args.refiner, CaptureConfig(resolutions=args.resolutions or None,
                                                       timestep_range=tuple(args.timesteps)))
@@ -48,7 +72,7 @@ def cmd_generate(args) -> int:
         Image.fromarray(sample.image).save(f"{stem}.png")
         np.save(f"{stem}_heat.npy", heat)
         Image.fromarray(heat_to_rgb(heat)).save(f"{stem}_heat.png")
-        record = {"class": c, "prompt": sample.prompt, "seed": seed, "model": args.model or "embedded",
+        record = {"class": c, "prompt": sample.prompt, "seed": seed, "model": args.preset or args.model or "embedded",
                   "image": f"{stem.name}.png", "heat_map": f"{stem.name}_heat.npy", **sample.settings,
                   "resolutions": sample.attention.resolutions, "refiner": args.refiner}
         try:
@@ -119,10 +143,10 @@ def cmd_batch(args) -> int:
     from .batch import BatchSpec, FilterConfig, resolve_classes, run_batch
     from .dataset import Store
 
-    spec = BatchSpec(classes=resolve_classes(args.classes), per_class=args.per_class, model=args.model,
+    spec = BatchSpec(classes=resolve_classes(args.classes), per_class=args.per_class, model=_model(args),
                      config=args.config, device=args.device, dtype=args.dtype, template=args.template,
                      steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
-                     refiner=args.refiner, sam_checkpoint=args.sam_checkpoint, seed=args.seed,
+                     refiner=args.refiner, sam_checkpoint=_sam_checkpoint(args), seed=args.seed,
                      threshold_mode=args.threshold, warmup=args.warmup,
                      filter=FilterConfig(args.min_agreement, args.relative_agreement, args.min_area, args.max_area,
                                          args.min_contrast, args.max_border),
@@ -167,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
     g.add_argument("--sam-checkpoint", default=None,
-                   help="SAM weights: segment-anything .pth, or a transformers SAM folder / hub id")
+                   help="SAM weights: segment-anything .pth, a transformers SAM folder / hub id, "
+                   "or a preset (sam-vit-b, sam-vit-b-pth)")
     g.add_argument("--resolutions", type=_csv_ints, default=(), help="attention map sizes to use, e.g. 64,32,16")
     g.add_argument("--timesteps", type=int, nargs=2, default=(0, 999), metavar=("LO", "HI"))
     g.add_argument("--out", required=True)
@@ -188,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--width", type=int, default=None)
     b.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
     b.add_argument("--sam-checkpoint", default=None,
-                   help="SAM weights: segment-anything .pth, or a transformers SAM folder / hub id")
+                   help="SAM weights: segment-anything .pth, a transformers SAM folder / hub id, "
+                   "or a preset (sam-vit-b, sam-vit-b-pth)")
     b.add_argument("--threshold", choices=("per-image", "per-class"), default="per-image",
                    help="mask threshold: chosen per image, or calibrated per class on --warmup candidates")
     b.add_argument("--warmup", type=int, default=8, help="candidates per class that calibrate the class's "
@@ -289,11 +315,12 @@ def cmd_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .generate import ModelLoadError
+    from .presets import PresetUnavailable
     from .refine import RefinerUnavailable
 
     try:
         return args.func(args)
-    except (ModelLoadError, RefinerUnavailable, ValueError, KeyError, FileNotFoundError) as e:
+    except (ModelLoadError, PresetUnavailable, RefinerUnavailable, ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

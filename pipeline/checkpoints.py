@@ -20,8 +20,9 @@ class CheckpointError(ValueError):
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.pth``/``.pt``/``.ckpt``/``.tar`` (torch) or ``.safetensors`` file.
 
-    Unwraps ``{"state_dict": ...}``, ``{"model": ...}`` and ``{"net": ...}`` containers and
-    the ``module.`` prefix that DataParallel adds."""
+    Unwraps ``{"state_dict": ...}``, ``{"model": ...}``, ``{"net": ...}`` and FOPA's training
+    checkpoints ``{"epoch", "net_state", "opti_state"}`` (the network's part; the optimizer
+    state is ignored), and the ``module.`` prefix that DataParallel adds."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (give the path of the downloaded weights file)")
@@ -34,7 +35,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zips, wrong formats: all unreadable
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    for key in ("state_dict", "model", "net", "netG"):
+    for key in ("state_dict", "model", "net", "netG", "net_state"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
             break

@@ -3,16 +3,37 @@
 FOPA ("Fast Object Placement Assessment", Niu et al. 2022) predicts, for one scaled
 foreground, a 256x256 map of how plausible it is to centre the object at each pixel. This
 module re-implements its ``ObPlaNet_resnet18`` with the same parameter names, so that the
-upstream ``*_state_final.pth`` loads key for key (checked exactly, see
+published ``FOPA.pth`` / ``best_weight.pth`` (and the training checkpoints
+``{"epoch", "net_state", "opti_state"}``) load key for key (checked exactly, see
 :mod:`pipeline.checkpoints`), and wraps it in the interface of :func:`pipeline.placement.heatmap`.
 
-Inputs as upstream: background and foreground at 256x256, ImageNet-normalised; the scaled
-foreground pasted centred on a black canvas the size of the background, with its mask
-(0/1) beside it; the heat is the softmax's channel 1; 16 scales i/18, i = 1..16, scale s
-meaning "the object's limiting side is s x the background's".
+Pre- and post-processing follow libcom's ``FOPAHeatMapModel`` step for step, so heat maps
+equal upstream's (tests/test_fopa_upstream.py runs libcom's code beside this one):
+
+1. the foreground image is kept whole (not cropped to its mask) and blacked out where the
+   mask is <= 127; 16 scales i/18, scale s meaning "the foreground image's limiting side is
+   s x the background's", sizes truncated as libcom's ``prepare_multi_fg_scales`` does;
+2. foreground and mask (as RGB) are resized with PIL's bicubic filter and pasted centred on
+   black canvases the size of the background, which upstream saves as JPEG (PIL's default
+   quality 75) and reads back: that round trip is repeated here in memory;
+3. background and foreground canvases go to 256x256 with PIL's (antialiased) bilinear
+   filter, the mask (read back as luma) with PIL's nearest; ImageNet normalisation;
+4. the heat is the softmax's channel 1 at 256x256; a box centre is valid where the scaled
+   foreground stays inside the image (upstream's ``heatmap_center``), and upstream's top
+   boxes are the highest valid pixels over all scales, ``x = int(x_ / 256 * W - w / 2)``.
+
+Deliberate differences, documented and tested: boxes are ranked on the float heat maps
+(upstream ranks the JPEG-saved 8-bit ones, whose ties fall in ``argsort``'s order) and
+the ranked list skips boxes overlapping a better one (IoU >= 0.5) instead of drawing 3 at
+random from the top 50; a box is reported for the object (the mask's bounding box inside
+the scaled foreground), so :func:`pipeline.compose.paste` of the cut-out object lands
+exactly where upstream's ``make_composite_PIL`` puts the whole foreground's pixels.
 """
 from __future__ import annotations
 
+import io
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,10 +42,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from .checkpoints import load_exact, read_state_dict
+from .placement import PlacementResult
 
-FOPA_SCALES = tuple(round(i / 18, 4) for i in range(1, 17))
+# exactly libcom's i / (1 + 16 + 1): sizes are truncated with int(), so a rounded scale can
+# move a size by one pixel
+FOPA_SCALES = tuple(i / 18 for i in range(1, 17))
 INPUT_SIDE = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,21 +167,90 @@ def load_obplanet(checkpoint: str | Path, device: str = "cpu") -> ObPlaNet:
 
 
 def scaled_size(scale: float, fg_hw: tuple[int, int], bg_hw: tuple[int, int]) -> tuple[int, int]:
-    """(w, h) of the foreground at ``scale``, as FOPA's prepare_multi_fg_scales.py computes it."""
+    """(w, h) of the whole foreground image at ``scale``, as libcom's prepare_multi_fg_scales
+    computes it: the limiting side first, truncated, then the other from the truncated one.
+    At least 1 pixel (upstream would fail to resize a 0-pixel side)."""
     (fh, fw), (bh, bw) = fg_hw, bg_hw
     if fh / fw > bh / bw:
-        h = bh * scale
-        w = h / fh * fw
+        h = int(bh * scale)
+        w = int(h / fh * fw)
     else:
-        w = bw * scale
-        h = w / fw * fh
-    return max(1, int(w)), max(1, int(h))
+        w = int(bw * scale)
+        h = int(w / fw * fh)
+    return max(1, w), max(1, h)
 
 
-def _normalise(image: np.ndarray) -> torch.Tensor:
-    x = cv2.resize(image, (INPUT_SIDE, INPUT_SIDE), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    return torch.from_numpy(x).permute(2, 0, 1)
+def _jpeg_round_trip(image: Image.Image) -> Image.Image:
+    """What saving as ``.jpg`` with PIL's defaults and reading back does (upstream caches the
+    scaled foregrounds and masks as JPEG files; the network was trained on such inputs)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG")
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def _normalise(image: Image.Image) -> torch.Tensor:
+    """PIL RGB 256x256 -> (3, 256, 256) float32: torchvision's ToTensor + Normalize, same ops."""
+    x = torch.from_numpy(np.asarray(image, np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def _mask_uint8(fg_mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from .placement import PlacementError
+
+    m = np.asarray(fg_mask)
+    if m.shape != shape:
+        raise PlacementError(f"foreground mask {m.shape} does not match its image {shape}")
+    if m.dtype == bool:
+        m = m.astype(np.uint8) * 255
+    elif m.dtype != np.uint8:
+        raise PlacementError(f"the foreground mask must be HW bool or uint8 0-255, got {m.dtype}")
+    if not (m > 127).any():
+        raise PlacementError("the foreground mask is empty: nothing to place")
+    return m
+
+
+def center_valid(scale_wh: tuple[int, int], bg_hw: tuple[int, int], side: int = INPUT_SIDE) -> np.ndarray:
+    """(side, side) bool: heat-map pixels where upstream lets a box centre be (its
+    ``heatmap_center``: hb = int(h / H * side / 2) rows and wb columns off each border).
+    Upstream's ``[hb:-hb]`` is empty when hb is 0; here a 0 margin excludes nothing."""
+    (w, h), (bh, bw) = scale_wh, bg_hw
+    hb, wb = int(h / bh * side / 2), int(w / bw * side / 2)
+    valid = np.zeros((side, side), bool)
+    valid[hb:side - hb, wb:side - wb] = True
+    return valid
+
+
+@dataclass
+class FopaResult(PlacementResult):
+    """PlacementResult plus what upstream computes, for checking and for display.
+
+    ``heat``: (S, 256, 256) float32 softmax maps (libcom's heat maps before their JPEG
+    save); ``sizes``: (w, h) of the whole scaled foreground per scale; ``fg_box``: the
+    mask's XYXY box in the foreground image."""
+
+    heat: np.ndarray | None = None
+    sizes: tuple[tuple[int, int], ...] = ()
+    fg_box: tuple[int, int, int, int] | None = None
+
+    def upstream_boxes(self, n: int = 50) -> list[tuple[int, int, int, int, int, float]]:
+        """Upstream's top ``n`` boxes as (scale index, x, y, w, h, heat), XYWH of the whole
+        scaled foreground: libcom's generate_bounding_box on the float maps (the highest
+        valid heat over all scales; equal heats in index order)."""
+        return list(itertools.islice(self.ranked_centres(), n))
+
+    def ranked_centres(self):
+        """All of :meth:`upstream_boxes`, lazily, best first."""
+        bh, bw = self.maps.shape[1:]
+        centre = np.stack([np.where(center_valid(s, (bh, bw)), hm, 0.0) for hm, s in zip(self.heat, self.sizes)])
+        order = np.argsort(-centre, axis=None, kind="stable")
+        for si, y_, x_ in zip(*np.unravel_index(order, centre.shape)):
+            w, h = self.sizes[si]
+            x = int(x_ / centre.shape[2] * bw - w / 2)
+            y = int(y_ / centre.shape[1] * bh - h / 2)
+            yield int(si), x, y, w, h, float(centre[si, y_, x_])
 
 
 class FopaScorer:
@@ -167,56 +261,100 @@ class FopaScorer:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: ObPlaNet | None = None):
         if net is None:
             if checkpoint is None:
-                raise ValueError("the FOPA scorer needs its checkpoint (FOPA's *_state_final.pth)")
+                raise ValueError("the FOPA scorer needs its checkpoint (libcom's FOPA.pth or FOPA's best_weight.pth)")
             net = load_obplanet(checkpoint, device)
         self.net = net.eval()
         self.device = next(net.parameters()).device
 
     def inputs(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, scale: float):
-        """(bg, fg, mask) tensors for one scale, laid out as FOPA's data pipeline does."""
-        from .compose import cut_out
+        """(bg, fg, mask) tensors (3/3/1, 256, 256) for one scale, and the scaled foreground's
+        (w, h): libcom's prepare_multi_fg_scales + generate_heatmap, in memory."""
+        from .dataset import check_image
 
-        crop, crop_mask = cut_out(fg, fg_mask)
-        bh, bw = background.shape[:2]
-        w, h = scaled_size(scale, crop.shape[:2], (bh, bw))
+        background, fg = check_image(background), check_image(fg)
+        mask = _mask_uint8(fg_mask, fg.shape[:2])
+        bg_t, (fg_t, mask_t), size = self._bg_tensor(background), *self._fg_tensors(background.shape[:2], fg, mask, scale)
+        return bg_t, fg_t, mask_t, size
+
+    @staticmethod
+    def _bg_tensor(background: np.ndarray) -> torch.Tensor:
+        return _normalise(Image.fromarray(background).resize((INPUT_SIDE, INPUT_SIDE), Image.BILINEAR))
+
+    @staticmethod
+    def _fg_tensors(bg_hw, fg: np.ndarray, mask: np.ndarray, scale: float):
+        bh, bw = bg_hw
+        filled = Image.fromarray(np.where(mask[..., None] > 127, fg, 0).astype(np.uint8))
+        mask_rgb = Image.fromarray(np.repeat(mask[..., None], 3, axis=2))
+        w, h = scaled_size(scale, fg.shape[:2], (bh, bw))
         w, h = min(w, bw), min(h, bh)
-        canvas = np.zeros_like(background)
-        mask = np.zeros((bh, bw), np.float32)
-        top, left = (bh - h) // 2, (bw - w) // 2
-        canvas[top:top + h, left:left + w] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
-        mask[top:top + h, left:left + w] = cv2.resize(crop_mask.astype(np.float32), (w, h)) >= 0.5
-        m = cv2.resize(mask, (INPUT_SIDE, INPUT_SIDE), interpolation=cv2.INTER_NEAREST)
-        return _normalise(background), _normalise(canvas), torch.from_numpy(m)[None], (w, h)
+        top, left = int((bh - h) / 2), int((bw - w) / 2)
+        canvas = np.zeros((bh, bw, 3), np.uint8)
+        mcanvas = np.zeros((bh, bw, 3), np.uint8)
+        canvas[top:top + h, left:left + w] = np.asarray(filled.resize((w, h), Image.BICUBIC))
+        mcanvas[top:top + h, left:left + w] = np.asarray(mask_rgb.resize((w, h), Image.BICUBIC))
+        fg_img = _jpeg_round_trip(Image.fromarray(canvas)).convert("RGB")
+        m_img = _jpeg_round_trip(Image.fromarray(mcanvas)).convert("L")
+        fg_t = _normalise(fg_img.resize((INPUT_SIDE, INPUT_SIDE), Image.BILINEAR))
+        m = np.asarray(m_img.resize((INPUT_SIDE, INPUT_SIDE), Image.NEAREST), np.uint8)
+        mask_t = torch.from_numpy(m.copy()).float().div(255)[None]
+        return (fg_t, mask_t), (w, h)
 
     @torch.no_grad()
     def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray,
-                 scales: Sequence[float] = FOPA_SCALES, top_k: int = 5, batch: int = 4):
-        """``background`` HWC uint8, ``fg`` HWC uint8 with ``fg_mask`` HW bool (its own image).
-        Returns a PlacementResult: per-scale maps at background size in [0, 1] (0 where the
-        box would leave the image, as upstream excludes the border) and ranked boxes."""
+                 scales: Sequence[float] = FOPA_SCALES, top_k: int = 5, batch: int | None = None) -> FopaResult:
+        """``background`` HWC uint8; ``fg`` HWC uint8 with ``fg_mask`` HW bool (or uint8 0-255,
+        e.g. a JPEG mask, used as upstream uses it: > 127 is the object), its own image, kept
+        whole: pass a cut-out (:func:`pipeline.compose.cut_out`) for scales of the object itself.
+
+        Returns a :class:`FopaResult`: ``maps`` (S, H, W) float32 in [0, 1] at background size
+        (the 256x256 heat resized bilinearly, 0 where upstream excludes a centre), ``heat`` the
+        256x256 maps themselves, and ``boxes``: up to ``top_k`` (scale, object XYXY box, heat),
+        best first, the first being upstream's top-ranked placement. ``batch``: scales per
+        network call (default 1 on a CPU, where larger batches measured slower, 8 on a GPU)."""
+        from .compose import fit_box
         from .dataset import check_image
-        from .placement import PlacementError, PlacementResult, rank_boxes
+        from .masks import bbox
+        from .placement import PlacementError, _iou
 
         background, fg = check_image(background), check_image(fg)
-        if fg_mask.shape != fg.shape[:2]:
-            raise PlacementError(f"foreground mask {fg_mask.shape} does not match its image {fg.shape[:2]}")
-        if not fg_mask.any():
-            raise PlacementError("the foreground mask is empty: nothing to place")
+        mask = _mask_uint8(fg_mask, fg.shape[:2])
+        scales = tuple(float(s) for s in scales)
+        if not scales or min(scales) <= 0 or max(scales) > 1:
+            raise PlacementError(f"FOPA scales must be in (0, 1], got {scales}")
         bh, bw = background.shape[:2]
-        prepared = [self.inputs(background, fg, fg_mask, s) for s in scales]
-        maps, sizes = [], []
+        batch = batch or (1 if self.device.type == "cpu" else 8)
+        bg_t = self._bg_tensor(background)
+        prepared = [self._fg_tensors((bh, bw), fg, mask, s) for s in scales]
+        heat = []
         for i in range(0, len(prepared), batch):
             part = prepared[i:i + batch]
-            bg = torch.stack([p[0] for p in part]).to(self.device)
-            fgs = torch.stack([p[1] for p in part]).to(self.device)
-            m = torch.stack([p[2] for p in part]).to(self.device)
-            heat = torch.softmax(self.net(bg, fgs, m).float(), dim=1)[:, 1].cpu().numpy()
-            for hmap, p in zip(heat, part):
-                full = cv2.resize(hmap, (bw, bh), interpolation=cv2.INTER_LINEAR)
-                w, h = p[3]
-                valid = np.zeros_like(full)
-                valid[h // 2: bh - (h - h // 2) + 1, w // 2: bw - (w - w // 2) + 1] = 1
-                maps.append(np.clip(full * valid, 0, 1).astype(np.float32))
-                sizes.append((w, h))
-        maps = np.stack(maps)
-        return PlacementResult(tuple(scales), maps, rank_boxes(maps, tuple(scales), sizes, (bh, bw), top_k))
+            fgs = torch.stack([p[0][0] for p in part]).to(self.device)
+            m = torch.stack([p[0][1] for p in part]).to(self.device)
+            bg = bg_t[None].expand(len(part), -1, -1, -1).to(self.device)
+            heat.append(torch.softmax(self.net(bg, fgs, m).float(), dim=1)[:, 1].cpu().numpy())
+        heat = np.concatenate(heat).astype(np.float32)
+        sizes = tuple(p[1] for p in prepared)
+        maps = np.stack([
+            np.clip(cv2.resize(np.where(v, hm, 0).astype(np.float32), (bw, bh), interpolation=cv2.INTER_LINEAR), 0, 1)
+            * cv2.resize(v.astype(np.uint8), (bw, bh), interpolation=cv2.INTER_NEAREST)
+            for hm, v in ((hm, center_valid(s, (bh, bw))) for hm, s in zip(heat, sizes))]).astype(np.float32)
+        fb = bbox(mask > 127)
+        result = FopaResult(scales, maps, [], heat=heat, sizes=sizes, fg_box=fb)
+        fh, fw = fg.shape[:2]
+        boxes, taken = [], []
+        for si, x, y, w, h, score in result.ranked_centres():
+            if len(boxes) >= top_k:
+                break
+            # the object's box inside the scaled foreground (whole image scaled to w x h)
+            ob = (x + fb[0] * w / fw, y + fb[1] * h / fh, x + fb[2] * w / fw, y + fb[3] * h / fh)
+            try:
+                box = fit_box(ob, (bh, bw))
+            except ValueError:
+                continue  # the object vanishes at this size
+            if all(_iou(box, b) < 0.5 for b in taken):
+                taken.append(box)
+                boxes.append((scales[si], box, score))
+        if not boxes:
+            raise PlacementError(f"the object does not fit the {bw}x{bh} background at any of the scales {scales}")
+        result.boxes = boxes
+        return result

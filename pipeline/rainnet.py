@@ -5,10 +5,21 @@ features with the mean/std of the background's features inside the network: the 
 version of what :mod:`pipeline.harmonize` does to pixel statistics. This module
 re-implements ``RainNet(input_nc=3, output_nc=3, ngf=64, norm_layer=RAIN)`` with upstream's
 parameter names, so ``net_G.pth`` loads key for key (checked exactly), and wraps it as a
-harmonizer ``(image HWC uint8, mask HW bool) -> image``: the composite is resized to 256,
-scaled to [-1, 1], and the prediction replaces only the masked pixels
-(``pred * mask + comp * (1 - mask)``), upsampled back as a residual so the background keeps
-its full resolution.
+harmonizer ``(image HWC uint8, mask HW bool) -> image``.
+
+Pre- and post-processing follow RainNet's ``test.py`` (``TestDataset`` ->
+``RainNet.processImage`` -> ``util.tensor2im``), so that :meth:`RainNetHarmonizer.predict`
+equals upstream's 256x256 output within one level (tests/test_fopa_upstream.py runs the
+upstream code beside this one): the composite goes to 256x256 with PIL's (antialiased)
+bilinear filter and to [-1, 1] by torchvision's ToTensor + Normalize(0.5, 0.5); the mask is
+a mode "1" image resized with PIL's nearest filter; the output is
+``pred * mask + comp * (1 - mask)``. Deliberate differences: the mask is HW bool (upstream's
+``convert('1')`` dithers a soft mask: threshold it first); the output is rounded (upstream's
+``astype(uint8)`` truncates, at most 1 level lower); the network runs in eval mode (upstream's
+test.py never calls ``eval()``, so its dropout layers stay active and its output is random).
+At the image's own size (``__call__``), the network's change is upsampled bilinearly and
+added to the full-resolution composite inside the mask, so the background keeps every pixel
+and a 256x256 input gives :meth:`predict`'s result.
 """
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from .checkpoints import load_exact, read_state_dict
 
@@ -141,6 +153,12 @@ def load_rainnet(checkpoint: str | Path, device: str = "cpu") -> RainNet:
     return load_exact(RainNet(), read_state_dict(checkpoint), "RainNet").to(device).eval()
 
 
+def _to_unit(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, h, w) in [-1, 1]: torchvision's ToTensor + Normalize(0.5, 0.5), same ops."""
+    x = torch.from_numpy(np.asarray(image, np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    return x.sub(0.5).div(0.5)
+
+
 class RainNetHarmonizer:
     """``(image HWC uint8, mask HW bool) -> image`` with a RainNet checkpoint."""
 
@@ -153,18 +171,34 @@ class RainNetHarmonizer:
         self.device = next(net.parameters()).device
 
     @torch.no_grad()
+    def _run(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(comp, harmonized) at 256x256 in [-1, 1], each (3, 256, 256), as upstream's test.py."""
+        comp = _to_unit(Image.fromarray(image).resize((SIDE, SIDE), Image.BILINEAR))
+        m = Image.fromarray(mask.astype(np.uint8) * 255).convert("1").resize((SIDE, SIDE), Image.NEAREST)
+        mt = torch.from_numpy(np.asarray(m, bool).astype(np.float32))[None, None].to(self.device)
+        x = comp[None].to(self.device)
+        pred = self.net(x, mt)
+        return comp, (pred * mt + x * (1 - mt))[0].float().cpu()
+
+    def predict(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Upstream's result: the harmonized composite at 256x256, HWC uint8 (rounded)."""
+        from .harmonize import _check
+
+        image, mask = _check(image, mask)
+        _, out = self._run(image, mask)
+        return ((out.permute(1, 2, 0).numpy() + 1) / 2 * 255).round().clip(0, 255).astype(np.uint8)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The harmonized composite at the image's size (HWC uint8); pixels outside ``mask``
+        are returned unchanged."""
         from .harmonize import _check
 
         image, mask = _check(image, mask)
         h, w = image.shape[:2]
-        small = cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1
-        m = (cv2.resize(mask.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_NEAREST) > 0.5)
-        x = torch.from_numpy(small).permute(2, 0, 1)[None].to(self.device)
-        mt = torch.from_numpy(m.astype(np.float32))[None, None].to(self.device)
-        pred = self.net(x, mt)
-        out = (pred * mt + x * (1 - mt))[0].permute(1, 2, 0).float().cpu().numpy()
+        comp, out = self._run(image, mask)
         # the network's change, upsampled, added to the full-resolution composite inside the mask
-        delta = cv2.resize((out - small) * 127.5, (w, h), interpolation=cv2.INTER_LINEAR)
+        delta = ((out - comp).permute(1, 2, 0).numpy() * 127.5).astype(np.float32)
+        if (h, w) != (SIDE, SIDE):
+            delta = cv2.resize(delta, (w, h), interpolation=cv2.INTER_LINEAR)
         result = image.astype(np.float32) + delta * mask[..., None]
         return np.clip(result, 0, 255).round().astype(np.uint8)
