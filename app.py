@@ -24,7 +24,7 @@ def configure_hub(model: str, environ=os.environ) -> None:
         environ["HF_HUB_OFFLINE"] = "1"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="DiffuMask-Editor Studio")
     ap.add_argument("--model", default=os.environ.get("DIFFUMASK_MODEL", "embedded"),
                     help="embedded (default), a diffusers folder, a .safetensors/.ckpt file, or a hub id")
@@ -34,7 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--store", default=os.environ.get("DIFFUMASK_STORE", "studio_data"))
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -6,10 +6,54 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+# Real data made by others, beside the project (never committed). Tests that need it skip
+# when it is absent: use shared(...) for paths, and a FileNotFoundError for a file under it
+# turns into a skip (see pytest_pyfunc_call below). DIFFUMASK_SHARED_DATA points elsewhere.
+SHARED = Path(os.environ.get("DIFFUMASK_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def shared(*parts: str) -> Path:
+    """A path under the shared data folder; skips the calling test when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared data folder lies beside the project)")
+    return path
+
+
+def _missing_shared_file(exc: BaseException) -> str | None:
+    name = getattr(exc, "filename", None)
+    if isinstance(exc, FileNotFoundError) and name:
+        try:
+            Path(name).resolve().relative_to(SHARED.resolve())
+            return str(name)
+        except ValueError:
+            return None
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    try:
+        return (yield)
+    except FileNotFoundError as e:
+        missing = _missing_shared_file(e)
+        if missing:
+            pytest.skip(f"{missing} not found (the shared data folder lies beside the project)")
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    try:
+        return (yield)
+    except FileNotFoundError as e:
+        missing = _missing_shared_file(e)
+        if missing:
+            pytest.skip(f"{missing} not found (the shared data folder lies beside the project)")
+        raise
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +75,7 @@ def coco():
     """pycocotools COCO object over ../shared/data/coco-mini (real photos + instance masks)."""
     from pycocotools.coco import COCO
 
-    path = SHARED / "coco-mini" / "instances.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared data folder is beside the project)")
+    path = shared("coco-mini", "instances.json")
     import contextlib, io
 
     with contextlib.redirect_stdout(io.StringIO()):
