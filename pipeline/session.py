@@ -115,7 +115,8 @@ class InspectSession:
                 self._choices[key] = self.refiner_problem or "no refiner chosen"
             else:
                 pts = {}
-                if key:
+                # a refiner that takes no clicks (otsu, affinity) refines without them
+                if key and getattr(self.refiner, "takes_points", False):
                     pts = {"points": [(x, y) for x, y, _ in key], "labels": [lab for _, _, lab in key]}
                 try:
                     self._choices[key] = refine_and_choose(self.image, self.heat, self.refiner, self.attention,
@@ -152,7 +153,8 @@ class InspectSession:
 
     @property
     def source(self) -> str:
-        return self._state.source
+        """Where the current mask comes from now: "refined" only while a refined mask exists."""
+        return "refined" if self._state.source == "refined" and self.choice is not None else "threshold"
 
     @property
     def clicks(self) -> tuple:

@@ -257,14 +257,14 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
             bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"])
             caption = gr.Textbox("", label="scene caption for suggestions (optional)")
             load_btn = gr.Button("Load background", variant="primary", elem_id="insert-load")
-            bg_info = gr.Markdown()
+            bg_info = gr.Markdown(elem_id="insert-bg-info")
         with gr.Column():
             suggestions = gr.Dataframe(headers=["object", "score", "support"], label="suggested objects",
                                        interactive=False)
             obj_class = gr.Dropdown([], allow_custom_value=True, label="object class")
             obj_seed = gr.Number(0, precision=0, label="object seed")
             obj_btn = gr.Button("Generate object", elem_id="insert-object")
-            obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False)
+            obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False, elem_id="insert-object-view")
     with gr.Row():
         place_btn = gr.Button("Propose placement", elem_id="insert-place")
         scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object's longer side / background's shorter side)")
@@ -287,7 +287,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
     with gr.Row():
         ins_tags = gr.Textbox("", label="tags")
         accept_btn = gr.Button("Accept composite", variant="primary", elem_id="insert-accept")
-        accept_info = gr.Markdown()
+        accept_info = gr.Markdown(elem_id="insert-accept-info")
 
     refresh_bg.click(lambda: gr.update(choices=accepted_choices()), None, bg_choice)
     load_btn.click(load_background, [bg_choice, bg_upload, caption], [state, place_img, suggestions, obj_class, bg_info],

@@ -375,7 +375,8 @@ class CurateActions:
         kinds = ", ".join(sorted({i.source for i in r.instances})) or "no mask"
         t = r.effective_threshold
         lines = [f"**#{r.id}** · {', '.join(r.classes)} · **{r.status}** · mask: {kinds}",
-                 f"prompt “{r.prompt}” · seed {r.seed} · model {r.model}" if r.prompt else f"model {r.model}"]
+                 f"prompt “{r.prompt}”" + (f" · seed {r.seed}" if r.seed is not None else "") + f" · model {r.model}"
+                 if r.prompt else f"model {r.model}"]
         if t is not None:
             lines.append(f"threshold {t:.2f}" + (" (yours; the refiner chose "
                                                   f"{r.threshold:.2f})" if r.user_threshold is not None and r.threshold is not None else ""))

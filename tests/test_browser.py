@@ -41,23 +41,34 @@ def wait_text(page, selector, text, timeout=120000):
                            arg=[selector, text], timeout=timeout)
 
 
-def test_generate_slider_accept(page):
-    page.click("#generate-btn")
-    wait_text(page, "#choice-info", "chosen threshold")
+def wait_changed(page, js, before, timeout=60000):
+    page.wait_for_function(f"(b) => ({js})() !== b", arg=before, timeout=timeout)
+
+
+def img_src(selector):
+    return f"() => (document.querySelector('{selector} img') || {{}}).src || ''"
+
+
+def no_error_badges(page):
+    """Gradio marks an output whose event failed with an 'Error' status badge."""
+    return page.evaluate("() => [...document.querySelectorAll('.error')].filter(e => e.offsetParent).length") == 0
+
+
+def test_generate_click_undo_redo_accept(page):
+    page.keyboard.press("g")  # the generate key
+    wait_text(page, "#choice-info", "chose threshold")
     box = page.locator("#threshold input[type=number]")
     box.fill("0.2")
     box.press("Enter")
-    page.wait_for_timeout(1500)
-    # a click on the image (mode "add object") re-runs GrabCut with that point
-    refined = "() => (document.querySelector('#refined-view img') || {}).src || ''"
-    before = page.evaluate(refined)
+    wait_text(page, "#mask-label", "threshold 0.20")
+    # a click on the image (mode "add object") re-runs GrabCut with that point, and the
+    # refined mask becomes the current mask
     page.get_by_label("add object (+)").check()
     image = page.locator("#image-view img").first
     image.scroll_into_view_if_needed()
     r = image.bounding_box()
     page.mouse.click(r["x"] + r["width"] * 0.1, r["y"] + r["height"] * 0.1)  # a corner, outside the ball
-    page.wait_for_function(f"(b) => ({refined})() !== b", arg=before, timeout=30000)
-    page.wait_for_timeout(500)
+    wait_text(page, "#mask-label", "with 1 click")
     page.screenshot(path=str(ARTIFACTS / "1-generate-inspect.png"), full_page=True)
     import numpy as np
     from PIL import Image
@@ -65,40 +76,69 @@ def test_generate_slider_accept(page):
     x, y = int(r["x"] + r["width"] * 0.1), int(r["y"] + r["height"] * 0.1 + page.evaluate("window.scrollY"))
     patch = shown[y - 3:y + 4, x - 3:x + 4]
     assert ((patch[..., 1] > 180) & (patch[..., 0] < 120)).any(), "no green click marker where the user clicked"
-    page.click("#accept-btn")
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus off any input so keys reach the page
+    page.keyboard.press("z")  # undo the click: back to the heat map at 0.20
+    wait_text(page, "#mask-label", "heat map at threshold 0.20")
+    page.keyboard.press("y")  # redo
+    wait_text(page, "#mask-label", "with 1 click")
+    page.keyboard.press("a")
     wait_text(page, "#store-info", "saved as #")
+    page.keyboard.press("a")  # accepting again changes nothing: one sample, one row
+    page.wait_for_timeout(500)
     s = Store(page.store_dir)
-    recs = s.query(status="accepted")
-    assert len(recs) == 1 and recs[0].classes == ["ball"] and recs[0].user_threshold == pytest.approx(0.2)
+    recs = s.query()
+    assert len(recs) == 1 and recs[0].status == "accepted" and recs[0].classes == ["ball"]
+    assert recs[0].instances[0].source == "refined"
+    assert np.array_equal(s.masks(recs[0])[0][1], s.mask(recs[0].refined_mask))  # the refined mask was saved
+
+
+def test_an_error_leaves_the_views_as_they_were(page):
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    before = page.evaluate(img_src("#mask-view"))
+    assert before
+    page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
+    page.locator("#refiner input").click()
+    page.get_by_role("option", name="otsu").click()
+    page.wait_for_timeout(1500)
+    page.get_by_label("add object (+)").check()
+    image = page.locator("#image-view img").first
+    r = image.bounding_box()
+    page.mouse.click(r["x"] + r["width"] * 0.5, r["y"] + r["height"] * 0.5)
+    page.wait_for_selector("text=clicks need a refiner that takes points", timeout=30000)
+    page.screenshot(path=str(ARTIFACTS / "1b-error-toast.png"), full_page=True)
+    assert page.evaluate(img_src("#image-view")) and page.evaluate(img_src("#mask-view"))
+    assert no_error_badges(page)
+    page.locator("#refiner input").click()
+    page.get_by_role("option", name="grabcut").click()
+    page.get_by_label("do nothing").check()
+    page.get_by_text("prompt, model and refiner").click()
 
 
 def test_insert_place_and_accept(page):
-    page.get_by_role("tab", name="Insert Objects").click()
-    page.get_by_role("button", name="Refresh samples").click()
-    page.wait_for_timeout(1000)
+    page.get_by_role("tab", name="Insert Objects").click()  # opening the tab lists the accepted samples
     page.get_by_label("accepted sample").click()
     page.get_by_role("option").first.click()
     page.click("#insert-load")
-    page.wait_for_timeout(2000)
+    wait_text(page, "#insert-bg-info", "background: sample")
     page.get_by_label("object class").fill("star")
     page.get_by_label("object class").press("Enter")
     page.click("#insert-object")
-    page.wait_for_timeout(8000)
+    page.wait_for_selector("#insert-object-view img", timeout=120000)
     page.click("#insert-place")
-    page.wait_for_timeout(3000)
+    wait_text(page, "#insert-place-info", "box [")
     before = _box_from_info(page)
     _drag_box(page, before, (12, -12))  # background pixels: right and up
-    page.wait_for_timeout(2500)
+    page.wait_for_function("(b) => !document.querySelector('#insert-place-info').innerText.includes(b)",
+                           arg="box [%d, %d, %d, %d]" % before, timeout=30000)
     page.locator("#insert-box").screenshot(path=str(ARTIFACTS / "2b-insert-box-dragged.png"))
     after = _box_from_info(page)
-    assert after != before, "dragging the box did not move it"
     moved = ((after[0] + after[2]) / 2 - (before[0] + before[2]) / 2, (after[1] + after[3]) / 2 - (before[1] + before[3]) / 2)
     assert moved[0] > 4 and moved[1] < -4, (before, after)
     page.click("#insert-preview")
     wait_text(page, "#insert-info", "star")
     page.screenshot(path=str(ARTIFACTS / "2-insert-objects.png"), full_page=True)
     page.click("#insert-accept")
-    page.wait_for_timeout(2000)
+    wait_text(page, "#insert-accept-info", "saved as #")
     assert Store(page.store_dir).count(status="accepted") == 2
 
 
@@ -127,16 +167,37 @@ def _drag_box(page, box, delta):
     page.mouse.up()
 
 
-def test_curate_keyboard_and_export(page):
+def _selected_caption(page):
+    return page.evaluate("""() => { const b = document.querySelector('#curate-gallery button.selected, #curate-gallery .thumbnail-item.selected');
+        return b ? (b.getAttribute('aria-label') || b.innerText || b.title || 'selected') : ''; }""")
+
+
+def test_curate_keyboard_review_and_export(page):
     page.get_by_role("tab", name="Curate & Export").click()
-    page.click("#curate-refresh")
     page.wait_for_selector("#curate-gallery img", timeout=30000)
     page.locator("#curate-gallery img").first.click()
-    page.wait_for_timeout(1000)
-    page.keyboard.press("r")  # reject the selected sample from the keyboard
-    page.wait_for_timeout(1500)
+    wait_text(page, "#curate-detail", "#1")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("n")  # next: the large view and the highlight follow
+    wait_text(page, "#curate-detail", "#2")
+    page.keyboard.press("p")
+    wait_text(page, "#curate-detail", "#1")
+    page.keyboard.press("r")  # reject the current sample from the keyboard
+    wait_text(page, "#curate-gallery", "rejected")
     s = Store(page.store_dir)
-    assert s.count(status="rejected") == 1
+    assert s.get(1).status == "rejected"
+    page.keyboard.press("p")
+    wait_text(page, "#curate-detail", "rejected")
+    page.keyboard.press("u")  # undo the last status change
+    wait_text(page, "#curate-detail", "accepted")
+    assert s.get(1).status == "accepted"
+    page.keyboard.press("r")
+    wait_text(page, "#curate-gallery", "rejected")
+    page.screenshot(path=str(ARTIFACTS / "3-curate-review.png"), full_page=True)
+    # the export's default is accepted samples only: the rejected one is not in it
+    wait_text(page, "#export-scope", "accepted samples")
     page.click("#export-btn")
     wait_text(page, "#export-info", "images")
+    n_accepted = s.count(status="accepted")
+    assert page.locator("#export-info").inner_text().startswith(f"{n_accepted} images")
     page.screenshot(path=str(ARTIFACTS / "3-curate-export.png"), full_page=True)

@@ -1,0 +1,101 @@
+"""InspectSession: the current mask's source, clicks, strokes, undo/redo, and what is saved."""
+import numpy as np
+import pytest
+
+from pipeline.dataset import Store
+from pipeline.refine import get_refiner
+from pipeline.session import InspectSession, SessionError
+
+
+@pytest.fixture()
+def scene():
+    """A red disc on grey with a blurred, slightly offset heat map (an attention-like map)."""
+    import cv2
+
+    img = np.full((64, 64, 3), 128, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = np.hypot(yy - 32, xx - 30) <= 14
+    img[disc] = (200, 30, 30)
+    heat = cv2.GaussianBlur(np.hypot(yy - 34, xx - 33).astype(np.float32), (0, 0), 3)
+    heat = np.clip(1 - heat / 24, 0, 1).astype(np.float32)
+    return img, heat, disc
+
+
+def test_threshold_source_and_undo_redo(scene):
+    img, heat, disc = scene
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+    ses.refine()
+    assert ses.choice is not None and ses.source == "threshold"
+    for t in (0.3, 0.35, 0.4):  # a dragged slider: one undo step
+        ses.set_threshold(t)
+    assert np.array_equal(ses.current_mask(), ses.heat >= 0.4) and "0.40" in ses.describe()
+    ses.use_source("refined")
+    assert np.array_equal(ses.current_mask(), ses.choice.refined) and "refined by grabcut" in ses.describe()
+    assert ses.undo() and ses.source == "threshold" and ses.threshold == 0.4
+    assert ses.undo() and ses.threshold == 0.5 and not ses.undo()
+    assert ses.redo() and ses.threshold == 0.4 and ses.redo() and ses.source == "refined" and not ses.redo()
+    with pytest.raises(SessionError):
+        ses.set_threshold(float("nan"))
+    with pytest.raises(SessionError):
+        ses.use_source("magic")
+
+
+def test_strokes_apply_on_top_of_any_source_and_can_be_discarded(scene):
+    img, heat, disc = scene
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+    ses.refine()
+    add = np.zeros(heat.shape, bool)
+    add[:4, :4] = True
+    erase = ses.threshold_mask() & (np.arange(64)[None, :] < 30)
+    ses.apply_strokes(add=add)
+    ses.apply_strokes(erase=erase)
+    want = (ses.threshold_mask() | add) & ~erase
+    assert np.array_equal(ses.current_mask(), want) and ses.mask_kind == "user"
+    ses.set_threshold(0.3)  # the edits stay on top of the new threshold mask
+    assert np.array_equal(ses.current_mask(), ((ses.heat >= 0.3) | add) & ~erase)
+    ses.use_source("refined")
+    assert np.array_equal(ses.current_mask(), (ses.choice.refined | add) & ~erase)
+    ses.discard_edits()
+    assert np.array_equal(ses.current_mask(), ses.choice.refined) and ses.mask_kind == "refined"
+    ses.undo()
+    assert ses.mask_kind == "user"
+    with pytest.raises(SessionError):
+        ses.apply_strokes(add=np.zeros((3, 3), bool))
+
+
+def test_clicks_refine_again_and_undo_restores_the_refinement(scene):
+    img, heat, disc = scene
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+    ses.refine()
+    before = ses.choice.refined.copy()
+    ses.add_click(2, 2, 1)  # an object click far outside: the refined mask must take it in
+    assert ses.source == "refined" and ses.choice.refined[2, 2] and "1 click" in ses.describe()
+    ses.add_click(30, 32, 0)  # background inside the disc
+    assert not ses.choice.refined[32, 30]
+    ses.undo()
+    ses.undo()
+    assert ses.clicks == () and np.array_equal(ses.choice.refined, before)
+    otsu = InspectSession(img, "ball", heat, refiner=get_refiner("otsu"))
+    otsu.refine()
+    with pytest.raises(SessionError, match="takes points"):
+        otsu.add_click(3, 3, 1)
+
+
+def test_to_store_saves_exactly_the_current_mask_with_its_kind(scene, tmp_path):
+    img, heat, disc = scene
+    with Store(tmp_path / "s") as store:
+        for action, kind in (("threshold", "generated"), ("refined", "refined"), ("edit", "user")):
+            ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+            ses.refine()
+            if action == "threshold":
+                ses.set_threshold(0.25)
+            elif action == "refined":
+                ses.use_source("refined")
+            else:
+                ses.apply_strokes(add=disc)
+            sid = ses.to_store(store, "accepted")
+            rec = store.get(sid)
+            assert rec.instances[0].source == kind
+            assert np.array_equal(store.masks(rec)[0][1], ses.current_mask())
+            if kind == "generated":
+                assert rec.user_threshold == pytest.approx(0.25) and rec.threshold == pytest.approx(ses.choice.threshold)
