@@ -318,3 +318,149 @@ class InspectSession:
                         status=status, tags=list(tags), meta={**base, **(meta or {})}, replace=True)
         self.stored_id = sid
         return sid
+
+
+@dataclass
+class InsertSession:
+    """One insertion being built on the Insert tab (or by ``pipeline.batch``): a background
+    with its instances, an object with its mask, where it goes, and the composite.
+
+    ``background`` HWC uint8; ``instances`` (class, (H, W) bool) back to front with their
+    ``sources`` (the store's instance kinds); the object ``fg`` HWC uint8 with ``fg_mask``
+    (h, w) bool in its own image. Boxes are XYXY background pixels (x2/y2 exclusive);
+    ``scale`` is the object's longer side over the background's shorter side.
+    """
+
+    background: np.ndarray
+    instances: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    classes: list = field(default_factory=list)
+    origin: str = "upload"  # where the background came from: "upload", "sample #12"
+    fg: np.ndarray | None = None
+    fg_mask: np.ndarray | None = None
+    fg_class: str = ""
+    fg_origin: str = ""  # "generated (seed 3)", "bank: sample #7 instance 2"
+    placement: object = None  # pipeline.placement.PlacementResult
+    centre: tuple | None = None  # (x, y) background pixels
+    scale: float = 0.3
+    composite: object = None  # pipeline.compose.Composite
+    composite_sources: list = field(default_factory=list)
+
+    def __post_init__(self):
+        from .dataset import check_image
+
+        self.background = check_image(self.background)
+        h, w = self.background.shape[:2]
+        self.sources = list(self.sources) or ["imported"] * len(self.instances)
+        if len(self.sources) != len(self.instances):
+            raise SessionError(f"{len(self.instances)} instances but {len(self.sources)} sources")
+        for name, m in self.instances:
+            if np.asarray(m).shape != (h, w):
+                raise SessionError(f"mask of {name!r} is {np.asarray(m).shape}, the background is {(h, w)}")
+        self.classes = list(self.classes) or sorted({c for c, _ in self.instances})
+
+    @classmethod
+    def from_record(cls, store, rec) -> "InsertSession":
+        """A stored sample as the background, with its masks exactly as stored."""
+        return cls(store.load_image(rec), store.masks(rec), [i.source for i in rec.instances], list(rec.classes),
+                   f"sample #{rec.id}")
+
+    def set_object(self, fg: np.ndarray, fg_mask: np.ndarray, class_name: str, origin: str = "generated") -> None:
+        from .dataset import check_image
+
+        fg = check_image(fg)
+        fg_mask = np.asarray(fg_mask, bool)
+        if fg_mask.shape != fg.shape[:2]:
+            raise SessionError(f"the object's mask is {fg_mask.shape}, its image {fg.shape[:2]}")
+        if not fg_mask.any():
+            raise SessionError("the object's mask is empty: nothing to insert")
+        if not str(class_name or "").strip():
+            raise SessionError("the object needs a class name")
+        self.fg, self.fg_mask, self.fg_class, self.fg_origin = fg, fg_mask, class_name.strip(), origin
+        self.placement = self.composite = None
+
+    def _need_object(self):
+        if self.fg is None:
+            raise SessionError("Make or pick an object first.")
+
+    @property
+    def object_hw(self) -> tuple[int, int]:
+        ys, xs = np.nonzero(self.fg_mask)
+        return int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1
+
+    def propose(self, scorer=None, top_k: int = 5):
+        """Score placements (``scorer``: a placement scorer; default the weight-free one) and
+        move the object to the best box. Returns the PlacementResult."""
+        from .placement import heatmap
+
+        self._need_object()
+        if scorer is None:
+            self.placement = heatmap(self.background, self.fg_mask, existing_masks=[m for _, m in self.instances],
+                                     fg_class=self.fg_class, top_k=top_k)
+        else:
+            self.placement = scorer(self.background, self.fg, self.fg_mask, top_k=top_k)
+        s, (x1, y1, x2, y2), _ = self.placement.boxes[0]
+        self.scale, self.centre = float(s), ((x1 + x2) / 2, (y1 + y2) / 2)
+        return self.placement
+
+    def box_for(self, scale: float | None = None, centre: tuple | None = None) -> tuple[int, int, int, int]:
+        """The object's XYXY box at ``scale`` around ``centre`` (defaults: the session's),
+        shifted to lie inside the background."""
+        from .placement import box_at, box_size
+
+        self._need_object()
+        scale = self.scale if scale is None else float(scale)
+        centre = centre or self.centre
+        if centre is None:
+            h, w = self.background.shape[:2]
+            centre = (w / 2, h / 2)
+        return box_at(centre, box_size(scale, self.object_hw, self.background.shape[:2]), self.background.shape[:2])
+
+    def move_to(self, box) -> float:
+        """Take a user-drawn XYXY box: centre the object in it and set the largest scale at
+        which the object, keeping its aspect ratio, fits inside. Returns that scale."""
+        self._need_object()
+        h, w = self.background.shape[:2]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, x2 = sorted((min(max(x1, 0), w), min(max(x2, 0), w)))
+        y1, y2 = sorted((min(max(y1, 0), h), min(max(y2, 0), h)))
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            raise SessionError("the box is too small")
+        fh, fw = self.object_hw
+        fit = min((x2 - x1) / fw, (y2 - y1) / fh)  # object pixels -> box pixels
+        self.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+        self.scale = float(np.clip(fit * max(fh, fw) / min(h, w), 0.01, 1.0))
+        return self.scale
+
+    def move_centre(self, x: float, y: float) -> None:
+        h, w = self.background.shape[:2]
+        self.centre = (min(max(float(x), 0), w - 1), min(max(float(y), 0), h - 1))
+
+    def compose(self, harmonizer=None, harmonizer_name: str = "none"):
+        """Paste the object into its box, harmonize, and update the background's masks
+        (occlusion exact: covered pixels leave the instances below; fully covered ones go)."""
+        from .compose import paste
+
+        self._need_object()
+        box = self.box_for()
+        comp = paste(self.background, self.instances, self.fg, self.fg_mask, box, self.fg_class,
+                     harmonizer=harmonizer, harmonizer_name=harmonizer_name)
+        new_mask = comp.instances[-1][1]
+        self.composite_sources = [s for (_, m), s in zip(self.instances, self.sources)
+                                  if (np.asarray(m, bool) & ~new_mask).any()] + ["inserted"]
+        comp.record["object_origin"] = self.fg_origin
+        self.composite = comp
+        return comp
+
+    def to_store(self, store, status: str = "accepted", tags=(), uid: str | None = None, meta: dict | None = None,
+                 prompt: str | None = None, seed: int | None = None, model: str = "composite") -> int:
+        """Store the composite as a new sample; the background's instances keep their kinds,
+        the object is ``inserted``. Returns its id."""
+        if self.composite is None:
+            raise SessionError("Preview a composite first.")
+        comp = self.composite
+        return store.add(comp.image, list(dict.fromkeys(n for n, _ in comp.instances)), instances=comp.instances,
+                         instance_sources=self.composite_sources, uid=uid,
+                         prompt=prompt if prompt is not None else f"{self.origin} + {self.fg_class}", seed=seed,
+                         model=model, status=status, tags=list(tags), inserted=[comp.record],
+                         meta={"background": self.origin, "object": self.fg_origin, **(meta or {})})

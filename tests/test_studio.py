@@ -87,15 +87,15 @@ def test_insert_objects_flow(studio):
     gen(c, "kite", 11)
     sid = int(c.predict(tags="", api_name="/accept").split("#")[1].split()[0])
     bg_choice = f"#{sid} kite"
-    c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", api_name="/insert_load")
-    c.predict(class_name="star", seed=3, model="embedded", api_name="/insert_object")
-    c.predict(scale=0.4, api_name="/insert_place")
+    c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", model="embedded", api_name="/insert_load")
+    c.predict(class_name="star", seed=3, model="embedded", source="generate with the model", api_name="/insert_object")
+    c.predict(api_name="/insert_place")
     comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
     assert "star" in info and "kite" in info
     with pytest.raises(AppError, match="RainNet needs its checkpoint"):
         c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
     with pytest.raises(AppError, match="does not exist"):
-        c.predict(scale=0.4, fopa_ckpt="/nowhere/fopa.pth", api_name="/insert_place")
+        c.predict(fopa_ckpt="/nowhere/fopa.pth", api_name="/insert_place")
     msg = c.predict(tags="insert", api_name="/insert_accept")
     new_id = int(msg.split("#")[1].split()[0])
     s = Store(store_dir)
@@ -128,23 +128,23 @@ def test_eight_clients_never_see_each_others_work(studio):
 
 
 def test_dragged_box_sets_centre_and_the_largest_fitting_scale():
-    from pipeline.placement import box_at, box_size
-    from studio.insert import Insertion, move_box
+    from pipeline.placement import box_size
+    from pipeline.session import InsertSession, SessionError
 
     bg = np.zeros((240, 320, 3), np.uint8)
     fg_mask = np.zeros((64, 64), bool)
     fg_mask[10:50, 20:40] = True  # a 40 x 20 (h x w) object
-    ins = Insertion(bg, [], ["x"], "test", fg=np.zeros((64, 64, 3), np.uint8), fg_mask=fg_mask, fg_class="star")
+    ses = InsertSession(bg)
+    ses.set_object(np.zeros((64, 64, 3), np.uint8), fg_mask, "star")
     drawn = (100.0, 60.0, 180.0, 200.0)  # 80 wide, 140 tall
-    scale = move_box(ins, drawn)
-    assert ins.centre == (140.0, 130.0)
+    scale = ses.move_to(drawn)
+    assert ses.centre == (140.0, 130.0)
     w, h = box_size(scale, (40, 20), (240, 320))
     assert h <= 141 and w <= 81 and (abs(h - 140) <= 1 or abs(w - 80) <= 1)  # fits, touching one side
-    x1, y1, x2, y2 = box_at(ins.centre, (w, h), (240, 320))
+    x1, y1, x2, y2 = ses.box_for()
     assert 100 <= x1 and x2 <= 181 and 60 <= y1 and y2 <= 201
-    import gradio as gr
-    with pytest.raises(gr.Error, match="too small"):
-        move_box(ins, (10, 10, 11, 50))
+    with pytest.raises(SessionError, match="too small"):
+        ses.move_to((10, 10, 11, 50))
 
 
 def test_sam_refiner_from_a_transformers_folder(studio, tmp_path):
@@ -162,3 +162,41 @@ def test_sam_refiner_from_a_transformers_folder(studio, tmp_path):
     out = c.predict(class_name="ball", seed=7, api_name="/generate",
                     **{**GEN_ARGS, "refiner_name": "sam", "sam_ckpt": "facebook/sam-vit-base"})
     assert "hf download facebook/sam-vit-base" in out[6]
+
+
+def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
+    """Copy-paste with placement and harmonization: a COCO instance (coco-mini, imported into
+    the store) inserted into an example photo that has its own COCO masks; the old masks
+    lose exactly the covered pixels."""
+    from conftest import shared
+    from pipeline.export import import_coco
+    from studio.insert import EXAMPLE_PREFIX, examples_store_dir
+
+    url, store_dir = studio
+    mini = shared("coco-mini")
+    with Store(store_dir) as s:
+        import_coco(s, mini / "instances.json", mini / "images", limit=12)
+    c = client(url)
+    with Store(examples_store_dir()) as ex:
+        bg_rec = ex.query()[0]
+        bg_masks = ex.masks(bg_rec)
+    _, rows, classes, info = c.predict(choice=f"{EXAMPLE_PREFIX}#{bg_rec.id} x", upload=None, caption="",
+                                          model="embedded", api_name="/insert_load")
+    assert "example photo" in info
+    who = {r[0]: r[2] for r in rows["data"]}
+    banked = [name for name, sup in who.items() if "bank" in sup]
+    assert banked, who  # the thesaurus' suggestions that a photo in the store can supply
+    c.predict(class_name=banked[0], seed=0, model="embedded", source="cut from a photo (object bank)",
+              api_name="/insert_object")
+    c.predict(api_name="/insert_place")
+    c.predict(scale=0.3, method="none", api_name="/insert_preview")
+    new_id = int(c.predict(tags="bank", api_name="/insert_accept").split("#")[1].split()[0])
+    with Store(store_dir) as s:
+        rec = s.get(new_id)
+        masks = s.masks(rec)
+        assert rec.instances[-1].source == "inserted" and masks[-1][0] == banked[0]
+        assert rec.meta["object"].startswith("your dataset: sample #")
+        new = masks[-1][1]
+        kept = [(c_, m & ~new) for c_, m in bg_masks if (m & ~new).any()]
+        assert [c_ for c_, _ in kept] == [c_ for c_, _ in masks[:-1]]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(kept, masks[:-1]))

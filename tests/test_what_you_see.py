@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.compose import paste
 from pipeline.dataset import Store, StoreError
 from pipeline.export import export
 from pipeline.harmonize import get_harmonizer
 from pipeline.refine import get_refiner
-from pipeline.session import InspectSession, SessionError
+from pipeline.session import InsertSession, InspectSession, SessionError
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +86,12 @@ def run_actions(rng, store, pool, n_actions):
                     h, w = bg.height, bg.width
                     s = int(rng.integers(16, 40))
                     x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
-                    comp = paste(store.load_image(bg), store.masks(bg), obj.image, obj_mask, (x, y, x + s, y + s),
-                                 obj.class_name, harmonizer=get_harmonizer("none"), harmonizer_name="none")
-                    n = len(comp.instances)
-                    store.add(comp.image, sorted({c for c, _ in comp.instances}), instances=comp.instances,
-                              instance_sources=["imported"] * (n - 1) + ["inserted"], status="accepted",
-                              inserted=[comp.record], model="composite")
+                    ins = InsertSession.from_record(store, bg)
+                    ins.set_object(obj.image, obj_mask, obj.class_name, "pool")
+                    ins.move_centre(x + s / 2, y + s / 2)
+                    ins.scale = s / min(h, w)
+                    ins.compose(get_harmonizer("none"), "none")
+                    ins.to_store(store, "accepted")
         except (SessionError, StoreError):
             pass  # an action that does not apply now (e.g. a threshold on a hand-edited mask)
 
