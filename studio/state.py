@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
+from pipeline.gpu import gpu
+
 # One UNet is shared by every session; attention capture swaps its processors, so model
 # calls run one at a time (the Gradio queue also limits them; this lock makes sure).
 MODEL_LOCK = threading.Lock()
@@ -22,25 +24,45 @@ def set_model_options(device: str = "auto", dtype: str | None = None) -> None:
 
 @lru_cache(maxsize=2)
 def _load(model: str, device: str, dtype: str | None):
+    """A preset name (sd15, sd-turbo, ...: through the Hugging Face cache), or what
+    load_pipeline takes (embedded, a folder, a single file, a hub id)."""
+    from pipeline import presets
     from pipeline.generate import load_pipeline
 
+    if model in presets.names("diffusion"):
+        return presets.load(model, device=device, dtype=dtype)
     return load_pipeline(None if model in ("", "embedded") else model, device=device, dtype=dtype)
+
+
+def describe_model(model: str) -> str:
+    """What is loaded, for the UI: the model, its precision and device."""
+    from pipeline import presets
+
+    name = model or "embedded"
+    pipe = get_pipeline(name)
+    if name in presets.names("diffusion"):
+        return presets.describe(name, pipe)
+    p = next(pipe.unet.parameters())
+    return f"{name}, {str(p.dtype).replace('torch.', '')} on {p.device}"
 
 
 def get_pipeline(model: str):
     return _load(model, _MODEL_OPTIONS["device"], _MODEL_OPTIONS["dtype"])
 
 
+@gpu(duration=120)  # ZeroGPU: a GPU is attached while this runs (a no-op elsewhere)
 def generate_one(model: str | None, class_name: str, seed, **options):
     """One sample from the (cached) model under MODEL_LOCK; load and prompt errors (missing
-    weights, a word not in the prompt, a bad template) become the user's error toast."""
+    weights or preset files, a word not in the prompt, a bad template) become the user's
+    error toast."""
     import gradio as gr
 
     from pipeline.generate import ModelLoadError, generate
+    from pipeline.presets import PresetUnavailable
 
     try:
         pipe = get_pipeline(model or "embedded")
         with MODEL_LOCK:
             return generate(pipe, class_name, int(seed), **options)[0]
-    except (ModelLoadError, ValueError) as e:
+    except (ModelLoadError, PresetUnavailable, ValueError) as e:
         raise gr.Error(str(e))

@@ -12,7 +12,8 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from pipeline import viz
+from pipeline import presets, viz
+from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
 from pipeline.dataset import DamagedSampleError, Store, StoreError
 from pipeline.embedded.world import CLASS_NAMES
@@ -22,7 +23,7 @@ from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_r
 from pipeline.session import InspectSession, SessionError
 
 from .insert import build_insert_tab
-from .state import MODEL_LOCK, generate_one, set_model_options
+from .state import MODEL_LOCK, describe_model, generate_one, set_model_options
 
 
 
@@ -144,7 +145,7 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
         gr.Warning(_user_words(ses.refine_error))
     res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
     return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),
-            f"prompt: “{sample.prompt}”, seed {seed}")
+            f"prompt: “{sample.prompt}”, seed {seed}  \nmodel: {describe_model(model)}")
 
 
 def _user_words(text: str) -> str:
@@ -495,7 +496,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         template = gr.Textbox(DEFAULT_TEMPLATE, label="prompt template ({} = class)")
                         steps = gr.Slider(5, 100, 25, step=1, label="steps")
                         guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
-                        model_in = gr.Textbox(model, label="model (embedded, diffusers folder, .safetensors file, hub id)")
+                        model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
+                                               label="model: a preset, a diffusers folder, a .safetensors file or a hub id")
                         refiner = gr.Dropdown(refiners, value="grabcut", label="refiner", elem_id="refiner")
                         sam_ckpt = gr.Textbox("", label="SAM weights (for the sam refiner): segment-anything .pth, "
                                                          "or a transformers SAM folder / hub id")
@@ -711,7 +713,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
         insert_tab.select(*refresh_insert)
-    demo.queue(default_concurrency_limit=4, max_size=64)
+    # On a Space: sized for its hardware (CPU: one model call at a time; ZeroGPU: a GPU slice
+    # per call); elsewhere four handlers at once, model calls still one at a time (MODEL_LOCK).
+    demo.queue(**(queue_settings() if os.environ.get("SPACE_ID") else {"default_concurrency_limit": 4, "max_size": 64}))
     return demo
 
 

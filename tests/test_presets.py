@@ -180,3 +180,17 @@ def test_unreachable_hub_online(tmp_path, monkeypatch, offline_cache):
     text = str(e.value)
     assert "needs 1 file of the hub repository BCMIZB/Libcom_pretrained_models" in text
     assert "hf download BCMIZB/Libcom_pretrained_models FOPA.pth" in text and "unset HF_HUB_OFFLINE" not in text
+
+
+def test_the_studio_generates_with_a_preset_and_says_what_is_loaded(offline_cache):
+    """The studio's model box takes a preset name: it loads through the HF cache, and the
+    line under Generate names the preset, its repository, precision and device."""
+    import studio.state as state
+
+    state._load.cache_clear()
+    state.set_model_options("cpu", None)
+    sample = state.generate_one("sd15", "dog", 3, steps=2)
+    assert sample.image.ndim == 3 and sample.heat_map.shape == sample.image.shape[:2]
+    line = state.describe_model("sd15")
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in line and "float32 on cpu" in line
+    state._load.cache_clear()
