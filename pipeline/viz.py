@@ -23,7 +23,10 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha
     m = mask.astype(bool)
     out[m] = (out[m] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
     if outline and m.any():
+        # a dark line under the coloured one: visible on any object colour (a green outline
+        # alone vanishes on a cyan kite)
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, (0, 0, 0), 2)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), 1)
     return out
 
@@ -78,12 +81,12 @@ def upscale_for_display(image: np.ndarray, min_side: int = 320) -> np.ndarray:
 
 
 def iou_curve_image(thresholds, ious, chosen: float | None = None, current: float | None = None,
-                    size: tuple[int, int] = (360, 240)) -> np.ndarray:
-    """A small line chart of IoU vs threshold, HWC uint8: chosen threshold in green, the
-    slider's in orange."""
+                    size: tuple[int, int] = (420, 280)) -> np.ndarray:
+    """A line chart of IoU (with the refined mask) vs threshold, HWC uint8, with a legend:
+    the curve in blue, the refiner's chosen threshold in green, the slider's in orange."""
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 40, w - 12, 12, h - 30
+    left, right, top, bottom = 46, w - 14, 34, h - 40
     cv2.rectangle(img, (left, top), (right, bottom), (200, 200, 200), 1)
 
     def px(t, v):
@@ -92,15 +95,21 @@ def iou_curve_image(thresholds, ious, chosen: float | None = None, current: floa
     for v in (0.25, 0.5, 0.75):
         cv2.line(img, px(0, v), px(1, v), (235, 235, 235), 1)
     pts = np.array([px(float(t), float(v)) for t, v in zip(thresholds, ious)], np.int32)
+    blue, green, orange = (40, 80, 200), (30, 150, 60), (235, 130, 0)
     if len(pts) > 1:
-        cv2.polylines(img, [pts], False, (40, 80, 200), 2, cv2.LINE_AA)
-    for t, colour in ((chosen, (30, 160, 60)), (current, (240, 140, 0))):
+        cv2.polylines(img, [pts], False, blue, 2, cv2.LINE_AA)
+    for t, colour in ((chosen, green), (current, orange)):
         if t is not None:
-            cv2.line(img, px(t, 0), px(t, 1), colour, 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
+            cv2.line(img, px(t, 0), px(t, 1), colour, 2)
+    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (70, 70, 70)
     for v in (0, 0.5, 1):
-        cv2.putText(img, f"{v:.1f}", (6, px(0, v)[1] + 4), font, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
-        cv2.putText(img, f"{v:.1f}", (px(v, 0)[0] - 8, bottom + 14), font, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
-    cv2.putText(img, "threshold", (w // 2 - 25, h - 4), font, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
-    cv2.putText(img, "IoU", (4, top + 8), font, 0.35, (60, 60, 60), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{v:.1f}", (8, px(0, v)[1] + 5), font, 0.45, grey, 1, cv2.LINE_AA)
+        cv2.putText(img, f"{v:.1f}", (px(v, 0)[0] - 10, bottom + 18), font, 0.45, grey, 1, cv2.LINE_AA)
+    cv2.putText(img, "threshold", (w // 2 - 34, h - 6), font, 0.5, grey, 1, cv2.LINE_AA)
+    cv2.putText(img, "IoU", (6, top - 8), font, 0.5, grey, 1, cv2.LINE_AA)
+    x = left + 4
+    for label, colour in (("IoU", blue), ("refiner's choice", green), ("your threshold", orange)):
+        cv2.line(img, (x, 14), (x + 18, 14), colour, 3)
+        cv2.putText(img, label, (x + 22, 19), font, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
+        x += 30 + cv2.getTextSize(label, font, 0.45, 1)[0][0]
     return img
