@@ -85,6 +85,7 @@ class Instance:
     mask: str
     bbox: list[int]  # XYXY, x2/y2 exclusive
     source: str = "generated"  # generated | inserted | imported | user
+    iscrowd: bool = False  # a COCO crowd region (one mask over a group of objects), kept from an import
 
 
 @dataclass
@@ -205,8 +206,10 @@ class Store:
             uid: str | None = None, prompt: str = "", seed: int | None = None, model: str = "",
             heat_map: np.ndarray | None = None, threshold: float | None = None, refined_mask: np.ndarray | None = None,
             status: str = "pending", tags: Iterable[str] = (), notes: str = "", meta: dict | None = None,
-            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None) -> int:
-        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs.
+            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None,
+            instance_crowd: Sequence[bool] | None = None) -> int:
+        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs;
+        ``instance_crowd``: per instance, whether it is a COCO crowd region (default: none are).
 
         Everything is validated before anything is written; with a ``uid`` already in the
         store, nothing is written and the existing id is returned."""
@@ -236,8 +239,11 @@ class Store:
         from .masks import bbox
 
         sources = list(instance_sources or ["generated"] * len(masks))
-        inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
-                for (n, m), s in zip(masks, sources)]
+        crowd = [bool(c) for c in (instance_crowd or [False] * len(masks))]
+        if len(crowd) != len(masks):
+            raise StoreError(f"{len(crowd)} crowd flags for {len(masks)} instances")
+        inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
+                for (n, m), s, c in zip(masks, sources, crowd)]
         row = dict(uid=uid, image=self.put_image(image), width=w, height=h, classes=json.dumps(classes),
                    prompt=prompt, seed=seed, model=model,
                    heat_map=None if heat_map is None else self.put_array(np.asarray(heat_map, np.float16)),
@@ -300,7 +306,7 @@ class Store:
 
     def update(self, sample_id: int, *, status: str | None = None, tags: Iterable[str] | None = None,
                notes: str | None = None, user_threshold: float | None | str = "keep",
-               instances: Sequence[tuple[str, np.ndarray, str]] | None = None,
+               instances: Sequence[tuple[str, np.ndarray, str] | tuple[str, np.ndarray, str, bool]] | None = None,
                inserted: Sequence[dict] | None = None, image: np.ndarray | None = None,
                classes: Sequence[str] | None = None, meta: dict | None = None) -> Record:
         """Change a sample; validated first, then one transaction. Returns the new record.
@@ -331,13 +337,13 @@ class Store:
             from .masks import bbox
 
             checked = []
-            for name, m, source in instances:
+            for name, m, source, *crowd in instances:  # an optional 4th item: the crowd flag
                 m = np.asarray(m).astype(bool)
                 if m.shape != (h, w):
                     raise StoreError(f"instance mask of {name!r} is {m.shape}, the image is {(h, w)}")
-                checked.append((check_class(name), m, source))
-            sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
-                                            for n, m, s in checked])
+                checked.append((check_class(name), m, source, bool(crowd and crowd[0])))
+            sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
+                                            for n, m, s, c in checked])
         if meta is not None:
             sets["meta"] = json.dumps({**rec.meta, **meta})
         if inserted is not None:
