@@ -78,17 +78,18 @@ def _split(records: list[Record], val_fraction: float, seed: int) -> dict[str, l
 
 def _clean_stale(out: Path) -> None:
     """Remove what killed exports to ``out`` left beside it: ``.<out>.partial-<pid>-*`` (an
-    unfinished export) and ``.<out>.old-<pid>-*`` (a replaced export not yet deleted), unless
-    the process that made them is still running."""
-    for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*"):
-        for p in out.parent.glob(pattern):
-            try:
-                pid = int(p.name.rsplit("-", 2)[-2])
-                os.kill(pid, 0)  # still running: leave it
-            except ProcessLookupError:
-                shutil.rmtree(p, ignore_errors=True)
-            except (ValueError, PermissionError):
-                pass
+    unfinished export; kept while process <pid> still runs) and ``.<out>.old-*`` (a replaced
+    export that was about to be deleted: always garbage, whoever made it)."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)  # still running: leave it
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+    for p in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _is_previous_export(path: Path) -> tuple[bool, str]:

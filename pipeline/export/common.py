@@ -193,11 +193,34 @@ def mask_to_polygons(mask: np.ndarray, holes: bool = True) -> list[np.ndarray]:
     return sorted((c.reshape(-1, 2) for c in contours), key=lambda c: -cv2.contourArea(c))
 
 
-def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
-    """One polygon (N, 2) of pixel indices that fills back to ``mask``: every part and hole
-    joined by bridges. None for an empty mask."""
+def mask_to_polygon(mask: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """One polygon (N, 2) of pixel indices for ``mask`` and the IoU with which it fills back
+    (``polygon_to_mask``); (None, 0.0) for an empty mask.
+
+    Every part and hole joined by bridges; or, for a multi-part object whose bridges cost more
+    than its small parts are worth (each bridge fills a line of background pixels), the
+    largest part with its holes: whichever fills back closer (Ultralytics' "all" or "largest")."""
     parts = mask_to_polygons(mask)
-    return _bridge(parts) if parts else None
+    if not parts:
+        return None, 0.0
+    h, w = mask.shape
+    best, best_iou = None, -1.0
+    candidates = [_bridge(parts)]
+    if len(parts) > 1:
+        candidates.append(_bridge([parts[0], *[p for p in parts[1:] if _inside_part(p, parts[0])]]))
+    for poly in candidates:
+        filled = polygon_to_mask(poly, h, w)
+        inter, union = np.logical_and(filled, mask).sum(), np.logical_or(filled, mask).sum()
+        score = float(inter / union) if union else 1.0
+        if score > best_iou:
+            best, best_iou = poly, score
+    return best, best_iou
+
+
+def _inside_part(contour: np.ndarray, part: np.ndarray) -> bool:
+    """Whether ``contour`` (a hole) lies inside ``part``'s outline."""
+    x, y = contour[0]
+    return cv2.pointPolygonTest(part.reshape(-1, 1, 2).astype(np.int32), (float(x), float(y)), False) >= 0
 
 
 def polygon_to_mask(poly: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -157,7 +157,9 @@ def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepte
     ids = []
     for split in ds:
         d = ds[split]
-        names = d.features["objects"].feature["category"].names
+        objects = d.features["objects"]  # a dict of lists (datasets >= 4) or a Sequence of a dict
+        names = (objects if isinstance(objects, dict) else objects.feature)["category"]
+        names = getattr(names, "names", None) or names.feature.names
         for row in d:
             image = np.asarray(row["image"].convert("RGB"))
             obj = row["objects"]

@@ -143,10 +143,7 @@ def write(ctx) -> int:
                                                                for i in objs]}
         for sets in ("Segmentation", "Main"):
             inside(root, f"{BASE}/ImageSets/{sets}/{split}.txt").write_text("".join(n + "\n" for n in names))
-    if len(ctx.splits) > 1:
-        all_names = sorted(n for n in prov_all)
-        for sets in ("Segmentation", "Main"):
-            inside(root, f"{BASE}/ImageSets/{sets}/trainval.txt").write_text("".join(n + "\n" for n in all_names))
+    # no trainval.txt: Datumaro (so CVAT) reads every list as a subset and would load each image twice
     # Datumaro/CVAT's labelmap: one line per class index, name:r,g,b:parts:actions
     lines = [f"{c}:{','.join(map(str, pal[i]))}::" for i, c in enumerate(labels)]
     inside(root, f"{BASE}/labelmap.txt").write_text("# label:color_rgb:parts:actions\n" + "\n".join(lines) + "\n")
