@@ -321,7 +321,12 @@ def make_curate_actions(store_dir: Path):
             raise gr.Error(str(e))
         finally:
             store.close()
-        return archive, f"{rep.n_images} images, {rep.n_instances} instances, splits {rep.splits}"
+        info = f"{rep.n_images} images, {rep.n_instances} instances, splits {rep.splits}"
+        info += "".join(f"; not held by {fmt}: {n} {what}" for what, n in rep.lost.items())
+        if rep.damaged:  # listed with reasons in the zip's manifest.json
+            info += f"; **{len(rep.damaged)} damaged samples skipped**: " + ", ".join(
+                f"{d['sample_id']} ({d['reason']})" for d in rep.damaged[:5])
+        return archive, info
 
     return refresh, select, detail, set_status, save_details, bulk, do_export
 

@@ -445,21 +445,25 @@ def test_hf_export_loads_with_datasets(store, tmp_path):
     assert "load_dataset(" in card and "load_from_disk" in card and "names[k-1]" not in card
 
 
-def test_hf_reexport_to_the_same_folder_is_not_read_from_a_stale_cache(store, tmp_path):
-    """datasets caches a folder under a key made of its card: with fixed parquet names, loading a
-    second export to the same folder returned the first one's rows (train 3 + validation 2 where
-    4 samples were exported)."""
+def test_hf_exports_are_not_read_from_a_stale_cache(store, tmp_path):
+    """datasets caches a local folder under a key made of its name and card, not of its files:
+    with fixed parquet names, loading any later export in a folder of the same name (another
+    path, or the same one after --force) returned the first one's rows (train 3 + validation 2
+    where 4 samples were exported)."""
     import datasets
 
     cache = str(tmp_path / "cache")
     store.set_status([r.id for r in store.query()], "accepted")
-    export(store, "hf", tmp_path / "hf", val_fraction=0.4, status="accepted")
-    first = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=cache)
+    export(store, "hf", tmp_path / "a/hf", val_fraction=0.4)
+    first = datasets.load_dataset(str(tmp_path / "a/hf"), cache_dir=cache)
     assert {k: v.num_rows for k, v in first.items()} == {"train": 4, "validation": 2}
-    export(store, "hf", tmp_path / "hf", val_fraction=0.25, classes=["dog"], force=True)
-    second = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=cache)
-    assert {k: v.num_rows for k, v in second.items()} == {"train": 2, "validation": 1}
-    assert {store.get(i).classes[0] for d in second.values() for i in d["sample_id"]} == {"dog"}
+    export(store, "hf", tmp_path / "b/hf", val_fraction=0.25, classes=["dog"])
+    other = datasets.load_dataset(str(tmp_path / "b/hf"), cache_dir=cache)
+    assert {k: v.num_rows for k, v in other.items()} == {"train": 2, "validation": 1}
+    assert {store.get(i).classes[0] for d in other.values() for i in d["sample_id"]} == {"dog"}
+    export(store, "hf", tmp_path / "a/hf", val_fraction=0.25, classes=["cat"], force=True)
+    again = datasets.load_dataset(str(tmp_path / "a/hf"), cache_dir=cache)
+    assert {store.get(i).classes[0] for d in again.values() for i in d["sample_id"]} == {"cat"}
 
 
 def test_hf_round_trip_generated_samples(gen_store, tmp_path):
@@ -481,7 +485,7 @@ def test_round_trip_of_embedded_model_samples(tmp_path):
     from pipeline.batch import BatchSpec, FilterConfig, run_batch
 
     s = Store(tmp_path / "s")
-    spec = BatchSpec(classes=["ball", "star"], per_class=1, steps=4, warmup=0, max_candidates=2, refiner="otsu",
+    spec = BatchSpec(classes=("ball", "star"), per_class=1, steps=4, warmup=0, max_candidates=2, refiner="otsu",
                      filter=FilterConfig(0.0, 0.0, 0.0, 1.0, 0.0, 1.0))
     run_batch(spec, s, progress=False)
     assert s.count(status="accepted") >= 2

@@ -4,9 +4,9 @@ Loads with ``datasets.load_dataset(out)`` (a folder with a card, not ``load_from
 Every row has the semantic mask (``mask``) and each instance on its own (``objects``).
 
 The parquet files are named after their content hash, and the card lists them by name:
-``datasets`` caches a local folder under a key made of the card's configuration (not of the
-files' contents), so with a fixed file name a second export to the same folder would load
-the first export's rows from the cache.
+``datasets`` caches a local folder under a key made of the folder's name and the card's
+configuration, not of the files' contents or the path, so with fixed file names any later
+export in a folder of the same name loaded the first one's rows from the cache.
 """
 from __future__ import annotations
 

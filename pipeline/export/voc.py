@@ -204,8 +204,8 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
         xml_path = root / "Annotations" / f"{name}.xml"
         xml_names = [o.findtext("name") for o in ET.parse(xml_path).getroot().iter("object")] \
             if xml_path.exists() else []
-        inst = []
-        for k in sorted(set(np.unique(obj).tolist()) - {0, 255}):
+        inst, ks = [], sorted(set(np.unique(obj).tolist()) - {0, 255})
+        for k in ks:
             m = obj == k
             if k - 1 < len(xml_names):
                 inst.append((xml_names[k - 1], m))
@@ -218,8 +218,8 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
         prov = prov_all.get(name)
         if prov:
             kwargs = restore_kwargs(prov)
-            by_class = [i["source"] for i in prov.get("instances", [])]
-            sources = by_class if len(by_class) == len(inst) else ["imported"] * len(inst)
+            written = [i["source"] for i in prov.get("instances", [])]  # object k is written[k - 1]
+            sources = [written[k - 1] if k - 1 < len(written) else "imported" for k in ks]
             classes = prov.get("classes") or sorted({c for c, _ in inst}) or ["background"]
         else:
             kwargs = dict(uid=f"voc:{name}", model="real (VOC)", tags=tags,
