@@ -339,6 +339,43 @@ def test_voc_reports_objects_its_object_map_cannot_hold(tmp_path):
     assert r.returncode == 0 and "1 objects fully hidden" in r.stdout
 
 
+def test_voc_coco_mini_round_trip_keeps_what_voc_can_hold(tmp_path):
+    """Real photos with overlapping objects: VOC's object map keeps each object's visible part;
+    the export counts the objects it hid, and the import gives back exactly the rest."""
+    src = SHARED / "coco-mini"
+    if not src.exists():
+        pytest.skip("shared coco-mini not found")
+    s = Store(tmp_path / "s")
+    import_coco(s, src / "instances.json", src / "images", limit=12)
+    rep = export(s, "voc", tmp_path / "voc")
+    back = Store(tmp_path / "b")
+    ids = import_voc(back, tmp_path / "voc")
+    n_hidden = n_partly = 0
+    for rid in ids:
+        r = back.get(rid)
+        o = s.get_by_uid(r.uid)
+        assert (r.classes, r.meta) == (o.classes, o.meta) and r.meta["photo"]["license"]["name"]
+        objs = [(i.class_name, s.mask(i.mask)) for i in o.instances if not i.iscrowd]
+        crowd = np.zeros((o.height, o.width), bool)
+        for i in o.instances:
+            crowd |= s.mask(i.mask) if i.iscrowd else False
+        visible = []
+        for k, (c, m) in enumerate(objs):
+            v = m & ~crowd
+            for _, later in objs[k + 1:]:
+                v &= ~later
+            n_hidden += not v.any()
+            n_partly += v.any() and v.sum() < m.sum()
+            if v.any():
+                visible.append((c, v))
+        got = [(i.class_name, back.mask(i.mask)) for i in r.instances]
+        assert [c for c, _ in got] == [c for c, _ in visible]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, visible))
+    assert n_partly > 0
+    assert rep.lost.get("objects fully hidden in SegmentationObject", 0) == n_hidden
+    assert rep.lost.get("objects partly hidden in SegmentationObject", 0) == n_partly
+
+
 # -- YOLO --------------------------------------------------------------------------------------------
 def test_polygons_fill_back_to_masks_with_holes_and_parts():
     rng = np.random.default_rng(0)
