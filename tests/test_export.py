@@ -243,6 +243,19 @@ def test_coco_mini_round_trip_keeps_photo_provenance_and_crowd(tmp_path):
     assert_same_records(s, back_hf, import_hf(back_hf, tmp_path / "hf"))
 
 
+def test_store_keeps_crowd_flags(tmp_path):
+    s = Store(tmp_path / "s")
+    m = np.zeros((8, 8), bool)
+    m[2:5, 2:5] = True
+    rid = s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m), ("person", ~m)],
+                instance_sources=["imported"] * 2, instance_crowd=[False, True])
+    assert [i.iscrowd for i in s.get(rid).instances] == [False, True]
+    r = s.update(rid, instances=[("person", m, "user"), ("person", ~m, "imported", True)])
+    assert [(i.source, i.iscrowd) for i in r.instances] == [("user", False), ("imported", True)]
+    with pytest.raises(StoreError, match="crowd flags"):
+        s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m)], instance_crowd=[True, False])
+
+
 # -- VOC ---------------------------------------------------------------------------------------------
 def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     import torchvision
