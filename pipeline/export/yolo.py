@@ -31,6 +31,7 @@ from ..masks import bbox
 from .common import inside, json_dump, mask_to_polygon, polygon_to_mask, provenance, restore_kwargs
 
 TASKS = ("segment", "detect")
+NO_CROWD = "crowd regions (no YOLO equivalent)"
 MIN_FILL_IOU = 0.95
 LOW_IOU = f"instances whose one polygon fills back with IoU < {MIN_FILL_IOU} (small multi-part objects)"
 
@@ -50,7 +51,7 @@ def write(ctx) -> int:
                 if not i.mask.any():
                     continue
                 if i.iscrowd:
-                    ctx.lost["crowd regions (no YOLO equivalent)"] = ctx.lost.get("crowd regions (no YOLO equivalent)", 0) + 1
+                    ctx.lost[NO_CROWD] = ctx.lost.get(NO_CROWD, 0) + 1
                     continue
                 if task == "segment":
                     poly, fill_iou = mask_to_polygon(i.mask)
