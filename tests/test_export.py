@@ -685,6 +685,21 @@ def test_killed_force_export_leftovers_are_cleaned_by_the_next_run(store, tmp_pa
     assert not list(tmp_path.glob(".exp.old-*")) and (tmp_path / "exp/manifest.json").exists()
 
 
+def test_cli_import_reads_our_exports(gen_store, tmp_path):
+    for fmt in ("coco", "voc", "yolo", "hf"):
+        export(gen_store, fmt, tmp_path / fmt)
+    gen_store.close()
+    for fmt, src in (("coco", tmp_path / "coco/annotations/instances_train.json"), ("voc", tmp_path / "voc"),
+                     ("yolo", tmp_path / "yolo"), ("hf", tmp_path / "hf")):
+        r = _cli("import", "--store", tmp_path / f"back-{fmt}", f"--{fmt}", src)
+        assert r.returncode == 0 and "imported 6 images" in r.stdout, r.stderr
+        back = Store(tmp_path / f"back-{fmt}")
+        assert sorted(r.uid for r in back.query()) == sorted(r.uid for r in Store(tmp_path / "store").query(
+            status="accepted"))
+    r = _cli("import", "--store", tmp_path / "x", "--yolo", tmp_path / "coco")
+    assert r.returncode == 2 and "no data.yaml" in r.stderr
+
+
 def test_cli_export_rejects_path_tricks_in_tags(store, tmp_path):
     store.close()
     r = _cli("export", "--store", tmp_path / "store", "--format", "coco", "--tag", "../../x", "--out", tmp_path / "o")

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -152,21 +153,24 @@ def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepte
     folder = Path(folder)
     if not (folder / "README.md").exists():
         raise StoreError(f"no dataset card (README.md) in {folder}")
-    # a private cache: the user's cache may hold an older export of the same folder (see module doc)
-    ds = datasets.load_dataset(str(folder), cache_dir=str(store.root / ".hf-cache"))
-    ids = []
-    for split in ds:
-        d = ds[split]
-        objects = d.features["objects"]  # a dict of lists (datasets >= 4) or a Sequence of a dict
-        names = (objects if isinstance(objects, dict) else objects.feature)["category"]
-        names = getattr(names, "names", None) or names.feature.names
-        for row in d:
-            image = np.asarray(row["image"].convert("RGB"))
-            obj = row["objects"]
-            inst = [(names[c], np.asarray(m.convert("L")) > 127) for c, m in zip(obj["category"], obj["mask"])]
-            prov = json.loads(row["provenance"]) if row.get("provenance") else {}
-            kwargs = restore_kwargs(prov) if prov else dict(uid=row.get("uid"), tags=tags)
-            classes = prov.get("classes") or [names[c] for c in row["classes"]] or ["background"]
-            ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
-                                 instance_crowd=list(obj["iscrowd"]), status=status, **kwargs))
+    # a private, temporary cache: the user's cache may hold an older export of a folder of the same
+    # name (see the module doc), and an import should leave nothing behind
+    with tempfile.TemporaryDirectory(prefix="hf-import-") as cache:
+        ds = datasets.load_dataset(str(folder), cache_dir=cache)
+        ids = []
+        for split in ds:
+            d = ds[split]
+            objects = d.features["objects"]  # a dict of lists (datasets >= 4) or a Sequence of a dict
+            names = (objects if isinstance(objects, dict) else objects.feature)["category"]
+            names = getattr(names, "names", None) or names.feature.names
+            for row in d:
+                image = np.asarray(row["image"].convert("RGB"))
+                obj = row["objects"]
+                inst = [(names[c], np.asarray(m.convert("L")) > 127) for c, m in zip(obj["category"], obj["mask"])]
+                prov = json.loads(row["provenance"]) if row.get("provenance") else {}
+                kwargs = restore_kwargs(prov) if prov else dict(uid=row.get("uid"), tags=tags)
+                classes = prov.get("classes") or [names[c] for c in row["classes"]] or ["background"]
+                ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
+                                     instance_crowd=list(obj["iscrowd"]), status=status, **kwargs))
+        del ds  # release the memory-mapped cache files before the folder goes
     return ids
