@@ -545,6 +545,9 @@ def test_round_trip_of_embedded_model_samples(tmp_path):
     assert s.count(status="accepted") >= 2
     for fmt in FORMATS:
         export(s, fmt, tmp_path / fmt)
+    images = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())["images"]
+    assert {im["provenance"]["refiner"] for im in images} == {"otsu"}  # from the run's batch-<run>.json
+    assert all(im["provenance"]["prompt"].startswith("a photograph of") for im in images)
     coco_json = tmp_path / "coco/annotations/instances_train.json"
     for fmt, imp, exact in (("coco", lambda b: import_coco(b, coco_json), True),
                             ("voc", lambda b: import_voc(b, tmp_path / "voc"), True),

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..dataset import Store, load_image_file
-from .common import inside, iter_progress, json_dump, provenance, restore_kwargs
+from .common import inside, iter_progress, json_dump, restore_kwargs
 
 SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
 
@@ -48,7 +48,7 @@ def write(ctx) -> int:
             rec = s.rec
             name = f"{rec.id:08d}.png"
             inside(ctx.root, f"images/{split}/{name}").write_bytes(s.image_bytes)
-            prov = provenance(rec)
+            prov = s.provenance
             entry = {"id": rec.id, "file_name": name, "width": rec.width, "height": rec.height}
             if prov["origin"] == "photo":
                 n_photo += 1

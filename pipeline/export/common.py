@@ -90,6 +90,7 @@ class Sample:
     rec: Record
     image_bytes: bytes  # the stored PNG, copied as is where a format takes PNG
     instances: list[ExportInstance]
+    provenance: dict  # see provenance()
 
     @property
     def image(self) -> np.ndarray:
@@ -125,7 +126,7 @@ def load_sample(store: Store, rec: Record) -> Sample:
         meta = rec.instances[k] if len(rec.instances) == len(masks) else None
         inst.append(ExportInstance(cls, m.astype(bool), meta.source if meta else "generated",
                                    bool(getattr(meta, "iscrowd", False))))
-    return Sample(rec, data, inst)
+    return Sample(rec, data, inst, provenance(rec, store))
 
 
 def is_photo(rec: Record) -> bool:
@@ -133,11 +134,12 @@ def is_photo(rec: Record) -> bool:
     return rec.meta.get("origin") == "photo" or rec.model.startswith("real") or "coco_image_id" in rec.meta
 
 
-def provenance(rec: Record) -> dict:
+def provenance(rec: Record, store: Store | None = None) -> dict:
     """Where an image comes from, as written into every export (JSON-serialisable).
 
     Photos keep their licence, original id and file name; generated images their prompt,
-    seed, model, threshold and refiner. ``meta`` is the record's own, so an import of the
+    seed, model, threshold and refiner (a batch sample's refiner is in its run's
+    ``batch-<run>.json`` beside the store). ``meta`` is the record's own, so an import of the
     export restores the record as it was."""
     p = {"uid": rec.uid, "origin": "photo" if is_photo(rec) else "generated", "classes": list(rec.classes),
          "prompt": rec.prompt,
@@ -148,9 +150,24 @@ def provenance(rec: Record) -> dict:
         p.update(license=photo.get("license"), source_id=photo.get("source_id", rec.meta.get("coco_image_id")),
                  file_name=photo.get("file_name"), dataset=photo.get("dataset"))
     else:
-        batch = rec.meta.get("batch", {})
-        p["refiner"] = rec.meta.get("refiner") or batch.get("refiner")
+        run = rec.meta.get("batch", {}).get("run")
+        p["refiner"] = rec.meta.get("refiner") or (_batch_spec(str(store.root), run).get("refiner")
+                                                   if store is not None and run else None)
     return p
+
+
+_SPECS: dict[tuple[str, str], dict] = {}
+
+
+def _batch_spec(store_root: str, run: str) -> dict:
+    """A batch run's spec, cached once read (a run's file appears when its first pass ends)."""
+    key = (store_root, run)
+    if key not in _SPECS:
+        try:
+            _SPECS[key] = json.loads((Path(store_root) / f"batch-{run}.json").read_text())["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+    return _SPECS[key]
 
 
 def restore_kwargs(prov: dict) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..dataset import Store, StoreError
 from ..masks import bbox
-from .common import SPLIT_NAMES, ExportError, inside, png_bytes, provenance, restore_kwargs
+from .common import SPLIT_NAMES, ExportError, inside, png_bytes, restore_kwargs
 
 
 def features(categories: Sequence[str]):
@@ -74,7 +74,7 @@ def write(ctx) -> int:
                 objects["source"].append(i.source)
                 objects["iscrowd"].append(i.iscrowd)
             n_inst += len(inst)
-            prov = provenance(rec)
+            prov = s.provenance
             if prov["origin"] == "generated":
                 models.add(rec.model or "unknown")
             lic = prov.get("license")

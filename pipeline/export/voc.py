@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..dataset import Store, StoreError, load_image_file
 from ..masks import bbox
-from .common import (VOC_CLASSES, ExportError, inside, iter_progress, json_dump, mask_to_polygons, provenance,
+from .common import (VOC_CLASSES, ExportError, inside, iter_progress, json_dump, mask_to_polygons,
                      restore_kwargs, voc_palette)
 
 BASE = "VOCdevkit/VOC2012"
@@ -139,7 +139,7 @@ def write(ctx) -> int:
                 im.save(inside(root, f"{BASE}/{folder}/{name}.png"))
             inside(root, f"{BASE}/Annotations/{name}.xml").write_bytes(
                 _xml(name, rec.width, rec.height, [(i.class_name, i.mask, h) for i, h in zip(objs, hidden)]))
-            prov_all[name] = {**provenance(rec), "instances": [{"class": i.class_name, "source": i.source}
+            prov_all[name] = {**s.provenance, "instances": [{"class": i.class_name, "source": i.source}
                                                                for i in objs]}
         for sets in ("Segmentation", "Main"):
             inside(root, f"{BASE}/ImageSets/{sets}/{split}.txt").write_text("".join(n + "\n" for n in names))

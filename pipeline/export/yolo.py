@@ -28,7 +28,7 @@ import numpy as np
 
 from ..dataset import Store, StoreError, load_image_file
 from ..masks import bbox
-from .common import inside, json_dump, mask_to_polygon, polygon_to_mask, provenance, restore_kwargs
+from .common import inside, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
 
 TASKS = ("segment", "detect")
 NO_CROWD = "crowd regions (no YOLO equivalent)"
@@ -70,7 +70,7 @@ def write(ctx) -> int:
                 kept.append({"class": i.class_name, "source": i.source})
             n_inst += len(lines)
             inside(ctx.root, f"labels/{split}/{name}.txt").write_text("".join(ln + "\n" for ln in lines))
-            prov_all[f"{split}/{name}"] = {**provenance(rec), "instances": kept}
+            prov_all[f"{split}/{name}"] = {**s.provenance, "instances": kept}
     splits = list(ctx.splits)
     names = "\n".join(f"  {i}: {json.dumps(c)}" for c, i in cid.items())
     # no `path:` key: Ultralytics then resolves the folders beside this file (a relative `path` would be
