@@ -101,21 +101,35 @@ def cmd_export(args) -> int:
     store = Store(args.store, create=False)
     report = export(store, args.format, args.out, status=None if args.status == "any" else _csv(args.status),
                     classes=_csv(args.class_name), tags=args.tag, val_fraction=args.val, seed=args.seed,
-                    force=args.force, void_border=args.void_border, progress=True)
+                    force=args.force, void_border=args.void_border, yolo_task=args.yolo_task, progress=True)
     print(f"exported {report.n_images} images / {report.n_instances} instances ({report.splits}) "
           f"as {report.format} to {report.out}")
+    for what, n in report.lost.items():
+        print(f"not held by {report.format}: {n} {what}")
+    if report.damaged:
+        print(f"{len(report.damaged)} damaged sample(s) skipped (listed in {report.out}/manifest.json):",
+              file=sys.stderr)
+        for d in report.damaged:
+            print(f"  sample {d['sample_id']}: {d['reason']}", file=sys.stderr)
+        if not args.skip_damaged:
+            print("error: the export is incomplete; pass --skip-damaged to accept that", file=sys.stderr)
+            return 3
     return 0
 
 
 def cmd_import(args) -> int:
     from .dataset import Store
-    from .export import import_coco, import_voc
+    from .export import import_coco, import_hf, import_voc, import_yolo
 
     store = Store(args.store)
     if args.coco:
         ids = import_coco(store, args.coco, args.images, status=args.status, limit=args.limit, progress=True)
-    else:
+    elif args.voc:
         ids = import_voc(store, args.voc, split=args.split, status=args.status, progress=True)
+    elif args.yolo:
+        ids = import_yolo(store, args.yolo, status=args.status, progress=True)
+    else:
+        ids = import_hf(store, args.hf, status=args.status, progress=True)
     print(f"imported {len(ids)} images into {args.store}")
     return 0
 
@@ -240,25 +254,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_batch)
 
-    e = sub.add_parser("export", help="export curated samples as COCO, VOC or a Hugging Face dataset")
+    e = sub.add_parser("export", help="export curated samples as COCO, VOC, YOLO or a Hugging Face dataset")
     e.add_argument("--store", required=True)
-    e.add_argument("--format", required=True, help="coco, voc or hf")
+    e.add_argument("--format", required=True, help="coco, voc, yolo or hf")
     e.add_argument("--status", default="accepted", help="accepted, rejected, pending (comma-separated) or any")
     e.add_argument("--class", dest="class_name", default=None, help="only these classes (comma-separated)")
     e.add_argument("--tag", action="append", default=None, help="only samples with this tag (repeatable)")
     e.add_argument("--val", type=float, default=0.0, help="fraction of images for the validation split")
     e.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     e.add_argument("--void-border", type=int, default=0, help="VOC: mark N pixels around object borders 255")
-    e.add_argument("--force", action="store_true", help="replace an existing export folder")
+    e.add_argument("--yolo-task", default="segment", choices=("segment", "detect"),
+                   help="YOLO: polygons per instance (segment) or boxes (detect)")
+    e.add_argument("--force", action="store_true", help="replace a previous export in --out (never other folders)")
+    e.add_argument("--skip-damaged", action="store_true",
+                   help="exit 0 even if damaged samples (unreadable image/mask) were skipped")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("import", help="import a COCO or VOC dataset into a store (e.g. as backgrounds)")
+    i = sub.add_parser("import", help="import a COCO, VOC, YOLO or HF dataset into a store (e.g. as backgrounds)")
     i.add_argument("--store", required=True)
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--coco", help="COCO instances JSON")
-    src.add_argument("--voc", help="VOC root folder (JPEGImages, SegmentationClass, SegmentationObject)")
-    i.add_argument("--images", help="COCO images folder")
+    src.add_argument("--voc", help="VOC root folder (JPEGImages, ...) or a folder with VOCdevkit/VOC20xx")
+    src.add_argument("--yolo", help="YOLO segmentation folder (data.yaml, images/, labels/)")
+    src.add_argument("--hf", help="Hugging Face dataset folder exported by this project")
+    i.add_argument("--images", help="COCO images folder (default: images/<split> beside annotations/)")
     i.add_argument("--split", default=None, help="VOC ImageSets/Segmentation split name")
     i.add_argument("--status", default="accepted")
     i.add_argument("--limit", type=int, default=None)

@@ -109,6 +109,7 @@ class Instance:
     mask: str
     bbox: list[int]  # XYXY, x2/y2 exclusive
     source: str = "generated"  # one of SOURCES
+    iscrowd: bool = False  # a COCO crowd region (one mask over a group of objects), kept from an import
 
 
 @dataclass
@@ -356,9 +357,11 @@ class Store:
             heat_map: np.ndarray | None = None, threshold: float | None = None, refined_mask: np.ndarray | None = None,
             status: str = "pending", tags: Iterable[str] = (), notes: str = "", meta: dict | None = None,
             inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None,
-            user_threshold: float | None = None, replace: bool = False) -> int:
+            user_threshold: float | None = None, replace: bool = False,
+            instance_crowd: Sequence[bool] | None = None) -> int:
         """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs,
-        back to front; ``instance_sources`` says where each came from (:data:`SOURCES`).
+        back to front; ``instance_sources`` says where each came from (:data:`SOURCES`);
+        ``instance_crowd``: per instance, whether it is a COCO crowd region (default: none are).
 
         A ``generated`` instance of a sample with a heat map must be exactly the stored
         heat at the sample's threshold (``user_threshold`` if given, else ``threshold``),
@@ -406,8 +409,11 @@ class Store:
             return existing[0]
         from .masks import bbox
 
-        inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
-                for (n, m), s in zip(masks, sources)]
+        crowd = [bool(c) for c in (instance_crowd or [False] * len(masks))]
+        if len(crowd) != len(masks):
+            raise StoreError(f"{len(crowd)} crowd flags for {len(masks)} instances")
+        inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
+                for (n, m), s, c in zip(masks, sources, crowd)]
         now = time.time()
         row = dict(uid=uid, image=self.put_image(image), width=w, height=h, classes=json.dumps(classes),
                    prompt=prompt, seed=seed, model=model,
@@ -487,7 +493,8 @@ class Store:
         return self._execute("SELECT COUNT(*) FROM samples" + where, args).fetchone()[0]
 
     def update(self, sample_id: int, *, status: str | None = None, tags: Iterable[str] | None = None,
-               notes: str | None = None, instances: Sequence[tuple[str, np.ndarray, str]] | None = None,
+               notes: str | None = None,
+               instances: Sequence[tuple[str, np.ndarray, str] | tuple[str, np.ndarray, str, bool]] | None = None,
                inserted: Sequence[dict] | None = None, image: np.ndarray | None = None,
                classes: Sequence[str] | None = None, meta: dict | None = None, append_history: dict | None = None,
                ) -> Record:
@@ -518,15 +525,15 @@ class Store:
             from .masks import bbox
 
             checked = []
-            for name, m, source in instances:
+            for name, m, source, *crowd in instances:  # an optional 4th item: the crowd flag
                 m = np.asarray(m).astype(bool)
                 if m.shape != (h, w):
                     raise StoreError(f"instance mask of {name!r} is {m.shape}, the image is {(h, w)}")
                 if source not in SOURCES:
                     raise StoreError(f"bad instance source {source!r}; one of {SOURCES}")
-                checked.append((check_class(name), m, source))
-            sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s))
-                                            for n, m, s in checked])
+                checked.append((check_class(name), m, source, bool(crowd and crowd[0])))
+            sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
+                                            for n, m, s, c in checked])
         if inserted is not None:
             sets["inserted"] = json.dumps(list(inserted))
         if image is not None:

@@ -441,7 +441,12 @@ class CurateActions:
             raise
         clean_old_exports(keep=work)
         splits = ", ".join(f"{k} {v}" for k, v in rep.splits.items())
-        return archive, f"{rep.n_images} images, {rep.n_instances} instances ({splits})"
+        info = f"{rep.n_images} images, {rep.n_instances} instances ({splits})"
+        info += "".join(f"; not held by {fmt}: {n} {what}" for what, n in rep.lost.items())
+        if rep.damaged:  # listed with reasons in the zip's manifest.json
+            info += f"; **{len(rep.damaged)} damaged samples skipped**: " + ", ".join(
+                f"#{d['sample_id']} ({d['reason']})" for d in rep.damaged[:5])
+        return archive, info
 
 
 def _mkdir(path: Path) -> Path:
