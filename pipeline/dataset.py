@@ -437,7 +437,7 @@ class Store:
                 self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
                               (*sets.values(), cur["id"]))
             return cur["id"]
-        if status != "pending":
+        if status != "pending" and "history" not in (meta or {}):  # a given history is a restore (import)
             row["meta"] = json.dumps({**(meta or {}), "history": [_history("new", status, "save")]})
         cols = ", ".join(row)
         marks = ", ".join("?" * len(row))
