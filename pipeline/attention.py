@@ -29,10 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import PipelineError
+
 N_TRAIN_TIMESTEPS = 1000
 
 
-class WordNotInPromptError(ValueError):
+class WordNotInPromptError(PipelineError, ValueError):
     """The class word's tokens do not occur in the (tokenised, truncated) prompt."""
 
 
@@ -79,13 +81,20 @@ class CaptureConfig:
 AFFINITY_MAX_TOKENS = 1024
 
 
-def capture_for(refiner: str, config: CaptureConfig | None = None) -> CaptureConfig:
+def capture_for(refiner, config: CaptureConfig | None = None) -> CaptureConfig:
     """``config`` (default: everything) with the self-attention capture on exactly when the
-    refiner needs it."""
+    refiner needs it: ``refiner`` is a refiner, its class, or its registered name, and says so
+    by its ``needs_self_attention`` attribute (see :class:`pipeline.refine.Refiner`)."""
     from dataclasses import replace
 
+    if isinstance(refiner, str):
+        # pipeline.refine imports this module; the registry is looked up only for a name
+        from .refine import REFINERS
+
+        refiner = REFINERS[refiner]
+    needs = bool(getattr(refiner, "needs_self_attention", False))
     config = config or CaptureConfig()
-    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if refiner == "affinity" else 0)
+    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if needs else 0)
 
 
 @dataclass

@@ -29,6 +29,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import PipelineError
+from .images import ImageError, check_image, load_image_file  # noqa: F401 (re-exported: older imports use this module)
+
 STATUSES = ("pending", "accepted", "rejected")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _CLASS = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
@@ -55,13 +58,20 @@ CREATE TABLE IF NOT EXISTS samples (
     notes TEXT NOT NULL DEFAULT '',
     meta TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    run TEXT,
+    run_class TEXT,
+    run_k INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
 """
+# batch runs (pipeline.batch) file each candidate under (run, run_class, run_k): indexed, so a
+# resumed run finds what is done, and counts what it kept, in SQL instead of decoding every row
+RUN_COLUMNS = {"run": "TEXT", "run_class": "TEXT", "run_k": "INTEGER"}
+RUN_INDEX = "CREATE INDEX IF NOT EXISTS samples_run ON samples(run, run_class, run_k)"
 
 
-class StoreError(ValueError):
+class StoreError(PipelineError, ValueError):
     """Bad input for the store; nothing was written."""
 
 
@@ -112,6 +122,9 @@ class Record:
     meta: dict
     created: float
     updated: float
+    run: str | None = None  # batch candidates: the run key, class and k (indexed columns)
+    run_class: str | None = None
+    run_k: int | None = None
 
     @property
     def effective_threshold(self) -> float | None:
@@ -140,6 +153,28 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
         self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store made by an older version up to this schema (idempotent)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
+        if any(c not in have for c in RUN_COLUMNS):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}  # another process may have won
+                for c, kind in RUN_COLUMNS.items():
+                    if c not in have:
+                        self._db.execute(f"ALTER TABLE samples ADD COLUMN {c} {kind}")
+                # older batch runs kept run/class/k in meta only: copy them into the columns
+                self._db.execute("UPDATE samples SET run = json_extract(meta, '$.batch.run'), "
+                                 "run_class = json_extract(meta, '$.batch.class'), "
+                                 "run_k = json_extract(meta, '$.batch.k') "
+                                 "WHERE run IS NULL AND json_extract(meta, '$.batch.role') = 'candidate'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._db.execute(RUN_INDEX)
 
     def close(self) -> None:
         self._db.close()
@@ -171,7 +206,7 @@ class Store:
         return key
 
     def put_image(self, image: np.ndarray) -> str:
-        image = check_image(image)
+        image = _store_image(image)
         return self.put_bytes(_encode_png(image), "png")
 
     def put_mask(self, mask: np.ndarray) -> str:
@@ -205,12 +240,14 @@ class Store:
             uid: str | None = None, prompt: str = "", seed: int | None = None, model: str = "",
             heat_map: np.ndarray | None = None, threshold: float | None = None, refined_mask: np.ndarray | None = None,
             status: str = "pending", tags: Iterable[str] = (), notes: str = "", meta: dict | None = None,
-            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None) -> int:
-        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs.
+            inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None,
+            run: tuple[str, str, int] | None = None) -> int:
+        """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs;
+        ``run``: (run key, class, k) of a batch candidate, kept in indexed columns.
 
         Everything is validated before anything is written; with a ``uid`` already in the
         store, nothing is written and the existing id is returned."""
-        image = check_image(image)
+        image = _store_image(image)
         h, w = image.shape[:2]
         classes = [check_class(c) for c in classes]
         if not classes:
@@ -245,6 +282,8 @@ class Store:
                    instances=json.dumps(inst), inserted=json.dumps(list(inserted)), status=status,
                    tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=time.time(),
                    updated=time.time())
+        if run is not None:
+            row.update(run=str(run[0]), run_class=str(run[1]), run_k=int(run[2]))
         cols = ", ".join(row)
         marks = ", ".join("?" * len(row))
         # INSERT OR IGNORE + re-read: two processes racing on one uid both get the same id.
@@ -274,8 +313,17 @@ class Store:
         return None if row is None else self._record(row)
 
     def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
-              tags: Sequence[str] | None = None, limit: int | None = None) -> list[Record]:
-        """Samples matching every filter given (any of the classes, all of the tags), by id."""
+              tags: Sequence[str] | None = None, limit: int | None = None, run: str | None = None,
+              run_class: str | None = None) -> list[Record]:
+        """Samples matching every filter given (any of the classes, all of the tags, the batch
+        run and its class), by id."""
+        where, args = self._where(status, classes, tags, run, run_class)
+        sql = "SELECT * FROM samples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [self._record(r) for r in self._cursor().execute(sql, args)]
+
+    def _where(self, status, classes, tags, run, run_class) -> tuple[list[str], list]:
         where, args = [], []
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -290,13 +338,24 @@ class Store:
         for t in tags or ():
             where.append("EXISTS (SELECT 1 FROM json_each(samples.tags) WHERE value = ?)")
             args.append(check_tag(t))
-        sql = "SELECT * FROM samples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return [self._record(r) for r in self._cursor().execute(sql, args)]
+        for col, value in (("run", run), ("run_class", run_class)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(str(value))
+        return where, args
 
-    def count(self, **filters) -> int:
-        return len(self.query(**filters))
+    def count(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+              tags: Sequence[str] | None = None, run: str | None = None, run_class: str | None = None) -> int:
+        """How many samples :meth:`query` would return, counted in SQL (no row is read)."""
+        where, args = self._where(status, classes, tags, run, run_class)
+        sql = "SELECT COUNT(*) FROM samples" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._db.execute(sql, args).fetchone()[0]
+
+    def sql(self, query: str, args: Sequence = ()) -> list[tuple]:
+        """Read-only SQL over the ``samples`` table, for reports that aggregate (GROUP BY ...)."""
+        if not query.lstrip().upper().startswith("SELECT"):
+            raise StoreError("Store.sql runs SELECT statements only; change samples with add/update")
+        return self._db.execute(query, tuple(args)).fetchall()
 
     def update(self, sample_id: int, *, status: str | None = None, tags: Iterable[str] | None = None,
                notes: str | None = None, user_threshold: float | None | str = "keep",
@@ -324,7 +383,7 @@ class Store:
             sets["classes"] = json.dumps([check_class(c) for c in classes])
         h, w = rec.height, rec.width
         if image is not None:
-            image = check_image(image)
+            image = _store_image(image)
             if image.shape[:2] != (h, w):
                 raise StoreError(f"new image is {image.shape[:2]}, the sample is {(h, w)}")
         if instances is not None:
@@ -366,35 +425,10 @@ class Store:
         rows = self._db.execute("SELECT DISTINCT value FROM samples, json_each(samples.classes) ORDER BY value")
         return [r[0] for r in rows]
 
-    def instance_masks(self, rec: Record) -> list[tuple[str, np.ndarray]]:
-        return [(i.class_name, self.mask(i.mask)) for i in rec.instances]
 
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Accept HW (gray), HWC with 1/3/4 channels, uint8 or uint16; return HWC uint8 RGB."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise StoreError(f"an image must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise StoreError(f"an image must be uint8 or uint16, got {image.dtype}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[..., :3]  # alpha is dropped: samples are opaque photographs
-    return np.ascontiguousarray(image)
-
-
-def load_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as HWC uint8 RGB, with a clear error for corrupt files."""
+def _store_image(image: np.ndarray) -> np.ndarray:
+    """check_image with the store's error (nothing is written for a bad image)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                return check_image((np.asarray(im).astype(np.uint32) // 257).clip(0, 255).astype(np.uint8))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise StoreError(f"cannot read image {path}: {e}") from e
+        return check_image(image)
+    except ImageError as e:
+        raise StoreError(str(e)) from e

@@ -23,6 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import load_exact, read_state_dict
+from .compose import cut_out
+from .devices import resolve_device
+from .images import check_image
+from .placement import PlacementError, PlacementResult, rank_boxes
 
 FOPA_SCALES = tuple(round(i / 18, 4) for i in range(1, 17))
 INPUT_SIDE = 256
@@ -160,22 +164,21 @@ def _normalise(image: np.ndarray) -> torch.Tensor:
 
 
 class FopaScorer:
-    """Placement scores from an ObPlaNet checkpoint; same result type as placement.heatmap."""
+    """Placement scores from an ObPlaNet checkpoint: a :class:`pipeline.placement.Scorer`
+    (map values and box scores are the network's probabilities, in [0, 1])."""
 
     name = "fopa"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: ObPlaNet | None = None):
         if net is None:
             if checkpoint is None:
-                raise ValueError("the FOPA scorer needs its checkpoint (FOPA's *_state_final.pth)")
-            net = load_obplanet(checkpoint, device)
+                raise PlacementError("the FOPA scorer needs its checkpoint (FOPA's *_state_final.pth)")
+            net = load_obplanet(checkpoint, resolve_device(device))
         self.net = net.eval()
         self.device = next(net.parameters()).device
 
     def inputs(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, scale: float):
         """(bg, fg, mask) tensors for one scale, laid out as FOPA's data pipeline does."""
-        from .compose import cut_out
-
         crop, crop_mask = cut_out(fg, fg_mask)
         bh, bw = background.shape[:2]
         w, h = scaled_size(scale, crop.shape[:2], (bh, bw))
@@ -189,15 +192,16 @@ class FopaScorer:
         return _normalise(background), _normalise(canvas), torch.from_numpy(m)[None], (w, h)
 
     @torch.no_grad()
-    def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray,
-                 scales: Sequence[float] = FOPA_SCALES, top_k: int = 5, batch: int = 4):
+    def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, *,
+                 scales: Sequence[float] | None = None, existing_masks: Sequence[np.ndarray] = (),
+                 fg_class: str | None = None, top_k: int = 5, batch: int = 4):
         """``background`` HWC uint8, ``fg`` HWC uint8 with ``fg_mask`` HW bool (its own image).
         Returns a PlacementResult: per-scale maps at background size in [0, 1] (0 where the
-        box would leave the image, as upstream excludes the border) and ranked boxes."""
-        from .dataset import check_image
-        from .placement import PlacementError, PlacementResult, rank_boxes
-
+        box would leave the image, as upstream excludes the border) and ranked boxes.
+        ``existing_masks`` and ``fg_class`` are not inputs of FOPA's network: ignored."""
+        scales = FOPA_SCALES if scales is None else tuple(scales)
         background, fg = check_image(background), check_image(fg)
+        fg_mask = np.asarray(fg_mask)
         if fg_mask.shape != fg.shape[:2]:
             raise PlacementError(f"foreground mask {fg_mask.shape} does not match its image {fg.shape[:2]}")
         if not fg_mask.any():

@@ -15,35 +15,11 @@ import numpy as np
 import torch
 
 from .attention import AttentionMaps, CaptureConfig, trace
+from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = PROJECT_ROOT / "assets" / "embedded_model"
 DEFAULT_TEMPLATE = "a photograph of a {}"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says which path/id and what to do."""
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 def _offline() -> bool:
@@ -105,11 +81,6 @@ def _is_sd(path: Path) -> bool:
     import json
     index = json.loads((path / "model_index.json").read_text())
     return "safety_checker" in index
-
-
-def looks_like_path(spec: str) -> bool:
-    """A hub id is ``name`` or ``owner/name``; anything else (./x, /x, a/b/c, ~) is a path."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
 @dataclass

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import load_exact, read_state_dict
+from .devices import resolve_device
+from .harmonize import HarmonizeError, check_composite
 
 SIDE = 256
 
@@ -142,21 +144,23 @@ def load_rainnet(checkpoint: str | Path, device: str = "cpu") -> RainNet:
 
 
 class RainNetHarmonizer:
-    """``(image HWC uint8, mask HW bool) -> image`` with a RainNet checkpoint."""
+    """``(image HWC uint8, mask HW bool) -> image`` with a RainNet checkpoint: a
+    :class:`pipeline.harmonize.Harmonizer`."""
+
+    name = "rainnet"
+    needs_checkpoint = True
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: RainNet | None = None):
         if net is None:
             if checkpoint is None:
-                raise ValueError("the rainnet harmonizer needs a checkpoint (RainNet's net_G.pth)")
-            net = load_rainnet(checkpoint, device)
+                raise HarmonizeError("the rainnet harmonizer needs a checkpoint (RainNet's net_G.pth)")
+            net = load_rainnet(checkpoint, resolve_device(device))
         self.net = net.eval()
         self.device = next(net.parameters()).device
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        from .harmonize import _check
-
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         h, w = image.shape[:2]
         small = cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1
         m = (cv2.resize(mask.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_NEAREST) > 0.5)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import ROOT, SHARED
 from pipeline.dataset import Store, StoreError, load_image_file
+from pipeline.images import ImageError
 from pipeline.export import ExportError, VOC_CLASSES, export, import_coco, import_voc, voc_palette
 from pipeline.masks import iou
 
@@ -97,7 +98,7 @@ def test_image_kinds_are_normalised(store):
 def test_corrupt_image_file_is_clear(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(StoreError, match="cannot read image"):
+    with pytest.raises(ImageError, match="cannot read image"):
         load_image_file(bad)
 
 
