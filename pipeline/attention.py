@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 N_TRAIN_TIMESTEPS = 1000
 
@@ -139,7 +139,7 @@ class AttentionMaps:
         nothing was recorded or the map is flat (no evidence of the object anywhere)."""
         res_list = [r for r in (resolutions or self.resolutions) if r in self.sums]
         if not res_list:
-            raise ValueError(f"none of the resolutions {list(resolutions or [])} were captured; "
+            raise ConfigError(f"none of the resolutions {list(resolutions or [])} were captured; "
                              f"captured: {self.resolutions}")
         acc = np.zeros(self.image_size, np.float32)
         total_w = 0.0

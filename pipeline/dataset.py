@@ -314,10 +314,13 @@ class Store:
 
     def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
               tags: Sequence[str] | None = None, limit: int | None = None, run: str | None = None,
-              run_class: str | None = None) -> list[Record]:
+              run_class: str | None = None, run_k_below: int | None = None) -> list[Record]:
         """Samples matching every filter given (any of the classes, all of the tags, the batch
-        run and its class), by id."""
+        run, its class, candidates k < ``run_k_below``), by id."""
         where, args = self._where(status, classes, tags, run, run_class)
+        if run_k_below is not None:
+            where.append("run_k < ?")
+            args.append(int(run_k_below))
         sql = "SELECT * FROM samples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -350,6 +353,13 @@ class Store:
         where, args = self._where(status, classes, tags, run, run_class)
         sql = "SELECT COUNT(*) FROM samples" + (" WHERE " + " AND ".join(where) if where else "")
         return self._db.execute(sql, args).fetchone()[0]
+
+    def run_keys(self, run: str) -> dict[str, set[int]]:
+        """class -> the k of every candidate of batch run ``run`` in the store (read off the index)."""
+        out: dict[str, set[int]] = {}
+        for c, k in self._db.execute("SELECT run_class, run_k FROM samples WHERE run = ?", (str(run),)):
+            out.setdefault(c, set()).add(k)
+        return out
 
     def sql(self, query: str, args: Sequence = ()) -> list[tuple]:
         """Read-only SQL over the ``samples`` table, for reports that aggregate (GROUP BY ...)."""

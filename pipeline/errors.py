@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class PipelineError(Exception):
     """Something the user asked for cannot be done; the message says what and how to fix it."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A setting is out of range or inconsistent (steps < 1, a template without {}, ...)."""

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset import Record, Store, StoreError, check_class, check_tag, load_image_file
+from .errors import PipelineError
 
 FORMATS = ("coco", "voc", "hf")
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -31,7 +32,7 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "tvmonitor")
 
 
-class ExportError(ValueError):
+class ExportError(PipelineError, ValueError):
     """The export cannot be made as asked; nothing was written."""
 
 
