@@ -25,11 +25,10 @@ from PIL import Image
 
 from .dataset import Record, Store, StoreError, check_class, check_tag, load_image_file
 from .errors import PipelineError
+from .vocab import VOC20
 
 FORMATS = ("coco", "voc", "hf")
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = ("background", *VOC20)  # PASCAL VOC's label order: index = class id in the PNGs
 
 
 class ExportError(PipelineError, ValueError):

@@ -131,17 +131,25 @@ def test_placement_errors():
         heatmap(np.zeros((64, 64, 3), np.uint8), np.ones((8, 8), bool), scales=(2.0,))
 
 
-def test_harmonizers_fix_a_real_perturbed_object(coco_scene):
+def test_harmonizers_on_a_real_perturbed_object(coco_scene):
+    """A COCO object with its colours shifted (iHarmony4-style), five random shifts: the
+    learned and ring harmonizers bring it back toward the true photo, the naive global one
+    makes it worse (as the module says), and none of them touches a pixel outside the object."""
     bg, inst = coco_scene
     _, m = max(inst, key=lambda x: x[1].sum())
     rng = np.random.default_rng(0)
-    comp = perturb(bg, m, rng)
-    assert np.array_equal(comp[~m], bg[~m]) and fmse(comp, bg, m) > 10
-    for name in ("none", "ring", "global", "poisson"):
-        out = get_harmonizer(name)(comp, m)
-        assert out.shape == bg.shape and out.dtype == np.uint8
-        if name != "poisson":
+    errors = {name: [] for name in ("none", "ring", "global", "learned")}
+    for _ in range(5):
+        comp = perturb(bg, m, rng)
+        assert np.array_equal(comp[~m], bg[~m]) and fmse(comp, bg, m) > 10
+        for name in errors:
+            out = get_harmonizer(name)(comp, m)
+            assert out.shape == bg.shape and out.dtype == np.uint8
             assert np.array_equal(out[~m], comp[~m]), name  # only the object changes
+            errors[name].append(fmse(out, bg, m))
+    mean = {name: float(np.mean(e)) for name, e in errors.items()}
+    assert mean["learned"] < 0.5 * mean["none"], mean
+    assert mean["ring"] < mean["none"] < mean["global"], mean
     with pytest.raises(HarmonizeError):
         get_harmonizer("ring")(comp, np.zeros(m.shape, bool))
     with pytest.raises(HarmonizeError, match="unknown"):
