@@ -363,7 +363,9 @@ class Store:
 
     def sql(self, query: str, args: Sequence = ()) -> list[tuple]:
         """Read-only SQL over the ``samples`` table, for reports that aggregate (GROUP BY ...)."""
-        if not query.lstrip().upper().startswith("SELECT"):
+        words = query.upper().split()
+        head = " ".join(words[3:4] if words[:3] == ["EXPLAIN", "QUERY", "PLAN"] else words[:1])
+        if head != "SELECT":
             raise StoreError("Store.sql runs SELECT statements only; change samples with add/update")
         return self._db.execute(query, tuple(args)).fetchall()
 

@@ -122,20 +122,20 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
                                      "pass a diffusers folder, a .safetensors/.ckpt file, or a hub id")
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, safety_checker=None,
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, safety_checker=None,
                                                      requires_safety_checker=False) \
-                if _is_sd(path) else DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+                if _is_sd(path) else DiffusionPipeline.from_pretrained(path, dtype=torch_dtype)
         elif path.suffix in (".safetensors", ".ckpt"):
             if not path.is_file():
                 raise ModelLoadError(f"model file {path} does not exist")
             cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
             kwargs = {"config": config} if config else {}
-            pipe = cls.from_single_file(str(path), torch_dtype=torch_dtype, local_files_only=_offline(), **kwargs)
+            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=_offline(), **kwargs)
         elif looks_like_path(spec):
             raise ModelLoadError(f"model path {path} does not exist. Pass an existing diffusers folder, a "
                                  ".safetensors/.ckpt file, a hub id, or nothing for the embedded model")
         else:
-            pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=torch_dtype, local_files_only=_offline())
+            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=_offline())
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises OSError/ValueError/HTTP errors with long texts

@@ -15,6 +15,7 @@ from pipeline import viz
 from pipeline.checkpoints import CheckpointError
 from pipeline.compose import ComposeError, paste
 from pipeline.dataset import Store, StoreError, check_image
+from pipeline.images import ImageError
 from pipeline.export import sample_instances
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
 from pipeline.placement import PlacementError, box_at, box_size, get_scorer, heatmap
@@ -95,7 +96,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox) -> None:
         if upload is not None:
             try:
                 bg = check_image(upload)
-            except StoreError as e:
+            except (StoreError, ImageError) as e:
                 raise gr.Error(str(e))
             ins = Insertion(bg, [], [], "upload")
         elif choice:

@@ -91,6 +91,7 @@ def test_mask_metrics_and_filter_reasons():
     assert f.reasons({"error": "flat heat map"}, i5) == ["refine_failed"]
 
 
+@pytest.mark.slow
 def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
     spec = BatchSpec.of(("ball", "star"), per_class=3, **FAST)
     a, rep = _run(tmp_path, "a", spec)
@@ -123,6 +124,7 @@ def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
     assert a.count(status="accepted") == sum(r.kept for r in rep2.classes.values()) < 6
 
 
+@pytest.mark.slow
 def test_per_class_threshold_is_calibrated_on_warmup(tmp_path):
     spec = BatchSpec.of(("pumpkin",), per_class=3, threshold_mode="per-class", warmup=4, **FAST)
     store, rep = _run(tmp_path, "s", spec)
@@ -137,6 +139,7 @@ def test_per_class_threshold_is_calibrated_on_warmup(tmp_path):
     assert store.count(status="accepted") == 3
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path):
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "batch", "--classes", "ball,star", "--per-class", "8", "--steps", "8",
@@ -180,6 +183,7 @@ def test_resume_after_kill_9(tmp_path):
     assert {k: v for k, v in _snapshot(store).items()} == _snapshot(clean)
 
 
+@pytest.mark.slow
 def test_insert_composites_with_thesaurus_suggestion(tmp_path):
     corpus = ["a ball next to a star", "a star and a ball", "a ball on the grass", "a star in the sky",
               "a leaf and a ball"]
@@ -205,6 +209,7 @@ def test_insert_composites_with_thesaurus_suggestion(tmp_path):
     assert rep2.generated == 0 and len(store.query(tags=["composite"])) == len(comps)
 
 
+@pytest.mark.slow
 def test_bad_specs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="per_class"):
         BatchSpec.of(("ball",), per_class=0)
@@ -218,6 +223,7 @@ def test_bad_specs_fail_clearly(tmp_path):
     assert out.returncode != 0 and "nope" in out.stderr
 
 
+@pytest.mark.slow
 def test_ray_two_workers_survive_a_killed_worker(tmp_path):
     pytest.importorskip("ray", reason="ray is in requirements.txt; install it")
     from pipeline.testing import failing_ray_executor

@@ -131,6 +131,7 @@ def test_placement_errors():
         heatmap(np.zeros((64, 64, 3), np.uint8), np.ones((8, 8), bool), scales=(2.0,))
 
 
+@pytest.mark.slow
 def test_harmonizers_on_a_real_perturbed_object(coco_scene):
     """A COCO object with its colours shifted (iHarmony4-style), five random shifts: the
     learned and ring harmonizers bring it back toward the true photo, the naive global one
@@ -157,6 +158,7 @@ def test_harmonizers_on_a_real_perturbed_object(coco_scene):
     assert ring_mask(m).any() and not (ring_mask(m) & m).any()
 
 
+@pytest.mark.slow
 def test_learned_harmonizer_beats_doing_nothing_on_held_out_photos():
     from pipeline.harmonize import ASSET, coco_objects
 

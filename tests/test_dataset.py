@@ -160,6 +160,7 @@ def test_voc_export_decodes_to_class_ids(store, tmp_path):
         assert np.array_equal(back.mask(r.instances[0].mask), store.mask(orig.instances[0].mask))
 
 
+@pytest.mark.slow
 def test_hf_export_loads_with_datasets(store, tmp_path):
     import datasets
 
@@ -195,6 +196,7 @@ def test_export_refuses_overwrite_bad_format_and_empty_selection(store, tmp_path
     assert not list(tmp_path.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_import_coco_mini_and_reexport_matches_originals(tmp_path):
     from pycocotools.coco import COCO
 
@@ -244,6 +246,7 @@ def _writer(tmp_path, store_dir, seed, n):
                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.mark.slow
 def test_two_processes_write_500_each(tmp_path):
     d = tmp_path / "shared_store"
     Store(d).close()
@@ -258,6 +261,7 @@ def test_two_processes_write_500_each(tmp_path):
         assert s.mask(r.instances[0].mask).shape == (32, 32)
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_loses_nothing_committed(tmp_path):
     d = tmp_path / "k"
     Store(d).close()
@@ -278,6 +282,7 @@ def test_kill_9_while_writing_loses_nothing_committed(tmp_path):
     assert {r.uid for r in recs} == {f"w7:{k}" for k in range(len(recs))}
 
 
+@pytest.mark.slow
 def test_kill_9_during_export_leaves_no_partial_folder(tmp_path):
     d = tmp_path / "big"
     s = Store(d)
@@ -303,9 +308,57 @@ def test_kill_9_during_export_leaves_no_partial_folder(tmp_path):
     assert not list(tmp_path.glob(".exp.partial-*"))
 
 
+@pytest.mark.slow
 def test_cli_export_rejects_path_tricks_in_tags(store, tmp_path):
     store.close()
     r = subprocess.run([sys.executable, "-m", "pipeline", "export", "--store", str(tmp_path / "store"), "--format",
                         "coco", "--tag", "../../x", "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "bad tag" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_count_is_sql_and_batch_columns_are_indexed(store, monkeypatch):
+    img, m = synthetic_sample(np.random.default_rng(7))
+    for k in range(3):
+        store.add(img, ["dog"], uid=f"c{k}", status="accepted" if k else "rejected", run=("r1", "dog", k))
+    expected = {"all": len(store.query()), "accepted": len(store.query(status="accepted")),
+                "run": len(store.query(run="r1")), "run accepted": len(store.query(run="r1", status="accepted")),
+                "dog, tag": len(store.query(classes=["dog"], tags=["batch1"]))}
+
+    def no_decoding(*a, **k):
+        raise AssertionError("count() decoded a row")
+
+    monkeypatch.setattr(Store, "_record", no_decoding)  # count() must not read rows back
+    assert {"all": store.count(), "accepted": store.count(status="accepted"), "run": store.count(run="r1"),
+            "run accepted": store.count(run="r1", status="accepted"),
+            "dog, tag": store.count(classes=["dog"], tags=["batch1"])} == expected
+    assert expected["run"] == 3 and expected["run accepted"] == 2
+    assert store.run_keys("r1") == {"dog": {0, 1, 2}} and store.run_keys("other") == {}
+    plan = " ".join(r[-1] for r in store.sql("EXPLAIN QUERY PLAN SELECT id FROM samples WHERE run = ? AND run_class = ?",
+                                             ("r1", "dog")))
+    assert "samples_run" in plan  # the lookup uses the index, not a scan
+    with pytest.raises(StoreError, match="SELECT"):
+        store.sql("DELETE FROM samples")
+
+
+def test_an_older_store_is_migrated(tmp_path):
+    """A store written before the run columns existed gets them, filled from its batch records."""
+    root = tmp_path / "old"
+    s = Store(root)
+    img, m = synthetic_sample(np.random.default_rng(3))
+    s.add(img, ["dog"], uid="cand", meta={"batch": {"role": "candidate", "run": "abc", "class": "dog", "k": 4}})
+    s.add(img, ["dog"], uid="plain")
+    s.close()
+    import sqlite3
+
+    db = sqlite3.connect(root / "store.sqlite")
+    db.execute("DROP INDEX samples_run")
+    for col in ("run", "run_class", "run_k"):
+        db.execute(f"ALTER TABLE samples DROP COLUMN {col}")  # as the older schema had it
+    db.commit()
+    db.close()
+    s = Store(root)
+    assert s.get_by_uid("cand").run == "abc" and s.get_by_uid("cand").run_k == 4
+    assert s.get_by_uid("plain").run is None
+    assert s.run_keys("abc") == {"dog": {4}} and s.count(run="abc", run_class="dog") == 1
+    Store(root).close()  # opening again is a no-op

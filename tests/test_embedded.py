@@ -16,6 +16,8 @@ from pipeline.generate import EMBEDDED_MODEL, generate, load_pipeline
 from pipeline.masks import iou
 from pipeline.refine import get_refiner, refine_and_choose
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def embedded():

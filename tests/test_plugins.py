@@ -114,6 +114,7 @@ def fopa_sample():
     return rgb(FOPA_DIR / "background/1674.jpg"), rgb(FOPA_DIR / "foreground/1674.jpg"), fm
 
 
+@pytest.mark.slow
 def test_scorers_share_one_signature_and_scores_in_0_1(fopa_sample):
     """The README calls FOPA as ``scorer(background, fg, fg_mask)``: the default takes the same
     call (it used to take (background, fg_mask) and fail with "too many values to unpack")."""
@@ -150,6 +151,7 @@ def test_new_plugins_show_in_cli_choices(registered):
         ap.parse_args(["generate", "--class", "ball", "--out", "o", "--refiner", "nope"])
 
 
+@pytest.mark.slow
 def test_new_plugins_run_in_a_batch(registered, tmp_path):
     from pipeline.batch import BatchSpec, FilterConfig, run_batch
     from pipeline.dataset import Store
@@ -178,6 +180,7 @@ def test_new_plugins_run_in_a_batch(registered, tmp_path):
         assert np.array_equal(after[~obj], before[~obj])  # only the object's pixels changed
 
 
+@pytest.mark.slow
 def test_new_plugins_show_in_the_studio_dropdowns(registered, tmp_path):
     import gradio as gr
 
