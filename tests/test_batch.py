@@ -94,7 +94,12 @@ def test_mask_metrics_and_filter_reasons():
 @pytest.mark.slow
 def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
     spec = BatchSpec.of(("ball", "star"), per_class=3, **FAST)
-    a, rep = _run(tmp_path, "a", spec)
+    events = []
+    a, rep = _run(tmp_path, "a", spec, progress=events.append)
+    # progress reaches the caller as it happens: candidates only grow, and the last event is the result
+    assert [e.computed for e in events] == sorted(e.computed for e in events) and events[-1].phase == "settle"
+    assert events[-1].kept == {"ball": 3, "star": 3} and events[-1].computed == rep.generated > 0
+    assert any(e.phase == "warmup" for e in events)
     b, _ = _run(tmp_path, "b", spec)
     assert _snapshot(a) == _snapshot(b)  # same seeds -> same pixels and masks (content-addressed blobs)
     kept = list(iter_kept(a, spec.run_key))
