@@ -47,6 +47,10 @@ class Registry(Generic[T]):
         self._factories[key] = factory
         return factory
 
+    def __setitem__(self, name: str, factory) -> None:
+        """``REFINERS["mine"] = MyRefiner``: the same as :meth:`register` (dict-style)."""
+        self.register(name, factory)
+
     def unregister(self, name: str) -> None:
         self._factories.pop(name.lower(), None)
 

@@ -100,6 +100,8 @@ def test_unknown_names_list_the_registered_ones():
     reg = Registry("thing")
     with pytest.raises(ValueError, match="lower-case"):
         reg.register("Mixed", object)
+    reg["box"] = dict  # dict-style registration, as the registries were dicts before
+    assert "box" in reg and reg.names() == ["box"] and reg.create("box", checkpoint=None) == {}
 
 
 @pytest.fixture(scope="module")
