@@ -99,7 +99,9 @@ def test_generate_slider_accept(page):
     r = image.bounding_box()
     page.mouse.click(r["x"] + r["width"] * 0.1, r["y"] + r["height"] * 0.1)  # a corner, outside the ball
     page.wait_for_function(f"(b) => ({refined})() !== b", arg=before, timeout=30000)
-    page.wait_for_load_state("networkidle")  # the new images have arrived before the screenshot
+    # the new images are decoded before the screenshot
+    page.wait_for_function("() => ['#image-view', '#refined-view'].every(s => { const i = document.querySelector("
+                           "s + ' img'); return i && i.complete && i.naturalWidth > 0; })", timeout=30000)
     page.screenshot(path=str(ARTIFACTS / "1-generate-inspect.png"), full_page=True)
     import numpy as np
     from PIL import Image
