@@ -68,7 +68,7 @@ def page(tmp_path_factory):
         browser.close()
 
 
-def wait_text(page, selector, text, timeout=120000):
+def wait_text(page, selector, text, timeout=300000):  # generous: CI machines may be loaded
     page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
                            arg=[selector, text], timeout=timeout)
 
