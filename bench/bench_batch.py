@@ -31,12 +31,11 @@ from _results import write_section  # noqa: E402
 def mask_overhead(n: int, steps: int, batch: int, reps: int = 2):
     import torch
 
-    from pipeline.batch import BatchSpec, _worker_models, candidate_seed, compute_candidates
-    from pipeline.generate import make_prompt
+    from pipeline.batch import BatchSpec, candidate_seed, compute_candidates, worker_models
 
-    spec = BatchSpec(("ball", "star", "kite", "leaf"), per_class=1, steps=steps, batch_size=batch)
+    spec = BatchSpec.of(("ball", "star", "kite", "leaf"), per_class=1, steps=steps, batch_size=batch)
     jobs = [(spec.classes[i % 4], i) for i in range(n)]
-    pipe, _ = _worker_models(spec)
+    pipe, _ = worker_models(spec)
     compute_candidates(spec, jobs[:batch])  # warm up
     plain, full, masks_s = [], [], []
     for _ in range(reps):  # interleaved, so drift hits both alike
@@ -44,7 +43,8 @@ def mask_overhead(n: int, steps: int, batch: int, reps: int = 2):
         for i in range(0, n, batch):
             chunk = jobs[i:i + batch]
             g = [torch.Generator().manual_seed(candidate_seed(0, c, k)) for c, k in chunk]
-            pipe([make_prompt(c) for c, _ in chunk], num_inference_steps=steps, guidance_scale=spec.guidance,
+            pipe([spec.generation.prompt(c) for c, _ in chunk], num_inference_steps=steps,
+                 guidance_scale=spec.generation.guidance,
                  generator=g, output_type="np")
         plain.append(time.perf_counter() - t)
         t = time.perf_counter()
@@ -55,7 +55,7 @@ def mask_overhead(n: int, steps: int, batch: int, reps: int = 2):
 
 
 def throughput(n: int, steps: int):
-    from pipeline.batch import BatchRun, BatchSpec, LocalExecutor, RayExecutor
+    from pipeline.batch import BatchRun, BatchSpec, FilterConfig, LocalExecutor, RayExecutor, compute_candidates
     from pipeline.dataset import Store
 
     rows = []
@@ -66,22 +66,16 @@ def throughput(n: int, steps: int):
                                ("Ray, 1 CPU worker, batch 4", 4, lambda: RayExecutor(1)),
                                ("Ray, 2 CPU workers, batch 4", 4, lambda: RayExecutor(2))):
         # a filter that keeps everything, so every run computes exactly n candidates
-        from pipeline.batch import FilterConfig
-
-        spec = BatchSpec(classes, per_class=n // len(classes), steps=steps, batch_size=batch, warmup=0,
-                         filter=FilterConfig(0, 0, 0, 1, 0, 1))
+        spec = BatchSpec.of(classes, per_class=n // len(classes), steps=steps, batch_size=batch, warmup=0,
+                            filter=FilterConfig(0, 0, 0, 1, 0, 1))
         ex = make()
         with tempfile.TemporaryDirectory() as d:
             if isinstance(ex, LocalExecutor):
-                from pipeline.batch import compute_candidates
-
                 compute_candidates(spec, [("ball", 10_000)])  # load the model outside the timing
             else:
-                from pipeline.batch import compute_candidates
-
                 list(ex.map(compute_candidates, spec, [[("ball", 10_000)]] * ex.workers))  # start workers, load models
             t = time.perf_counter()
-            report = BatchRun(spec, Store(d), ex, progress=False).run()
+            report = BatchRun(spec, Store(d), ex).run()
             wall = time.perf_counter() - t
             ex.close()
         rows.append((label, report.generated, wall))
@@ -89,33 +83,27 @@ def throughput(n: int, steps: int):
 
 
 def filter_quality(per_class: int, steps: int):
-    from pipeline.batch import BatchSpec, FilterConfig, run_batch
+    from pipeline.batch import BatchRun, BatchSpec, FilterConfig, run_batch
     from pipeline.dataset import Store
     from pipeline.embedded import world
-    from pipeline.masks import DEFAULT_THRESHOLDS, iou
+    from pipeline.masks import iou
 
-    spec = BatchSpec(tuple(world.CLASS_NAMES), per_class=per_class, steps=steps, batch_size=8,
-                     filter=FilterConfig(0, 0, 0, 1, 0, 1))  # keep all, judge afterwards
+    spec = BatchSpec.of(tuple(world.CLASS_NAMES), per_class=per_class, steps=steps, batch_size=8,
+                        filter=FilterConfig(0, 0, 0, 1, 0, 1))  # keep all, judge afterwards
     with tempfile.TemporaryDirectory() as d:
         store = Store(d)
-        run_batch(spec, store, progress=False)
-        default = FilterConfig()
-        from pipeline.batch import BatchRun
-
-        judge = BatchRun(BatchSpec(spec.classes, per_class, steps=steps), store, progress=False)
-        done = judge._done()
-        judge._calibrate(done, None)  # class medians from the same warm-up candidates
+        run_batch(spec, store)
+        # the same run judged with the default filter: class medians from the same warm-up candidates
+        judge = BatchRun(BatchSpec.of(spec.classes, per_class, steps=steps, batch_size=8), store)
+        judge.calibrate()
         kept, dropped, reasons = [], [], {}
-        for c, recs in done.items():
-            for r in recs.values():
-                b = r.meta["batch"]
-                truth = world.colour_extent(store.image(r.image), world.CLASS_NAMES.index(c))
-                q = iou(store.mask(r.instances[0].mask), truth) if r.instances else 0.0
-                t = int(np.argmin(np.abs(DEFAULT_THRESHOLDS - r.threshold))) if r.threshold else 0
-                why = default.reasons(b["metrics"], t, judge.class_agreement[c])
-                (dropped if why else kept).append(q)
-                for w in why:
-                    reasons[w] = reasons.get(w, 0) + 1
+        for j in judge.judgements():
+            r = j.record
+            truth = world.colour_extent(store.image(r.image), world.CLASS_NAMES.index(j.class_name))
+            q = iou(store.mask(r.instances[0].mask), truth) if r.instances else 0.0
+            (dropped if j.reasons else kept).append(q)
+            for w in j.reasons:
+                reasons[w] = reasons.get(w, 0) + 1
     return kept, dropped, reasons
 
 

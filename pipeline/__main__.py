@@ -1,9 +1,17 @@
-"""Command line: ``python -m pipeline generate ...`` (more sub-commands join as stages land)."""
+"""Command line: ``python -m pipeline generate|batch|export|import|thesaurus|convert ...``.
+
+Flags for settings are generated from the config dataclasses' fields (name, type, default,
+``help``/``choices`` metadata): ``GenerationConfig`` and ``ModelConfig`` (pipeline.generate),
+the batch ``Policy``/``FilterConfig``/``InsertConfig`` (pipeline.batch.spec). A plug-in
+registered in a registry appears in the matching flag's choices.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import typing
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,68 +21,81 @@ def _csv_ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(ap: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), **help_overrides) -> None:
+    """One flag per field of dataclass ``cls`` (nested dataclasses are skipped): type from the
+    annotation (``X | None`` -> X), default from the field, ``help`` and ``choices`` (a list or
+    a callable returning one, e.g. a registry's ``names``) and ``flag`` from its metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip or is_dataclass(hints[f.name]):
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if args else kind
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        choices = f.metadata.get("choices")
+        choices = choices() if callable(choices) else choices
+        ap.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, type=kind, default=default,
+                        choices=choices, help=help_overrides.get(f.name, f.metadata.get("help")))
+
+
+def config_from_args(cls, args: argparse.Namespace, **extra):
+    """An instance of dataclass ``cls`` from the parsed flags that :func:`add_config_args` made."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+
+
 def add_model_args(ap: argparse.ArgumentParser) -> None:
-    from .presets import names
+    from .generate import ModelConfig
 
-    ap.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file or hub id "
-                    "(default: the embedded model in assets/embedded_model)")
-    ap.add_argument("--preset", default=None, choices=names("diffusion"),
-                    help="a named hub model, fetched into the HF cache on first use (instead of --model)")
-    ap.add_argument("--config", default=None, help="diffusers folder/hub id describing a single-file --model")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    ap.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    add_config_args(ap, ModelConfig)
 
 
-def _model(args) -> str | None:
-    """--model, or the local folder of --preset (resolved through the HF cache)."""
-    if getattr(args, "preset", None):
-        if args.model:
-            raise ValueError("give --model or --preset, not both")
-        from .presets import resolve
-
-        return str(resolve(args.preset))
-    return args.model
+def add_plugin_checkpoint(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--sam-checkpoint", dest="refiner_checkpoint", default=None,
+                    help="weights for a refiner that needs them (sam: segment-anything .pth, a transformers "
+                         "SAM folder / hub id, or a preset: sam-vit-b, sam-vit-b-pth)")
 
 
-def _sam_checkpoint(args) -> str | None:
-    """--sam-checkpoint: a path or hub id, or a SAM preset name (sam-vit-b, sam-vit-b-pth)."""
-    from .presets import names, resolve
+def plugin_checkpoint(value: str | None) -> str | None:
+    from .presets import resolve_checkpoint
 
-    ckpt = args.sam_checkpoint
-    return str(resolve(ckpt)) if ckpt in names("sam") else ckpt
+    return resolve_checkpoint(value)
 
 
 def cmd_generate(args) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from .attention import CaptureConfig, capture_for
-    from .generate import generate, load_pipeline
+    from .attention import CaptureConfig
+    from .generate import GenerationConfig, ModelConfig, generate
     from .refine import RefinementError, get_refiner, refine_and_choose
     from .viz import heat_to_rgb, mask_to_png
 
+    config = config_from_args(GenerationConfig, args)
+    model = config_from_args(ModelConfig, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = _model(args)
-    pipe = load_pipeline(model, args.device, args.dtype, args.config)
-    refiner_opts = {"checkpoint": _sam_checkpoint(args)} if args.refiner == "sam" else {}
-    refiner = get_refiner(args.refiner, **refiner_opts)
-    capture = capture_for(args.refiner, CaptureConfig(resolutions=args.resolutions or None,
-                                                      timestep_range=tuple(args.timesteps)))
+    pipe = model.load()
+    refiner = get_refiner(config.refiner, checkpoint=plugin_checkpoint(args.refiner_checkpoint), device=model.device)
+    capture = config.capture(CaptureConfig(resolutions=args.resolutions or None, timestep_range=tuple(args.timesteps)))
     classes = [c.strip() for c in args.class_name.split(",") if c.strip()]
     jobs = [(c, args.seed + k) for c in classes for k in range(args.n)]
     failures = 0
     for c, seed in tqdm(jobs, desc="generate", unit="image"):
-        sample = generate(pipe, c, seed, template=args.template, steps=args.steps, guidance=args.guidance,
-                          height=args.height, width=args.width, capture=capture)[0]
+        sample = generate(pipe, c, seed, config=config, capture=capture)[0]
         stem = out / f"{c.replace(' ', '_')}_{seed:06d}"
         heat = sample.heat_map
         Image.fromarray(sample.image).save(f"{stem}.png")
         np.save(f"{stem}_heat.npy", heat)
         Image.fromarray(heat_to_rgb(heat)).save(f"{stem}_heat.png")
-        record = {"class": c, "prompt": sample.prompt, "seed": seed, "model": args.preset or args.model or "embedded",
+        record = {"class": c, "prompt": sample.prompt, "seed": seed, "model": model.label,
                   "image": f"{stem.name}.png", "heat_map": f"{stem.name}_heat.npy", **sample.settings,
-                  "resolutions": sample.attention.resolutions, "refiner": args.refiner}
+                  "resolutions": sample.attention.resolutions, "refiner": config.refiner}
         try:
             choice = refine_and_choose(sample.image, heat, refiner, sample.attention)
             Image.fromarray(mask_to_png(choice.refined)).save(f"{stem}_refined.png")
@@ -135,11 +156,12 @@ def cmd_import(args) -> int:
 
 
 def cmd_thesaurus(args) -> int:
+    from .errors import ConfigError
     from .thesaurus import Thesaurus
 
     if args.action == "build":
         if not args.corpus:
-            raise ValueError("thesaurus build needs --corpus FILE [FILE ...]")
+            raise ConfigError("thesaurus build needs --corpus FILE [FILE ...]")
         # one table per file or glob, merged: counts add up, so shards can also be built apart
         th = Thesaurus.build(args.corpus[0], args.vocab, workers=args.workers, progress=True)
         for shard in args.corpus[1:]:
@@ -153,22 +175,49 @@ def cmd_thesaurus(args) -> int:
     return 0
 
 
-def cmd_batch(args) -> int:
-    from .batch import BatchSpec, FilterConfig, resolve_classes, run_batch
-    from .dataset import Store
+class TqdmProgress:
+    """Progress bars for a batch run, drawn from BatchRun's progress callback (CLI only)."""
 
-    spec = BatchSpec(classes=resolve_classes(args.classes), per_class=args.per_class, model=_model(args),
-                     config=args.config, device=args.device, dtype=args.dtype, template=args.template,
-                     steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
-                     refiner=args.refiner, sam_checkpoint=_sam_checkpoint(args), seed=args.seed,
-                     threshold_mode=args.threshold, warmup=args.warmup,
-                     filter=FilterConfig(args.min_agreement, args.relative_agreement, args.min_area, args.max_area,
-                                         args.min_contrast, args.max_border),
-                     max_candidates=args.max_candidates, batch_size=args.batch_size, insert=args.insert,
-                     thesaurus=args.thesaurus, harmonizer=args.harmonizer, fail_once=args.inject_worker_failure)
+    def __init__(self, classes, per_class: int):
+        from tqdm.auto import tqdm
+
+        self.overall = tqdm(total=len(classes) * per_class, desc="kept (all classes)", unit="img", position=0)
+        self.work = tqdm(desc="candidates", unit="img", position=1)
+        self.per_class = {c: tqdm(total=per_class, desc=f"  {c}", unit="img", position=2 + i, leave=False)
+                          for i, c in enumerate(classes)}
+
+    def __call__(self, event) -> None:
+        for c, n in event.kept.items():
+            self.per_class[c].n = n
+            self.per_class[c].refresh()
+        self.overall.n = event.total_kept
+        self.overall.refresh()
+        self.work.n = event.computed
+        self.work.refresh()
+
+    def close(self) -> None:
+        for bar in (*self.per_class.values(), self.work, self.overall):
+            bar.close()
+
+
+def cmd_batch(args) -> int:
+    from .batch import BatchSpec, FilterConfig, InsertConfig, Policy, make_executor, resolve_classes, run_batch
+    from .dataset import Store
+    from .generate import GenerationConfig, ModelConfig
+
+    policy = config_from_args(Policy, args, filter=config_from_args(FilterConfig, args))
+    spec = BatchSpec(resolve_classes(args.classes), args.per_class, generation=config_from_args(GenerationConfig, args),
+                     model=config_from_args(ModelConfig, args), seed=args.seed, policy=policy,
+                     insertion=config_from_args(InsertConfig, args), batch_size=args.batch_size,
+                     refiner_checkpoint=plugin_checkpoint(args.refiner_checkpoint))
     store = Store(args.store)
-    report = run_batch(spec, store, ray=args.ray, ray_address=args.ray_address, workers=args.workers,
-                       gpus_per_task=args.gpus_per_task, progress=not args.quiet)
+    executor = make_executor(args.ray, args.ray_address, args.workers, args.gpus_per_task)
+    bars = None if args.quiet else TqdmProgress(spec.classes, spec.per_class)
+    try:
+        report = run_batch(spec, store, executor, progress=bars)
+    finally:
+        if bars is not None:
+            bars.close()
     print(f"run {report.run_key}: {report.generated} candidates computed, {report.resumed} found in the store")
     print(report.table())
     if report.shortfall:
@@ -193,20 +242,16 @@ def cmd_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline", description="DiffuMask-Editor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
+    from .batch import FilterConfig, InsertConfig, Policy
+    from .generate import GenerationConfig
+
     g = sub.add_parser("generate", help="generate images with attention heat maps and masks")
     add_model_args(g)
     g.add_argument("--class", dest="class_name", required=True, help="class name(s), comma-separated")
     g.add_argument("--n", type=int, default=1, help="images per class")
     g.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed+k")
-    g.add_argument("--template", default="a photograph of a {}", help="prompt template with {} for the class")
-    g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--guidance", type=float, default=5.0)
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
-    g.add_argument("--sam-checkpoint", default=None,
-                   help="SAM weights: segment-anything .pth, a transformers SAM folder / hub id, "
-                   "or a preset (sam-vit-b, sam-vit-b-pth)")
+    add_config_args(g, GenerationConfig)
+    add_plugin_checkpoint(g)
     g.add_argument("--resolutions", type=_csv_ints, default=(), help="attention map sizes to use, e.g. 64,32,16")
     g.add_argument("--timesteps", type=int, nargs=2, default=(0, 999), metavar=("LO", "HI"))
     g.add_argument("--out", required=True)
@@ -220,37 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-class", type=int, required=True, help="kept samples wanted per class")
     b.add_argument("--store", required=True, help="curation store folder (created if missing)")
     b.add_argument("--seed", type=int, default=0, help="base seed of the run")
-    b.add_argument("--template", default="a photograph of a {}")
-    b.add_argument("--steps", type=int, default=25)
-    b.add_argument("--guidance", type=float, default=5.0)
-    b.add_argument("--height", type=int, default=None)
-    b.add_argument("--width", type=int, default=None)
-    b.add_argument("--refiner", default="grabcut", help="grabcut, sam, affinity, otsu")
-    b.add_argument("--sam-checkpoint", default=None,
-                   help="SAM weights: segment-anything .pth, a transformers SAM folder / hub id, "
-                   "or a preset (sam-vit-b, sam-vit-b-pth)")
-    b.add_argument("--threshold", choices=("per-image", "per-class"), default="per-image",
-                   help="mask threshold: chosen per image, or calibrated per class on --warmup candidates")
-    b.add_argument("--warmup", type=int, default=8, help="candidates per class that calibrate the class's "
-                   "threshold and agreement (0: absolute filter bounds only)")
-    b.add_argument("--min-agreement", type=float, default=0.5, help="filter: IoU(attention mask, refined mask)")
-    b.add_argument("--relative-agreement", type=float, default=0.95,
-                   help="filter: agreement must also reach this x the class's median warm-up agreement")
-    b.add_argument("--min-area", type=float, default=0.01, help="filter: mask area fraction")
-    b.add_argument("--max-area", type=float, default=0.85)
-    b.add_argument("--min-contrast", type=float, default=0.3, help="filter: heat of hottest 10%% - coldest 50%%")
-    b.add_argument("--max-border", type=float, default=0.1, help="filter: fraction of the frame the mask covers")
-    b.add_argument("--max-candidates", type=int, default=None, help="per class (default 3 x per-class + warmup)")
+    add_config_args(b, GenerationConfig)
+    add_plugin_checkpoint(b)
+    add_config_args(b, Policy)
+    add_config_args(b, FilterConfig)
     b.add_argument("--batch-size", type=int, default=4, help="prompts per UNet call")
-    b.add_argument("--insert", type=int, default=0, choices=(0, 1),
-                   help="1: also store a composite per kept sample with a thesaurus-suggested object inserted")
-    b.add_argument("--thesaurus", default=None, help="thesaurus table (default: shipped VOC or COCO table)")
-    b.add_argument("--harmonizer", default=None, help="harmonization method for inserted objects")
+    add_config_args(b, InsertConfig)
     b.add_argument("--ray", action="store_true", help="run on a local Ray instance with --workers CPU workers")
     b.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto or ray://head:10001)")
     b.add_argument("--workers", type=int, default=2, help="local Ray workers")
     b.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per task (1 = one task per GPU)")
-    b.add_argument("--inject-worker-failure", default=None, metavar="MARKER", help=argparse.SUPPRESS)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_batch)
 
@@ -334,13 +358,11 @@ def cmd_check(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .generate import ModelLoadError
-    from .presets import PresetUnavailable
-    from .refine import RefinerUnavailable
+    from .errors import PipelineError
 
     try:
         return args.func(args)
-    except (ModelLoadError, PresetUnavailable, RefinerUnavailable, ValueError, KeyError, FileNotFoundError) as e:
+    except (PipelineError, FileNotFoundError) as e:  # what the user can fix; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from .masks import quantize_heat
+from .errors import ConfigError, PipelineError
 
 N_TRAIN_TIMESTEPS = 1000
 
 
-class WordNotInPromptError(ValueError):
+class WordNotInPromptError(PipelineError, ValueError):
     """The class word's tokens do not occur in the (tokenised, truncated) prompt."""
 
 
@@ -81,13 +82,20 @@ class CaptureConfig:
 AFFINITY_MAX_TOKENS = 1024
 
 
-def capture_for(refiner: str, config: CaptureConfig | None = None) -> CaptureConfig:
+def capture_for(refiner, config: CaptureConfig | None = None) -> CaptureConfig:
     """``config`` (default: everything) with the self-attention capture on exactly when the
-    refiner needs it."""
+    refiner needs it: ``refiner`` is a refiner, its class, or its registered name, and says so
+    by its ``needs_self_attention`` attribute (see :class:`pipeline.refine.Refiner`)."""
     from dataclasses import replace
 
+    if isinstance(refiner, str):
+        # pipeline.refine imports this module; the registry is looked up only for a name
+        from .refine import REFINERS
+
+        refiner = REFINERS[refiner]
+    needs = bool(getattr(refiner, "needs_self_attention", False))
     config = config or CaptureConfig()
-    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if refiner == "affinity" else 0)
+    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if needs else 0)
 
 
 @dataclass
@@ -132,7 +140,7 @@ class AttentionMaps:
         nothing was recorded or the map is flat (no evidence of the object anywhere)."""
         res_list = [r for r in (resolutions or self.resolutions) if r in self.sums]
         if not res_list:
-            raise ValueError(f"none of the resolutions {list(resolutions or [])} were captured; "
+            raise ConfigError(f"none of the resolutions {list(resolutions or [])} were captured; "
                              f"captured: {self.resolutions}")
         acc = np.zeros(self.image_size, np.float32)
         total_w = 0.0

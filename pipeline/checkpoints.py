@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import PipelineError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(PipelineError, ValueError):
     """The checkpoint is missing, unreadable, or does not fit the network."""
 
 

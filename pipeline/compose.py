@@ -14,11 +14,12 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from .dataset import check_image
+from .errors import PipelineError
+from .images import check_image
 from .masks import bbox
 
 
-class ComposeError(ValueError):
+class ComposeError(PipelineError, ValueError):
     """The insertion cannot be made as asked (empty mask, bad box, ...)."""
 
 
@@ -28,12 +29,15 @@ class Composite:
     instances: list[tuple[str, np.ndarray]]  # updated older instances, then the new one (last)
     record: dict = field(default_factory=dict)
 
-    def class_mask(self, class_ids: dict[str, int]) -> np.ndarray:
-        """(H, W) uint8 class-id map, later instances on top."""
-        out = np.zeros(self.image.shape[:2], np.uint8)
-        for name, m in self.instances:
-            out[m] = class_ids[name]
-        return out
+
+def soft_rim(alpha: np.ndarray, mask: np.ndarray, feather: float) -> np.ndarray:
+    """Blend weights (H, W) float32 in [0, 1] that fade over ``feather`` px just inside the
+    object's outline: ``alpha`` blurred, at least 0.5 inside ``mask`` and exactly 0 outside,
+    so a blend never leaks past the mask and never shows a hard seam."""
+    alpha = np.asarray(alpha, np.float32)
+    if feather <= 0:
+        return np.where(mask, alpha, 0.0).astype(np.float32)
+    return np.clip(np.where(mask, np.maximum(cv2.GaussianBlur(alpha, (0, 0), feather), 0.5), 0.0), 0, 1).astype(np.float32)
 
 
 def fit_box(box: Sequence[float], image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -65,14 +69,15 @@ def cut_out(fg: np.ndarray, fg_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def paste(background: np.ndarray, instances: Sequence[tuple[str, np.ndarray]], fg: np.ndarray, fg_mask: np.ndarray,
-          box: Sequence[float], class_name: str, harmonizer: Callable | None = None, harmonizer_name: str = "none",
-          feather: float = 1.0) -> Composite:
+          box: Sequence[float], class_name: str, harmonizer: Callable | None = None,
+          harmonizer_name: str | None = None, feather: float = 1.0) -> Composite:
     """Insert the masked object ``fg`` into ``background`` scaled to ``box``.
 
     ``instances``: the background's (class, mask) pairs. The object's mask is resized with
     the object and is exact (hard); only the colour blend at its rim is feathered by
     ``feather`` pixels so edges do not look cut out. ``harmonizer(image, mask)`` runs on the
-    composite (see pipeline.harmonize)."""
+    composite (see pipeline.harmonize); the record names it by its ``name`` (or
+    ``harmonizer_name``; "none" without a harmonizer)."""
     if not class_name or not str(class_name).strip():
         raise ComposeError("the inserted object needs a class name")
     bg = check_image(background)
@@ -92,8 +97,7 @@ def paste(background: np.ndarray, instances: Sequence[tuple[str, np.ndarray]], f
     alpha = np.zeros((h, w), np.float32)
     alpha[y1:y2, x1:x2] = soft
     if feather > 0:
-        alpha = np.where(new_mask, np.maximum(cv2.GaussianBlur(alpha, (0, 0), feather), 0.5), 0.0)
-        alpha = np.clip(alpha, 0, 1)
+        alpha = soft_rim(alpha, new_mask, feather)
     layer = np.zeros_like(bg)
     layer[y1:y2, x1:x2] = obj
     image = (bg * (1 - alpha[..., None]) + layer * alpha[..., None]).round().astype(np.uint8)
@@ -109,6 +113,8 @@ def paste(background: np.ndarray, instances: Sequence[tuple[str, np.ndarray]], f
             updated.append((name, rest))
         else:
             dropped.append(name)
+    if harmonizer_name is None:
+        harmonizer_name = getattr(harmonizer, "name", "custom") if harmonizer is not None else "none"
     record = {"class": class_name, "box": [x1, y1, x2, y2], "harmonization": harmonizer_name,
               "area": int(new_mask.sum()), "occluded": occluded, "dropped": dropped}
     return Composite(image, updated + [(class_name, new_mask)], record)

@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 
 from .masks import HEAT_DTYPE, quantize_heat
+from .errors import PipelineError
+from .images import ImageError, check_image, load_image_file  # noqa: F401 (re-exported: older imports use this module)
 
 STATUSES = ("pending", "accepted", "rejected")
 # Where an instance mask came from. Only "generated" masks (the heat map at the sample's
@@ -69,13 +71,20 @@ CREATE TABLE IF NOT EXISTS samples (
     notes TEXT NOT NULL DEFAULT '',
     meta TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    run TEXT,
+    run_class TEXT,
+    run_k INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
 """
+# batch runs (pipeline.batch) file each candidate under (run, run_class, run_k): indexed, so a
+# resumed run finds what is done, and counts what it kept, in SQL instead of decoding every row
+RUN_COLUMNS = {"run": "TEXT", "run_class": "TEXT", "run_k": "INTEGER"}
+RUN_INDEX = "CREATE INDEX IF NOT EXISTS samples_run ON samples(run, run_class, run_k)"
 
 
-class StoreError(ValueError):
+class StoreError(PipelineError, ValueError):
     """Bad input for the store; nothing was written."""
 
 
@@ -137,6 +146,9 @@ class Record:
     meta: dict
     created: float
     updated: float
+    run: str | None = None  # batch candidates: the run key, class and k (indexed columns)
+    run_class: str | None = None
+    run_k: int | None = None
 
     @property
     def effective_threshold(self) -> float | None:
@@ -200,6 +212,7 @@ class Store:
                 f"masks under {self.root / 'blobs'} stay) and `python -m pipeline import` the data again")
 
     def _migrate(self) -> None:
+        self._migrate_columns()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version >= self.SCHEMA_VERSION:
             return
@@ -215,6 +228,27 @@ class Store:
                 self.set_threshold(sid, rec.user_threshold)
             except StoreError:
                 pass  # a damaged or hand-edited sample keeps what it has
+
+    def _migrate_columns(self) -> None:
+        """Bring a store made by an older version up to this schema (idempotent)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
+        if any(c not in have for c in RUN_COLUMNS):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}  # another process may have won
+                for c, kind in RUN_COLUMNS.items():
+                    if c not in have:
+                        self._db.execute(f"ALTER TABLE samples ADD COLUMN {c} {kind}")
+                # older batch runs kept run/class/k in meta only: copy them into the columns
+                self._db.execute("UPDATE samples SET run = json_extract(meta, '$.batch.run'), "
+                                 "run_class = json_extract(meta, '$.batch.class'), "
+                                 "run_k = json_extract(meta, '$.batch.k') "
+                                 "WHERE run IS NULL AND json_extract(meta, '$.batch.role') = 'candidate'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._db.execute(RUN_INDEX)
 
     def close(self) -> None:
         self._db.close()
@@ -272,7 +306,7 @@ class Store:
         return key
 
     def put_image(self, image: np.ndarray) -> str:
-        image = check_image(image)
+        image = _store_image(image)
         return self.put_bytes(_encode_png(image), "png")
 
     def put_mask(self, mask: np.ndarray) -> str:
@@ -358,10 +392,11 @@ class Store:
             status: str = "pending", tags: Iterable[str] = (), notes: str = "", meta: dict | None = None,
             inserted: Sequence[dict] = (), instance_sources: Sequence[str] | None = None,
             user_threshold: float | None = None, replace: bool = False,
-            instance_crowd: Sequence[bool] | None = None) -> int:
+            instance_crowd: Sequence[bool] | None = None, run: tuple[str, str, int] | None = None) -> int:
         """Store a sample; returns its id. ``instances``: (class name, HW bool mask) pairs,
         back to front; ``instance_sources`` says where each came from (:data:`SOURCES`);
-        ``instance_crowd``: per instance, whether it is a COCO crowd region (default: none are).
+        ``instance_crowd``: per instance, whether it is a COCO crowd region (default: none are);
+        ``run``: (run key, class, k) of a batch candidate, kept in indexed columns.
 
         A ``generated`` instance of a sample with a heat map must be exactly the stored
         heat at the sample's threshold (``user_threshold`` if given, else ``threshold``),
@@ -370,7 +405,7 @@ class Store:
         before anything is written. With a ``uid`` already in the store, nothing is written
         and the existing id is returned, unless ``replace``: then that row's content and
         status are replaced (one inspected sample stays one row however often it is saved)."""
-        image = check_image(image)
+        image = _store_image(image)
         h, w = image.shape[:2]
         classes = [check_class(c) for c in classes]
         if not classes:
@@ -422,6 +457,8 @@ class Store:
                    refined_mask=None if refined_mask is None else self.put_mask(refined_mask),
                    instances=json.dumps(inst), inserted=json.dumps(list(inserted)), status=status,
                    tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=now, updated=now)
+        if run is not None:
+            row.update(run=str(run[0]), run_class=str(run[1]), run_k=int(run[2]))
         if existing:
             # The same inspected sample saved again (accept, then reject...): one row, its
             # content and status replaced in one transaction; id, creation time and notes stay.
@@ -462,7 +499,21 @@ class Store:
         row = self._execute("SELECT * FROM samples WHERE uid=?", (uid,)).fetchone()
         return None if row is None else self._record(row)
 
-    def _where(self, status=None, classes=None, tags=None) -> tuple[str, list]:
+    def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+              tags: Sequence[str] | None = None, limit: int | None = None, offset: int = 0, run: str | None = None,
+              run_class: str | None = None, run_k_below: int | None = None) -> list[Record]:
+        """Samples matching every filter given (any of the classes, all of the tags, the batch
+        run, its class, candidates k < ``run_k_below``), by id; ``limit``/``offset`` page them."""
+        where, args = self._where(status, classes, tags, run, run_class)
+        if run_k_below is not None:
+            where.append("run_k < ?")
+            args.append(int(run_k_below))
+        sql = "SELECT * FROM samples" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return [self._record(r) for r in self._execute(sql, args)]
+
+    def _where(self, status=None, classes=None, tags=None, run=None, run_class=None) -> tuple[list[str], list]:
         where, args = [], []
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -477,20 +528,33 @@ class Store:
         for t in tags or ():
             where.append("EXISTS (SELECT 1 FROM json_each(samples.tags) WHERE value = ?)")
             args.append(check_tag(t))
-        return (" WHERE " + " AND ".join(where) if where else ""), args
+        for col, value in (("run", run), ("run_class", run_class)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(str(value))
+        return where, args
 
-    def query(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
-              tags: Sequence[str] | None = None, limit: int | None = None, offset: int = 0) -> list[Record]:
-        """Samples matching every filter given (any of the classes, all of the tags), by id."""
-        where, args = self._where(status, classes, tags)
-        sql = "SELECT * FROM samples" + where + " ORDER BY id"
-        if limit:
-            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
-        return [self._record(r) for r in self._execute(sql, args)]
+    def count(self, status: str | Sequence[str] | None = None, classes: Sequence[str] | None = None,
+              tags: Sequence[str] | None = None, run: str | None = None, run_class: str | None = None) -> int:
+        """How many samples :meth:`query` would return, counted in SQL (no row is read)."""
+        where, args = self._where(status, classes, tags, run, run_class)
+        sql = "SELECT COUNT(*) FROM samples" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._execute(sql, args).fetchone()[0]
 
-    def count(self, status=None, classes=None, tags=None) -> int:
-        where, args = self._where(status, classes, tags)
-        return self._execute("SELECT COUNT(*) FROM samples" + where, args).fetchone()[0]
+    def run_keys(self, run: str) -> dict[str, set[int]]:
+        """class -> the k of every candidate of batch run ``run`` in the store (read off the index)."""
+        out: dict[str, set[int]] = {}
+        for c, k in self._db.execute("SELECT run_class, run_k FROM samples WHERE run = ?", (str(run),)):
+            out.setdefault(c, set()).add(k)
+        return out
+
+    def sql(self, query: str, args: Sequence = ()) -> list[tuple]:
+        """Read-only SQL over the ``samples`` table, for reports that aggregate (GROUP BY ...)."""
+        words = query.upper().split()
+        head = " ".join(words[3:4] if words[:3] == ["EXPLAIN", "QUERY", "PLAN"] else words[:1])
+        if head != "SELECT":
+            raise StoreError("Store.sql runs SELECT statements only; change samples with add/update")
+        return self._db.execute(query, tuple(args)).fetchall()
 
     def update(self, sample_id: int, *, status: str | None = None, tags: Iterable[str] | None = None,
                notes: str | None = None,
@@ -518,7 +582,7 @@ class Store:
             sets["classes"] = json.dumps([check_class(c) for c in classes])
         h, w = rec.height, rec.width
         if image is not None:
-            image = check_image(image)
+            image = _store_image(image)
             if image.shape[:2] != (h, w):
                 raise StoreError(f"new image is {image.shape[:2]}, the sample is {(h, w)}")
         if instances is not None:
@@ -735,31 +799,9 @@ def _derive_generated(heat: np.ndarray, threshold: float, masks: list[np.ndarray
     return out
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Accept HW (gray), HWC with 1/3/4 channels, uint8 or uint16; return HWC uint8 RGB."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise StoreError(f"an image must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise StoreError(f"an image must be uint8 or uint16, got {image.dtype}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[..., :3]  # alpha is dropped: samples are opaque photographs
-    return np.ascontiguousarray(image)
-
-
-def load_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as HWC uint8 RGB, with a clear error for corrupt files."""
+def _store_image(image: np.ndarray) -> np.ndarray:
+    """check_image with the store's error (nothing is written for a bad image)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                return check_image((np.asarray(im).astype(np.uint32) // 257).clip(0, 255).astype(np.uint8))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise StoreError(f"cannot read image {path}: {e}") from e
+        return check_image(image)
+    except ImageError as e:
+        raise StoreError(str(e)) from e

@@ -45,7 +45,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import load_exact, read_state_dict
-from .placement import PlacementResult
+from .devices import resolve_device
+from .images import check_image
+from .placement import PlacementError, PlacementResult
 
 # exactly libcom's i / (1 + 16 + 1): sizes are truncated with int(), so a rounded scale can
 # move a size by one pixel
@@ -254,22 +256,22 @@ class FopaResult(PlacementResult):
 
 
 class FopaScorer:
-    """Placement scores from an ObPlaNet checkpoint; same result type as placement.heatmap."""
+    """Placement scores from an ObPlaNet checkpoint: a :class:`pipeline.placement.Scorer`
+    (map values and box scores are the network's probabilities, in [0, 1])."""
 
     name = "fopa"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: ObPlaNet | None = None):
         if net is None:
             if checkpoint is None:
-                raise ValueError("the FOPA scorer needs its checkpoint (libcom's FOPA.pth or FOPA's best_weight.pth)")
-            net = load_obplanet(checkpoint, device)
+                raise PlacementError("the FOPA scorer needs its checkpoint (libcom's FOPA.pth or FOPA's best_weight.pth)")
+            net = load_obplanet(checkpoint, resolve_device(device))
         self.net = net.eval()
         self.device = next(net.parameters()).device
 
     def inputs(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, scale: float):
         """(bg, fg, mask) tensors (3/3/1, 256, 256) for one scale, and the scaled foreground's
         (w, h): libcom's prepare_multi_fg_scales + generate_heatmap, in memory."""
-        from .dataset import check_image
 
         background, fg = check_image(background), check_image(fg)
         mask = _mask_uint8(fg_mask, fg.shape[:2])
@@ -300,8 +302,9 @@ class FopaScorer:
         return (fg_t, mask_t), (w, h)
 
     @torch.no_grad()
-    def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray,
-                 scales: Sequence[float] = FOPA_SCALES, top_k: int = 5, batch: int | None = None) -> FopaResult:
+    def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, *,
+                 scales: Sequence[float] | None = None, existing_masks: Sequence[np.ndarray] = (),
+                 fg_class: str | None = None, top_k: int = 5, batch: int | None = None) -> FopaResult:
         """``background`` HWC uint8; ``fg`` HWC uint8 with ``fg_mask`` HW bool (or uint8 0-255,
         e.g. a JPEG mask, used as upstream uses it: > 127 is the object), its own image, kept
         whole: pass a cut-out (:func:`pipeline.compose.cut_out`) for scales of the object itself.
@@ -310,12 +313,14 @@ class FopaScorer:
         (the 256x256 heat resized bilinearly, 0 where upstream excludes a centre), ``heat`` the
         256x256 maps themselves, and ``boxes``: up to ``top_k`` (scale, object XYXY box, heat),
         best first, the first being upstream's top-ranked placement. ``batch``: scales per
-        network call (default 1 on a CPU, where larger batches measured slower, 8 on a GPU)."""
+        network call (default 1 on a CPU, where larger batches measured slower, 8 on a GPU).
+        ``existing_masks`` and ``fg_class`` are not inputs of FOPA's network: ignored (the
+        :class:`pipeline.placement.Scorer` signature)."""
         from .compose import fit_box
-        from .dataset import check_image
         from .masks import bbox
-        from .placement import PlacementError, _iou
+        from .placement import _iou
 
+        scales = FOPA_SCALES if scales is None else scales
         background, fg = check_image(background), check_image(fg)
         mask = _mask_uint8(fg_mask, fg.shape[:2])
         scales = tuple(float(s) for s in scales)

@@ -8,42 +8,104 @@ attention capture only relies on diffusers' ``attn1``/``attn2`` naming.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .attention import AttentionMaps, CaptureConfig, trace
+from .attention import AttentionMaps, CaptureConfig, capture_for, trace
+from .errors import ConfigError
+from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
+
+from .refine import DEFAULT_REFINER, REFINERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = PROJECT_ROOT / "assets" / "embedded_model"
 DEFAULT_TEMPLATE = "a photograph of a {}"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says which path/id and what to do."""
+def make_prompt(class_name: str, template: str = DEFAULT_TEMPLATE) -> str:
+    if "{}" not in template and "{class}" not in template:
+        raise ConfigError(f"prompt template {template!r} has no '{{}}' or '{{class}}' for the class name")
+    return template.replace("{class}", "{}").format(class_name)
 
 
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    return device
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How an image and its mask are made: with the model and a seed, these fix the pixels and
+    the mask. The one home of the defaults (the paper's: 25 DDIM steps, guidance 5); ``generate``,
+    the batch runner, the CLI (its flags are made from these fields, ``help`` in each field's
+    metadata) and the studio's widgets read them from here. ``height``/``width`` None: the
+    model's own size."""
+
+    template: str = field(default=DEFAULT_TEMPLATE, metadata=_help("prompt template, {} = the class name"))
+    steps: int = field(default=25, metadata=_help("denoising steps"))
+    guidance: float = field(default=5.0, metadata=_help("classifier-free guidance scale"))
+    height: int | None = field(default=None, metadata=_help("image height (default: the model's)"))
+    width: int | None = field(default=None, metadata=_help("image width (default: the model's)"))
+    refiner: str = field(default=DEFAULT_REFINER, metadata=_help("mask refiner", choices=REFINERS.names))
+
+    def __post_init__(self):
+        make_prompt("x", self.template)  # a template without {} fails here, before any work
+        if int(self.steps) < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if not float(self.guidance) >= 0:
+            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
+        for side in ("height", "width"):
+            v = getattr(self, side)
+            if v is not None and (int(v) < 8 or int(v) % 8):
+                raise ConfigError(f"{side} must be a positive multiple of 8 (the VAE's factor), got {v}")
+        REFINERS[self.refiner]  # unknown refiner: a clear error listing the registered ones
+
+    def prompt(self, class_name: str) -> str:
+        return make_prompt(class_name, self.template)
+
+    def capture(self, config: CaptureConfig | None = None) -> CaptureConfig:
+        """The attention capture this config's refiner needs (self-attention for affinity)."""
+        return capture_for(self.refiner, config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights, where: ``model`` None = the embedded model; a diffusers folder, a
+    ``.safetensors``/``.ckpt`` file (with ``config``, a diffusers folder of its architecture)
+    or a hub id. ``device``/``dtype``: ``auto`` or a name (see :mod:`pipeline.devices`)."""
+
+    model: str | None = field(default=None, metadata=_help(
+        "diffusers folder, .safetensors/.ckpt file or hub id (default: the embedded model in assets/embedded_model)"))
+    preset: str | None = field(default=None, metadata=_help(
+        "a named hub model (sd15, sd21-base, sdxl-base, sd-turbo; see pipeline.presets), fetched into the "
+        "Hugging Face cache on first use, instead of --model"))
+    config: str | None = field(default=None, metadata=_help("diffusers folder/hub id describing a single-file --model"))
+    device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:1, ..."))
+    dtype: str = field(default="auto", metadata=_help("auto, float32, float16, bfloat16"))
+
+    @property
+    def label(self) -> str:
+        """What a record names as its model."""
+        return str(self.preset or self.model or "embedded")
+
+    def load(self):
+        if self.preset:
+            from . import presets
+
+            if self.model:
+                raise ConfigError("give a model or a preset, not both")
+            if self.preset not in presets.names("diffusion"):
+                raise ConfigError(f"unknown preset {self.preset!r}; one of {presets.names('diffusion')}")
+            return presets.load(self.preset, self.device, None if self.dtype == "auto" else self.dtype)
+        return load_pipeline(self.model, self.device, self.dtype, self.config)
+
+
+DEFAULTS = GenerationConfig()
 
 
 def _offline() -> bool:
@@ -71,20 +133,20 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json); "
                                      "pass a diffusers folder, a .safetensors/.ckpt file, or a hub id")
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, safety_checker=None,
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, safety_checker=None,
                                                      requires_safety_checker=False) \
-                if _is_sd(path) else DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+                if _is_sd(path) else DiffusionPipeline.from_pretrained(path, dtype=torch_dtype)
         elif path.suffix in (".safetensors", ".ckpt"):
             if not path.is_file():
                 raise ModelLoadError(f"model file {path} does not exist")
             cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
             kwargs = {"config": config} if config else {}
-            pipe = cls.from_single_file(str(path), torch_dtype=torch_dtype, local_files_only=_offline(), **kwargs)
+            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=_offline(), **kwargs)
         elif looks_like_path(spec):
             raise ModelLoadError(f"model path {path} does not exist. Pass an existing diffusers folder, a "
                                  ".safetensors/.ckpt file, a hub id, or nothing for the embedded model")
         else:
-            pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=torch_dtype, local_files_only=_offline())
+            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=_offline())
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises OSError/ValueError/HTTP errors with long texts
@@ -107,11 +169,6 @@ def _is_sd(path: Path) -> bool:
     return "safety_checker" in index
 
 
-def looks_like_path(spec: str) -> bool:
-    """A hub id is ``name`` or ``owner/name``; anything else (./x, /x, a/b/c, ~) is a path."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
-
-
 @dataclass
 class Sample:
     """One generated image and the attention to its class word."""
@@ -129,19 +186,16 @@ class Sample:
         return self.attention.heat_map()
 
 
-def make_prompt(class_name: str, template: str = DEFAULT_TEMPLATE) -> str:
-    if "{}" not in template and "{class}" not in template:
-        raise ValueError(f"prompt template {template!r} has no '{{}}' or '{{class}}' for the class name")
-    return template.replace("{class}", "{}").format(class_name)
-
-
-def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, template: str = DEFAULT_TEMPLATE,
-             steps: int = 25, guidance: float = 5.0, height: int | None = None, width: int | None = None,
-             capture: CaptureConfig = CaptureConfig(), prompt: str | list[str] | None = None) -> list[Sample]:
+def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, template: str | None = None,
+             steps: int | None = None, guidance: float | None = None, height: int | None = None,
+             width: int | None = None, capture: CaptureConfig | None = None, prompt: str | list[str] | None = None,
+             *, config: GenerationConfig | None = None) -> list[Sample]:
     """Generate one image per (class, seed) in one batched pipeline call, with attention capture.
 
-    Each image has its own ``torch.Generator(seed)``, so its initial noise is the same
-    whether it is generated alone or in a batch. What is promised about the pixels:
+    Settings come from ``config`` (default :class:`GenerationConfig`), overridden by the
+    keywords given; ``capture`` defaults to what the config's refiner needs. Each image has
+    its own ``torch.Generator(seed)``, so its initial noise is the same whether it is
+    generated alone or in a batch. What is promised about the pixels:
 
     - the same call (same classes, seeds and order) gives bit-identical images and maps;
     - the same seed at another batch position, or alone, gives the same image up to
@@ -151,21 +205,24 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     ``pipeline.batch`` therefore always computes a candidate in the same batch (candidates
     are grouped by index), so a resumed run reproduces an uninterrupted one exactly.
     """
+    given = dict(template=template, steps=steps, guidance=guidance, height=height, width=width)
+    config = replace(config or DEFAULTS, **{k: v for k, v in given.items() if v is not None})
+    capture = config.capture() if capture is None else capture
     classes = [class_name] if isinstance(class_name, str) else list(class_name)
     seeds = [seed] * len(classes) if isinstance(seed, int) else list(seed)
     if len(seeds) != len(classes):
-        raise ValueError(f"{len(classes)} classes but {len(seeds)} seeds")
+        raise ConfigError(f"{len(classes)} classes but {len(seeds)} seeds")
     prompts = [prompt] * len(classes) if isinstance(prompt, str) else \
-        list(prompt) if prompt is not None else [make_prompt(c, template) for c in classes]
+        list(prompt) if prompt is not None else [config.prompt(c) for c in classes]
     device = pipe.unet.device
     gen_device = "cpu" if device.type == "mps" else device
     generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
     with trace(pipe, prompts, classes, capture) as tracer:
-        out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                   height=height, width=width, output_type="np")
+        out = pipe(prompts, num_inference_steps=config.steps, guidance_scale=config.guidance, generator=generators,
+                   height=config.height, width=config.width, output_type="np")
     images = to_uint8(out.images)
     maps = tracer.maps(images.shape[1:3])
-    settings = {"steps": steps, "guidance": guidance, "template": template}
+    settings = {"steps": config.steps, "guidance": config.guidance, "template": config.template}
     return [Sample(img, c, p, int(s), m, dict(settings)) for img, c, p, s, m in zip(images, classes, prompts, seeds, maps)]
 
 

@@ -1,6 +1,8 @@
 """Harmonization: make a pasted object's colours fit the background.
 
-Methods (``get_harmonizer(name)``), each ``f(composite HWC uint8, mask HW bool) -> HWC uint8``:
+Every harmonizer follows :class:`Harmonizer`: ``h(composite HWC uint8, mask HW bool) -> HWC
+uint8``, and carries its registered ``name`` (recorded with each composite). They are
+registered in :data:`HARMONIZERS`; ``get_harmonizer(name, **options)`` builds one:
 
 - ``none``: the composite as is.
 - ``global``: the object's Lab mean/std set to the whole background's. The naive idea;
@@ -14,22 +16,30 @@ Methods (``get_harmonizer(name)``), each ``f(composite HWC uint8, mask HW bool) 
   photos (how iHarmony4 was made), predicts the object's true Lab mean/std from the
   composite's object, ring and background statistics.
 - ``poisson``: OpenCV seamless cloning (gradient-domain).
+- ``rainnet``: RainNet's published network (:mod:`pipeline.rainnet`), with ``checkpoint=``.
 
-The transform is applied inside the mask with a soft rim, so no seam appears.
+The transform is applied inside the mask with a soft rim (:func:`pipeline.compose.soft_rim`),
+so no seam appears.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from .compose import soft_rim
+from .errors import PipelineError
+from .images import ImageError, require_rgb
+from .plugins import Registry
+
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "harmonizer_ridge.npz"
 
 
-class HarmonizeError(ValueError):
-    pass
+class HarmonizeError(PipelineError, ValueError):
+    """The composite cannot be harmonized as given (bad shapes, empty or full mask, weights)."""
 
 
 def to_lab(image: np.ndarray) -> np.ndarray:
@@ -41,10 +51,13 @@ def from_lab(lab: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _check(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_composite(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(HWC uint8 RGB composite, HW bool mask of the object) checked; HarmonizeError otherwise."""
     mask = np.asarray(mask).astype(bool)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise HarmonizeError(f"composite must be HWC uint8 RGB, got {image.shape} {image.dtype}")
+    try:
+        image = require_rgb(image, "composite")
+    except ImageError as e:
+        raise HarmonizeError(str(e)) from e
     if mask.shape != image.shape[:2]:
         raise HarmonizeError(f"mask {mask.shape} does not match the composite {image.shape[:2]}")
     if not mask.any():
@@ -98,32 +111,51 @@ def apply_stats(image: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.n
     m0, s0 = stats(lab, mask)
     out = (lab - m0) / s0 * std + mean
     out[..., 0] = np.clip(out[..., 0], 0, 100)
-    alpha = mask.astype(np.float32)
-    if feather > 0:  # soft inside the rim, never outside the mask
-        alpha = np.where(mask, np.maximum(cv2.GaussianBlur(alpha, (0, 0), feather), 0.5), 0.0)
-    alpha = alpha[..., None]
+    alpha = soft_rim(mask.astype(np.float32), mask, feather)[..., None]
     blended = from_lab(lab * (1 - alpha) + out * alpha)
     result = image.copy()  # pixels outside the object stay bit-exact (no Lab round trip)
     result[mask] = blended[mask]
     return result
 
 
-def harmonize_none(image, mask):
-    return _check(image, mask)[0].copy()
+@runtime_checkable
+class Harmonizer(Protocol):
+    """What every harmonizer is: a callable that carries its registered name."""
+
+    name: str
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
 
-def harmonize_global(image, mask):
-    image, mask = _check(image, mask)
-    mean, std = stats(to_lab(image), ~mask)
-    return apply_stats(image, mask, mean, std)
+class NoHarmonizer:
+    """The composite as is."""
+
+    name: ClassVar[str] = "none"
+
+    def __call__(self, image, mask):
+        return check_composite(image, mask)[0].copy()
+
+
+class GlobalHarmonizer:
+    """The object's Lab mean/std set to the whole background's (the naive baseline)."""
+
+    name: ClassVar[str] = "global"
+
+    def __call__(self, image, mask):
+        image, mask = check_composite(image, mask)
+        mean, std = stats(to_lab(image), ~mask)
+        return apply_stats(image, mask, mean, std)
 
 
 @dataclass
 class RingHarmonizer:
+    """The object's Lab statistics moved ``strength`` of the way toward the ring around it."""
+
+    name: ClassVar[str] = "ring"
     strength: float = 0.15  # best of 0.15/0.3/0.5 in bench/bench_harmonize.py
 
     def __call__(self, image, mask):
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         lab = to_lab(image)
         fm, fs = stats(lab, mask)
         rm, rs = stats(lab, ring_mask(mask))
@@ -133,6 +165,9 @@ class RingHarmonizer:
 
 class LearnedHarmonizer:
     """Ridge regression from composite statistics to the object's true Lab mean/std."""
+
+    name: ClassVar[str] = "learned"
+    needs_checkpoint: ClassVar[bool] = not ASSET.exists()  # its weights ship in assets/
 
     def __init__(self, weights: str | Path = ASSET):
         path = Path(weights)
@@ -150,13 +185,21 @@ class LearnedHarmonizer:
         return y[:3], np.maximum(y[3:], 1e-2)
 
     def __call__(self, image, mask):
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         mean, std = self.predict(image, mask)
         return apply_stats(image, mask, mean, std)
 
 
-def harmonize_poisson(image, mask):
-    image, mask = _check(image, mask)
+class PoissonHarmonizer:
+    """OpenCV seamless cloning of the object onto the composite itself (gradient domain)."""
+
+    name: ClassVar[str] = "poisson"
+
+    def __call__(self, image, mask):
+        return _poisson(*check_composite(image, mask))
+
+
+def _poisson(image, mask):
     ys, xs = np.nonzero(mask)
     centre = (int((xs.min() + xs.max() + 1) // 2), int((ys.min() + ys.max() + 1) // 2))
     m = cv2.dilate(mask.astype(np.uint8) * 255, np.ones((3, 3), np.uint8))
@@ -168,8 +211,19 @@ def harmonize_poisson(image, mask):
     return out[..., ::-1].copy()
 
 
+HARMONIZERS: Registry[Harmonizer] = Registry("harmonization", HarmonizeError)
+HARMONIZERS.register("learned", LearnedHarmonizer)
+HARMONIZERS.register("ring", RingHarmonizer)
+HARMONIZERS.register("poisson", PoissonHarmonizer)
+HARMONIZERS.register("global", GlobalHarmonizer)
+HARMONIZERS.register("none", NoHarmonizer)
+HARMONIZERS.register("rainnet", "pipeline.rainnet:RainNetHarmonizer")  # needs checkpoint=; imported on use
+
+
 def available_methods() -> list[str]:
-    return ["learned", "ring", "poisson", "global", "none"] if ASSET.exists() else ["ring", "poisson", "global", "none"]
+    """Registered harmonizers that run without weights the user must supply (a class says so
+    with ``needs_checkpoint = True``)."""
+    return [n for n in HARMONIZERS if not getattr(HARMONIZERS[n], "needs_checkpoint", False)]
 
 
 def default_method() -> str:
@@ -177,24 +231,14 @@ def default_method() -> str:
     return "learned" if ASSET.exists() else "ring"
 
 
-def get_harmonizer(name: str | None = None, **options):
-    name = (name or default_method()).lower()
-    if name == "none":
-        return harmonize_none
-    if name == "global":
-        return harmonize_global
-    if name == "ring":
-        return RingHarmonizer(**options)
-    if name == "learned":
-        return LearnedHarmonizer(**options)
-    if name == "poisson":
-        return harmonize_poisson
-    if name == "rainnet":  # needs checkpoint=PATH (RainNet's published net_G weights)
-        from .rainnet import RainNetHarmonizer
+def get_harmonizer(name: str | None = None, **options) -> Harmonizer:
+    """Build a registered harmonizer (default: :func:`default_method`) from the options it
+    takes (``checkpoint``/``device`` for rainnet, ``strength`` for ring, ``weights`` for learned)."""
+    return HARMONIZERS.create(name or default_method(), **options)
 
-        return RainNetHarmonizer(**options)
-    raise HarmonizeError(f"unknown harmonization {name!r}; one of learned, ring, poisson, global, none, "
-                         "rainnet (with checkpoint=...)")
+
+# older names of the function-style methods
+harmonize_none, harmonize_global, harmonize_poisson = NoHarmonizer(), GlobalHarmonizer(), PoissonHarmonizer()
 
 
 # -- self-supervised data, training and metrics ---------------------------------------------

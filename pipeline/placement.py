@@ -1,6 +1,18 @@
-"""Where a new object fits in a background: a FOPA-style score map per scale, no weights.
+"""Where a new object fits in a background: placement scorers and their registry.
 
-``heatmap(background, fg_mask, ...)`` scores every box centre at every scale; the best box
+Every scorer follows :class:`Scorer`, one signature for all::
+
+    scorer(background, fg, fg_mask, *, scales=None, existing_masks=(), fg_class=None, top_k=5)
+        -> PlacementResult
+
+``background`` and ``fg`` HWC uint8, ``fg_mask`` HW bool of ``fg``'s size; the result holds
+per-scale maps in [0, 1] and ranked boxes with scores in [0, 1] (the best map value or box
+score is 1 for the weight-free scorer; FOPA's are its network's probabilities). Scorers are
+registered in :data:`SCORERS`: ``default`` (:class:`HeuristicScorer`, below, no weights) and
+``fopa`` (:class:`pipeline.fopa.FopaScorer`, FOPA's published network). A scorer may ignore
+inputs it has no use for (FOPA ignores ``existing_masks``; the default ignores ``fg``'s pixels).
+
+The default, ``heatmap(background, fg_mask, ...)``, scores every box centre at every scale; the best box
 follows the paper's eq. 4: centre = argmax of the map, size = scale x object size. Scores
 combine, at a working resolution of at most 128 px:
 
@@ -16,27 +28,34 @@ default is FOPA's i/18 for i = 2..16. Boxes never leave the image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
 
+from .errors import PipelineError
+from .images import check_image
 from .masks import bbox
+from .plugins import Registry
 
 FLYING = {"bird", "aeroplane", "airplane", "kite", "frisbee", "plane", "balloon"}
 DEFAULT_SCALES = tuple(round(i / 18, 4) for i in range(2, 17))
 WORK_SIDE = 128
 
 
-class PlacementError(ValueError):
-    pass
+class PlacementError(PipelineError, ValueError):
+    """The object cannot be placed as asked (empty mask, does not fit, bad inputs)."""
 
 
 @dataclass
 class PlacementResult:
+    """What a scorer returns. ``maps``: (S, H, W) float32 in [0, 1] at background size, the
+    score of a box centred at each pixel, per scale (0 = the box would not fit there);
+    ``boxes``: ranked ``(scale, XYXY box in background pixels, score in [0, 1])``."""
+
     scales: tuple[float, ...]
-    maps: np.ndarray  # (S, H, W) float32 in [0, 1]: score of a box centred at each pixel (0 = box would not fit)
-    boxes: list[tuple[float, tuple[int, int, int, int], float]]  # ranked (scale, XYXY box, score)
+    maps: np.ndarray
+    boxes: list[tuple[float, tuple[int, int, int, int], float]]
 
     @property
     def best(self) -> tuple[float, int, int]:
@@ -77,8 +96,6 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
     ``background`` HWC uint8; ``existing_masks`` HW bool masks of objects already there.
     Returns per-scale maps in [0, 1] at background size and the ``top_k`` boxes, ranked
     (deterministic: ties break by scale, then position)."""
-    from .dataset import check_image
-
     bg = check_image(background)
     H, W = bg.shape[:2]
     fb = bbox(np.asarray(fg_mask).astype(bool))
@@ -141,7 +158,9 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
             cands.append((float(score[yy, xx]), si, box_at((cx, cy), (bw_full, bh_full), (H, W))))
     if not cands:
         raise PlacementError(f"the object does not fit the {W}x{H} background at any of the scales {scales}")
-    hi = maps.max()
+    # one normaliser for maps and boxes: box scores are read at the working resolution and the
+    # maps are resized from it, so either can hold the highest value; both end in [0, 1]
+    hi = max(float(maps.max()), max(c[0] for c in cands))
     if hi > 0:
         maps /= hi
     cands.sort(key=lambda c: (-c[0], c[1], c[2]))
@@ -149,7 +168,7 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
     for sc, si, box in cands:
         if all(_iou(box, b) < 0.5 for b in taken):
             taken.append(box)
-            boxes.append((scales[si], box, sc / hi if hi > 0 else 0.0))
+            boxes.append((scales[si], box, float(sc / hi) if hi > 0 else 0.0))
         if len(boxes) >= top_k:
             break
     return PlacementResult(scales, maps, boxes)
@@ -179,15 +198,45 @@ def rank_boxes(maps: np.ndarray, scales: tuple[float, ...], sizes: Sequence[tupl
     return boxes
 
 
-def get_scorer(name: str = "default", checkpoint: str | None = None, device: str = "cpu"):
-    """``default``: :func:`heatmap` (no weights); ``fopa``: :class:`pipeline.fopa.FopaScorer`."""
-    if name == "default":
-        return heatmap
-    if name == "fopa":
-        from .fopa import FopaScorer
+@runtime_checkable
+class Scorer(Protocol):
+    """What every placement scorer is (see the module docstring for the contract)."""
 
-        return FopaScorer(checkpoint, device)
-    raise ValueError(f"unknown placement scorer {name!r}; choose default or fopa")
+    name: str
+
+    def __call__(self, background: np.ndarray, fg: np.ndarray, fg_mask: np.ndarray, *,
+                 scales: Sequence[float] | None = None, existing_masks: Sequence[np.ndarray] = (),
+                 fg_class: str | None = None, top_k: int = 5) -> PlacementResult: ...
+
+
+class HeuristicScorer:
+    """The weight-free scorer (free space, support, scale consistency): :func:`heatmap` behind
+    the common signature. ``fg`` is checked against ``fg_mask`` but only the mask's shape is used."""
+
+    name: ClassVar[str] = "default"
+
+    def __init__(self, weights: tuple[float, float, float, float] = (1.0, 0.5, 0.6, 0.4)):
+        self.weights = tuple(weights)
+
+    def __call__(self, background, fg, fg_mask, *, scales=None, existing_masks=(), fg_class=None, top_k=5):
+        fg = check_image(fg)
+        fg_mask = np.asarray(fg_mask)
+        if fg_mask.shape != fg.shape[:2]:
+            raise PlacementError(f"foreground mask {fg_mask.shape} does not match its image {fg.shape[:2]}")
+        return heatmap(background, fg_mask, DEFAULT_SCALES if scales is None else scales, existing_masks,
+                       fg_class, top_k, self.weights)
+
+
+SCORERS: Registry[Scorer] = Registry("placement scorer", PlacementError)
+SCORERS.register("default", HeuristicScorer)
+SCORERS.register("fopa", "pipeline.fopa:FopaScorer")  # imported on first use (torch network)
+DEFAULT_SCORER = "default"
+
+
+def get_scorer(name: str = DEFAULT_SCORER, checkpoint: str | None = None, **options) -> Scorer:
+    """Build a registered scorer from ``checkpoint`` and ``options`` (``device``...); each
+    scorer takes the ones it uses (fopa: checkpoint, device; default: none)."""
+    return SCORERS.create(name, checkpoint=checkpoint, **options)
 
 
 def _peaks(score: np.ndarray, n: int) -> list[tuple[int, int]]:

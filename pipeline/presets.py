@@ -20,10 +20,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PipelineError
+
 KINDS = ("diffusion", "sam", "placement")
 
 
-class PresetUnavailable(RuntimeError):
+class PresetUnavailable(PipelineError, RuntimeError):
     """A preset's files are neither in the HF cache nor downloadable from here."""
 
 
@@ -229,3 +231,11 @@ def preload_from_hub(preset_names: list[str]) -> list[str]:
         if p.repo is not None:
             lines.append(f"{p.repo} " + ",".join(f.split("|")[0] for f in p.files))
     return lines
+
+
+def resolve_checkpoint(value: str | None) -> str | None:
+    """A plug-in's weights as a user gives them: a path or hub id (returned as it is), or a
+    preset name (sam-vit-b, sam-vit-b-pth, fopa) resolved through the Hugging Face cache."""
+    if value and value in names("sam") + names("placement"):
+        return str(resolve(value))
+    return value

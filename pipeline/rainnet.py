@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import load_exact, read_state_dict
+from .devices import resolve_device
+from .harmonize import HarmonizeError, check_composite
 
 SIDE = 256
 
@@ -160,13 +162,17 @@ def _to_unit(image: Image.Image) -> torch.Tensor:
 
 
 class RainNetHarmonizer:
-    """``(image HWC uint8, mask HW bool) -> image`` with a RainNet checkpoint."""
+    """``(image HWC uint8, mask HW bool) -> image`` with a RainNet checkpoint: a
+    :class:`pipeline.harmonize.Harmonizer`."""
+
+    name = "rainnet"
+    needs_checkpoint = True
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: RainNet | None = None):
         if net is None:
             if checkpoint is None:
-                raise ValueError("the rainnet harmonizer needs a checkpoint (RainNet's net_G.pth)")
-            net = load_rainnet(checkpoint, device)
+                raise HarmonizeError("the rainnet harmonizer needs a checkpoint (RainNet's net_G.pth)")
+            net = load_rainnet(checkpoint, resolve_device(device))
         self.net = net.eval()
         self.device = next(net.parameters()).device
 
@@ -191,9 +197,7 @@ class RainNetHarmonizer:
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The harmonized composite at the image's size (HWC uint8); pixels outside ``mask``
         are returned unchanged."""
-        from .harmonize import _check
-
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         h, w = image.shape[:2]
         comp, out = self._run(image, mask)
         # the network's change, upsampled, added to the full-resolution composite inside the mask

@@ -1,8 +1,14 @@
 """Refiners: turn (image, heat map) into a refined object mask, chosen by name.
 
-Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResult`` with
-``image`` HWC uint8 RGB, ``heat`` (H, W) float in [0, 1] and ``attention`` the
-:class:`~pipeline.attention.AttentionMaps` of the image (needed by ``affinity`` only).
+Every refiner follows :class:`Refiner`: a callable
+``refiner(image, heat, attention=None, points=None, labels=None) -> RefineResult`` with
+``image`` HWC uint8 RGB, ``heat`` (H, W) float in [0, 1], ``attention`` the
+:class:`~pipeline.attention.AttentionMaps` of the image, and class attributes that say what it
+needs: ``name``, ``takes_points`` (user clicks), ``needs_self_attention`` (capture the UNet's
+self-attention with the image), ``stateful`` (holds per-image state, e.g. SAM's embedding: one
+image at a time per instance). They are registered in :data:`REFINERS`
+(:class:`pipeline.plugins.Registry`); a new refiner is a subclass of :class:`BaseRefiner` plus
+``REFINERS.register("name", Class)``.
 
 - ``grabcut`` (default): OpenCV GrabCut deciding only a band around the heat map's object
   boundary; no weights.
@@ -17,19 +23,24 @@ Every refiner is a callable ``refiner(image, heat, attention=None) -> RefineResu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from .attention import AttentionMaps, upsample
+from .devices import ModelLoadError, resolve_device
+from .errors import PipelineError
+from .images import ImageError, require_rgb
 from .masks import bbox
+from .plugins import Registry
 
 
-class RefinementError(ValueError):
+class RefinementError(PipelineError, ValueError):
     """The inputs cannot be refined (empty/NaN heat map, wrong shapes, missing attention)."""
 
 
-class RefinerUnavailable(RuntimeError):
+class RefinerUnavailable(PipelineError, RuntimeError):
     """A refiner needs something that is not here (a checkpoint, a package)."""
 
 
@@ -44,10 +55,35 @@ class RefineResult:
         return not bool(self.mask.any())
 
 
+@runtime_checkable
+class Refiner(Protocol):
+    """What every refiner is. Class attributes describe it without building it (the registry
+    holds classes), so the CLI and the studio can ask ``REFINERS["sam"].takes_points``."""
+
+    name: str
+    takes_points: bool  # accepts user clicks (points XY, labels 1 object / 0 background)
+    needs_self_attention: bool  # needs AttentionMaps.affinity: capture self-attention with the image
+    stateful: bool  # keeps per-image state between calls: share an instance with one session at a time
+
+    def __call__(self, image: np.ndarray, heat: np.ndarray, attention: AttentionMaps | None = None,
+                 points: np.ndarray | None = None, labels: np.ndarray | None = None) -> RefineResult: ...
+
+
+class BaseRefiner:
+    """Defaults of the :class:`Refiner` attributes; subclasses set what differs."""
+
+    name: ClassVar[str] = ""
+    takes_points: ClassVar[bool] = False
+    needs_self_attention: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+
+
 def check_inputs(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """Validate (HWC uint8, HW float) and return the heat map as float32; raise RefinementError."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise RefinementError(f"image must be HWC uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    try:
+        require_rgb(image)
+    except ImageError as e:
+        raise RefinementError(str(e)) from e
     if heat.shape != image.shape[:2]:
         raise RefinementError(f"heat map {heat.shape} does not match image size {image.shape[:2]}")
     heat = np.asarray(heat, np.float32)
@@ -64,16 +100,18 @@ def otsu_threshold(heat: np.ndarray) -> float:
     return float(t) / 255.0
 
 
-class OtsuRefiner:
+class OtsuRefiner(BaseRefiner):
+    """Otsu's threshold of the heat map: no refinement, a baseline."""
+
     name = "otsu"
 
-    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
         heat = check_inputs(image, heat)
         t = otsu_threshold(heat)
         return RefineResult(heat > t, self.name, {"threshold": t})
 
 
-class GrabCutRefiner:
+class GrabCutRefiner(BaseRefiner):
     """GrabCut confined to a band around the heat map's object boundary.
 
     Plain GrabCut seeded from a coarse map re-decides every pixel from two colour models,
@@ -162,20 +200,21 @@ class GrabCutRefiner:
         return RefineResult(mask, self.name, info)
 
 
-class AffinityRefiner:
+class AffinityRefiner(BaseRefiner):
     """Propagate the heat map with the UNet's own self-attention, then Otsu."""
 
     name = "affinity"
+    needs_self_attention = True
 
     def __init__(self, iterations: int = 2):
         self.iterations = iterations
 
-    def __call__(self, image, heat, attention: AttentionMaps | None = None) -> RefineResult:
+    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
         heat = check_inputs(image, heat)
         if attention is None or attention.affinity is None:
             raise RefinementError("the affinity refiner needs the self-attention captured with the image: "
                                   "generate again with the affinity refiner selected "
-                                  "(pipeline.attention.capture_for('affinity'))")
+                                  "(pipeline.attention.capture_for(refiner))")
         h, w = attention.affinity_hw
         small = cv2.resize(heat, (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
         aff = attention.affinity.astype(np.float32)
@@ -214,22 +253,22 @@ def sam_prompts(heat: np.ndarray, n_negative: int = 2, level: float = 0.5):
     return np.array(box, np.float32), np.array(points, np.float32), np.array(labels, np.int64)
 
 
-class SamRefiner:
+class SamRefiner(BaseRefiner):
     """SAM prompted from the heat map (plus optional user clicks); see :mod:`pipeline.sam`.
 
     As with SamPredictor, the image embedding is computed once per image (cached by
-    content), so repeated calls with extra clicks are cheap.
+    content), so repeated calls with extra clicks are cheap; that cache is per-image state.
     """
 
     name = "sam"
     takes_points = True
+    stateful = True
 
     def __init__(self, checkpoint: str | None = None, model_type: str | None = None, device: str = "auto"):
         """``checkpoint``: a segment-anything file, a transformers SAM folder or a hub id;
         ``model_type``: vit_b/vit_l/vit_h to insist on (None: what the file holds);
         ``device``: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1"..."""
-        from .generate import ModelLoadError, resolve_device
-        from .sam import SamUnavailable, load_sam_predictor
+        from .sam import SamUnavailable, load_sam_predictor  # segment-anything/transformers: only when asked for
 
         if not checkpoint:
             raise RefinerUnavailable(
@@ -257,17 +296,23 @@ class SamRefiner:
         return RefineResult(masks[best].astype(bool), self.name, {"score": float(scores[best]), "box": box.tolist()})
 
 
-REFINERS = {"grabcut": GrabCutRefiner, "sam": SamRefiner, "affinity": AffinityRefiner, "otsu": OtsuRefiner}
+REFINERS: Registry[Refiner] = Registry("refiner", RefinementError)
+REFINERS.register("grabcut", GrabCutRefiner)
+REFINERS.register("sam", SamRefiner)
+REFINERS.register("affinity", AffinityRefiner)
+REFINERS.register("otsu", OtsuRefiner)
 DEFAULT_REFINER = "grabcut"
 
 
-def get_refiner(name: str = DEFAULT_REFINER, **options):
-    """Build a refiner by name (``grabcut``, ``sam``, ``affinity``, ``otsu``)."""
-    try:
-        cls = REFINERS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown refiner {name!r}; choose one of {sorted(REFINERS)}") from None
-    return cls(**options)
+def get_refiner(name: str = DEFAULT_REFINER, **options) -> Refiner:
+    """Build a registered refiner by name from ``options``; each refiner takes the ones it
+    uses (``checkpoint``/``device`` for sam) and ignores the rest."""
+    return REFINERS.create(name, **options)
+
+
+def point_refiners() -> list[str]:
+    """Names of the registered refiners that take user clicks."""
+    return [n for n in REFINERS if REFINERS[n].takes_points]
 
 
 @dataclass
@@ -301,7 +346,8 @@ def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: A
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float32)
     if points is not None and len(points):
         if not getattr(refiner, "takes_points", False):
-            raise RefinementError(f"the {refiner.name} refiner does not take clicks; use grabcut or sam")
+            raise RefinementError(f"the {refiner.name} refiner does not take clicks; use one of "
+                                  f"{', '.join(point_refiners())}")
         points = np.asarray(points, np.float32).reshape(-1, 2)
         labels = np.asarray(labels, np.int64).reshape(-1)
         if len(labels) != len(points):

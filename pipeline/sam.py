@@ -17,16 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import is_hub_id
+from .errors import PipelineError
 
-class SamUnavailable(RuntimeError):
+
+class SamUnavailable(PipelineError, RuntimeError):
     """SAM cannot be loaded from what was given (missing file, package, offline hub)."""
-
-
-def is_hub_id(checkpoint: str) -> bool:
-    """``owner/name`` that is not a path on this machine (what ``from_pretrained`` would fetch)."""
-    p = Path(checkpoint)
-    return (not p.exists() and not p.is_absolute() and not p.suffix and checkpoint.count("/") == 1
-            and not checkpoint.startswith((".", "~")))
 
 
 class HFSamPredictor:

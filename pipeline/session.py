@@ -21,12 +21,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import PipelineError
 from .masks import mask_at, quantize_heat
 
 SOURCES = ("threshold", "refined")
 
 
-class SessionError(ValueError):
+class SessionError(PipelineError, ValueError):
     """An action that does not apply in the session's current state (message for the user)."""
 
 
@@ -347,7 +348,7 @@ class InsertSession:
     composite_sources: list = field(default_factory=list)
 
     def __post_init__(self):
-        from .dataset import check_image
+        from .images import check_image
 
         self.background = check_image(self.background)
         h, w = self.background.shape[:2]
@@ -366,7 +367,7 @@ class InsertSession:
                    f"sample #{rec.id}")
 
     def set_object(self, fg: np.ndarray, fg_mask: np.ndarray, class_name: str, origin: str = "generated") -> None:
-        from .dataset import check_image
+        from .images import check_image
 
         fg = check_image(fg)
         fg_mask = np.asarray(fg_mask, bool)
@@ -391,14 +392,12 @@ class InsertSession:
     def propose(self, scorer=None, top_k: int = 5):
         """Score placements (``scorer``: a placement scorer; default the weight-free one) and
         move the object to the best box. Returns the PlacementResult."""
-        from .placement import heatmap
+        from .placement import get_scorer
 
         self._need_object()
-        if scorer is None:
-            self.placement = heatmap(self.background, self.fg_mask, existing_masks=[m for _, m in self.instances],
-                                     fg_class=self.fg_class, top_k=top_k)
-        else:
-            self.placement = scorer(self.background, self.fg, self.fg_mask, top_k=top_k)
+        scorer = scorer or get_scorer("default")
+        self.placement = scorer(self.background, self.fg, self.fg_mask, existing_masks=[m for _, m in self.instances],
+                                fg_class=self.fg_class, top_k=top_k)
         s, (x1, y1, x2, y2), _ = self.placement.boxes[0]
         self.scale, self.centre = float(s), ((x1 + x2) / 2, (y1 + y2) / 2)
         return self.placement

@@ -100,3 +100,27 @@ def save_tiny_segment_anything(path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sam.state_dict(), path)
     return path
+
+
+def fail_once_then(marker: str, fn, spec, jobs):
+    """Run ``fn(spec, jobs)``, except that the first call anywhere (``marker`` file absent)
+    kills its own process, as a crashed GPU worker would; used by tests of Ray's retries."""
+    import os
+
+    if not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
+    return fn(spec, jobs)
+
+
+def failing_ray_executor(marker: str | Path, workers: int = 2):
+    """A :class:`pipeline.batch.RayExecutor` whose first task kills its worker process (test only)."""
+    from functools import partial
+
+    from .batch import RayExecutor
+
+    class FailOnceRayExecutor(RayExecutor):
+        def task(self, fn):
+            return partial(fail_once_then, str(marker), fn)
+
+    return FailOnceRayExecutor(workers)

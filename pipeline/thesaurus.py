@@ -2,10 +2,10 @@
 
 Similarity(o, b) = #captions mentioning both o and b / #captions mentioning b (paper eq. 3).
 
-Building streams the corpus in chunks: each chunk is joined into one string and scanned by a
-single compiled regex of every class term (synonyms and plurals, word boundaries, case-
-insensitive); the (caption, class) incidences become a sparse matrix X and the co-occurrence
-counts grow by X^T X. Memory depends on the chunk size, not the corpus size, so LAION-scale
+Building streams the corpus in chunks: each caption is split into words, and its words and
+word pairs are looked up in a dict of every class term (synonyms and plurals, case-insensitive;
+a two-word term wins over its words, see ``_Matcher``); the (caption, class) incidences become
+a sparse matrix X and the co-occurrence counts grow by X^T X. Memory depends on the chunk size, not the corpus size, so LAION-scale
 corpora work: pass many parquet shards (globs), or build one table per shard in parallel and
 ``merge`` them, since counts add up.
 
@@ -26,7 +26,19 @@ from typing import Iterable, Iterator
 import numpy as np
 from scipy import sparse
 
+from .errors import PipelineError
 from .vocab import expand, resolve_vocabulary
+
+
+class ThesaurusError(PipelineError, ValueError):
+    """A corpus or a query the thesaurus cannot use (no captions, unknown class, ...)."""
+
+
+class UnknownClass(ThesaurusError, KeyError):
+    """A class name outside the thesaurus' vocabulary."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 TEXT_FIELDS = ("caption", "text", "TEXT", "Caption", "sentence")
 
@@ -55,14 +67,14 @@ def iter_captions(source: str | Path | Iterable[str], chunk: int = 50_000) -> It
             pf = pq.ParquetFile(path)
             col = next((f for f in TEXT_FIELDS if f in pf.schema_arrow.names), None)
             if col is None:
-                raise ValueError(f"{path} has no caption column (one of {TEXT_FIELDS}); columns: {pf.schema_arrow.names}")
+                raise ThesaurusError(f"{path} has no caption column (one of {TEXT_FIELDS}); columns: {pf.schema_arrow.names}")
             for batch in pf.iter_batches(batch_size=chunk, columns=[col]):
                 yield [c for c in batch.column(0).to_pylist() if c]
         elif name.endswith(".json"):
             doc = json.loads(path.read_text())
             anns = doc.get("annotations") if isinstance(doc, dict) else None
             if not anns or "caption" not in anns[0]:
-                raise ValueError(f"{path} is not a COCO captions file (annotations[].caption)")
+                raise ThesaurusError(f"{path} is not a COCO captions file (annotations[].caption)")
             caps = [a["caption"] for a in anns]
             for i in range(0, len(caps), chunk):
                 yield caps[i : i + chunk]
@@ -174,12 +186,12 @@ class Thesaurus:
                 cooc += part
                 n += m
         if n == 0:
-            raise ValueError(f"the caption corpus {corpus} is empty")
+            raise ThesaurusError(f"the caption corpus {corpus} is empty")
         return cls(classes, np.diag(cooc).copy(), cooc, n, str(corpus) if isinstance(corpus, (str, Path)) else "")
 
     def merge(self, other: "Thesaurus") -> "Thesaurus":
         if self.classes != other.classes:
-            raise ValueError("cannot merge thesauri over different vocabularies")
+            raise ThesaurusError("cannot merge thesauri over different vocabularies")
         return Thesaurus(self.classes, self.counts + other.counts, self.cooc + other.cooc,
                          self.n_captions + other.n_captions, ";".join(filter(None, [self.source, other.source])))
 
@@ -206,7 +218,7 @@ class Thesaurus:
         try:
             return self.classes.index(name)
         except ValueError:
-            raise KeyError(f"{name!r} is not in this thesaurus' vocabulary ({len(self.classes)} classes)") from None
+            raise UnknownClass(f"{name!r} is not in this thesaurus' vocabulary ({len(self.classes)} classes)") from None
 
     def classes_in(self, text: str) -> list[str]:
         """Classes mentioned in free text (synonyms and plurals understood), in vocabulary order."""
@@ -222,7 +234,7 @@ class Thesaurus:
         are left out; ties break by name, so the order is deterministic."""
         scene_classes = [scene] if scene in self.classes else self.classes_in(scene)
         if not scene_classes:
-            raise ValueError(f"no class of this thesaurus' vocabulary is mentioned in {scene!r}")
+            raise ThesaurusError(f"no class of this thesaurus' vocabulary is mentioned in {scene!r}")
         b = np.array([self._index(c) for c in scene_classes])
         with np.errstate(invalid="ignore", divide="ignore"):
             sims = np.where(self.counts[b] > 0, self.cooc[:, b] / np.maximum(self.counts[b], 1), 0.0)

@@ -1,6 +1,8 @@
 """Object vocabularies (PASCAL VOC 20, COCO 80) with the synonyms and plurals captions use."""
 from __future__ import annotations
 
+from .errors import ConfigError
+
 VOC20: dict[str, list[str]] = {
     "aeroplane": ["aeroplane", "airplane", "plane", "jet", "airliner", "aircraft"],
     "bicycle": ["bicycle", "bike"],
@@ -91,6 +93,6 @@ def resolve_vocabulary(spec: str | list[str] | dict[str, list[str]]) -> dict[str
         return VOCABULARIES[spec.lower()]
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise ValueError("the vocabulary is empty")
+        raise ConfigError("the vocabulary is empty")
     known = {**COCO80, **VOC20}
     return {n: known.get(n, [n]) for n in names}

@@ -16,8 +16,10 @@ from pipeline.bank import ObjectBank, supply
 from pipeline.compose import ComposeError
 from pipeline.dataset import Store, StoreError, check_image
 from pipeline.embedded.world import CLASS_NAMES
+from pipeline.images import ImageError
 from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
 from pipeline.placement import PlacementError, get_scorer
+from pipeline.presets import resolve_checkpoint
 from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refine_and_choose
 from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
@@ -43,7 +45,7 @@ def instance_map(shape, instances) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def _cached_scorer(path: str):
-    return get_scorer("fopa", checkpoint=path)
+    return get_scorer("fopa", checkpoint=resolve_checkpoint(path))  # a path or the "fopa" preset
 
 
 @lru_cache(maxsize=2)
@@ -103,7 +105,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         if upload is not None:
             try:
                 ses = InsertSession(check_image(upload), origin="upload")
-            except (StoreError, SessionError) as e:
+            except (StoreError, ImageError, SessionError) as e:
                 raise gr.Error(str(e))
         elif choice:
             root = examples_store_dir() if choice.startswith(EXAMPLE_PREFIX) else store_dir

@@ -16,11 +16,13 @@ from pipeline import presets, viz
 from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
 from pipeline.dataset import DamagedSampleError, Store, StoreError
+from pipeline.errors import PipelineError
 from pipeline.embedded.world import CLASS_NAMES
-from pipeline.export import FORMATS, ExportError, export, sample_instances
+from pipeline.export import FORMATS, ExportError, export
 from pipeline.generate import DEFAULT_TEMPLATE
 from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner
 from pipeline.session import InspectSession, SessionError
+from pipeline.presets import resolve_checkpoint
 
 from .insert import build_insert_tab
 from .state import MODEL_LOCK, describe_model, generate_one, set_model_options
@@ -33,7 +35,7 @@ SOURCE_CHOICES = {"use threshold mask": "threshold", "use refined mask": "refine
 SOURCE_LABELS = {v: k for k, v in SOURCE_CHOICES.items()}
 # Mistakes a user can make (bad settings, an action that does not apply now): shown as a
 # toast, and every view stays as it was.
-USER_ERRORS = (SessionError, RefinementError, RefinerUnavailable, StoreError, ValueError)
+USER_ERRORS = (PipelineError, SessionError, RefinementError, RefinerUnavailable, StoreError, ValueError)
 
 
 def keep_views_on_error(n_outputs: int):
@@ -60,16 +62,20 @@ class LockedRefiner:
     def __init__(self, refiner):
         self.refiner, self.name = refiner, refiner.name
         self.takes_points = getattr(refiner, "takes_points", False)
+        self.needs_self_attention = getattr(refiner, "needs_self_attention", False)
+        self.stateful = True
 
     def __call__(self, *args, **kwargs):
         with MODEL_LOCK:
             return self.refiner(*args, **kwargs)
 
 
-def make_refiner(name: str, sam_ckpt: str | None):
-    opts = {"checkpoint": (sam_ckpt or "").strip() or None} if name == "sam" else {}
-    refiner = _cached_refiner(name, **opts)
-    return LockedRefiner(refiner) if name == "sam" else refiner
+def make_refiner(name: str, checkpoint: str | None):
+    """The named refiner (from the registry; it takes the options it uses, e.g. SAM's
+    weights from the 'SAM weights' box, a path, hub id or preset name)."""
+    refiner = _cached_refiner(name, checkpoint=resolve_checkpoint((checkpoint or "").strip() or None))
+    # SAM-like refiners keep state (one image embedding): one session at a time
+    return LockedRefiner(refiner) if getattr(refiner, "stateful", False) else refiner
 
 
 @lru_cache(maxsize=4)
@@ -130,7 +136,7 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     problem = None
     try:
         refiner = make_refiner(refiner_name, sam_ckpt)
-    except (RefinerUnavailable, ValueError) as e:
+    except (RefinerUnavailable, PipelineError, ValueError) as e:
         refiner, problem = None, _user_words(str(e))
     ses = InspectSession(sample.image, class_name, sample.heat_map, attention=sample.attention, prompt=sample.prompt,
                          seed=int(seed), model=model or "embedded", refiner=refiner, refiner_problem=problem)

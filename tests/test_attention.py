@@ -36,6 +36,7 @@ def run_reference(pipe, prompt, seed, steps, guidance):
     return store
 
 
+@pytest.mark.slow
 def test_capture_does_not_change_pixels(tiny_pipe):
     plain = tiny_pipe("a photograph of a dog", num_inference_steps=4, guidance_scale=7.5,
                       generator=torch.Generator().manual_seed(11), output_type="np").images
@@ -45,6 +46,7 @@ def test_capture_does_not_change_pixels(tiny_pipe):
     assert not any(type(p).__name__ == "_Recorder" for p in tiny_pipe.unet.attn_processors.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("word, guidance", [("dog", 7.5), ("aeroplane", 7.5), ("dog", 1.0)])
 def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
     """Conditional half only, class tokens only, summed over heads/layers/steps."""
@@ -66,6 +68,7 @@ def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
     assert maps.counts[res].sum() == len(store) * heads == steps * n_layers * heads
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_steps(tiny_pipe):
     sizes = []
     for steps in (2, 6):
@@ -75,6 +78,7 @@ def test_memory_does_not_grow_with_steps(tiny_pipe):
     assert sizes[0] == sizes[1]
 
 
+@pytest.mark.slow
 def test_timestep_range_and_buckets(tiny_pipe):
     cfg = CaptureConfig(timestep_range=(0, 499), self_attention_max_tokens=0)
     with trace(tiny_pipe, "a photograph of a cat", "cat", cfg) as tr:
@@ -89,6 +93,7 @@ def test_timestep_range_and_buckets(tiny_pipe):
         tr2.maps()
 
 
+@pytest.mark.slow
 def test_heat_map_shape_range_and_views(tiny_pipe):
     s = generate(tiny_pipe, "dog", 0, steps=3)[0]
     h = s.heat_map
@@ -103,6 +108,7 @@ def test_heat_map_shape_range_and_views(tiny_pipe):
         s.attention.heat_map(resolutions=[3])
 
 
+@pytest.mark.slow
 def test_resolution_filter(tiny_pipe):
     with trace(tiny_pipe, "a photograph of a cat", "cat", CaptureConfig(resolutions=(99,))) as tr:
         tiny_pipe("a photograph of a cat", num_inference_steps=2, output_type="np")
@@ -110,6 +116,7 @@ def test_resolution_filter(tiny_pipe):
         tr.maps()
 
 
+@pytest.mark.slow
 def test_batch_matches_single_generation(tiny_pipe):
     batch = generate(tiny_pipe, ["dog", "aeroplane"], [1, 2], steps=3)
     single = generate(tiny_pipe, "aeroplane", 2, steps=3)[0]
@@ -125,6 +132,7 @@ def test_word_missing_from_prompt(tiny_pipe):
     assert not any(type(p).__name__ == "_Recorder" for p in tiny_pipe.unet.attn_processors.values())
 
 
+@pytest.mark.slow
 def test_reused_projections_equal_recomputed_ones(tiny_pipe):
     """Capture reads q/k from the processor's own to_q/to_k calls; a processor that does not
     make them (fused projections) falls back to computing them: both give the same maps."""

@@ -28,7 +28,7 @@ FAST = dict(steps=6, batch_size=2)
 
 def _run(tmp_path, name, spec, **kw):
     store = Store(tmp_path / name)
-    return store, run_batch(spec, store, progress=False, **kw)
+    return store, run_batch(spec, store, **kw)
 
 
 def _snapshot(store):
@@ -91,9 +91,15 @@ def test_mask_metrics_and_filter_reasons():
     assert f.reasons({"error": "flat heat map"}, i5) == ["refine_failed"]
 
 
+@pytest.mark.slow
 def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
-    spec = BatchSpec(("ball", "star"), per_class=3, **FAST)
-    a, rep = _run(tmp_path, "a", spec)
+    spec = BatchSpec.of(("ball", "star"), per_class=3, **FAST)
+    events = []
+    a, rep = _run(tmp_path, "a", spec, progress=events.append)
+    # progress reaches the caller as it happens: candidates only grow, and the last event is the result
+    assert [e.computed for e in events] == sorted(e.computed for e in events) and events[-1].phase == "settle"
+    assert events[-1].kept == {"ball": 3, "star": 3} and events[-1].computed == rep.generated > 0
+    assert any(e.phase == "warmup" for e in events)
     b, _ = _run(tmp_path, "b", spec)
     assert _snapshot(a) == _snapshot(b)  # same seeds -> same pixels and masks (content-addressed blobs)
     kept = list(iter_kept(a, spec.run_key))
@@ -102,7 +108,7 @@ def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
         b_ = r.meta["batch"]
         assert r.uid == candidate_uid(spec.run_key, b_["class"], b_["k"])
         assert r.seed == candidate_seed(0, b_["class"], b_["k"])
-        reasons = spec.filter.reasons(b_["metrics"], int(np.argmin(np.abs(DEFAULT_THRESHOLDS - r.threshold))))
+        reasons = spec.policy.filter.reasons(b_["metrics"], int(np.argmin(np.abs(DEFAULT_THRESHOLDS - r.threshold))))
         assert (r.status == "accepted") == (b_["verdict"] == ["kept"])
         assert reasons == [] or b_["verdict"] == reasons  # dropped ones say why
         if r.status == "accepted":  # the instance mask is the heat map at the chosen threshold
@@ -116,15 +122,16 @@ def test_same_command_same_data_and_filter_reasons_recorded(tmp_path):
     assert report_file["report"]["classes"]["ball"]["kept"] == 3
 
     # a stricter filter re-decides from the stored metrics without generating anything
-    strict = replace(spec, filter=FilterConfig(min_agreement=0.99), max_candidates=6)
-    rep2 = run_batch(strict, a, progress=False)
+    strict = replace(spec, policy=replace(spec.policy, filter=FilterConfig(min_agreement=0.99), max_candidates=6))
+    rep2 = run_batch(strict, a)
     assert rep2.generated == 0 and rep2.resumed == rep.resumed + rep.generated
     assert rep2.classes["ball"].reasons["low_agreement"] >= 1
     assert a.count(status="accepted") == sum(r.kept for r in rep2.classes.values()) < 6
 
 
+@pytest.mark.slow
 def test_per_class_threshold_is_calibrated_on_warmup(tmp_path):
-    spec = BatchSpec(("pumpkin",), per_class=3, threshold_mode="per-class", warmup=4, **FAST)
+    spec = BatchSpec.of(("pumpkin",), per_class=3, threshold_mode="per-class", warmup=4, **FAST)
     store, rep = _run(tmp_path, "s", spec)
     recs = store.query(tags=["run-" + spec.run_key])
     cal = ThresholdCalibrator()
@@ -137,6 +144,7 @@ def test_per_class_threshold_is_calibrated_on_warmup(tmp_path):
     assert store.count(status="accepted") == 3
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path):
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "batch", "--classes", "ball,star", "--per-class", "8", "--steps", "8",
@@ -175,17 +183,18 @@ def test_resume_after_kill_9(tmp_path):
         assert store.count(status="accepted", classes=[c]) == 8
     assert _check_blobs(store) >= 4 * len(after)
     # and the resumed store holds exactly what an uninterrupted run makes
-    spec = BatchSpec(("ball", "star"), per_class=8, steps=8, batch_size=2, warmup=4)
+    spec = BatchSpec.of(("ball", "star"), per_class=8, steps=8, batch_size=2, warmup=4)
     clean, _ = _run(tmp_path, "clean", spec)
     assert {k: v for k, v in _snapshot(store).items()} == _snapshot(clean)
 
 
+@pytest.mark.slow
 def test_insert_composites_with_thesaurus_suggestion(tmp_path):
     corpus = ["a ball next to a star", "a star and a ball", "a ball on the grass", "a star in the sky",
               "a leaf and a ball"]
     th = Thesaurus.build(corpus, vocabulary=["ball", "star", "leaf"])
     th_path = th.save(tmp_path / "th.npz")
-    spec = BatchSpec(("ball", "star"), per_class=2, insert=1, thesaurus=str(th_path), harmonizer="none", **FAST)
+    spec = BatchSpec.of(("ball", "star"), per_class=2, objects=1, thesaurus=str(th_path), harmonizer="none", **FAST)
     store, rep = _run(tmp_path, "s", spec)
     comps = store.query(tags=["composite"])
     assert len(comps) == rep.classes["ball"].composites + rep.classes["star"].composites
@@ -201,28 +210,32 @@ def test_insert_composites_with_thesaurus_suggestion(tmp_path):
         assert not (scene_mask & obj_mask).any()  # occlusion-exact: the new object owns its pixels
         base_mask = store.mask(base.instances[0].mask)
         assert np.array_equal(scene_mask, base_mask & ~obj_mask)
-    rep2 = run_batch(spec, store, progress=False)  # resume: nothing new
+    rep2 = run_batch(spec, store)  # resume: nothing new
     assert rep2.generated == 0 and len(store.query(tags=["composite"])) == len(comps)
 
 
+@pytest.mark.slow
 def test_bad_specs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="per_class"):
-        BatchSpec(("ball",), per_class=0)
+        BatchSpec.of(("ball",), per_class=0)
     with pytest.raises(ValueError, match="template"):
-        BatchSpec(("ball",), per_class=1, template="no placeholder")
+        BatchSpec.of(("ball",), per_class=1, template="no placeholder")
     with pytest.raises(ValueError, match="per-image or per-class"):
-        BatchSpec(("ball",), per_class=1, threshold_mode="sometimes")
+        BatchSpec.of(("ball",), per_class=1, threshold_mode="sometimes")
     out = subprocess.run([sys.executable, "-m", "pipeline", "batch", "--classes", "ball", "--per-class", "1",
                           "--store", str(tmp_path / "s"), "--model", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert out.returncode != 0 and "nope" in out.stderr
 
 
+@pytest.mark.slow
 def test_ray_two_workers_survive_a_killed_worker(tmp_path):
     pytest.importorskip("ray", reason="ray is in requirements.txt; install it")
+    from pipeline.testing import failing_ray_executor
+
     marker = tmp_path / "worker-died"
-    spec = BatchSpec(("ball", "star", "leaf"), per_class=3, fail_once=str(marker), **FAST)
-    store, rep = _run(tmp_path, "ray", spec, ray=True, workers=2)
+    spec = BatchSpec.of(("ball", "star", "leaf"), per_class=3, **FAST)
+    store, rep = _run(tmp_path, "ray", spec, executor=failing_ray_executor(marker, workers=2))
     assert marker.exists()  # a worker really exited mid-task, and Ray retried its task
     for c in spec.classes:
         assert store.count(status="accepted", classes=[c]) == 3 == rep.classes[c].kept
@@ -230,7 +243,7 @@ def test_ray_two_workers_survive_a_killed_worker(tmp_path):
     assert len(uids) == len(set(uids))
     _check_blobs(store)
     # same candidates as an in-process run (Ray workers run torch on 1 thread: compare masks, not bytes)
-    local, _ = _run(tmp_path, "local", replace(spec, fail_once=None))
+    local, _ = _run(tmp_path, "local", spec)
     ray_kept = {r.uid: r for r in iter_kept(store, spec.run_key)}
     local_kept = {r.uid: r for r in iter_kept(local, spec.run_key)}
     assert ray_kept.keys() == local_kept.keys()

@@ -3,8 +3,12 @@
 Screenshots of each tab are saved under test-artifacts/ (look at them). Needs the
 `playwright` package and Debian's chromium (`apt-get install chromium`); .ci/run installs
 both. Playwright's own browser download cannot work offline, so we pass chromium's path.
+
+No test relies on another: the store starts with one accepted sample (made by the pipeline),
+and every step waits for what it needs to see instead of sleeping a fixed time.
 """
 import shutil
+import time
 
 import pytest
 
@@ -15,7 +19,35 @@ from studio_server import running_studio
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
+
+
+def seed_store(store_dir):
+    """Two accepted samples made by the pipeline, so each tab has something to work on."""
+    from pipeline.generate import generate, load_pipeline
+    from pipeline.refine import get_refiner, refine_and_choose
+
+    for s in generate(load_pipeline(None, device="cpu"), ["ball", "kite"], [5, 6], steps=10):
+        choice = refine_and_choose(s.image, s.heat_map, get_refiner("grabcut"), s.attention)
+        with Store(store_dir) as store:
+            store.add(s.image, [s.class_name], instances=[(s.class_name, choice.mask(s.heat_map))], prompt=s.prompt,
+                      seed=s.seed, model="embedded", heat_map=s.heat_map, threshold=choice.threshold,
+                      status="accepted")
+
+
+def wait_until(page, condition, what: str, timeout: float = 60):
+    """Poll ``condition()`` (e.g. a store count) while the page keeps running; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        page.wait_for_timeout(100)
+
+
+def count(page, status):
+    with Store(page.store_dir) as s:
+        return s.count(status=status)
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +55,7 @@ def page(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     store = tmp_path_factory.mktemp("browser") / "data"
+    seed_store(store)
     ARTIFACTS.mkdir(exist_ok=True)
     with running_studio(store) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -36,7 +69,7 @@ def page(tmp_path_factory):
         browser.close()
 
 
-def wait_text(page, selector, text, timeout=120000):
+def wait_text(page, selector, text, timeout=300000):  # generous: CI machines may be loaded
     page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
                            arg=[selector, text], timeout=timeout)
 
@@ -55,6 +88,10 @@ def no_error_badges(page):
 
 
 def test_generate_click_undo_redo_accept(page):
+    with Store(page.store_dir) as st:
+        before_ids = {r.id for r in st.query()}
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("g")  # the generate key
     wait_text(page, "#choice-info", "chose threshold")
     box = page.locator("#threshold input[type=number]")
@@ -86,7 +123,7 @@ def test_generate_click_undo_redo_accept(page):
     page.keyboard.press("a")  # accepting again changes nothing: one sample, one row
     page.wait_for_timeout(500)
     s = Store(page.store_dir)
-    recs = s.query()
+    recs = [r for r in s.query() if r.id not in before_ids]
     assert len(recs) == 1 and recs[0].status == "accepted" and recs[0].classes == ["ball"]
     assert recs[0].instances[0].source == "refined"
     assert np.array_equal(s.masks(recs[0])[0][1], s.mask(recs[0].refined_mask))  # the refined mask was saved
@@ -94,6 +131,9 @@ def test_generate_click_undo_redo_accept(page):
 
 def test_an_error_leaves_the_views_as_they_were(page):
     page.get_by_role("tab", name="Generate & Inspect").click()
+    if not page.evaluate(img_src("#mask-view")):
+        page.click("#generate-btn")
+        wait_text(page, "#choice-info", "chose threshold")
     before = page.evaluate(img_src("#mask-view"))
     assert before
     page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
@@ -117,7 +157,7 @@ def test_an_error_leaves_the_views_as_they_were(page):
 def test_insert_place_and_accept(page):
     page.get_by_role("tab", name="Insert Objects").click()  # opening the tab lists the accepted samples
     page.get_by_label("accepted sample").click()
-    page.get_by_role("option").first.click()
+    page.get_by_role("option").first.click()  # waits for the refreshed list
     page.click("#insert-load")
     wait_text(page, "#insert-bg-info", "background: sample")
     page.get_by_label("object class").fill("star")
@@ -137,9 +177,10 @@ def test_insert_place_and_accept(page):
     page.click("#insert-preview")
     wait_text(page, "#insert-info", "star")
     page.screenshot(path=str(ARTIFACTS / "2-insert-objects.png"), full_page=True)
+    accepted = count(page, "accepted")
     page.click("#insert-accept")
     wait_text(page, "#insert-accept-info", "saved as #")
-    assert Store(page.store_dir).count(status="accepted") == 2
+    wait_until(page, lambda: count(page, "accepted") == accepted + 1, "the composite in the store")
 
 
 def _box_from_info(page):
@@ -154,7 +195,7 @@ def _drag_box(page, box, delta):
     background at x5, fitted into its canvas)."""
     canvas = page.locator("#insert-box canvas").first
     canvas.scroll_into_view_if_needed()  # mouse events outside the viewport are dropped
-    page.wait_for_timeout(300)
+    canvas.wait_for(state="visible")
     r = canvas.bounding_box()
     side = 64 * 5
     s = min(r["width"] / side, r["height"] / side)

@@ -58,6 +58,7 @@ def test_obplanet_has_upstream_names_and_shapes(obplanet):
         assert tuple(sd[key].shape) == shape, key
 
 
+@pytest.mark.slow
 def test_fopa_checkpoint_round_trip_and_heatmap(tmp_path, obplanet):
     path = tmp_path / "20_state_final.pth"
     torch.save(obplanet.state_dict(), path)  # upstream saves a bare state dict
@@ -98,6 +99,7 @@ def test_scaled_size_follows_fopa():
     assert len(FOPA_SCALES) == 16 and FOPA_SCALES[0] == 1 / 18 and FOPA_SCALES[-1] == 16 / 18
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_fail_clearly(tmp_path, obplanet):
     sd = obplanet.state_dict()
     cases = {
@@ -142,6 +144,7 @@ def test_rain_moves_foreground_statistics_to_the_background():
             assert of.std(unbiased=False).item() == pytest.approx(xb.std(unbiased=False).item(), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_rainnet_layout_load_and_harmonize(tmp_path, rainnet):
     sd = rainnet.state_dict()
     assert sum(p.numel() for p in rainnet.parameters()) == pytest.approx(54.76e6, rel=1e-3)  # RainNet's size

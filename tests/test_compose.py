@@ -92,9 +92,11 @@ def test_placement_on_fopa_sample_stays_inside_and_off_objects(dog):
     bg = load(LIBCOM / "fopa_heat_map/background/1674.jpg")
     fg, fm = dog
     res = heatmap(bg, fm, fg_class="dog", top_k=5)
-    assert res.maps.shape == (len(res.scales), 512, 512) and 0 <= res.maps.min() and res.maps.max() == pytest.approx(1)
+    assert res.maps.shape == (len(res.scales), 512, 512) and 0 <= res.maps.min() and res.maps.max() <= 1
+    # scores are normalised to [0, 1] (maps and boxes alike), and the best of them is exactly 1
+    assert max(res.maps.max(), res.boxes[0][2]) == 1
     for s, (x1, y1, x2, y2), score in res.boxes:
-        assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
+        assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512 and 0 <= score <= 1
     assert [b[2] for b in res.boxes] == sorted([b[2] for b in res.boxes], reverse=True)
     assert res.boxes == heatmap(bg, fm, fg_class="dog", top_k=5).boxes  # deterministic
     # eq. 4: the best box's centre is the argmax of its scale's map, its size scale x object size
@@ -129,17 +131,26 @@ def test_placement_errors():
         heatmap(np.zeros((64, 64, 3), np.uint8), np.ones((8, 8), bool), scales=(2.0,))
 
 
-def test_harmonizers_fix_a_real_perturbed_object(coco_scene):
+@pytest.mark.slow
+def test_harmonizers_on_a_real_perturbed_object(coco_scene):
+    """A COCO object with its colours shifted (iHarmony4-style), five random shifts: the
+    learned and ring harmonizers bring it back toward the true photo, the naive global one
+    makes it worse (as the module says), and none of them touches a pixel outside the object."""
     bg, inst = coco_scene
     _, m = max(inst, key=lambda x: x[1].sum())
     rng = np.random.default_rng(0)
-    comp = perturb(bg, m, rng)
-    assert np.array_equal(comp[~m], bg[~m]) and fmse(comp, bg, m) > 10
-    for name in ("none", "ring", "global", "poisson"):
-        out = get_harmonizer(name)(comp, m)
-        assert out.shape == bg.shape and out.dtype == np.uint8
-        if name != "poisson":
+    errors = {name: [] for name in ("none", "ring", "global", "learned")}
+    for _ in range(5):
+        comp = perturb(bg, m, rng)
+        assert np.array_equal(comp[~m], bg[~m]) and fmse(comp, bg, m) > 10
+        for name in errors:
+            out = get_harmonizer(name)(comp, m)
+            assert out.shape == bg.shape and out.dtype == np.uint8
             assert np.array_equal(out[~m], comp[~m]), name  # only the object changes
+            errors[name].append(fmse(out, bg, m))
+    mean = {name: float(np.mean(e)) for name, e in errors.items()}
+    assert mean["learned"] < 0.5 * mean["none"], mean
+    assert mean["ring"] < mean["none"] < mean["global"], mean
     with pytest.raises(HarmonizeError):
         get_harmonizer("ring")(comp, np.zeros(m.shape, bool))
     with pytest.raises(HarmonizeError, match="unknown"):
@@ -147,6 +158,7 @@ def test_harmonizers_fix_a_real_perturbed_object(coco_scene):
     assert ring_mask(m).any() and not (ring_mask(m) & m).any()
 
 
+@pytest.mark.slow
 def test_learned_harmonizer_beats_doing_nothing_on_held_out_photos():
     from pipeline.harmonize import ASSET, coco_objects
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT
 from pipeline.dataset import Store, StoreError, load_image_file
+from pipeline.images import ImageError
 
 
 def synthetic_sample(rng, size=48):
@@ -94,7 +95,7 @@ def test_image_kinds_are_normalised(store):
 def test_corrupt_image_file_is_clear(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(StoreError, match="cannot read image"):
+    with pytest.raises(ImageError, match="cannot read image"):
         load_image_file(bad)
 
 
@@ -119,6 +120,7 @@ def _writer(tmp_path, store_dir, seed, n):
                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.mark.slow
 def test_two_processes_write_500_each(tmp_path):
     d = tmp_path / "shared_store"
     Store(d).close()
@@ -133,6 +135,7 @@ def test_two_processes_write_500_each(tmp_path):
         assert s.mask(r.instances[0].mask).shape == (32, 32)
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_loses_nothing_committed(tmp_path):
     d = tmp_path / "k"
     Store(d).close()

@@ -29,6 +29,7 @@ def instance(coco):
     return img, heat / heat.max()
 
 
+@pytest.mark.slow
 def test_cached_embedding_predicts_what_the_library_computes_in_one_pass(sam_dir, instance):
     """Our SamPredictor-style split (embedding once, prompts scaled by us) must give exactly
     what transformers computes from the image and the prompts in one go."""
@@ -54,6 +55,7 @@ def test_cached_embedding_predicts_what_the_library_computes_in_one_pass(sam_dir
     assert (masks != library_masks).mean() < 1e-3  # equal but for float ties at the 0 logit
 
 
+@pytest.mark.slow
 def test_sam_refiner_from_a_folder_embeds_each_image_once(sam_dir, instance):
     img, heat = instance
     refiner = get_refiner("sam", checkpoint=str(sam_dir))
@@ -99,6 +101,7 @@ def sam_pth(tmp_path_factory):
     return save_tiny_segment_anything(tmp_path_factory.mktemp("sam-pth") / "sam_tiny.pth")
 
 
+@pytest.mark.slow
 def test_segment_anything_checkpoint_runs_through_its_own_predictor(sam_pth, instance):
     """A segment-anything .pth (here a small SAM built by segment-anything's own code) is
     run by segment-anything's SamPredictor; the architecture is read off the file."""
@@ -124,6 +127,7 @@ def test_segment_anything_checkpoint_runs_through_its_own_predictor(sam_pth, ins
     assert result.info["score"] == pytest.approx(float(scores.max()))
 
 
+@pytest.mark.slow
 def test_segment_anything_variants_are_read_off_the_file(sam_pth, tmp_path):
     from segment_anything import sam_model_registry
 

@@ -9,6 +9,8 @@ from PIL import Image
 from pipeline.dataset import Store
 from studio_server import running_studio
 
+pytestmark = pytest.mark.slow
+
 GEN_ARGS = dict(template="a photograph of a {}", steps=15, guidance=5, model="embedded", refiner_name="grabcut",
                 sam_ckpt="", resolution="all", t_lo=0, t_hi=999)
 

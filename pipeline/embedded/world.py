@@ -37,7 +37,6 @@ BACKGROUNDS = ("on a wall", "on the floor", "on the sand", "in the snow", "at ni
 PROMPT_TEMPLATE = "a photograph of a {}"
 
 # Saturation/value bounds that separate objects from backgrounds (see colour_extent).
-BG_MAX_SAT = 0.22
 OBJ_MIN_SAT = 0.45
 OBJ_MIN_VAL = 0.3
 
