@@ -21,12 +21,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .dataset import Store
+from .errors import PipelineError
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
-class BankError(ValueError):
+class BankError(PipelineError, ValueError):
     """The bank has no object of the class asked for, or the object cannot be cut out."""
 
 
@@ -74,6 +75,8 @@ class ObjectBank:
                 if self.whole_only and (x1 <= 0 or y1 <= 0 or x2 >= rec.width or y2 >= rec.height):
                     continue
                 if self.sources is not None and inst.source not in self.sources:
+                    continue
+                if inst.iscrowd:  # a crowd region is a group of objects, not one to cut out
                     continue
                 by_class.setdefault(inst.class_name, []).append(
                     BankObject(rec.id, i, inst.class_name, inst.source, (x1, y1, x2, y2)))

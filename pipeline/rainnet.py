@@ -188,9 +188,7 @@ class RainNetHarmonizer:
 
     def predict(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Upstream's result: the harmonized composite at 256x256, HWC uint8 (rounded)."""
-        from .harmonize import _check
-
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         _, out = self._run(image, mask)
         return ((out.permute(1, 2, 0).numpy() + 1) / 2 * 255).round().clip(0, 255).astype(np.uint8)
 

@@ -536,12 +536,13 @@ def test_coco_round_trip_generated_samples(gen_store, tmp_path):
 
 def test_round_trip_of_embedded_model_samples(tmp_path):
     """Samples as the batch generator stores them (embedded model, few steps) survive every format."""
-    from pipeline.batch import BatchSpec, FilterConfig, run_batch
+    from pipeline.batch import BatchSpec, run_batch
 
     s = Store(tmp_path / "s")
-    spec = BatchSpec(classes=("ball", "star"), per_class=1, steps=4, warmup=0, max_candidates=2, refiner="otsu",
-                     filter=FilterConfig(0.0, 0.0, 0.0, 1.0, 0.0, 1.0))
-    run_batch(spec, s, progress=False)
+    spec = BatchSpec.of(("ball", "star"), 1, steps=4, warmup=0, max_candidates=2, refiner="otsu",
+                        min_agreement=0.0, relative_agreement=0.0, min_area=0.0, max_area=1.0, min_contrast=0.0,
+                        max_border=1.0)
+    run_batch(spec, s)
     assert s.count(status="accepted") >= 2
     for fmt in FORMATS:
         export(s, fmt, tmp_path / fmt)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import PipelineError
 from ..dataset import Record, Store
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -20,7 +21,7 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 SPLIT_NAMES = {"train": "train", "val": "validation"}  # ours -> Hugging Face's
 
 
-class ExportError(ValueError):
+class ExportError(PipelineError, ValueError):
     """The export cannot be made as asked; nothing was written."""
 
 
