@@ -139,8 +139,9 @@ def provenance(rec: Record, store: Store | None = None) -> dict:
                  file_name=photo.get("file_name"), dataset=photo.get("dataset"))
     else:
         run = rec.meta.get("batch", {}).get("run")
-        p["refiner"] = rec.meta.get("refiner") or (_batch_spec(str(store.root), run).get("refiner")
-                                                   if store is not None and run else None)
+        spec = _batch_spec(str(store.root), run) if store is not None and run else {}
+        # the run's spec keeps the refiner in its generation settings (flat in older runs)
+        p["refiner"] = rec.meta.get("refiner") or spec.get("generation", {}).get("refiner") or spec.get("refiner")
     return p
 
 
