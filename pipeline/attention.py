@@ -278,9 +278,21 @@ class AttentionTracer:
 
     # -- recording --------------------------------------------------------------------
     def _map_hw(self, n_tokens: int) -> tuple[int, int]:
+        # The UNet's stride-2 convolutions (padding 1) take a side n to ceil(n / 2), so the
+        # attention grids are the latent size halved-and-rounded-up 0, 1, 2... times. A ratio
+        # guess (sqrt(latent / tokens)) picks the wrong factorisation at odd non-square sizes
+        # (72x40 images: 15 tokens read as 6x2).
         lh, lw = self._latent_hw
-        f = max(1, round(math.sqrt(lh * lw / n_tokens)))
+        h, w = lh, lw
+        while h * w > n_tokens and (h > 1 or w > 1):
+            h, w = -(-h // 2), -(-w // 2)
+        if h * w == n_tokens:
+            return h, w
+        f = max(1, round(math.sqrt(lh * lw / n_tokens)))  # another downsampling rule: best guess
         h = -(-lh // f)
+        if n_tokens % h:
+            raise PipelineError(f"cannot tell the attention grid of {n_tokens} tokens at latent size {lh}x{lw}; "
+                                "use an image size that is a multiple of 64")
         return h, n_tokens // h
 
     def _cond(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,7 +376,7 @@ class AttentionTracer:
     def maps(self, image_size: tuple[int, int] | None = None) -> list[AttentionMaps]:
         """One AttentionMaps per generated image; ``image_size`` defaults to latent size x VAE factor."""
         if not self._sums:
-            raise RuntimeError("no cross-attention was recorded: was the pipeline called inside trace(), "
+            raise PipelineError("no cross-attention was recorded: was the pipeline called inside trace(), "
                                "and do the resolutions/timestep range select any layer?")
         if image_size is None:
             f = getattr(self.pipe, "vae_scale_factor", 8)

@@ -37,8 +37,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .masks import HEAT_DTYPE, quantize_heat
-from .errors import PipelineError
+from .masks import HEAT_DTYPE, HeatMapError, check_heat, quantize_heat
+from .errors import ConfigError, PipelineError, check_seed
 from .images import ImageError, check_image, load_image_file  # noqa: F401 (re-exported: older imports use this module)
 
 STATUSES = ("pending", "accepted", "rejected")
@@ -47,7 +47,7 @@ STATUSES = ("pending", "accepted", "rejected")
 SOURCES = ("generated", "refined", "user", "inserted", "imported")
 _BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy)")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
-_CLASS = re.compile(r"^[^\x00-\x1f/\\]{1,64}$")
+_CLASS = re.compile(r"^[^\x00-\x1f/\\:,]{1,64}$")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -106,7 +106,8 @@ def check_tag(tag: str) -> str:
 
 def check_class(name: str) -> str:
     if not isinstance(name, str) or not _CLASS.match(name.strip()) or name.strip() in (".", ".."):
-        raise StoreError(f"bad class name {name!r}: 1-64 characters, no '/' '\\' or control characters")
+        raise StoreError(f"bad class name {name!r}: 1-64 characters, no '/' '\\' ':' ',' or control characters "
+                         "(':' and ',' separate fields of the exports' label maps)")
     return name.strip()
 
 
@@ -428,8 +429,18 @@ class Store:
         for label, arr in (("heat map", heat_map), ("refined mask", refined_mask)):
             if arr is not None and np.asarray(arr).shape != (h, w):
                 raise StoreError(f"{label} is {np.asarray(arr).shape}, the image is {(h, w)}")
+        if seed is not None:
+            try:
+                seed = check_seed(seed)
+            except ConfigError as e:
+                raise StoreError(str(e)) from e
         threshold = _check_threshold(threshold, "threshold")
         user_threshold = _check_threshold(user_threshold, "user threshold")
+        if heat_map is not None:
+            try:
+                check_heat(heat_map, (h, w))
+            except HeatMapError as e:
+                raise StoreError(str(e)) from e
         heat = None if heat_map is None else quantize_heat(heat_map)
         effective = user_threshold if user_threshold is not None else threshold
         if heat is not None and effective is not None:

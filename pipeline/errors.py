@@ -13,3 +13,22 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError, ValueError):
     """A setting is out of range or inconsistent (steps < 1, a template without {}, ...)."""
+
+
+# One seed range everywhere (generate, the batch runner, the store, the studio): torch's CPU
+# generator keeps only 32 bits of a seed, so -1 and 2**32 - 1 (or 5 and 5 + 2**32) would give
+# the same image; refusing what lies outside keeps "seed" one-to-one with the noise.
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int in [SEED_MIN, SEED_MAX]; ConfigError otherwise (floats, bools, NaN)."""
+    import numbers
+
+    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral)
+                                      or isinstance(seed, float) and seed.is_integer()):
+        raise ConfigError(f"a seed must be a whole number in {SEED_MIN}..{SEED_MAX}, got {seed!r}")
+    seed = int(seed)
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ConfigError(f"seed {seed} is outside {SEED_MIN}..{SEED_MAX} (2**32 - 1): pick one in that range")
+    return seed

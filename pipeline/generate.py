@@ -7,6 +7,7 @@ attention capture only relies on diffusers' ``attn1``/``attn2`` naming.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .attention import AttentionMaps, CaptureConfig, capture_for, trace
-from .errors import ConfigError
+from .errors import ConfigError, check_seed
 from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 
 from .refine import DEFAULT_REFINER, REFINERS
@@ -28,7 +29,9 @@ DEFAULT_TEMPLATE = "a photograph of a {}"
 def make_prompt(class_name: str, template: str = DEFAULT_TEMPLATE) -> str:
     if "{}" not in template and "{class}" not in template:
         raise ConfigError(f"prompt template {template!r} has no '{{}}' or '{{class}}' for the class name")
-    return template.replace("{class}", "{}").format(class_name)
+    # plain replacement, not str.format: a template like "a {} {x}" (or a class name with
+    # braces) must not be read as format fields (KeyError 'x')
+    return template.replace("{class}", "{}").replace("{}", class_name)
 
 
 def _help(text: str, **more) -> dict:
@@ -54,8 +57,9 @@ class GenerationConfig:
         make_prompt("x", self.template)  # a template without {} fails here, before any work
         if int(self.steps) < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if not float(self.guidance) >= 0:
-            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
+        if not (float(self.guidance) >= 0 and math.isfinite(float(self.guidance))):
+            # inf gives a black image and an all-zero heat map; NaN silently turns guidance off
+            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
         for side in ("height", "width"):
             v = getattr(self, side)
             if v is not None and (int(v) < 8 or int(v) % 8):
@@ -209,7 +213,7 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     config = replace(config or DEFAULTS, **{k: v for k, v in given.items() if v is not None})
     capture = config.capture() if capture is None else capture
     classes = [class_name] if isinstance(class_name, str) else list(class_name)
-    seeds = [seed] * len(classes) if isinstance(seed, int) else list(seed)
+    seeds = [check_seed(seed)] * len(classes) if not isinstance(seed, (list, tuple)) else [check_seed(s) for s in seed]
     if len(seeds) != len(classes):
         raise ConfigError(f"{len(classes)} classes but {len(seeds)} seeds")
     prompts = [prompt] * len(classes) if isinstance(prompt, str) else \

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import PipelineError
 
@@ -17,13 +17,42 @@ class ImageError(PipelineError, ValueError):
     """An array or file is not an image the pipeline can use."""
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Accept HW (gray), HWC with 1/3/4 channels, uint8 or uint16; return HWC uint8 RGB."""
+# The largest image any stage takes (64 megapixels, e.g. 8000x8000): beyond it placement,
+# harmonization and the store would cost more memory than a shared machine has, and a
+# small file can declare a huge size (a 875 KB PNG of 30000x30000). Refused with a message.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def check_pixels(hw: tuple[int, int], what: str = "image") -> None:
+    """ImageError when ``hw`` = (H, W) exceeds :data:`MAX_IMAGE_PIXELS`."""
+    if int(hw[0]) * int(hw[1]) > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{what} is {hw[1]}x{hw[0]} = {int(hw[0]) * int(hw[1]) / 1e6:.0f} megapixels, over the "
+                         f"limit of {MAX_IMAGE_PIXELS / 1e6:.0f}; scale it down first")
+
+
+def from_pil(im: Image.Image) -> np.ndarray:
+    """A PIL image as HWC uint8 RGB by its mode: EXIF orientation applied (as a viewer and the
+    studio's upload show it), CMYK converted with K, a palette looked up (its indices are
+    not grey levels), 16-bit scaled."""
+    check_pixels((im.height, im.width))
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return check_image((np.asarray(im).astype(np.uint32) // 257).clip(0, 255).astype(np.uint8))
+    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+
+
+def check_image(image) -> np.ndarray:
+    """Accept HW (gray), HWC with 1/3/4 channels (4 = RGBA), uint8 or uint16, or a PIL
+    image (converted by its mode, see :func:`from_pil`: pass the PIL image itself for CMYK or
+    palette images, whose arrays cannot be told from RGBA or grey); return HWC uint8 RGB."""
+    if isinstance(image, Image.Image):
+        return from_pil(image)
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
         raise ImageError(f"an image must be HW or HWC with 1, 3 or 4 channels, got shape {image.shape}")
+    check_pixels(image.shape[:2])
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -47,11 +76,15 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as HWC uint8 RGB, with a clear error for corrupt files."""
     try:
         with Image.open(path) as im:
+            check_pixels((im.height, im.width), f"image {path}")  # before decoding a bomb
             im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                return check_image((np.asarray(im).astype(np.uint32) // 257).clip(0, 255).astype(np.uint8))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:
+            return from_pil(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, ImageError):
+            raise
+        if isinstance(e, Image.DecompressionBombError):
+            raise ImageError(f"image {path} declares too many megapixels ({e}); the limit is "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f}: scale it down first") from e
         raise ImageError(f"cannot read image {path}: {e}") from e
 
 

@@ -11,10 +11,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import PipelineError
+
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
 HEAT_DTYPE = np.float16  # how the curation store keeps heat maps (512 KB per 512x512 sample)
+
+
+class HeatMapError(PipelineError, ValueError):
+    """A heat map is not (H, W) finite values in [0, 1]."""
+
+
+def check_heat(heat: np.ndarray, hw: tuple[int, int] | None = None, what: str = "heat map") -> np.ndarray:
+    """``heat`` as (H, W) float32 with every value finite and in [0, 1] (and of size ``hw``
+    if given); HeatMapError otherwise. A 0-255 uint8 map or a NaN map is refused rather than
+    thresholded: every threshold of such a map would be silently wrong."""
+    heat = np.asarray(heat)
+    if heat.ndim != 2:
+        raise HeatMapError(f"{what} must be (H, W), got shape {heat.shape}")
+    if hw is not None and heat.shape != tuple(hw):
+        raise HeatMapError(f"{what} is {heat.shape}, the image is {tuple(hw)}")
+    if heat.dtype.kind not in "fb":
+        raise HeatMapError(f"{what} must be float in [0, 1], got dtype {heat.dtype} (scale a 0-255 map by 1/255)")
+    heat = heat.astype(np.float32)
+    if heat.size and not np.all(np.isfinite(heat)):
+        raise HeatMapError(f"{what} contains NaN or inf: the attention capture failed for this image")
+    if heat.size and (float(heat.min()) < 0 or float(heat.max()) > 1):
+        raise HeatMapError(f"{what} must lie in [0, 1], got [{float(heat.min()):.3g}, {float(heat.max()):.3g}]")
+    return heat
 
 
 def quantize_heat(heat: np.ndarray) -> np.ndarray:
@@ -75,6 +100,7 @@ def choose_threshold(heat: np.ndarray, refined: np.ndarray, thresholds=DEFAULT_T
     """
     if not np.any(refined):
         raise ValueError("the refined mask is empty: there is no object to match a threshold to")
+    heat = check_heat(heat)
     ious = iou_curve(heat, refined, thresholds)
     return float(np.asarray(thresholds)[int(np.argmax(ious))]), ious
 

@@ -98,6 +98,8 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
     (deterministic: ties break by scale, then position)."""
     bg = check_image(background)
     H, W = bg.shape[:2]
+    if np.ndim(fg_mask) != 2:
+        raise PlacementError(f"the object mask must be (H, W) bool, got shape {np.shape(fg_mask)}")
     fb = bbox(np.asarray(fg_mask).astype(bool))
     if fb is None:
         raise PlacementError("the object mask is empty")

@@ -32,7 +32,7 @@ from .attention import AttentionMaps, upsample
 from .devices import ModelLoadError, resolve_device
 from .errors import PipelineError
 from .images import ImageError, require_rgb
-from .masks import bbox
+from .masks import HeatMapError, bbox, check_heat
 from .plugins import Registry
 
 
@@ -84,11 +84,12 @@ def check_inputs(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
         require_rgb(image)
     except ImageError as e:
         raise RefinementError(str(e)) from e
-    if heat.shape != image.shape[:2]:
-        raise RefinementError(f"heat map {heat.shape} does not match image size {image.shape[:2]}")
-    heat = np.asarray(heat, np.float32)
-    if not np.all(np.isfinite(heat)):
-        raise RefinementError("heat map contains NaN or inf: the attention capture failed for this image")
+    if np.shape(heat) != image.shape[:2]:
+        raise RefinementError(f"heat map {np.shape(heat)} does not match image size {image.shape[:2]}")
+    try:
+        heat = check_heat(heat)
+    except HeatMapError as e:
+        raise RefinementError(str(e)) from e
     if float(heat.max()) - float(heat.min()) < 1e-6:
         raise RefinementError("heat map is flat (no attention on any region): nothing to refine")
     return heat

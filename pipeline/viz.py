@@ -12,7 +12,13 @@ def heat_to_rgb(heat: np.ndarray) -> np.ndarray:
 
 
 def overlay_heat(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the coloured heat map over an HWC uint8 image."""
+    """Blend the coloured heat map ((H, W) float in [0, 1]) over an HWC uint8 image of the same
+    H, W; ImageError when the sizes differ (resize the map with attention.upsample first)."""
+    from .images import ImageError, require_rgb
+
+    require_rgb(image)
+    if np.shape(heat) != image.shape[:2]:
+        raise ImageError(f"heat map is {np.shape(heat)}, the image is {image.shape[:2]}: they must be the same size")
     return cv2.addWeighted(image, 1 - alpha, heat_to_rgb(heat), alpha, 0)
 
 

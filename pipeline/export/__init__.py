@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import errno
 import os
 import shutil
 import uuid
@@ -157,6 +158,20 @@ def export(store: Store, fmt: str, out: str | os.PathLike, *, status: str | Sequ
         raise ExportError("void border must be >= 0 pixels")
     splits = _split(records, val_fraction, seed)
     categories = sorted({i.class_name for r in records for i in r.instances} | {c for r in records for c in r.classes})
+    try:
+        return _write(store, fmt, out, records, splits, categories, status=status, classes=classes, tags=tags,
+                      seed=seed, val_fraction=val_fraction, void_border=void_border, yolo_task=yolo_task,
+                      progress=progress)
+    except OSError as e:  # disk full, a read-only or forbidden target: the user can act on it
+        why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the target is on a read-only file system",
+               errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
+        raise ExportError(f"cannot write the export to {out}: {why.get(e.errno, e.strerror or str(e))} "
+                          f"({type(e).__name__}); nothing was left behind, free space or choose another folder") from e
+
+
+def _write(store, fmt, out, records, splits, categories, *, status, classes, tags, seed, val_fraction,
+           void_border, yolo_task, progress) -> ExportReport:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
