@@ -3,7 +3,8 @@
 Options: ``--model`` (embedded, a diffusers folder, a .safetensors/.ckpt file or a hub id),
 ``--device`` (auto, cpu, cuda), ``--dtype`` (float32, float16, bfloat16; default float16 on
 CUDA, float32 on CPU), ``--store`` (the dataset folder, default ./studio_data), ``--port``,
-``--host``. On Hugging Face Spaces the defaults apply.
+``--host``, ``--public`` (a shared deployment: weight fields limited to presets, hub ids and
+allowed folders; on by default on Hugging Face Spaces). On Hugging Face Spaces the defaults apply.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: float16 on CUDA, float32 on CPU")
     ap.add_argument("--store", default=os.environ.get("DIFFUMASK_STORE", "studio_data"))
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    ap.add_argument("--public", action=argparse.BooleanOptionalAction, default=None,
+                    help="a shared deployment: the model/SAM/FOPA/RainNet fields take only preset names, hub ids "
+                         "and paths under the Hugging Face cache or ./models (default: on when SPACE_ID is set, "
+                         "i.e. on Hugging Face Spaces)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return ap
 
@@ -44,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     configure_hub(args.model)
+    from pipeline.access import public_default, set_public
+
+    set_public(public_default() if args.public is None else args.public)
     from pipeline.dataset import StoreError
     from pipeline.generate import ModelLoadError
     from studio.ui import SHORTCUTS_JS, build_app

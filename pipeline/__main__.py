@@ -74,6 +74,7 @@ def cmd_generate(args) -> int:
     from .attention import CaptureConfig
     from .generate import GenerationConfig, ModelConfig, generate
     from .refine import RefinementError, get_refiner, refine_and_choose
+    from .export.common import safe_stem
     from .viz import heat_to_rgb, mask_to_png
 
     config = config_from_args(GenerationConfig, args)
@@ -88,7 +89,7 @@ def cmd_generate(args) -> int:
     failures = 0
     for c, seed in tqdm(jobs, desc="generate", unit="image"):
         sample = generate(pipe, c, seed, config=config, capture=capture)[0]
-        stem = out / f"{c.replace(' ', '_')}_{seed:06d}"
+        stem = out / f"{safe_stem(c)}_{seed:06d}"  # class names are free text: never a path
         heat = sample.heat_map
         Image.fromarray(sample.image).save(f"{stem}.png")
         np.save(f"{stem}_heat.npy", heat)

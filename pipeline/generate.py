@@ -55,6 +55,19 @@ class GenerationConfig:
 
     def __post_init__(self):
         make_prompt("x", self.template)  # a template without {} fails here, before any work
+        # whole numbers, stored as int (a widget's 25.0 is fine; NaN, inf, 2.5 or "x" are not)
+        for name in ("steps", "height", "width"):
+            v = getattr(self, name)
+            if v is None and name != "steps":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(float(v)) or float(v) != int(v):
+                raise ConfigError(f"{name} must be a whole number, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        try:
+            float(self.guidance)
+        except (TypeError, ValueError):
+            raise ConfigError(f"guidance must be a number, got {self.guidance!r}") from None
         if int(self.steps) < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not (float(self.guidance) >= 0 and math.isfinite(float(self.guidance))):

@@ -11,6 +11,7 @@ import numpy as np
 from gradio_image_annotation import image_annotator  # a maintained Gradio component for draggable boxes
 
 from pipeline import viz
+from pipeline.access import AccessError, check_user_path
 from pipeline.checkpoints import CheckpointError
 from pipeline.bank import ObjectBank, supply
 from pipeline.compose import ComposeError
@@ -45,11 +46,13 @@ def instance_map(shape, instances) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def _cached_scorer(path: str):
+    check_user_path(path, "FOPA checkpoint")  # public mode: presets, hub ids and allowed folders only
     return get_scorer("fopa", checkpoint=resolve_checkpoint(path))  # a path or the "fopa" preset
 
 
 @lru_cache(maxsize=2)
 def _cached_rainnet(path: str):
+    check_user_path(path, "RainNet checkpoint")
     return get_harmonizer("rainnet", checkpoint=path)
 
 
@@ -179,7 +182,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
                     ses.propose(scorer)
             else:
                 ses.propose()
-        except (PlacementError, CheckpointError, SessionError, ValueError) as e:
+        except (PlacementError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise gr.Error(str(e))
         return ses, gr.update(value=ses.scale), *_placement_views(ses)
 
@@ -242,7 +245,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             else:
                 harmonizer = get_harmonizer(method)
             comp = ses.compose(harmonizer, method)
-        except (ComposeError, HarmonizeError, CheckpointError, SessionError, ValueError) as e:
+        except (ComposeError, HarmonizeError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise gr.Error(str(e))
         legend = ", ".join(f"{n}" for n, _ in comp.instances)
         dropped = f" · fully covered, dropped: {', '.join(comp.record['dropped'])}" if comp.record["dropped"] else ""

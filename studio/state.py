@@ -47,6 +47,9 @@ def describe_model(model: str) -> str:
 
 
 def get_pipeline(model: str):
+    from pipeline.access import check_user_path
+
+    check_user_path(model, "model")  # public mode: before the path is looked at
     return _load(model, _MODEL_OPTIONS["device"], _MODEL_OPTIONS["dtype"])
 
 
@@ -57,12 +60,13 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     error toast."""
     import gradio as gr
 
+    from pipeline.errors import PipelineError, check_seed
     from pipeline.generate import ModelLoadError, generate
     from pipeline.presets import PresetUnavailable
 
     try:
         pipe = get_pipeline(model or "embedded")
         with MODEL_LOCK:
-            return generate(pipe, class_name, int(seed), **options)[0]
-    except (ModelLoadError, PresetUnavailable, ValueError) as e:
+            return generate(pipe, class_name, check_seed(seed), **options)[0]
+    except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
         raise gr.Error(str(e))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import cv2
 import gradio as gr
+
+from pipeline.access import check_user_path
 import numpy as np
 
 from pipeline import presets, viz
@@ -73,7 +75,8 @@ class LockedRefiner:
 def make_refiner(name: str, checkpoint: str | None):
     """The named refiner (from the registry; it takes the options it uses, e.g. SAM's
     weights from the 'SAM weights' box, a path, hub id or preset name)."""
-    refiner = _cached_refiner(name, checkpoint=resolve_checkpoint((checkpoint or "").strip() or None))
+    checkpoint = check_user_path((checkpoint or "").strip() or None, "SAM checkpoint")  # public mode: allow-list
+    refiner = _cached_refiner(name, checkpoint=resolve_checkpoint(checkpoint))
     # SAM-like refiners keep state (one image embedding): one session at a time
     return LockedRefiner(refiner) if getattr(refiner, "stateful", False) else refiner
 
@@ -130,8 +133,8 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     if t_lo > t_hi:
         raise gr.Error("'timesteps from' is above 'timesteps to': the range is empty.")
     progress(0.1, desc="loading the model and generating")
-    sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=int(steps),
-                          guidance=float(guidance), capture=capture_for(refiner_name))
+    sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=steps,
+                          guidance=guidance, capture=capture_for(refiner_name))
     progress(0.8, desc=f"refining ({refiner_name})")
     problem = None
     try:

@@ -116,7 +116,7 @@ def train_vae(cfg: TrainConfig, vae, work: Path) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     step = 0
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)  # a crafted checkpoint must not run code
         vae.load_state_dict(st["vae"]), opt.load_state_dict(st["opt"])
         step = st["step"]
     rng = np.random.default_rng([cfg.seed, 1, step])
@@ -146,7 +146,7 @@ def encode_dataset(cfg: TrainConfig, vae, tokenizer, work: Path) -> dict[str, to
     """Latents (scaled posterior means) and token ids of the fixed training set, cached."""
     cache = work / "dataset.pt"
     if cache.exists():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     rng = np.random.default_rng([cfg.seed, 2])
     latents, labels, bgs = [], [], []
     for start in tqdm(range(0, cfg.n_train_images, 512), desc="encode", unit="batch"):
@@ -189,7 +189,7 @@ def _resume(state_path: Path, unet, text_encoder, lr: float):
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema, step = [p.detach().clone() for p in params], 0
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)  # a crafted checkpoint must not run code
         unet.load_state_dict(st["unet"]), text_encoder.load_state_dict(st["text_encoder"])
         opt.load_state_dict(st["opt"])
         ema, step = st["ema"], st["step"]
@@ -269,7 +269,7 @@ def object_masks(cfg: TrainConfig, work: Path) -> torch.Tensor:
     same random streams as ``encode_dataset`` (the world is deterministic), cached."""
     cache = work / "masks.pt"
     if cache.exists():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     rng = np.random.default_rng([cfg.seed, 2])
     out = []
     for start in tqdm(range(0, cfg.n_train_images, 512), desc="masks", unit="batch"):

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..dataset import Store, load_image_file
-from .common import inside, iter_progress, json_dump, restore_kwargs
+from .common import confined, inside, iter_progress, json_dump, restore_kwargs
 
 SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
 
@@ -116,7 +116,7 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
     img_ids = sorted(coco.getImgIds())[:limit]
     for img_id in iter_progress(img_ids, progress, "import coco"):
         info = coco.loadImgs(img_id)[0]
-        image = load_image_file(Path(images_dir) / info["file_name"])
+        image = load_image_file(confined(images_dir, info["file_name"], "COCO file_name"))
         anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=img_id)), key=lambda a: a["id"])
         inst = [(coco.loadCats(a["category_id"])[0]["name"], coco.annToMask(a).astype(bool)) for a in anns]
         crowd = [bool(a.get("iscrowd", 0)) for a in anns]

@@ -175,6 +175,28 @@ def inside(root: Path, rel: str) -> Path:
     return path
 
 
+def safe_stem(name: str) -> str:
+    """A file-name stem from free text (a class name): letters, digits, '_' and '-' only, so "../../escaped" cannot leave the output folder. A name that had to be
+    changed gets 6 hex digits of its hash, so "a/b" and "a_b" stay two files."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name.strip().replace(" ", "_")).strip("_") or "class"
+    if stem != name.strip().replace(" ", "_"):
+        stem = f"{stem[:48]}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return stem
+
+
+def confined(root: str | os.PathLike, rel: str, what: str = "file") -> Path:
+    """``root/rel`` for reading, refusing a ``rel`` (a file name from an annotation file) that
+    leads outside ``root`` (``../../etc/passwd``, an absolute path, a symlink out): ExportError."""
+    root = Path(root).resolve()
+    path = (root / str(rel)).resolve()
+    if root not in path.parents:
+        raise ExportError(f"{what} {rel!r} lies outside {root}; annotation file names must be relative to it")
+    return path
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..dataset import Store, StoreError, load_image_file
 from ..masks import bbox
-from .common import (VOC_CLASSES, ExportError, inside, iter_progress, json_dump, mask_to_polygons,
+from .common import (VOC_CLASSES, ExportError, confined, inside, iter_progress, json_dump, mask_to_polygons,
                      restore_kwargs, voc_palette)
 
 BASE = "VOCdevkit/VOC2012"
@@ -198,6 +198,7 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
         raise StoreError(f"no VOC segmentation samples under {root}")
     ids = []
     for name in iter_progress(names, progress, "import voc"):
+        confined(root / "JPEGImages", f"{name}.jpg", "VOC image name")  # a split list naming ../../x
         image = load_image_file(root / "JPEGImages" / f"{name}.jpg")
         obj = np.asarray(Image.open(root / "SegmentationObject" / f"{name}.png"))
         cls = np.asarray(Image.open(root / "SegmentationClass" / f"{name}.png"))
