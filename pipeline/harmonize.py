@@ -67,13 +67,33 @@ def check_composite(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     return image, mask
 
 
+RING_WORK_SIDE = 512  # the ring is found at most this many pixels across (see ring_mask)
+
+
 def ring_mask(mask: np.ndarray, width: int | None = None) -> np.ndarray:
-    """The background band around the object, ``width`` px (default: 1/4 of its box size)."""
+    """The background band around the object, ``width`` px (default: 1/4 of its box size),
+    (H, W) bool. Only colour statistics are read from it, which do not need every pixel: on
+    a large image the dilation runs on the mask scaled to at most RING_WORK_SIDE across and
+    the band is scaled back, so the cost stays linear in pixels (a full-resolution elliptical
+    kernel of 1/4 the object's size grows with its square: minutes at 9000x9000)."""
+    mask = np.asarray(mask, bool)
     if width is None:
         ys, xs = np.nonzero(mask)
+        if not len(ys):
+            return ~mask
         width = max(3, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
-    ring = (cv2.dilate(mask.astype(np.uint8), k) > 0) & ~mask
+    H, W = mask.shape
+    f = min(1.0, RING_WORK_SIDE / max(H, W))
+    if f < 1.0:
+        size = (max(1, round(W * f)), max(1, round(H * f)))
+        small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0  # any object pixel
+        r = max(1, round(width * f))
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        grown = cv2.resize(cv2.dilate(small.astype(np.uint8), k), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+    else:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+        grown = cv2.dilate(mask.astype(np.uint8), k) > 0
+    ring = grown & ~mask
     return ring if ring.any() else ~mask
 
 
@@ -106,16 +126,46 @@ def features(lab: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def apply_stats(image: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, feather: float = 1.5) -> np.ndarray:
-    """Set the object's Lab mean/std to (mean, std), blended in over a soft rim."""
-    lab = to_lab(image)
-    m0, s0 = stats(lab, mask)
+    """Set the object's Lab mean/std to (mean, std), blended in over a soft rim.
+
+    Only the object's pixels change, so the work is done on its box, padded by the blur's
+    reach (the result is the same as on the whole image; the cost follows the object, not the
+    background: a small object on a 64-megapixel photo costs what it costs on a small one)."""
+    result = image.copy()  # pixels outside the object stay bit-exact (no Lab round trip)
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return result
+    pad = int(np.ceil(4 * max(feather, 0))) + 2  # OpenCV's Gaussian reaches ~4 sigma
+    y1, y2 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + 1 + pad)
+    x1, x2 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + 1 + pad)
+    crop, m = image[y1:y2, x1:x2], mask[y1:y2, x1:x2]
+    lab = to_lab(crop)
+    m0, s0 = stats(lab, m)
     out = (lab - m0) / s0 * std + mean
     out[..., 0] = np.clip(out[..., 0], 0, 100)
-    alpha = soft_rim(mask.astype(np.float32), mask, feather)[..., None]
+    alpha = soft_rim(m.astype(np.float32), m, feather)[..., None]
     blended = from_lab(lab * (1 - alpha) + out * alpha)
-    result = image.copy()  # pixels outside the object stay bit-exact (no Lab round trip)
-    result[mask] = blended[mask]
+    result[y1:y2, x1:x2][m] = blended[m]
     return result
+
+
+STATS_MAX_PIXELS = 1_000_000  # colour statistics are read from at most this many pixels
+
+
+def stats_view(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) scaled down to at most STATS_MAX_PIXELS for colour statistics (means and
+    spreads do not need every pixel), unchanged when already that small. Keeps statistics'
+    cost bounded however large the background (the learned model's features, the ring's)."""
+    H, W = mask.shape
+    if H * W <= STATS_MAX_PIXELS:
+        return image, mask
+    f = (STATS_MAX_PIXELS / (H * W)) ** 0.5
+    size = (max(1, round(W * f)), max(1, round(H * f)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if not m.any() or m.all():  # an object too thin to survive the scaling: read it at full size
+        return image, mask
+    return small, m
 
 
 @runtime_checkable
@@ -143,7 +193,7 @@ class GlobalHarmonizer:
 
     def __call__(self, image, mask):
         image, mask = check_composite(image, mask)
-        mean, std = stats(to_lab(image), ~mask)
+        mean, std = stats(to_lab(stats_view(image, mask)[0]), ~stats_view(image, mask)[1])
         return apply_stats(image, mask, mean, std)
 
 
@@ -156,9 +206,10 @@ class RingHarmonizer:
 
     def __call__(self, image, mask):
         image, mask = check_composite(image, mask)
-        lab = to_lab(image)
-        fm, fs = stats(lab, mask)
-        rm, rs = stats(lab, ring_mask(mask))
+        small, small_mask = stats_view(image, mask)
+        lab = to_lab(small)
+        fm, fs = stats(lab, small_mask)
+        rm, rs = stats(lab, ring_mask(small_mask))
         a = self.strength
         return apply_stats(image, mask, (1 - a) * fm + a * rm, (1 - a) * fs + a * rs)
 
@@ -181,6 +232,7 @@ class LearnedHarmonizer:
                                  "retrain with `python -m pipeline.harmonize train`")
 
     def predict(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = stats_view(image, mask)
         y = features(to_lab(image), mask) @ self.W
         return y[:3], np.maximum(y[3:], 1e-2)
 

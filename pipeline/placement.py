@@ -41,6 +41,7 @@ from .plugins import Registry
 FLYING = {"bird", "aeroplane", "airplane", "kite", "frisbee", "plane", "balloon"}
 DEFAULT_SCALES = tuple(round(i / 18, 4) for i in range(2, 17))
 WORK_SIDE = 128
+MAP_MAX_PIXELS = 1_000_000  # placement maps larger than this are kept scaled (PlacementResult.map_at)
 
 
 class PlacementError(PipelineError, ValueError):
@@ -49,13 +50,22 @@ class PlacementError(PipelineError, ValueError):
 
 @dataclass
 class PlacementResult:
-    """What a scorer returns. ``maps``: (S, H, W) float32 in [0, 1] at background size, the
+    """What a scorer returns. ``maps``: (S, H, W) float32 in [0, 1] at background size (or,
+    for a background over MAP_MAX_PIXELS, scaled: read them with :meth:`map_at`), the
     score of a box centred at each pixel, per scale (0 = the box would not fit there);
     ``boxes``: ranked ``(scale, XYXY box in background pixels, score in [0, 1])``."""
 
     scales: tuple[float, ...]
     maps: np.ndarray
     boxes: list[tuple[float, tuple[int, int, int, int], float]]
+
+    def map_at(self, index: int, hw: tuple[int, int]) -> np.ndarray:
+        """Map ``index`` at size ``hw`` = (H, W) (the weight-free scorer keeps maps of a large
+        background scaled to at most MAP_MAX_PIXELS; they are resized only for display)."""
+        m = self.maps[index]
+        if m.shape == tuple(hw):
+            return m
+        return cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
     @property
     def best(self) -> tuple[float, int, int]:
@@ -129,7 +139,11 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
     typical = float(np.median(areas)) if areas else None
 
     w_free, w_detail, w_support, w_scale = weights
-    maps = np.zeros((len(scales), H, W), np.float32)
+    # the maps are only looked at: beyond MAP_MAX_PIXELS they are kept at a scaled size (S maps
+    # of a 64-megapixel photo at full size would be 4 GB); boxes are always in background pixels
+    g = min(1.0, (MAP_MAX_PIXELS / (H * W)) ** 0.5)
+    MH, MW = (H, W) if g == 1.0 else (max(1, round(H * g)), max(1, round(W * g)))
+    maps = np.zeros((len(scales), MH, MW), np.float32)
     cands = []
     for si, s in enumerate(scales):
         bw_full, bh_full = box_size(s, fg_hw, (H, W))
@@ -148,10 +162,14 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
             rel = (bw_full * bh_full) / (H * W) / max(typical, 1e-6)
             score = score + w_scale * np.exp(-0.5 * (np.log(rel) / 0.7) ** 2)
         score = score / (w_free + w_detail + w_support + (w_scale if typical is not None else 0))
-        # back to background pixels, by box centre
-        full = np.zeros((H, W), np.float32)
-        cy0, cx0 = bh_full // 2, bw_full // 2
-        ch, cw = H - bh_full + 1, W - bw_full + 1
+        # back to (map) pixels, by box centre
+        full = np.zeros((MH, MW), np.float32)
+        if g == 1.0:
+            cy0, cx0 = bh_full // 2, bw_full // 2
+            ch, cw = H - bh_full + 1, W - bw_full + 1
+        else:
+            cy0, cx0 = min(MH - 1, int(bh_full * g) // 2), min(MW - 1, int(bw_full * g) // 2)
+            ch, cw = max(1, min(MH - cy0, round((H - bh_full + 1) * g))), max(1, min(MW - cx0, round((W - bw_full + 1) * g)))
         full[cy0 : cy0 + ch, cx0 : cx0 + cw] = cv2.resize(score.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
         maps[si] = full
         for yy, xx in _peaks(score, 3):

@@ -189,7 +189,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     def _placement_views(ses: InsertSession):
         scales = ses.placement.scales
         si = int(np.argmin([abs(s - ses.scale) for s in scales]))
-        shown = viz.overlay_heat(ses.background, ses.placement.maps[si], 0.45)
+        shown = viz.overlay_heat(ses.background, ses.placement.map_at(si, ses.background.shape[:2]), 0.45)
         x1, y1, x2, y2 = ses.box_for()
         cv2.rectangle(shown, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), max(1, min(shown.shape[:2]) // 150))
         ranked = "\n".join(f"{i + 1}. scale {s:.2f}, box {b}, score {sc:.2f}" for i, (s, b, sc) in enumerate(ses.placement.boxes))

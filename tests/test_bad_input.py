@@ -240,3 +240,78 @@ def test_errors_are_pipeline_errors():
     from pipeline.masks import HeatMapError
 
     assert issubclass(HeatMapError, PipelineError) and issubclass(ImageError, PipelineError)
+
+
+# -- cost that follows the input (the benchmark is bench/bench_scale.py) ---------------------------
+def _object_on(photo, scale):
+    import cv2
+
+    H, W = photo.shape[0] * scale, photo.shape[1] * scale
+    bg = cv2.resize(photo, (W, H), interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros((H, W), bool)
+    cv2.ellipse(mask.view(np.uint8), (W // 2, H // 2), (W // 8, H // 6), 0, 0, 360, 1, -1)
+    return bg, mask
+
+
+def test_apply_stats_on_the_object_box_equals_the_whole_image(photo):
+    import cv2
+
+    from pipeline.compose import soft_rim
+    from pipeline.harmonize import apply_stats, from_lab, stats, to_lab
+
+    bg, mask = _object_on(photo, 1)
+    mean, std = np.array([55.0, 5.0, -3.0]), np.array([12.0, 6.0, 7.0])
+    lab = to_lab(bg)  # the whole-image computation, as it was
+    m0, s0 = stats(lab, mask)
+    out = (lab - m0) / s0 * std + mean
+    out[..., 0] = np.clip(out[..., 0], 0, 100)
+    alpha = soft_rim(mask.astype(np.float32), mask, 1.5)[..., None]
+    ref = bg.copy()
+    ref[mask] = from_lab(lab * (1 - alpha) + out * alpha)[mask]
+    assert np.array_equal(apply_stats(bg, mask, mean, std), ref)
+
+
+def test_ring_mask_on_a_large_image_is_the_full_resolution_ring(photo):
+    from pipeline.harmonize import RING_WORK_SIDE, ring_mask
+
+    _, mask = _object_on(photo, 3)
+    assert max(mask.shape) > RING_WORK_SIDE
+    ring = ring_mask(mask)
+    assert not (ring & mask).any()
+    ys, xs = np.nonzero(mask)
+    import cv2
+
+    width = max(3, int(0.25 * max(np.ptp(ys) + 1, np.ptp(xs) + 1)))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    exact = (cv2.dilate(mask.astype(np.uint8), k) > 0) & ~mask
+    assert (ring & exact).sum() / (ring | exact).sum() > 0.95
+
+
+def test_large_background_placement_maps_are_bounded(photo):
+    from pipeline.placement import MAP_MAX_PIXELS, heatmap
+
+    bg, _ = _object_on(photo, 4)  # ~4.9 megapixels
+    fg = np.zeros((80, 60), bool)
+    fg[10:70, 10:50] = True
+    res = heatmap(bg, fg)
+    assert res.maps[0].size <= MAP_MAX_PIXELS and 0 <= res.maps.min() and res.maps.max() <= 1
+    shown = res.map_at(0, bg.shape[:2])
+    assert shown.shape == bg.shape[:2]
+    (x1, y1, x2, y2) = res.boxes[0][1]
+    assert 0 <= x1 < x2 <= bg.shape[1] and 0 <= y1 < y2 <= bg.shape[0]
+    # the best box's centre lies where the map says best (within the map's scaling)
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    assert shown[cy, cx] >= 0.8 * shown.max()
+
+
+def test_harmonized_large_composite_stays_near_the_small_one(photo):
+    import cv2
+
+    from pipeline.harmonize import get_harmonizer
+
+    small_bg, small_mask = _object_on(photo, 1)
+    big_bg, big_mask = _object_on(photo, 3)
+    h = get_harmonizer("ring")
+    small = h(small_bg, small_mask)[small_mask].astype(float).mean(0)
+    big = h(big_bg, big_mask)[big_mask].astype(float).mean(0)
+    assert np.abs(small - big).max() < 3  # statistics read at a bounded size: the same colours
