@@ -315,3 +315,28 @@ def test_harmonized_large_composite_stays_near_the_small_one(photo):
     small = h(small_bg, small_mask)[small_mask].astype(float).mean(0)
     big = h(big_bg, big_mask)[big_mask].astype(float).mean(0)
     assert np.abs(small - big).max() < 3  # statistics read at a bounded size: the same colours
+
+
+def test_paste_blends_only_around_the_box_with_whole_image_pixels(photo, coco):
+    import cv2
+
+    from pipeline.compose import cut_out, fit_box, paste, soft_rim
+
+    img_id = sorted(coco.getImgIds())[1]
+    ann = max(coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False)), key=lambda a: a["area"])
+    fg, fg_mask = coco_image(coco, img_id), coco.annToMask(ann).astype(bool)
+    h, w = photo.shape[:2]
+    for box in [(10, 20, 200, 180), (0, 0, 150, 120), (w - 100, h - 90, w, h)]:
+        crop, cm = cut_out(fg, fg_mask)  # the whole-image blend, as it was
+        x1, y1, x2, y2 = fit_box(box, (h, w))
+        obj = cv2.resize(crop, (x2 - x1, y2 - y1), interpolation=cv2.INTER_AREA if x2 - x1 < crop.shape[1] else cv2.INTER_LINEAR)
+        soft = cv2.resize(cm.astype(np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+        mask = np.zeros((h, w), bool)
+        mask[y1:y2, x1:x2] = soft >= 0.5
+        alpha = np.zeros((h, w), np.float32)
+        alpha[y1:y2, x1:x2] = soft
+        alpha = soft_rim(alpha, mask, 1.0)
+        layer = np.zeros_like(photo)
+        layer[y1:y2, x1:x2] = obj
+        ref = (photo * (1 - alpha[..., None]) + layer * alpha[..., None]).round().astype(np.uint8)
+        assert np.array_equal(paste(photo, [], fg, fg_mask, box, "x").image, ref)
