@@ -231,6 +231,7 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
         raise ConfigError(f"{len(classes)} classes but {len(seeds)} seeds")
     prompts = [prompt] * len(classes) if isinstance(prompt, str) else \
         list(prompt) if prompt is not None else [config.prompt(c) for c in classes]
+    check_size(pipe, config.height, config.width)
     device = pipe.unet.device
     gen_device = "cpu" if device.type == "mps" else device
     generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
@@ -241,6 +242,33 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     maps = tracer.maps(images.shape[1:3])
     settings = {"steps": config.steps, "guidance": config.guidance, "template": config.template}
     return [Sample(img, c, p, int(s), m, dict(settings)) for img, c, p, s, m in zip(images, classes, prompts, seeds, maps)]
+
+
+MAX_SIZE_FACTOR = 2  # at most this many times the model's native side, per side
+
+
+def native_size(pipe) -> int | None:
+    """The side the model was trained at (UNet sample size x VAE factor: 64 for the embedded
+    model, 512 for SD 1.5, 1024 for SDXL), or None when the pipeline does not say."""
+    sample = getattr(getattr(pipe.unet, "config", None), "sample_size", None)
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(sample, (tuple, list)):
+        sample = max(sample)
+    return int(sample) * int(factor) if isinstance(sample, int) and isinstance(factor, int) else None
+
+
+def check_size(pipe, height: int | None, width: int | None) -> None:
+    """ConfigError for a size over MAX_SIZE_FACTOR x the model's native side: denoising cost
+    grows with the square of the side (1024x1024 on the 64x64 embedded model runs for minutes)
+    and a model draws repeated, broken objects far from the size it learned."""
+    native = native_size(pipe)
+    if native is None:
+        return
+    limit = MAX_SIZE_FACTOR * native
+    for side, v in (("height", height), ("width", width)):
+        if v is not None and v > limit:
+            raise ConfigError(f"{side} {v} is over {limit}, {MAX_SIZE_FACTOR}x this model's native size "
+                              f"{native}x{native}; generate at {native} (the default) or use a larger model")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

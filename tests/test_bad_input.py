@@ -340,3 +340,12 @@ def test_paste_blends_only_around_the_box_with_whole_image_pixels(photo, coco):
         layer[y1:y2, x1:x2] = obj
         ref = (photo * (1 - alpha[..., None]) + layer * alpha[..., None]).round().astype(np.uint8)
         assert np.array_equal(paste(photo, [], fg, fg_mask, box, "x").image, ref)
+
+
+def test_size_far_beyond_the_native_one_is_refused_at_once(embedded):
+    from pipeline.generate import MAX_SIZE_FACTOR, generate, native_size
+
+    assert native_size(embedded) == 64
+    with pytest.raises(ConfigError, match="native size 64x64"):
+        generate(embedded, "dog", 0, steps=25, height=1024, width=1024)
+    assert generate(embedded, "dog", 0, steps=1, height=64 * MAX_SIZE_FACTOR, width=64)[0].image.shape == (128, 64, 3)
