@@ -5,16 +5,17 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import gradio as gr
-
-from pipeline.access import check_user_path
 import numpy as np
 
 from pipeline import presets, viz
+from pipeline.access import check_user_path
 from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
 from pipeline.dataset import DamagedSampleError, Store, StoreError
@@ -313,14 +314,39 @@ def _split_list(text: str | None) -> list[str] | None:
     return [c.strip() for c in (text or "").split(",") if c.strip()] or None
 
 
-@lru_cache(maxsize=4096)
-def _thumbnail(store_dir: str, sample_id: int, image_key: str, instances_key: str) -> np.ndarray:
+_THUMBS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_THUMBS_LOCK = threading.Lock()
+THUMB_CACHE_SIZE = 4096
+
+
+def _thumbnail(store_dir: str, sample_id: int, image_key: str, instances_key: str, store: Store | None = None,
+               record=None) -> np.ndarray:
     """A sample's gallery picture, cached by its image and instance blobs (any change to the
-    mask changes the key, so the cache never shows a stale mask)."""
-    with Store(store_dir) as store:
-        rec = store.get(sample_id)
-        img = store.load_image(rec)
-        masks = store.masks(rec)
+    mask changes the key, so the cache never shows a stale mask). ``store``/``record``: an open
+    store and the sample's row, so a page of misses opens the store once, not once per picture."""
+    key = (store_dir, sample_id, image_key, instances_key)
+    with _THUMBS_LOCK:
+        if key in _THUMBS:
+            _THUMBS.move_to_end(key)
+            return _THUMBS[key]
+    if store is None:
+        with Store(store_dir) as opened:
+            pic = _make_thumbnail(opened, opened.get(sample_id))
+    else:
+        pic = _make_thumbnail(store, record if record is not None else store.get(sample_id))
+    with _THUMBS_LOCK:
+        _THUMBS[key] = pic
+        while len(_THUMBS) > THUMB_CACHE_SIZE:
+            _THUMBS.popitem(last=False)
+    return pic
+
+
+_thumbnail.cache_clear = _THUMBS.clear  # as functools.lru_cache names it
+
+
+def _make_thumbnail(store: Store, rec) -> np.ndarray:
+    img = store.load_image(rec)
+    masks = store.masks(rec)
     if masks:
         img = viz.overlay_mask(img, np.any([m for _, m in masks], axis=0))
     return viz.upscale_for_display(img, 128) if max(img.shape[:2]) < 128 else viz.fit_within(img, 256)
@@ -353,14 +379,15 @@ class CurateActions:
             recs = store.query(status=status, classes=_split_list(classes),
                                tags=[tag.strip()] if tag and tag.strip() else None, limit=PAGE_SIZE,
                                offset=page * PAGE_SIZE)
-        items = []
-        for r in recs:
-            try:
-                pic = _thumbnail(str(self.store_dir), r.id, r.image, ",".join(i.mask for i in r.instances))
-                items.append((pic, self.caption(r)))
-            except StoreError as e:
-                reason = e.reason if isinstance(e, DamagedSampleError) else str(e)
-                items.append((_damaged_tile(reason), f"#{r.id} ⚠ damaged: {reason}"))
+            items = []
+            for r in recs:
+                try:
+                    pic = _thumbnail(str(self.store_dir), r.id, r.image, ",".join(i.mask for i in r.instances),
+                                     store=store, record=r)
+                    items.append((pic, self.caption(r)))
+                except StoreError as e:
+                    reason = e.reason if isinstance(e, DamagedSampleError) else str(e)
+                    items.append((_damaged_tile(reason), f"#{r.id} ⚠ damaged: {reason}"))
         summary = f"{total} samples · page {page + 1} of {pages}"
         return [r.id for r in recs], items, summary, page
 
