@@ -83,6 +83,14 @@ def test_embedded_training_cache_does_not_run_pickled_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         encode_dataset(TrainConfig(), None, None, tmp_path)
     assert not marker.exists()
+    # the resumable training states (vae.pt, unet.pt) were read with weights_only=False
+    from pipeline.embedded.train import _resume
+
+    with open(tmp_path / "unet.pt", "wb") as f:
+        pickle.dump(_Evil(str(marker)), f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError):
+        _resume(tmp_path / "unet.pt", torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), 1e-3)
+    assert not marker.exists()
     # its own files still load
     torch.save({"latents": torch.zeros(2, 4, 4, 4), "ids": torch.zeros(2, 77, dtype=torch.long)}, tmp_path / "dataset.pt")
     assert encode_dataset(TrainConfig(), None, None, tmp_path)["latents"].shape == (2, 4, 4, 4)
