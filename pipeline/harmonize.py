@@ -189,6 +189,8 @@ def get_harmonizer(name: str | None = None, **options):
         return LearnedHarmonizer(**options)
     if name == "poisson":
         return harmonize_poisson
+    if name == "pct":  # the learned colour-transform net, pipeline/harmonize_net.py (issue 17)
+        from .harmonize_net import NetHarmonizer; return NetHarmonizer(**options)  # noqa: E702
     if name == "rainnet":  # needs checkpoint=PATH (RainNet's published net_G weights)
         from .rainnet import RainNetHarmonizer
 

@@ -258,6 +258,7 @@ class SamRefiner:
 
 
 REFINERS = {"grabcut": GrabCutRefiner, "sam": SamRefiner, "affinity": AffinityRefiner, "otsu": OtsuRefiner}
+from .refine_net import LearnedRefiner; REFINERS["learned"] = LearnedRefiner  # noqa: E402,E702 (issue 17)
 DEFAULT_REFINER = "grabcut"
 
 
