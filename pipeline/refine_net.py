@@ -112,7 +112,7 @@ class LearnedRefiner:
     name = "learned"
     takes_points = False
 
-    def __init__(self, weights: str | Path = ASSET_DIR, threads: int | None = None):
+    def __init__(self, weights: str | Path = ASSET_DIR):
         import torch
         from safetensors.torch import load_file
 
@@ -128,7 +128,6 @@ class LearnedRefiner:
         except RuntimeError as e:
             raise RefinerUnavailable(f"{path} does not hold this refiner's weights ({e}); retrain it") from e
         self.net.eval()
-        self.threads = threads
         self._torch = torch
 
     def logits(self, image: np.ndarray, heat: np.ndarray) -> np.ndarray:
