@@ -4,7 +4,9 @@ CascadePSP/SegFix-style: the coarse map (a heat map in [0, 1]) chooses a square 
 its object (the box of ``heat >= 0.5`` grown by ``MARGIN`` on every side), the crop is
 resampled to ``CROP`` x ``CROP``, and a small U-Net (~0.1 M parameters) reads RGB + coarse
 map + "inside the photo" and predicts the object's logit; the logit is mapped back to the
-photo and thresholded at 0. Pixels outside the crop are background.
+photo, its probability blended with the coarse map (``blend``, chosen after training by
+``python -m pipeline.refine_net calibrate`` on the training photos and stored in the weights'
+config.json) and thresholded at 0.5. Pixels outside the crop keep only the coarse map's share.
 
 It is trained by ``python -m pipeline.refine_net train`` on self-supervised degradations of
 the annotated real photos of :mod:`pipeline.realdata` (random morphology, elastic warps, blur,
@@ -129,6 +131,9 @@ class LearnedRefiner:
             raise RefinerUnavailable(f"{path} does not hold this refiner's weights ({e}); retrain it") from e
         self.net.eval()
         self._torch = torch
+        cfg = path.parent / "config.json"
+        # the share of the network in the final map (see ``calibrate``); 1: the network alone
+        self.blend = float(json.loads(cfg.read_text()).get("blend", 1.0)) if cfg.exists() else 1.0
 
     def logits(self, image: np.ndarray, heat: np.ndarray) -> np.ndarray:
         """(H, W) float32 object logits over the whole photo (very negative outside the crop)."""
@@ -141,13 +146,20 @@ class LearnedRefiner:
         return cv2.warpAffine(y, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=-20.0)
 
+    def probability(self, image: np.ndarray, heat: np.ndarray, blend: float | None = None) -> np.ndarray:
+        """(H, W) float32 in [0, 1]: ``blend`` x the network's probability + (1 - ``blend``) x the
+        coarse map (``blend`` None: the calibrated value of the weights' config.json)."""
+        w = self.blend if blend is None else blend
+        p = 1.0 / (1.0 + np.exp(-np.clip(self.logits(image, heat), -30, 30)))
+        return w * p + (1 - w) * heat if w < 1 else p
+
     def __call__(self, image, heat, attention=None, points=None, labels=None):
         from .refine import RefinementError, RefineResult, check_inputs
 
         heat = check_inputs(image, heat)
         if points is not None and len(points):
             raise RefinementError("the learned refiner does not take clicks; use grabcut or sam")
-        mask = self.logits(image, heat) > 0
+        mask = self.probability(image, heat) > 0.5
         info = {} if mask.any() else {"warning": "the learned refiner found no object in the crop"}
         return RefineResult(mask, self.name, info)
 
@@ -385,12 +397,47 @@ def train(cfg: RefineTrainConfig, log=print) -> Path:
     return out
 
 
+BLENDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def calibrate(weights: str | Path = ASSET_DIR, seed: int = 1, log=print) -> float:
+    """Choose how much of the network to trust against the coarse map (``blend``) on the photos
+    the weights were trained on (their config.json lists them), with fresh random degradations
+    (``random_coarse``, never the benchmark's kinds): the blend of best mean IoU is written into
+    config.json. Returns it."""
+    from . import realdata
+    from .masks import iou
+
+    weights = Path(weights)
+    cfg_path = weights / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    refiner = LearnedRefiner(weights)
+    rng = np.random.default_rng(seed)
+    scores = {w: [] for w in BLENDS}
+    for key in cfg["photos"]:
+        p = realdata.load_photo(key)
+        for gt in p.masks:
+            heat = random_coarse(gt, rng)
+            if float(heat.max() - heat.min()) < 1e-6:
+                continue
+            prob = refiner.probability(p.image, heat, blend=1.0)
+            for w in BLENDS:
+                scores[w].append(iou((w * prob + (1 - w) * heat) > 0.5, gt))
+    means = {w: float(np.mean(v)) for w, v in scores.items()}
+    best = max(means, key=means.get)
+    cfg["blend"], cfg["blend_scores"] = best, {str(w): round(m, 4) for w, m in means.items()}
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    log(f"mean IoU by blend on {len(scores[1.0])} training objects: {cfg['blend_scores']}; chose {best}")
+    return best
+
+
 def main(argv=None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.refine_net",
                                  description="train the learned refiner on the annotated photos")
-    ap.add_argument("action", choices=["train"])
+    ap.add_argument("action", choices=["train", "calibrate"],
+                    help="train, then calibrate (choose the network/coarse-map blend on the training photos)")
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--folds", default="1,2", help="photo folds to train on (pipeline.realdata, k-fold by photo)")
     ap.add_argument("--k", type=int, default=3)
@@ -400,6 +447,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-photos", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.action == "calibrate":
+        print(f"blend {calibrate(a.out)} written to {Path(a.out) / 'config.json'}")
+        return
     folds = tuple(int(f) for f in a.folds.split(","))
     if any(not 0 <= f < a.k for f in folds):
         ap.error(f"--folds must be in [0, {a.k})")
