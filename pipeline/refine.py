@@ -302,6 +302,7 @@ REFINERS.register("grabcut", GrabCutRefiner)
 REFINERS.register("sam", SamRefiner)
 REFINERS.register("affinity", AffinityRefiner)
 REFINERS.register("otsu", OtsuRefiner)
+REFINERS.register("learned", "pipeline.refine_net:LearnedRefiner")  # a small CNN (issue 17); imported on use
 DEFAULT_REFINER = "grabcut"
 
 

@@ -458,8 +458,19 @@ class InsertSession:
         if self.composite is None:
             raise SessionError("Preview a composite first.")
         comp = self.composite
-        return store.add(comp.image, list(dict.fromkeys(n for n, _ in comp.instances)), instances=comp.instances,
-                         instance_sources=self.composite_sources, uid=uid,
-                         prompt=prompt if prompt is not None else f"{self.origin} + {self.fg_class}", seed=seed,
-                         model=model, status=status, tags=list(tags), inserted=[comp.record],
-                         meta={"background": self.origin, "object": self.fg_origin, **(meta or {})})
+        return store_composite(store, comp.image, [(n, m, s) for (n, m), s in zip(comp.instances, self.composite_sources)],
+                               comp.record, uid=uid, status=status, tags=tags, model=model, seed=seed,
+                               prompt=prompt if prompt is not None else f"{self.origin} + {self.fg_class}",
+                               meta={"background": self.origin, "object": self.fg_origin, **(meta or {})})
+
+
+def store_composite(store, image: np.ndarray, instances, record: dict, *, uid: str | None = None,
+                    status: str = "accepted", tags=(), prompt: str = "", seed: int | None = None,
+                    model: str = "composite", meta: dict | None = None) -> int:
+    """The one way a composite becomes a sample (the Insert tab and ``pipeline.batch``):
+    ``instances`` (class, (H, W) bool, source) back to front, the background's keeping
+    their kinds and the pasted object ``inserted``; ``record`` the paste's description."""
+    instances = list(instances)
+    return store.add(image, list(dict.fromkeys(n for n, _, _ in instances)), instances=[(n, m) for n, m, _ in instances],
+                     instance_sources=[s for _, _, s in instances], uid=uid, prompt=prompt, seed=seed, model=model,
+                     status=status, tags=list(tags), inserted=[record], meta=meta or {})

@@ -251,3 +251,27 @@ def test_ray_two_workers_survive_a_killed_worker(tmp_path):
         a = store.image(r.image).astype(int)
         b = local.image(local_kept[uid].image).astype(int)
         assert np.abs(a - b).max() <= 2
+
+
+def test_a_candidate_always_goes_through_the_unet_in_the_same_batch(monkeypatch):
+    """Batched kernels may round rows differently on some CPUs, so a resumed run asking for
+    only some candidates must still compute each in its own block of batch_size."""
+    import pipeline.batch.worker as worker
+    import pipeline.generate as gen
+
+    spec = BatchSpec.of(("ball", "star"), 2, steps=2, batch_size=4, refiner="otsu")
+    calls = []
+    real = gen.generate
+
+    def spy(pipe, classes, seeds, **kw):
+        calls.append((tuple(classes), tuple(seeds)))
+        return real(pipe, classes, seeds, **kw)
+
+    monkeypatch.setattr(gen, "generate", spy)
+    alone = worker.compute_candidates(spec, [("ball", 5)])
+    whole = worker.compute_candidates(spec, [("ball", k) for k in range(4, 8)])
+    block = tuple(candidate_seed(spec.seed, "ball", k) for k in range(4, 8))
+    assert [c[1] for c in calls] == [block, block]
+    assert [c.k for c in alone] == [5]
+    same = next(c for c in whole if c.k == 5)
+    assert np.array_equal(alone[0].image, same.image) and np.array_equal(alone[0].heat, same.heat)

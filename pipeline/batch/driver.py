@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..session import store_composite
 from ..errors import PipelineError
 from ..masks import DEFAULT_THRESHOLDS, ThresholdCalibrator
 from .executors import LocalExecutor, RayExecutor
@@ -343,13 +344,11 @@ class BatchRun:
                 if comp.image is None:
                     r.composite_skips.append(comp.skipped)
                     continue
-                self.store.add(comp.image, list(dict.fromkeys(n for n, _, _ in comp.instances)),
-                               instances=[(n, m) for n, m, _ in comp.instances],
-                               instance_sources=[s for _, _, s in comp.instances], uid=comp.base_uid + "+insert",
-                               prompt=base.prompt, seed=base.seed, model=base.model, status="accepted",
-                               tags=["batch", self.tag, "composite"], inserted=[comp.record],
-                               meta={"batch": {"role": "composite", "base": comp.base_uid, "run": self.key,
-                                               "class": base.run_class}})
+                store_composite(self.store, comp.image, comp.instances, comp.record, uid=comp.base_uid + "+insert",
+                                prompt=base.prompt, seed=base.seed, model=base.model, status="accepted",
+                                tags=["batch", self.tag, "composite"],
+                                meta={"batch": {"role": "composite", "base": comp.base_uid, "run": self.key,
+                                                "class": base.run_class}})
             self._tell("insert")
 
 

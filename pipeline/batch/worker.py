@@ -66,22 +66,31 @@ def worker_models(spec: BatchSpec):
 def compute_candidates(spec: BatchSpec, jobs: Sequence[tuple[str, int]]) -> list[Candidate]:
     """Generate, capture, refine and measure candidates ``jobs`` = [(class, k), ...].
 
-    Prompts go through the UNet ``spec.batch_size`` at a time; each image keeps its own
-    seed, so a candidate is the same whatever batch it lands in."""
+    Candidate k of class c always goes through the UNet in the same batch: the block of
+    candidates ``k // batch_size``, computed whole even when only some of it is asked for.
+    Batched kernels may round one row differently from another (see
+    :func:`pipeline.generate.generate`), so this is what makes a resumed run reproduce an
+    uninterrupted one bit for bit, on any machine."""
     from ..attention import capture_for
     from ..generate import generate
     from ..refine import RefinementError, refine_and_choose
 
     pipe, refiner = worker_models(spec)
     capture = capture_for(refiner)
+    bs = spec.batch_size
+    blocks: dict[tuple[str, int], set[int]] = {}
+    for c, k in jobs:
+        blocks.setdefault((c, k // bs), set()).add(k)
     out: list[Candidate] = []
-    for i in range(0, len(jobs), spec.batch_size):
-        chunk = list(jobs[i:i + spec.batch_size])
-        seeds = [candidate_seed(spec.seed, c, k) for c, k in chunk]
+    for (c, b), wanted in blocks.items():
+        block = [(c, k) for k in range(b * bs, (b + 1) * bs)]
+        seeds = [candidate_seed(spec.seed, c, k) for _, k in block]
         t0 = time.perf_counter()
-        samples = generate(pipe, [c for c, _ in chunk], seeds, config=spec.generation, capture=capture)
-        t_gen = (time.perf_counter() - t0) / len(chunk)
-        for (c, k), s in zip(chunk, samples):
+        samples = generate(pipe, [c] * bs, seeds, config=spec.generation, capture=capture)
+        t_gen = (time.perf_counter() - t0) / len(wanted)
+        for (c, k), s in zip(block, samples):
+            if k not in wanted:
+                continue  # computed only so that the others see the same batch
             t1 = time.perf_counter()
             heat = s.heat_map
             try:
