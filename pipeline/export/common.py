@@ -3,6 +3,7 @@ is damaged), per-image provenance, and mask <-> polygon conversion."""
 from __future__ import annotations
 
 import io
+import os
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
