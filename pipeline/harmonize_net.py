@@ -326,7 +326,7 @@ def fit(X, A, B, cfg: HarmonizeTrainConfig, log=print, state_path: Path | None =
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epoch = 0
     if state_path is not None and state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)  # a crafted state file must not run code
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         epoch = st["epoch"]

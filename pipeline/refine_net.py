@@ -360,7 +360,7 @@ def train(cfg: RefineTrainConfig, log=print) -> Path:
     state_path = work / "state.pt"
     step = 0
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)  # a crafted state file must not run code
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
