@@ -144,9 +144,9 @@ class NetHarmonizer:
             return self.net(self._torch.from_numpy(x[None]))[0].numpy()
 
     def __call__(self, image, mask):
-        from .harmonize import _check
+        from .harmonize import check_composite
 
-        image, mask = _check(image, mask)
+        image, mask = check_composite(image, mask)
         p = self.params(image, mask)
         out = image.copy()
         out[mask] = (apply_params(image[mask].astype(np.float32) / 255.0, p) * 255).round().astype(np.uint8)

@@ -113,6 +113,8 @@ class LearnedRefiner:
 
     name = "learned"
     takes_points = False
+    needs_self_attention = False
+    stateful = False
 
     def __init__(self, weights: str | Path = ASSET_DIR):
         import torch
