@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.attention import CaptureConfig, WordNotInPromptError, capture_for, trace
+from pipeline.errors import PipelineError
 from pipeline.generate import generate, to_uint8
 
 
@@ -87,7 +88,7 @@ def test_timestep_range_and_buckets(tiny_pipe):
     counts = m.counts[m.resolutions[0]]
     centres = (m.bucket_edges[:-1] + m.bucket_edges[1:]) / 2
     assert counts[centres > 500].sum() == 0 and counts[centres < 500].sum() > 0
-    with pytest.raises(RuntimeError, match="no cross-attention"):
+    with pytest.raises(PipelineError, match="no cross-attention"):
         with trace(tiny_pipe, "a photograph of a cat", "cat", CaptureConfig(timestep_range=(2000, 3000))) as tr2:
             tiny_pipe("a photograph of a cat", num_inference_steps=2, output_type="np")
         tr2.maps()
@@ -112,7 +113,7 @@ def test_heat_map_shape_range_and_views(tiny_pipe):
 def test_resolution_filter(tiny_pipe):
     with trace(tiny_pipe, "a photograph of a cat", "cat", CaptureConfig(resolutions=(99,))) as tr:
         tiny_pipe("a photograph of a cat", num_inference_steps=2, output_type="np")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(PipelineError, match="no cross-attention"):
         tr.maps()
 
 
