@@ -380,18 +380,9 @@ def save(net, mu, sigma, out: Path, cfg: HarmonizeTrainConfig | None = None) -> 
 
 def train(cfg: HarmonizeTrainConfig, log=print) -> Path:
     """Build the composites of the training photos (cached in ``<out>/_train``), fit, save."""
-    import torch
-
     from . import realdata
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    work = out / "_train"
-    work.mkdir(parents=True, exist_ok=True)
-    keys = realdata.split(cfg.folds, k=cfg.k)
-    if cfg.max_photos:
-        keys = keys[: cfg.max_photos]
+    out, work, keys = realdata.training_setup(cfg)
     cfg.photos = keys
     cache = work / "samples.npz"
     t0 = time.time()

@@ -126,3 +126,17 @@ def load_photo(key: str, root: str | Path = SHARED, max_side: int = 320, min_are
 
 def load_photos(keys: list[str], root: str | Path = SHARED, **kw) -> list[Photo]:
     return [load_photo(k, root, **kw) for k in keys]
+
+
+def training_setup(cfg) -> tuple[Path, Path, list[str]]:
+    """Shared by the learned models' trainers: torch threads, the output folder, its
+    ``_train`` work folder and the photo keys of ``cfg.folds`` (at most ``cfg.max_photos``)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    work = out / "_train"
+    work.mkdir(parents=True, exist_ok=True)
+    keys = split(cfg.folds, k=cfg.k)
+    return out, work, keys[: cfg.max_photos] if cfg.max_photos else keys

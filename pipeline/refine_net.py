@@ -344,14 +344,7 @@ def train(cfg: RefineTrainConfig, log=print) -> Path:
 
     from . import realdata
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    work = out / "_train"
-    work.mkdir(parents=True, exist_ok=True)
-    keys = realdata.split(cfg.folds, k=cfg.k)
-    if cfg.max_photos:
-        keys = keys[: cfg.max_photos]
+    out, work, keys = realdata.training_setup(cfg)
     photos = [p for p in realdata.load_photos(keys) if p.masks]
     objects = [(i, j) for i, p in enumerate(photos) for j in range(len(p.masks))]
     cfg.photos = [p.key for p in photos]

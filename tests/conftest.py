@@ -34,8 +34,8 @@ def _missing_shared_file(exc: BaseException) -> str | None:
     return None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem):
+def _skip_missing_shared():
+    """Both hooks below: a FileNotFoundError for a file under SHARED becomes a skip."""
     try:
         return (yield)
     except FileNotFoundError as e:
@@ -43,17 +43,16 @@ def pytest_pyfunc_call(pyfuncitem):
         if missing:
             pytest.skip(f"{missing} not found (the shared data folder lies beside the project)")
         raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    return (yield from _skip_missing_shared())
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef, request):
-    try:
-        return (yield)
-    except FileNotFoundError as e:
-        missing = _missing_shared_file(e)
-        if missing:
-            pytest.skip(f"{missing} not found (the shared data folder lies beside the project)")
-        raise
+    return (yield from _skip_missing_shared())
 
 
 @pytest.fixture(scope="session")
