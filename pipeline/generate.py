@@ -214,13 +214,16 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     its own ``torch.Generator(seed)``, so its initial noise is the same whether it is
     generated alone or in a batch. What is promised about the pixels:
 
-    - the same call (same classes, seeds and order) gives bit-identical images and maps;
+    - the same call (same classes, seeds and order) on the same number of torch threads gives
+      bit-identical images and maps (CPU kernels split their sums by thread: measured, 1 vs 2
+      threads changes a few pixel levels of a tiny model's images, never its masks);
     - the same seed at another batch position, or alone, gives the same image up to
       rounding: batched matrix kernels may round one row differently from another on some
       CPUs (measured: at most 1 level in under 0.1 % of the pixels of a tiny model).
 
     ``pipeline.batch`` therefore always computes a candidate in the same batch (candidates
-    are grouped by index), so a resumed run reproduces an uninterrupted one exactly.
+    are grouped by index), so a resumed run reproduces an uninterrupted one exactly (on as
+    many threads: ``OMP_NUM_THREADS`` pins it).
     """
     given = dict(template=template, steps=steps, guidance=guidance, height=height, width=width)
     config = replace(config or DEFAULTS, **{k: v for k, v in given.items() if v is not None})

@@ -55,6 +55,19 @@ def pytest_fixture_setup(fixturedef, request):
     return (yield from _skip_missing_shared())
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Some tests (and in-process trainers) pin torch to one thread; CPU kernels sum in a different
+    order on a different thread count, so a later test that compares pixels with a subprocess (which
+    starts with torch's default) would see float noise. Every test leaves the count as it found it."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     from pipeline.testing import tiny_pipeline

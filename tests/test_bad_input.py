@@ -26,10 +26,12 @@ def photo(coco):
 def embedded():
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     from pipeline.generate import load_pipeline
 
-    return load_pipeline()
+    yield load_pipeline()
+    torch.set_num_threads(threads)
 
 
 # -- generation settings -------------------------------------------------------------------

@@ -149,7 +149,10 @@ def test_resume_after_kill_9(tmp_path):
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "batch", "--classes", "ball,star", "--per-class", "8", "--steps", "8",
            "--batch-size", "2", "--warmup", "4", "--store", str(store_dir), "--quiet"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    import torch
+
+    # the clean run below is in-process: the CLI must sum on as many threads for pixels to match
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     n = 0
