@@ -3,10 +3,12 @@
 On a public deployment (``app.py --public``, or on Hugging Face Spaces, where ``SPACE_ID`` is
 set) the model / SAM / FOPA / RainNet fields are typed by strangers. Answering "does not exist"
 for one server path and "is a folder but not ..." for another would let them map the server's
-file system, so in public mode those fields accept only preset names, hub ids and paths inside
-an allow-list of folders (the Hugging Face hub cache and ``./models``); anything else gets one
-generic message, decided before the path is looked at. Off (the default, a local studio), every
-value passes unchanged.
+file system, so in public mode those fields accept only preset names, hub ids already in the
+server's hub cache, and paths inside an allow-list of folders (the Hugging Face hub cache and
+``./models``); anything else gets one generic message, decided before the path is looked at. A
+hub id is resolved to its snapshot folder in the cache and never read as a local path (``some/dir``
+answers the same whether or not such a folder exists beside the server); nothing is downloaded on
+a visitor's request. Off (the default, a local studio), every value passes unchanged.
 """
 from __future__ import annotations
 
@@ -51,12 +53,15 @@ def _generic(what: str) -> AccessError:
     from .presets import names
 
     return AccessError(f"this public studio does not serve that {what}: use a preset name "
-                       f"({', '.join(['embedded'] + names())}), a hub id (owner/name), or a file under ./models")
+                       f"({', '.join(['embedded'] + names())}), a hub id (owner/name) already in the server's "
+                       "hub cache, or a file under ./models")
 
 
 def check_user_path(value: str | None, what: str = "model") -> str | None:
-    """``value`` unchanged when allowed (always, unless public mode is on); AccessError with the
-    same generic text for every refused value, whether or not such a path exists."""
+    """What a loader may read for ``value``: unchanged when public mode is off, or for a preset
+    name or a path inside an allowed folder; for a hub id, its snapshot folder in the hub cache.
+    AccessError with the same generic text for every refused value, whether or not such a path
+    (or such a folder beside the server, for a hub-id-shaped value) exists."""
     if not _PUBLIC["on"] or value is None:
         return value
     from .devices import looks_like_path
@@ -65,14 +70,30 @@ def check_user_path(value: str | None, what: str = "model") -> str | None:
     v = str(value).strip()
     if v in ("", "embedded") or v in names():
         return value
-    if not looks_like_path(v) and _HUB_ID.match(v) and ".." not in v:
-        # a hub id; a relative folder of that name is not read in its place (from_pretrained would)
-        if not Path(v).exists():
-            return value
-        raise _generic(what)
     if "\x00" in v:
         raise _generic(what)
+    if not looks_like_path(v):
+        # a hub id (or something shaped like one): only ever the cache's copy. Loaders read an
+        # existing local folder of that name in its place (from_pretrained checks isdir first),
+        # so the cache's snapshot folder is what they get; the local file system is never looked at.
+        return _cached_snapshot(v, what)
     real = Path(os.path.realpath(Path(v).expanduser()))  # as the loaders read it; symlinks out are out
     if any(real == root or root in real.parents for root in allowed_roots()):
         return value
     raise _generic(what)
+
+
+def _cached_snapshot(repo_id: str, what: str) -> str:
+    """The snapshot folder of hub repository ``repo_id`` in the hub cache (its ``main``
+    revision); the generic AccessError when it is not a valid id or not cached."""
+    from huggingface_hub import snapshot_download
+
+    from .presets import cache_dir
+
+    if not _HUB_ID.match(repo_id) or ".." in repo_id:
+        raise _generic(what)
+    try:
+        folder = snapshot_download(repo_id, cache_dir=cache_dir(), local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or an id the hub client refuses
+        raise _generic(what) from None
+    return str(folder)

@@ -46,13 +46,13 @@ def instance_map(shape, instances) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def _cached_scorer(path: str):
-    check_user_path(path, "FOPA checkpoint")  # public mode: presets, hub ids and allowed folders only
+    path = check_user_path(path, "FOPA checkpoint")  # public mode: presets, hub ids and allowed folders only
     return get_scorer("fopa", checkpoint=resolve_checkpoint(path))  # a path or the "fopa" preset
 
 
 @lru_cache(maxsize=2)
 def _cached_rainnet(path: str):
-    check_user_path(path, "RainNet checkpoint")
+    path = check_user_path(path, "RainNet checkpoint")
     return get_harmonizer("rainnet", checkpoint=path)
 
 

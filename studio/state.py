@@ -49,7 +49,7 @@ def describe_model(model: str) -> str:
 def get_pipeline(model: str):
     from pipeline.access import check_user_path
 
-    check_user_path(model, "model")  # public mode: before the path is looked at
+    model = check_user_path(model, "model")  # public mode: before the path is looked at (a hub id: its cached copy)
     return _load(model, _MODEL_OPTIONS["device"], _MODEL_OPTIONS["dtype"])
 
 

@@ -108,6 +108,8 @@ def public(monkeypatch, tmp_path):
 
     cache = tmp_path / "hub"
     (cache / "models--a--b" / "snapshots" / "1").mkdir(parents=True)
+    (cache / "models--a--b" / "refs").mkdir()
+    (cache / "models--a--b" / "refs" / "main").write_text("1")  # as huggingface_hub leaves a download
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     access.set_public(True)
     yield cache
@@ -126,13 +128,43 @@ def test_public_mode_one_message_for_any_server_path(public, tmp_path):
             check_user_path(v, "model")
         messages.add(str(e.value))
     assert len(messages) == 1 and "public" in messages.pop()
-    # allowed: presets, hub ids, paths inside the hub cache
-    for v in ("embedded", "sd15", "sam-vit-b", "fopa", "stabilityai/sd-turbo", str(public / "models--a--b")):
+    # allowed: presets, paths inside the hub cache, hub ids in the cache (as their cached copy)
+    for v in ("embedded", "sd15", "sam-vit-b", "fopa", str(public / "models--a--b")):
         assert check_user_path(v) == v
+    assert Path(check_user_path("a/b")) == public / "models--a--b" / "snapshots" / "1"
     link = public / "out"
     link.symlink_to("/etc")
     with pytest.raises(AccessError):
         check_user_path(str(link / "passwd"))
+
+
+def test_public_mode_hub_id_shaped_paths_do_not_reveal_local_folders(public, tmp_path, monkeypatch):
+    """A relative path shaped like a hub id is never looked at: an existing folder, a missing
+    one, and a hub id not in the cache all get the same answer (nothing is downloaded)."""
+    from pipeline.access import AccessError, check_user_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some" / "dir").mkdir(parents=True)
+    (tmp_path / "some" / "dir" / "model_index.json").write_text("{}")
+    (tmp_path / "models" / "foo").mkdir(parents=True)
+    (tmp_path / "secrets").mkdir()
+    answers = {}
+    for v in ("some/dir", "some/missing", "models/foo", "models/bar", "secrets", "nosecrets", "a/c"):
+        with pytest.raises(AccessError) as e:
+            check_user_path(v, "model")
+        answers[v] = str(e.value)
+    assert len(set(answers.values())) == 1, answers
+    # the studio's model field gives the same toast for an existing and a missing folder
+    import gradio as gr
+
+    from studio.state import generate_one
+
+    toasts = set()
+    for v in ("some/dir", "some/missing"):
+        with pytest.raises(gr.Error) as e:
+            generate_one(v, "ball", 0, steps=1)
+        toasts.add(str(e.value))
+    assert len(toasts) == 1 and "public studio" in toasts.pop()
 
 
 def test_local_mode_passes_everything():
