@@ -72,7 +72,7 @@ def cmd_generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .attention import CaptureConfig
-    from .generate import GenerationConfig, ModelConfig, generate
+    from .generate import GenerationConfig, ModelConfig, check_size, generate, native_size, size_note
     from .refine import RefinementError, get_refiner, refine_and_choose
     from .export.common import safe_stem
     from .viz import heat_to_rgb, mask_to_png
@@ -82,6 +82,10 @@ def cmd_generate(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = model.load()
+    check_size(pipe, config.height, config.width)  # over the limit: the error, before any work
+    note = size_note(native_size(pipe), config.height, config.width)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     refiner = get_refiner(config.refiner, checkpoint=plugin_checkpoint(args.refiner_checkpoint), device=model.device)
     capture = config.capture(CaptureConfig(resolutions=args.resolutions or None, timestep_range=tuple(args.timesteps)))
     classes = [c.strip() for c in args.class_name.split(",") if c.strip()]
@@ -204,13 +208,17 @@ class TqdmProgress:
 def cmd_batch(args) -> int:
     from .batch import BatchSpec, FilterConfig, InsertConfig, Policy, make_executor, resolve_classes, run_batch
     from .dataset import Store
-    from .generate import GenerationConfig, ModelConfig
+    from .generate import GenerationConfig, ModelConfig, native_size_of, size_note
 
     policy = config_from_args(Policy, args, filter=config_from_args(FilterConfig, args))
     spec = BatchSpec(resolve_classes(args.classes), args.per_class, generation=config_from_args(GenerationConfig, args),
                      model=config_from_args(ModelConfig, args), seed=args.seed, policy=policy,
                      insertion=config_from_args(InsertConfig, args), batch_size=args.batch_size,
                      refiner_checkpoint=plugin_checkpoint(args.refiner_checkpoint))
+    note = size_note(native_size_of(spec.model.preset or spec.model.model), spec.generation.height,
+                     spec.generation.width)  # from the configs: the workers load the model
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     store = Store(args.store)
     executor = make_executor(args.ray, args.ray_address, args.workers, args.gpus_per_task)
     bars = None if args.quiet else TqdmProgress(spec.classes, spec.per_class)

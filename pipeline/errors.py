@@ -32,3 +32,16 @@ def check_seed(seed) -> int:
     if not SEED_MIN <= seed <= SEED_MAX:
         raise ConfigError(f"seed {seed} is outside {SEED_MIN}..{SEED_MAX} (2**32 - 1): pick one in that range")
     return seed
+
+
+class Cancelled(PipelineError):
+    """Work stopped because whoever asked for it no longer wants it (the studio's Stop button, a
+    closed browser tab): raised by a long loop whose ``should_stop`` hook returned True."""
+
+
+def check_stop(should_stop, what: str) -> None:
+    """Raise :class:`Cancelled` ("<what> stopped: ...") when the hook ``should_stop`` (a
+    callable taking nothing, returning a bool; None = never stop) says so. Long loops call this
+    between steps, so a stopped request costs at most one more step."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"{what} stopped: the request was cancelled (Stop, or the page was closed)")

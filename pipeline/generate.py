@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .attention import AttentionMaps, CaptureConfig, capture_for, trace
-from .errors import ConfigError, check_seed
+from .errors import Cancelled, ConfigError, check_seed, check_stop
 from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 
 from .refine import DEFAULT_REFINER, REFINERS
@@ -38,6 +38,17 @@ def _help(text: str, **more) -> dict:
     return {"help": text, **more}
 
 
+MAX_SIZE_FACTOR = 2  # at most this many times the model's native side, per side
+
+
+def _size_help(side: str) -> str:
+    from .presets import PRESETS
+
+    natives = ", ".join(f"{name} {p.side}" for name, p in PRESETS.items() if p.side)
+    return (f"image {side}, a multiple of 8 (default: the model's native size: {natives}); at most "
+            f"{MAX_SIZE_FACTOR}x native is accepted, above native with a warning (slower, objects may repeat)")
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """How an image and its mask are made: with the model and a seed, these fix the pixels and
@@ -49,8 +60,8 @@ class GenerationConfig:
     template: str = field(default=DEFAULT_TEMPLATE, metadata=_help("prompt template, {} = the class name"))
     steps: int = field(default=25, metadata=_help("denoising steps"))
     guidance: float = field(default=5.0, metadata=_help("classifier-free guidance scale"))
-    height: int | None = field(default=None, metadata=_help("image height (default: the model's)"))
-    width: int | None = field(default=None, metadata=_help("image width (default: the model's)"))
+    height: int | None = field(default=None, metadata=_help(_size_help("height")))
+    width: int | None = field(default=None, metadata=_help(_size_help("width")))
     refiner: str = field(default=DEFAULT_REFINER, metadata=_help("mask refiner", choices=REFINERS.names))
 
     def __post_init__(self):
@@ -206,7 +217,7 @@ class Sample:
 def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, template: str | None = None,
              steps: int | None = None, guidance: float | None = None, height: int | None = None,
              width: int | None = None, capture: CaptureConfig | None = None, prompt: str | list[str] | None = None,
-             *, config: GenerationConfig | None = None) -> list[Sample]:
+             *, config: GenerationConfig | None = None, should_stop=None, on_step=None) -> list[Sample]:
     """Generate one image per (class, seed) in one batched pipeline call, with attention capture.
 
     Settings come from ``config`` (default :class:`GenerationConfig`), overridden by the
@@ -224,6 +235,12 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     ``pipeline.batch`` therefore always computes a candidate in the same batch (candidates
     are grouped by index), so a resumed run reproduces an uninterrupted one exactly (on as
     many threads: ``OMP_NUM_THREADS`` pins it).
+
+    ``should_stop``: a callable taking nothing and returning a bool, asked before the work and
+    after every denoising step (one UNet call each); when it returns True, generation stops
+    there with :class:`~pipeline.errors.Cancelled` (the studio passes one that trips when the
+    browser tab is closed or Stop is pressed). None: never stops. ``on_step(i, n)``: called
+    after step i of n (1-based), e.g. for a progress bar.
     """
     given = dict(template=template, steps=steps, guidance=guidance, height=height, width=width)
     config = replace(config or DEFAULTS, **{k: v for k, v in given.items() if v is not None})
@@ -235,19 +252,37 @@ def generate(pipe, class_name: str | list[str], seed: int | list[int] = 0, templ
     prompts = [prompt] * len(classes) if isinstance(prompt, str) else \
         list(prompt) if prompt is not None else [config.prompt(c) for c in classes]
     check_size(pipe, config.height, config.width)
+    height, width = config.height, config.width
+    native = native_size(pipe)
+    if (height is None) != (width is None) and native is not None:
+        # diffusers resets *both* sides to the native size when one is missing: keep the one given
+        height, width = height or native, width or native
+    check_stop(should_stop, "generation")
     device = pipe.unet.device
     gen_device = "cpu" if device.type == "mps" else device
     generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
-    with trace(pipe, prompts, classes, capture) as tracer:
+    step_end = None if should_stop is None and on_step is None else _step_end(should_stop, on_step, config.steps)
+    with trace(pipe, prompts, classes, capture) as tracer:  # restores the processors however it ends
         out = pipe(prompts, num_inference_steps=config.steps, guidance_scale=config.guidance, generator=generators,
-                   height=config.height, width=config.width, output_type="np")
+                   height=height, width=width, output_type="np", callback_on_step_end=step_end)
     images = to_uint8(out.images)
     maps = tracer.maps(images.shape[1:3])
     settings = {"steps": config.steps, "guidance": config.guidance, "template": config.template}
     return [Sample(img, c, p, int(s), m, dict(settings)) for img, c, p, s, m in zip(images, classes, prompts, seeds, maps)]
 
 
-MAX_SIZE_FACTOR = 2  # at most this many times the model's native side, per side
+def _step_end(should_stop, on_step, steps: int):
+    """diffusers' ``callback_on_step_end``: reports the step, and raises Cancelled when
+    ``should_stop()``: raised, not ``pipe._interrupt``, which would skip the remaining steps but
+    still decode and return a half-denoised image as if it were a result."""
+    def step_end(pipe, i, t, kwargs):
+        if on_step is not None:
+            on_step(i + 1, steps)
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"generation stopped after {i + 1} of {steps} steps: the request was cancelled "
+                            "(Stop, or the page was closed)")
+        return kwargs
+    return step_end
 
 
 def native_size(pipe) -> int | None:
@@ -258,6 +293,57 @@ def native_size(pipe) -> int | None:
     if isinstance(sample, (tuple, list)):
         sample = max(sample)
     return int(sample) * int(factor) if isinstance(sample, int) and isinstance(factor, int) else None
+
+
+def native_size_of(model: str | None) -> int | None:
+    """A model's native side without loading its weights: a preset's documented side, or the
+    configs of a diffusers folder (the embedded model's: 64); None when only loading would tell
+    (a single file, a hub id)."""
+    import json
+
+    from . import presets
+
+    name = str(model or "embedded").strip()
+    if name in presets.names("diffusion"):
+        return presets.get(name).side
+    folder = EMBEDDED_MODEL if name in ("", "embedded") else Path(name).expanduser()
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sample = unet.get("sample_size")
+    sample = max(sample) if isinstance(sample, (list, tuple)) else sample
+    blocks = vae.get("block_out_channels") or []
+    # diffusers' vae_scale_factor: 2 ** (number of VAE blocks - 1)
+    return int(sample) * 2 ** (len(blocks) - 1) if isinstance(sample, int) and blocks else None
+
+
+def size_limits(native: int | None) -> str:
+    """One line for the studio and the CLI: the native size and the largest accepted."""
+    if native is None:
+        return (f"native size: known once the model is loaded; sizes up to {MAX_SIZE_FACTOR}x the native side "
+                "are accepted")
+    limit = MAX_SIZE_FACTOR * native
+    return (f"native size {native}x{native}; sizes up to {limit}x{limit} ({MAX_SIZE_FACTOR}x) are accepted, "
+            "above the native size with a warning")
+
+
+def size_note(native: int | None, height: int | None, width: int | None) -> str | None:
+    """A warning when (height, width) differs from the native size but is accepted (over the
+    limit :func:`check_size` refuses); None at the native size or when either is unknown."""
+    if native is None:
+        return None
+    h, w = height or native, width or native
+    if (h, w) == (native, native):
+        return None
+    if max(h, w) > native:
+        cost = h * w / native**2
+        return (f"{h}x{w} is above this model's native size {native}x{native}: each step costs about "
+                f"{cost:.1f}x the native one, and objects may repeat or break (limit "
+                f"{MAX_SIZE_FACTOR * native}x{MAX_SIZE_FACTOR * native})")
+    return (f"{h}x{w} is below this model's native size {native}x{native}: objects may lose detail "
+            "and the attention maps are coarser")
 
 
 def check_size(pipe, height: int | None, width: int | None) -> None:

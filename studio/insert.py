@@ -25,7 +25,7 @@ from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refin
 from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
-from .state import MODEL_LOCK, generate_one
+from .state import MODEL_LOCK, client_gone_hook, generate_one
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 OBJECT_SOURCES = ["generate with the model", "cut from a photo (object bank)"]
@@ -162,7 +162,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             have = ", ".join(sorted(_bank_classes())) or "none"
             raise gr.Error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
         progress(0.1, desc="generating the object")
-        s = generate_one(model, class_name, seed)
+        s = generate_one(model, class_name, seed, should_stop=client_gone_hook())  # stops if the tab closes
         progress(0.7, desc="refining its mask")
         try:
             ch = refine_and_choose(s.image, s.heat_map, get_refiner(DEFAULT_REFINER), s.attention)

@@ -34,6 +34,50 @@ def _load(model: str, device: str, dtype: str | None):
     return load_pipeline(None if model in ("", "embedded") else model, device=device, dtype=dtype)
 
 
+def client_gone_hook():
+    """A ``should_stop`` hook for the pipeline's long loops, made inside a queued Gradio handler:
+    it returns True once the browser tab that asked for this run has gone (Gradio's SSE stream
+    closes and the queue marks the event not ``alive``) or the user pressed Stop (``cancels=``:
+    Gradio cancels the event's asyncio task, but a synchronous handler's worker thread runs on
+    unless it looks). Outside a queued event (tests, ``queue=False``) it never trips.
+
+    Reads Gradio 6.31's queue (``Blocks._queue``: the active ``Event`` objects and the tasks
+    named ``<session>_<fn><gradio-sep><event id>``); tests/test_cancel.py drives both paths
+    through a real server, so a Gradio upgrade that moves them fails there."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:
+        return lambda: False
+    event = next((e for job in list(queue.active_jobs) if job for e in job if e._id == event_id), None)
+    task = next((t for t in list(queue._asyncio_tasks) if t.get_name().endswith(f"<gradio-sep>{event_id}")), None)
+    if event is None and task is None:
+        return lambda: False
+
+    def gone() -> bool:
+        # alive: False once the client's stream closed; a cancelled (Stop) task is cancelling or done
+        return (event is not None and not event.alive) or (task is not None and (task.cancelling() > 0 or task.done()))
+    return gone
+
+
+def size_info(model: str | None, loaded: bool = False) -> str:
+    """The model's native size and the largest accepted, for the Generate tab: from its configs
+    (no weights are loaded), or from the loaded model when ``loaded``. Public mode: a refused
+    path is never looked at (the line then says the size is known once the model is loaded)."""
+    from pipeline.access import AccessError, check_user_path
+    from pipeline.generate import native_size, native_size_of, size_limits
+
+    try:
+        if loaded:
+            native = native_size(get_pipeline(model or "embedded"))
+        else:
+            native = native_size_of(check_user_path(model or "embedded", "model"))
+    except (AccessError, ValueError, OSError):
+        native = None
+    return f"**size**: {size_limits(native)}"
+
+
 def describe_model(model: str) -> str:
     """What is loaded, for the UI: the model, its precision and device."""
     from pipeline import presets
@@ -57,16 +101,32 @@ def get_pipeline(model: str):
 def generate_one(model: str | None, class_name: str, seed, **options):
     """One sample from the (cached) model under MODEL_LOCK; load and prompt errors (missing
     weights or preset files, a word not in the prompt, a bad template) become the user's
-    error toast."""
+    error toast. Stops (Cancelled, logged on stderr) when ``should_stop`` in ``options`` trips:
+    between denoising steps, and before it starts after waiting for the model."""
     import gradio as gr
 
-    from pipeline.errors import PipelineError, check_seed
+    from pipeline.errors import Cancelled, PipelineError, check_seed
     from pipeline.generate import ModelLoadError, generate
     from pipeline.presets import PresetUnavailable
 
+    from pipeline.generate import native_size, size_note
+
     try:
         pipe = get_pipeline(model or "embedded")
+        note = size_note(native_size(pipe), options.get("height"), options.get("width"))
+        if note:  # accepted, but the user should know what it costs (over the limit: the error below)
+            gr.Warning(note)
         with MODEL_LOCK:
             return generate(pipe, class_name, check_seed(seed), **options)[0]
+    except Cancelled as e:
+        log_cancelled(e)
+        raise gr.Error(str(e), print_exception=False)
     except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
         raise gr.Error(str(e))
+
+
+def log_cancelled(e: Exception) -> None:
+    """One line on the server's stderr per stopped run: what was stopped and after how much."""
+    import sys
+
+    print(f"studio: {e}", file=sys.stderr, flush=True)

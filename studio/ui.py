@@ -19,7 +19,7 @@ from pipeline.access import check_user_path
 from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
 from pipeline.dataset import DamagedSampleError, Store, StoreError
-from pipeline.errors import PipelineError
+from pipeline.errors import Cancelled, PipelineError, check_stop
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS, ExportError, export
 from pipeline.generate import DEFAULT_TEMPLATE
@@ -28,7 +28,8 @@ from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
 from .insert import build_insert_tab
-from .state import MODEL_LOCK, describe_model, generate_one, set_model_options
+from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, set_model_options,
+                    size_info)
 
 
 
@@ -127,15 +128,23 @@ def _views(ses: InspectSession):
 
 
 def on_generate(class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo, t_hi,
-                progress=gr.Progress()):
+                height=None, width=None, progress=gr.Progress()):
     class_name = (class_name or "").strip()
     if not class_name:
         raise gr.Error("Type a class name in the 'class' box, e.g. 'ball'.")
     if t_lo > t_hi:
         raise gr.Error("'timesteps from' is above 'timesteps to': the range is empty.")
     progress(0.1, desc="loading the model and generating")
+    should_stop = client_gone_hook()  # trips when this tab closes or Stop is pressed
     sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=steps,
-                          guidance=guidance, capture=capture_for(refiner_name))
+                          guidance=guidance, height=height, width=width, capture=capture_for(refiner_name),
+                          should_stop=should_stop, on_step=lambda i, n: progress((i, n), desc="denoising",
+                                                                                   unit="steps"))
+    try:
+        check_stop(should_stop, "refinement")  # SAM's encoder takes a minute on a CPU: not for nobody
+    except Cancelled as e:
+        log_cancelled(e)
+        raise gr.Error(str(e), print_exception=False)
     progress(0.8, desc=f"refining ({refiner_name})")
     problem = None
     try:
@@ -155,7 +164,7 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
         gr.Warning(_user_words(ses.refine_error))
     res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
     return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),
-            f"prompt: “{sample.prompt}”, seed {seed}  \nmodel: {describe_model(model)}")
+            f"prompt: “{sample.prompt}”, seed {seed}  \nmodel: {describe_model(model)}", size_info(model, loaded=True))
 
 
 def _user_words(text: str) -> str:
@@ -530,13 +539,21 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 with gr.Column(scale=1, min_width=260):
                     class_in = gr.Dropdown(list(CLASS_NAMES), value="ball", allow_custom_value=True, label="class")
                     seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
-                    gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn")
+                    with gr.Row():
+                        gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn", scale=2)
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1, min_width=60)
                     next_seed = gr.Button("Next seed (s)", elem_id="next-seed-btn")
                     gen_info = gr.Markdown()
                     with gr.Accordion("prompt, model and refiner", open=False):
                         template = gr.Textbox(DEFAULT_TEMPLATE, label="prompt template ({} = class)")
                         steps = gr.Slider(5, 100, 25, step=1, label="steps")
                         guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
+                        with gr.Row():
+                            height_in = gr.Number(None, precision=0, label="height (empty: native)", elem_id="height",
+                                                  minimum=8, step=8)
+                            width_in = gr.Number(None, precision=0, label="width (empty: native)", elem_id="width",
+                                                 minimum=8, step=8)
+                        size_md = gr.Markdown(size_info(model), elem_id="size-info")
                         model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
                                                label="model: a preset, a diffusers folder, a .safetensors file or a hub id")
                         refiner = gr.Dropdown(refiners, value="grabcut", label="refiner", elem_id="refiner")
@@ -585,13 +602,20 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         apply_edit = gr.Button("Apply strokes", elem_id="apply-strokes")
             views = [image_out, heat_out, mask_out, thr_out, curve_out, refined_out, choice_info, mask_label,
                      threshold, source]
-            gen_inputs = [class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in, t_lo, t_hi]
-            gen_outputs = [ses_state, *views, res_in, gen_info]
-            gen_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model",
-                          api_name="generate").then(editor_background, ses_state, editor)
-            next_seed.click(lambda s: int(s or 0) + 1, seed, seed).then(
-                on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model").then(
-                editor_background, ses_state, editor)
+            gen_inputs = [class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in, t_lo, t_hi,
+                          height_in, width_in]
+            gen_outputs = [ses_state, *views, res_in, gen_info, size_md]
+            # from the configs (no weights load): a preset's side, a diffusers folder's configs
+            model_in.change(size_info, model_in, size_md, queue=False, show_progress="hidden")
+            gen_event = gen_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_limit=1,
+                                      concurrency_id="model", api_name="generate")
+            gen_event.then(editor_background, ses_state, editor)
+            seed_event = next_seed.click(lambda s: int(s or 0) + 1, seed, seed).then(
+                on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model")
+            seed_event.then(editor_background, ses_state, editor)
+            # Stop: Gradio cancels the queued or running event; the running handler's thread
+            # notices (client_gone_hook) at the next denoising step and stops computing
+            stop_btn.click(None, None, None, cancels=[gen_event, seed_event])
             # Re-thresholding is a sub-millisecond numpy comparison: skip the queue so the slider
             # feels live (the queue's round trip alone is most of the latency).
             threshold.input(on_threshold, [ses_state, threshold], [mask_out, thr_out, curve_out, mask_label],

@@ -19,6 +19,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class StudioURL(str):
+    """The studio's URL (a str, as tests use it), with the server's ``pid`` and ``log`` file."""
+
+    pid: int
+    log: Path
+
+
 @contextmanager
 def running_studio(store: Path, timeout: float = 180):
     port = free_port()
@@ -38,7 +45,9 @@ def running_studio(store: Path, timeout: float = 180):
                     log.flush()
                     raise RuntimeError(f"the studio did not start: {(store.parent / f'studio-{port}.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        studio = StudioURL(url)
+        studio.pid, studio.log = proc.pid, store.parent / f"studio-{port}.log"
+        yield studio
     finally:
         proc.terminate()
         try:
