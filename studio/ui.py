@@ -134,6 +134,7 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
         raise gr.Error("Type a class name in the 'class' box, e.g. 'ball'.")
     if t_lo > t_hi:
         raise gr.Error("'timesteps from' is above 'timesteps to': the range is empty.")
+    height, width = (int(v) if v else None for v in (height, width))  # 0 / empty: the model's native size
     progress(0.1, desc="loading the model and generating")
     should_stop = client_gone_hook()  # trips when this tab closes or Stop is pressed
     sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=steps,
@@ -546,13 +547,13 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     gen_info = gr.Markdown()
                     with gr.Accordion("prompt, model and refiner", open=False):
                         template = gr.Textbox(DEFAULT_TEMPLATE, label="prompt template ({} = class)")
-                        steps = gr.Slider(5, 100, 25, step=1, label="steps")
+                        steps = gr.Slider(5, 100, 25, step=1, label="steps", elem_id="steps")
                         guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
                         with gr.Row():
-                            height_in = gr.Number(None, precision=0, label="height (empty: native)", elem_id="height",
-                                                  minimum=8, step=8)
-                            width_in = gr.Number(None, precision=0, label="width (empty: native)", elem_id="width",
-                                                 minimum=8, step=8)
+                            # 0 or empty: the model's native size (the browser sends an emptied box as 0)
+                            height_in = gr.Number(None, precision=0, label="height (0: native)", elem_id="height",
+                                                  step=8)
+                            width_in = gr.Number(None, precision=0, label="width (0: native)", elem_id="width", step=8)
                         size_md = gr.Markdown(size_info(model), elem_id="size-info")
                         model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
                                                label="model: a preset, a diffusers folder, a .safetensors file or a hub id")

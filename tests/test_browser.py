@@ -64,7 +64,7 @@ def page(tmp_path_factory):
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
         pg.goto(url)
         pg.wait_for_selector("#generate-btn", timeout=60000)
-        pg.store_dir = store
+        pg.store_dir, pg.server_log = store, url.log
         yield pg
         browser.close()
 
@@ -242,3 +242,43 @@ def test_curate_keyboard_review_and_export(page):
     n_accepted = s.count(status="accepted")
     assert page.locator("#export-info").inner_text().startswith(f"{n_accepted} images")
     page.screenshot(path=str(ARTIFACTS / "3-curate-export.png"), full_page=True)
+
+
+def _start_long_generation(page):
+    """100 steps at 96x64 (above the embedded model's 64x64: a warning toast), until the
+    progress bar shows denoising steps."""
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
+    wait_text(page, "#size-info", "native size 64x64; sizes up to 128x128", timeout=30000)
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("100")
+    steps.press("Enter")
+    page.locator("#height input").fill("96")
+    page.locator("#height input").press("Tab")
+    page.click("#generate-btn")
+    page.wait_for_selector("text=96x64 is above this model's native size 64x64", timeout=120000)
+    page.wait_for_selector("text=denoising", timeout=120000)
+
+
+def test_stop_button_and_closing_the_tab_stop_the_generation(page):
+    """Stop (Gradio's cancels=) and a closed tab both end a long generation on the server:
+    its log says after how many of the 100 steps (tests/test_cancel.py measures the CPU)."""
+    stops = lambda: page.server_log.read_text().count("generation stopped")
+    before = stops()
+    _start_long_generation(page)
+    page.screenshot(path=str(ARTIFACTS / "1c-generate-stop.png"), full_page=True)
+    page.click("#stop-btn")
+    assert no_error_badges(page)
+    wait_until(page, lambda: stops() == before + 1, "the server to log the stop")
+    assert "of 100 steps" in page.server_log.read_text().splitlines()[-1]
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1100})  # a second tab, closed mid-run
+    other.goto(page.url)
+    other.wait_for_selector("#generate-btn", timeout=60000)
+    _start_long_generation(other)
+    other.close()
+    wait_until(page, lambda: stops() == before + 2, "the server to log the closed tab's stop")
+    # back to the defaults for whoever runs next
+    page.locator("#steps input[type=number]").fill("25")
+    page.locator("#steps input[type=number]").press("Enter")
+    page.locator("#height input").fill("0")
+    page.get_by_text("prompt, model and refiner").click()
