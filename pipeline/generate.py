@@ -330,13 +330,14 @@ def size_limits(native: int | None) -> str:
 
 
 def size_note(native: int | None, height: int | None, width: int | None) -> str | None:
-    """A warning when (height, width) differs from the native size but is accepted (over the
-    limit :func:`check_size` refuses); None at the native size or when either is unknown."""
+    """A warning when (height, width) differs from the native size but is accepted; None at the
+    native size, when it is unknown, or for a size that is refused (over the limit:
+    :func:`check_size`; not positive: :class:`GenerationConfig`)."""
     if native is None:
         return None
     h, w = height or native, width or native
-    if (h, w) == (native, native):
-        return None
+    if (h, w) == (native, native) or min(h, w) <= 0 or max(h, w) > MAX_SIZE_FACTOR * native:
+        return None  # nothing to say, or a size that is refused with its own error
     if max(h, w) > native:
         cost = h * w / native**2
         return (f"{h}x{w} is above this model's native size {native}x{native}: each step costs about "

@@ -106,10 +106,8 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     import gradio as gr
 
     from pipeline.errors import Cancelled, PipelineError, check_seed
-    from pipeline.generate import ModelLoadError, generate
+    from pipeline.generate import ModelLoadError, generate, native_size, size_note
     from pipeline.presets import PresetUnavailable
-
-    from pipeline.generate import native_size, size_note
 
     try:
         pipe = get_pipeline(model or "embedded")
