@@ -50,8 +50,9 @@ def client_gone_hook():
     queue = getattr(blocks, "_queue", None)
     if queue is None or event_id is None:
         return lambda: False
-    event = next((e for job in list(queue.active_jobs) if job for e in job if e._id == event_id), None)
-    task = next((t for t in list(queue._asyncio_tasks) if t.get_name().endswith(f"<gradio-sep>{event_id}")), None)
+    jobs, tasks = list(getattr(queue, "active_jobs", [])), list(getattr(queue, "_asyncio_tasks", ()))
+    event = next((e for job in jobs if job for e in job if getattr(e, "_id", None) == event_id), None)
+    task = next((t for t in tasks if t.get_name().endswith(f"<gradio-sep>{event_id}")), None)
     if event is None and task is None:
         return lambda: False
 

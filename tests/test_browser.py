@@ -142,6 +142,7 @@ def test_an_error_leaves_the_views_as_they_were(page):
     page.wait_for_timeout(1500)
     page.get_by_label("add object (+)").check()
     image = page.locator("#image-view img").first
+    image.scroll_into_view_if_needed()  # the open settings push the page down; clicks outside the viewport are dropped
     r = image.bounding_box()
     page.mouse.click(r["x"] + r["width"] * 0.5, r["y"] + r["height"] * 0.5)
     page.wait_for_selector("text=clicks need a refiner that takes points", timeout=30000)
