@@ -94,10 +94,12 @@ def test_insert_objects_flow(studio):
     c.predict(api_name="/insert_place")
     comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
     assert "star" in info and "kite" in info
-    with pytest.raises(AppError, match="RainNet needs its checkpoint"):
+    with pytest.raises(AppError, match="'rainnet' needs its published weights"):
         c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
+    with pytest.raises(AppError, match="'default' takes no weights"):
+        c.predict(scorer="default", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
     with pytest.raises(AppError, match="does not exist"):
-        c.predict(fopa_ckpt="/nowhere/fopa.pth", api_name="/insert_place")
+        c.predict(scorer="fopa", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
     msg = c.predict(tags="insert", api_name="/insert_accept")
     new_id = int(msg.split("#")[1].split()[0])
     s = Store(store_dir)
