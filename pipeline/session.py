@@ -99,9 +99,17 @@ class InspectSession:
         ses = cls(sample.image, sample.class_name, sample.heat_map, attention=sample.attention,
                   prompt=sample.prompt, seed=sample.seed, model=model, refiner=refiner, **kw)
         if refiner is not None:
-            ses.refine()
-        ses._state = MaskState(threshold=ses.choice.threshold if ses.choice is not None else 0.5)
+            ses.start()
         return ses
+
+    def start(self) -> None:
+        """The starting point of an inspection: refine (the current heat view, no clicks) and
+        begin at the refiner's chosen threshold (0.5 when refinement is unavailable). Nothing
+        to undo: the starting point is not an edit."""
+        self.refine()
+        self._state = MaskState(threshold=self.choice.threshold if self.choice is not None else 0.5)
+        self._undo.clear()
+        self._redo.clear()
 
     # -- the expensive half --------------------------------------------------------------
     def refine(self) -> None:

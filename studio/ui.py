@@ -145,12 +145,8 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
                          seed=int(seed), model=model or "embedded", refiner=refiner, refiner_problem=problem)
     if (resolution, t_lo, t_hi) != ("all", 0, 999):
         ses.set_heat(_heat_view(ses, resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
-    else:
-        ses.refine()
-    if ses.choice is not None:
-        ses.set_threshold(ses.choice.threshold)
-        ses._undo.clear()  # the starting point is not an edit
-    elif ses.refine_error:
+    ses.start()
+    if ses.choice is None and ses.refine_error:
         gr.Warning(_user_words(ses.refine_error))
     res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
     return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),

@@ -40,6 +40,18 @@ def test_threshold_source_and_undo_redo(scene):
         ses.use_source("magic")
 
 
+def test_start_begins_at_the_refiners_threshold_with_nothing_to_undo(scene):
+    img, heat, disc = scene
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+    ses.set_threshold(0.9)  # whatever happened before the start is not an edit to undo
+    ses.start()
+    assert ses.choice is not None and ses.threshold == ses.choice.threshold != 0.5
+    assert not ses.can_undo and np.array_equal(ses.current_mask(), ses.heat >= ses.choice.threshold)
+    bare = InspectSession(img, "ball", heat, refiner=None)
+    bare.start()  # no refiner: the threshold mask at 0.5, and why there is no refinement
+    assert bare.choice is None and bare.threshold == 0.5 and bare.refine_error == "no refiner chosen"
+
+
 def test_strokes_apply_on_top_of_any_source_and_can_be_discarded(scene):
     img, heat, disc = scene
     ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
