@@ -327,7 +327,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     obj_btn.click(make_object, [state, obj_class, obj_seed, model_box, obj_source], [state, obj_img], concurrency_limit=1,
                   concurrency_id="model", api_name="insert_object")
     views = [place_img, place_info, box_edit]
-    # the weight-free scorer is cheap and runs beside generation; FOPA takes MODEL_LOCK itself
+    # a weight-free scorer is cheap and runs beside generation; one with weights takes MODEL_LOCK in place()
     place_btn.click(place, [state, scorer, scorer_weights], [state, scale, *views], api_name="insert_place")
     place_img.select(click, [state], views)
     scale.release(rescale, [state, scale], views)
