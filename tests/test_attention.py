@@ -69,6 +69,7 @@ def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
     assert maps.counts[res].sum() == len(store) * heads == steps * n_layers * heads
 
 
+@pytest.mark.slow
 def test_listeners_see_every_map_the_sums_add_up(tiny_pipe):
     """on_record hands out each call's maps (what a store-every-map tool such as DAAM keeps);
     they add up to the running sums, and the sums' size is state_bytes."""
@@ -141,6 +142,7 @@ def test_batch_matches_single_generation(tiny_pipe):
     assert not np.allclose(batch[0].heat_map, batch[1].heat_map)
 
 
+@pytest.mark.slow
 def test_word_missing_from_prompt(tiny_pipe):
     with pytest.raises(WordNotInPromptError):
         generate(tiny_pipe, "dog", 0, steps=2, prompt="a photograph of a cat")

@@ -256,6 +256,7 @@ def test_ray_two_workers_survive_a_killed_worker(tmp_path):
         assert np.abs(a - b).max() <= 2
 
 
+@pytest.mark.slow
 def test_a_candidate_always_goes_through_the_unet_in_the_same_batch(monkeypatch):
     """Batched kernels may round rows differently on some CPUs, so a resumed run asking for
     only some candidates must still compute each in its own block of batch_size."""

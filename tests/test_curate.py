@@ -116,6 +116,7 @@ def test_export_archive_leaves_only_the_zip(store_ids, tmp_path):
     assert sorted(p.name for p in work.iterdir()) == ["dataset-coco.zip"]  # nothing half-written left
 
 
+@pytest.mark.slow
 def test_studio_handlers_are_the_curation(curate):
     cur, ids, root = curate
     got, items, summary, page = cur.gallery("any", "", "", 0)
@@ -126,6 +127,7 @@ def test_studio_handlers_are_the_curation(curate):
     assert "re-derived" in cur.save_details(ids[0], "x", 0.3)
 
 
+@pytest.mark.slow
 def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
     import studio.ui as ui
 
@@ -150,6 +152,7 @@ def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
     assert sorted(p.name for p in mine.iterdir().__next__().iterdir()) == ["dataset-hf.zip"]  # no unzipped folder
 
 
+@pytest.mark.slow
 def test_export_defaults_to_accepted_samples():
     from studio.ui import build_app
 

@@ -130,6 +130,7 @@ def _hf_semantic(folder):
     return {row["sample_id"]: (np.asarray(row["mask"]), names) for row in ds}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_what_is_shown_is_what_every_export_writes(pool, tmp_path, seed):
     from pipeline import viz
@@ -178,6 +179,7 @@ def test_what_is_shown_is_what_every_export_writes(pool, tmp_path, seed):
     store.close()
 
 
+@pytest.mark.slow
 def test_the_action_sequences_do_exercise_every_kind_of_mask(pool, tmp_path):
     """Guards the property test above: its sequences store threshold-derived, refined,
     hand-edited and inserted masks, and curate thresholds really change masks."""
