@@ -61,16 +61,14 @@ EXAMPLE_PREFIX = "example: "
 
 @lru_cache(maxsize=1)
 def examples_store_dir() -> Path:
-    """The shipped example photos (CC BY COCO, assets/examples) in a store of their own, so
-    the demo has real backgrounds and objects without adding anything to the user's dataset."""
+    """The examples (the shipped CC BY COCO photos and embedded-model samples, see
+    pipeline.examples) in a store of their own, so the demo has real backgrounds, objects and
+    samples to curate without adding anything to the user's dataset."""
     import tempfile
 
-    from pipeline.bank import import_examples
+    from pipeline.examples import build_examples_store
 
-    root = Path(tempfile.gettempdir()) / "diffumask-examples-v1"
-    with Store(root) as store:
-        import_examples(store)
-    return root
+    return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
 
 
 def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
