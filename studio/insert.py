@@ -297,8 +297,9 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                    sources=None, show_clear_button=False, show_download_button=False,
                                    elem_id="insert-box", height=260)
-        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260)
-        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260)
+        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260,
+                            elem_id="insert-composite")
+        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260, elem_id="insert-masks")
     with gr.Row():
         place_info = gr.Markdown(elem_id="insert-place-info")
         comp_info = gr.Markdown(elem_id="insert-info")
