@@ -51,31 +51,39 @@ def count(page, status):
         return s.count(status=status)
 
 
-@contextmanager
-def studio_page(store):
-    """A chromium page on a studio launched over ``store``."""
+@pytest.fixture(scope="module")
+def browser():
+    """One chromium for the module (Playwright's sync API runs one instance per thread)."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with running_studio(store) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@contextmanager
+def studio_page(browser, store):
+    """A page of ``browser`` on a studio launched over ``store``."""
+    with running_studio(store) as url:
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.goto(url)
-        pg.wait_for_selector("#generate-btn", timeout=60000)
-        pg.store_dir = store
         try:
+            pg.goto(url)
+            pg.wait_for_selector("#generate-btn", timeout=60000)
+            pg.store_dir = store
             yield pg
         finally:
-            browser.close()
+            pg.close()
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(browser, tmp_path_factory):
     store = tmp_path_factory.mktemp("browser") / "data"
     seed_store(store)
-    with studio_page(store) as pg:
+    with studio_page(browser, store) as pg:
         yield pg
 
 
@@ -254,7 +262,7 @@ def test_curate_keyboard_review_and_export(page):
     page.screenshot(path=str(ARTIFACTS / "3-curate-export.png"), full_page=True)
 
 
-def test_insert_a_bank_object_into_a_real_photo(tmp_path):
+def test_insert_a_bank_object_into_a_real_photo(browser, tmp_path):
     """End to end on real photos: a studio over a store of imported COCO photos (the project's
     own importer), a shipped CC BY photo as the background, the thesaurus' suggestion that the
     bank supplies, a real COCO instance cut out of the user's photos, placement, preview,
@@ -278,7 +286,7 @@ def test_insert_a_bank_object_into_a_real_photo(tmp_path):
         bg_rec = next(r for r in ex.query() if "skateboard" in r.classes)
         background, bg_masks = ex.load_image(bg_rec), ex.masks(bg_rec)
         bg_crowd = [i.iscrowd for i in bg_rec.instances]
-    with studio_page(store_dir) as page:
+    with studio_page(browser, store_dir) as page:
         page.get_by_role("tab", name="Insert Objects").click()
         page.get_by_label("accepted sample").click()
         page.get_by_role("option", name=re.compile(rf"^example: #{bg_rec.id} ")).click()
