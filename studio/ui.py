@@ -755,7 +755,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
             ex_copy.click(lambda: copy_examples_into(store_dir), None, ex_info, api_name="examples_copy").then(
-                refresh, [*filters, page_state, index_state], page_outputs)
+                refresh, [*filters, page_state, index_state], page_outputs).then(
+                cur.export_summary, [e_status, f_class, f_tag], exp_scope)  # the export now includes them
         insert_tab.select(*refresh_insert)
     # On a Space: sized for its hardware (CPU: one model call at a time; ZeroGPU: a GPU slice
     # per call); elsewhere four handlers at once, model calls still one at a time (MODEL_LOCK).

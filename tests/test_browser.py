@@ -337,3 +337,28 @@ def test_insert_a_bank_object_into_a_real_photo(browser, tmp_path):
     assert np.array_equal(image[~new], background[~new])  # harmonization stays inside the object
     shown = np.asarray(Image.open(ARTIFACTS / "4b-insert-bank-composite.png").convert("RGB"))
     assert shown.shape[0] > 200 and shown.std() > 20  # the composite is on screen, not a blank box
+
+
+def test_a_fresh_studio_shows_examples_in_curate(browser, tmp_path):
+    """On an empty store the Curate tab opens on the examples, said to be apart from the
+    user's dataset; the user's own gallery stays empty until they add them."""
+    from pipeline.examples import GENERATED_SAMPLES
+
+    store_dir = tmp_path / "empty"
+    with studio_page(browser, store_dir) as page:
+        page.get_by_role("tab", name="Curate & Export").click()
+        n = 4 + len(GENERATED_SAMPLES)
+        page.wait_for_function("(n) => document.querySelectorAll('#curate-examples img').length >= n", arg=n,
+                               timeout=30000)
+        wait_text(page, "#curate-examples-note", "store of their own")
+        wait_text(page, "#curate-count", "0 samples")
+        wait_text(page, "#export-scope", "include 0 accepted samples")
+        page.screenshot(path=str(ARTIFACTS / "5-curate-examples-fresh.png"), full_page=True)
+        assert page.locator("#curate-gallery img").count() == 0
+        page.click("#curate-examples-copy")
+        wait_text(page, "#curate-examples-info", "examples are in your dataset")
+        wait_text(page, "#curate-count", f"{n} samples")
+        wait_text(page, "#export-scope", f"include {n} accepted samples")  # what Export will write follows
+        page.screenshot(path=str(ARTIFACTS / "5b-curate-examples-added.png"), full_page=True)
+    with Store(store_dir) as s:
+        assert s.count(tags=["example"]) == s.count() == n
