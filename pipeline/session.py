@@ -484,4 +484,5 @@ def store_composite(store, image: np.ndarray, instances, record: dict, *, uid: s
     instances = [tuple(i) if len(i) == 4 else (*i, False) for i in instances]
     return store.add(image, list(dict.fromkeys(i[0] for i in instances)), instances=[(i[0], i[1]) for i in instances],
                      instance_sources=[i[2] for i in instances], instance_crowd=[bool(i[3]) for i in instances],
-                     uid=uid, prompt=prompt, seed=seed, model=model, status=status, tags=list(tags), inserted=[record], meta=meta or {})
+                     uid=uid, prompt=prompt, seed=seed, model=model, status=status, tags=list(tags),
+                     inserted=[record], meta=meta or {})

@@ -68,6 +68,7 @@ def examples_store_dir() -> Path:
 
     from pipeline.examples import build_examples_store
 
+    # versioned: uids stay the same when assets/examples change, so a changed set needs a new folder
     return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
 
 

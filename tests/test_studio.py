@@ -216,7 +216,8 @@ def test_a_fresh_studio_shows_examples_in_curate_apart_from_the_users_dataset(tm
     store_dir = tmp_path / "empty"
     with running_studio(store_dir) as url:
         config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
-        by_id = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+        by_id = {c["props"]["elem_id"]: c["props"] for c in config["components"]
+                 if c.get("props", {}).get("elem_id")}
         box, gallery = by_id["curate-examples-box"], by_id["curate-examples"]
         n = 4 + len(GENERATED_SAMPLES)  # the shipped photos and generated samples
         assert box["open"] and box["visible"] is not False and "not in your dataset" in box["label"]
