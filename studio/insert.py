@@ -77,16 +77,15 @@ EXAMPLE_PREFIX = "example: "
 
 @lru_cache(maxsize=1)
 def examples_store_dir() -> Path:
-    """The shipped example photos (CC BY COCO, assets/examples) in a store of their own, so
-    the demo has real backgrounds and objects without adding anything to the user's dataset."""
+    """The examples (the shipped CC BY COCO photos and embedded-model samples, see
+    pipeline.examples) in a store of their own, so the demo has real backgrounds, objects and
+    samples to curate without adding anything to the user's dataset."""
     import tempfile
 
-    from pipeline.bank import import_examples
+    from pipeline.examples import build_examples_store
 
-    root = Path(tempfile.gettempdir()) / "diffumask-examples-v1"
-    with Store(root) as store:
-        import_examples(store)
-    return root
+    # versioned: uids stay the same when assets/examples change, so a changed set needs a new folder
+    return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
 
 
 def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
@@ -308,8 +307,9 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                    sources=None, show_clear_button=False, show_download_button=False,
                                    elem_id="insert-box", height=260)
-        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260)
-        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260)
+        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260,
+                            elem_id="insert-composite")
+        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260, elem_id="insert-masks")
     with gr.Row():
         place_info = gr.Markdown(elem_id="insert-place-info")
         comp_info = gr.Markdown(elem_id="insert-info")

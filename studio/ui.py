@@ -487,6 +487,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
         with gr.Tab("Curate & Export", id="curate") as curate_tab:
             cur = CurateActions(store_dir)
             ids_state, index_state, page_state = gr.State([]), gr.State(None), gr.State(0)
+            ex_gallery, ex_copy, ex_info = build_examples_box(store_dir)
             with gr.Row():
                 f_status = gr.Dropdown(["any", "accepted", "pending", "rejected"], value="any", label="status")
                 f_class = gr.Textbox("", label="classes (comma-separated)")
@@ -625,11 +626,59 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 comp.change(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
+            ex_copy.click(lambda: copy_examples_into(store_dir), None, ex_info, api_name="examples_copy").then(
+                refresh, [*filters, page_state, index_state], page_outputs).then(
+                cur.export_summary, [e_status, f_class, f_tag], exp_scope)  # the export now includes them
         insert_tab.select(*refresh_insert)
     # On a Space: sized for its hardware (CPU: one model call at a time; ZeroGPU: a GPU slice
     # per call); elsewhere four handlers at once, model calls still one at a time (MODEL_LOCK).
     demo.queue(**(queue_settings() if os.environ.get("SPACE_ID") else {"default_concurrency_limit": 4, "max_size": 64}))
     return demo
+
+
+EXAMPLES_NOTE = """**Examples**, to look at before your own data exists: {n} pre-made samples (the four CC BY 2.0
+COCO photos of `assets/examples` with their COCO masks, attribution in its `ATTRIBUTION.md`, and samples the
+embedded model generated). They are kept in a store of their own: **your dataset** (`{store}`) is what the
+gallery below shows and what Export writes; it holds no example unless you add them (tagged `example`)."""
+
+
+def build_examples_box(store_dir: Path):
+    """The Curate tab's examples, shown at once on a fresh studio (open while the user's
+    dataset is empty): a read-only gallery of the examples store and a button that copies
+    them into the user's dataset. Returns (gallery, button, info)."""
+    from .insert import examples_store_dir
+
+    try:
+        ex_dir = examples_store_dir()
+        _, items, _, _ = CurateActions(ex_dir).gallery("any", "", "", 0)
+    except (StoreError, OSError) as e:  # a read-only temp dir: the studio works without examples
+        ex_dir, items = None, []
+        gr.Warning(f"examples unavailable: {e}")
+    with Store(store_dir) as store:
+        empty = store.count() == 0
+    with gr.Accordion(f"Examples ({len(items)} pre-made samples, not in your dataset)", open=empty and bool(items),
+                      visible=bool(items), elem_id="curate-examples-box"):
+        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store=store_dir), elem_id="curate-examples-note")
+        gallery = gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
+                             object_fit="contain", allow_preview=True, elem_id="curate-examples")
+        with gr.Row():
+            copy = gr.Button("Add the examples to my dataset", size="sm", elem_id="curate-examples-copy")
+            info = gr.Markdown(elem_id="curate-examples-info")
+    return gallery, copy, info
+
+
+def copy_examples_into(store_dir: Path) -> str:
+    from pipeline.examples import copy_examples
+
+    from .insert import examples_store_dir
+
+    try:
+        with Store(examples_store_dir()) as src, Store(store_dir) as dst:
+            ids = copy_examples(src, dst)
+    except (StoreError, OSError) as e:
+        raise gr.Error(f"could not add the examples: {e}")
+    gr.Info(f"{len(ids)} examples in your dataset (tag 'example')")
+    return f"{len(ids)} examples are in your dataset now, tagged `example` (filter them with the tag box)"
 
 
 GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
