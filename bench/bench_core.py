@@ -64,17 +64,11 @@ def _capture_child(steps: int, mode: str) -> None:
     if mode == "running-sum":
         with trace(pipe, prompt, "dog", CaptureConfig(self_attention_max_tokens=0)) as tr:
             pipe(prompt, **run)
-        state = sum(t.numel() * t.element_size() for t in tr._sums.values())
+        state = tr.state_bytes
     elif mode == "store-every-map":  # what DAAM/DiffuMask do: keep each step's maps
         kept = []
         with trace(pipe, prompt, "dog", CaptureConfig(self_attention_max_tokens=0)) as tr:
-            orig = tr._record_cross
-
-            def keep(attn, hs, ehs, *projections):
-                before = {k: v.clone() for k, v in tr._sums.items()}
-                orig(attn, hs, ehs, *projections)
-                kept.extend(tr._sums[k] - before.get(k, 0) for k in tr._sums)
-            tr._record_cross = keep
+            tr.on_record(lambda hw, maps: kept.append(maps.clone()))
             pipe(prompt, **run)
         state = sum(t.numel() * t.element_size() for t in kept)
     else:

@@ -83,8 +83,7 @@ def main() -> None:
             cfg = H.HarmonizeTrainConfig(epochs=a.epochs, seed=k)
             net, mu, sigma = H.fit(X, A, B, cfg, log=lambda *_: None)
             t_train += time.process_time() - t
-            model = H.NetHarmonizer.__new__(H.NetHarmonizer)
-            model.net, model.mu, model.sigma, model._torch = net, mu, sigma, torch
+            model = H.NetHarmonizer.from_parts(net, mu, sigma)
             cases = [c for c in test if c[0] == held]
             res[held]["pct (family held out)"].append(np.mean([fmse(model(c, m), img, m) for _, c, img, m in cases]))
             for name, f in base.items():

@@ -79,7 +79,7 @@ def scale_rows(sizes) -> list[str]:
 
 def gallery_rows(n: int) -> list[str]:
     from pipeline.dataset import Store
-    from studio.ui import PAGE_SIZE, CurateActions, _thumbnail
+    from pipeline.curation import PAGE_SIZE, Curation, SampleFilter, clear_thumbnails
 
     coco, coco_image = _coco()
     photos = [coco_image(coco, i) for i in sorted(coco.getImgIds())[:20]]
@@ -97,17 +97,17 @@ def gallery_rows(n: int) -> list[str]:
                 store.add(img, ["dog"], instances=[("dog", m)], instance_sources=["user"],
                           status="accepted" if k % 2 else "pending")
         t_fill = time.perf_counter() - t
-        actions = CurateActions(store_dir)
-        _thumbnail.cache_clear()
+        curation = Curation(store_dir)
+        clear_thumbnails()
         times = {}
         for label, page in (("first page, cold", 0), ("first page, cached", 0), ("last page, cold", 10**9),
                             ("middle page, cold", n // PAGE_SIZE // 2)):
             t = time.perf_counter()
-            ids, items, summary, _ = actions.gallery("any", "", "", page)
+            shown = curation.page(SampleFilter(), page)
             times[label] = time.perf_counter() - t
-            assert len(items) == len(ids) > 0
+            assert len(shown.tiles) > 0
         t = time.perf_counter()
-        actions.gallery("accepted", "dog", "", 3)
+        curation.page(SampleFilter.parse("accepted", "dog"), 3)
         times["filtered (accepted, dog), page 4, cold"] = time.perf_counter() - t
     rows = [f"| {label} | {v:.3f} |" for label, v in times.items()]
     print(f"filled {n} samples in {t_fill:.0f} s", *rows, sep="\n")

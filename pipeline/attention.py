@@ -224,6 +224,18 @@ class AttentionTracer:
         # to_q/to_k, so recording does not compute them a second time
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
         self._projection_hooks: list = []
+        self._listeners: list = []
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes the running sums hold: what capture keeps, the same at 10 steps as at 50."""
+        return sum(t.numel() * t.element_size() for t in self._sums.values())
+
+    def on_record(self, listener) -> None:
+        """Call ``listener(hw, maps)`` with every cross-attention call's word maps as they are
+        summed: ``hw`` (h, w) of the map, ``maps`` (n_images, h, w) float32 summed over heads
+        (a view: copy it to keep it). For tools that keep every step's maps, as DAAM does."""
+        self._listeners.append(listener)
 
     # -- installation ---------------------------------------------------------------
     def install(self) -> "AttentionTracer":
@@ -353,8 +365,11 @@ class AttentionTracer:
         if hw not in self._sums:
             self._sums[hw] = torch.zeros(self.config.n_time_buckets, x.shape[0], *hw, device=probs.device)
             self._counts[hw] = torch.zeros(self.config.n_time_buckets)
-        self._sums[hw][self._bucket] += word.view(-1, *hw)
+        maps = word.view(-1, *hw)
+        self._sums[hw][self._bucket] += maps
         self._counts[hw][self._bucket] += attn.heads
+        for listener in self._listeners:
+            listener(hw, maps)
 
     def _record_self(self, attn, hidden_states) -> None:
         x = self._cond(self._flat(hidden_states))

@@ -54,11 +54,14 @@ class ObjectBank:
     ``min_side``: objects whose box is narrower or lower than this many pixels are left out
     (they would be blown up when pasted). ``whole_only``: leave out objects whose box
     touches the image border, which are usually cut off by the frame and look truncated
-    when pasted elsewhere. The index is built once; call :meth:`refresh` after the store changes."""
+    when pasted elsewhere. ``exclude_ids``: samples left out (a batch run leaves out its own,
+    so the bank it draws from does not grow under it). The index is built once; call
+    :meth:`refresh` after the store changes."""
 
     def __init__(self, store: Store, status: str | Sequence[str] = ("accepted",), min_side: int = 24,
-                 whole_only: bool = True, sources: Sequence[str] | None = None):
+                 whole_only: bool = True, sources: Sequence[str] | None = None, exclude_ids: Iterable[int] = ()):
         self.store = store
+        self.exclude_ids = frozenset(int(i) for i in exclude_ids)
         self.status = status
         self.min_side = int(min_side)
         self.whole_only = whole_only
@@ -68,6 +71,8 @@ class ObjectBank:
     def refresh(self) -> None:
         by_class: dict[str, list[BankObject]] = {}
         for rec in self.store.query(status=self.status):
+            if rec.id in self.exclude_ids:
+                continue
             for i, inst in enumerate(rec.instances):
                 x1, y1, x2, y2 = (int(v) for v in inst.bbox)
                 if min(x2 - x1, y2 - y1) < self.min_side:

@@ -260,6 +260,7 @@ class FopaScorer:
     (map values and box scores are the network's probabilities, in [0, 1])."""
 
     name = "fopa"
+    needs_checkpoint = True
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", net: ObPlaNet | None = None):
         if net is None:

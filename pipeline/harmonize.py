@@ -276,7 +276,7 @@ HARMONIZERS.register("pct", "pipeline.harmonize_net:NetHarmonizer")  # a learned
 def available_methods() -> list[str]:
     """Registered harmonizers that run without weights the user must supply (a class says so
     with ``needs_checkpoint = True``)."""
-    return [n for n in HARMONIZERS if not getattr(HARMONIZERS[n], "needs_checkpoint", False)]
+    return [n for n in HARMONIZERS if not HARMONIZERS.needs_checkpoint(n)]
 
 
 def default_method() -> str:

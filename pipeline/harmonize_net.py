@@ -137,6 +137,16 @@ class NetHarmonizer:
         self.net.eval()
         self._torch = torch
 
+    @classmethod
+    def from_parts(cls, net, feature_mean: np.ndarray, feature_std: np.ndarray) -> "NetHarmonizer":
+        """A harmonizer around a network fresh from :func:`fit` (cross-validation measures
+        each fold's model without writing weights to disk)."""
+        import torch
+
+        model = cls.__new__(cls)
+        model.net, model.mu, model.sigma, model._torch = net.eval(), feature_mean, feature_std, torch
+        return model
+
     def params(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(15,) float32 transform parameters for this composite."""
         x = (features(image, mask) - self.mu) / self.sigma

@@ -79,6 +79,11 @@ class Registry(Generic[T]):
             factory = self._factories[key] = getattr(importlib.import_module(module), attr)
         return factory
 
+    def needs_checkpoint(self, name: str) -> bool:
+        """Whether ``name`` runs only with weights the user supplies (its class says so with
+        ``needs_checkpoint = True``): callers ask for a checkpoint without knowing which plug-in it is."""
+        return bool(getattr(self[name], "needs_checkpoint", False))
+
     def create(self, name: str, **options) -> T:
         """Build the plug-in ``name`` from the options its factory accepts (others are ignored;
         ``None`` values count as not given, so a factory's own defaults apply)."""

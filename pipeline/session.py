@@ -99,9 +99,17 @@ class InspectSession:
         ses = cls(sample.image, sample.class_name, sample.heat_map, attention=sample.attention,
                   prompt=sample.prompt, seed=sample.seed, model=model, refiner=refiner, **kw)
         if refiner is not None:
-            ses.refine()
-        ses._state = MaskState(threshold=ses.choice.threshold if ses.choice is not None else 0.5)
+            ses.start()
         return ses
+
+    def start(self) -> None:
+        """The starting point of an inspection: refine (the current heat view, no clicks) and
+        begin at the refiner's chosen threshold (0.5 when refinement is unavailable). Nothing
+        to undo: the starting point is not an edit."""
+        self.refine()
+        self._state = MaskState(threshold=self.choice.threshold if self.choice is not None else 0.5)
+        self._undo.clear()
+        self._redo.clear()
 
     # -- the expensive half --------------------------------------------------------------
     def refine(self) -> None:
@@ -327,7 +335,8 @@ class InsertSession:
     with its instances, an object with its mask, where it goes, and the composite.
 
     ``background`` HWC uint8; ``instances`` (class, (H, W) bool) back to front with their
-    ``sources`` (the store's instance kinds); the object ``fg`` HWC uint8 with ``fg_mask``
+    ``sources`` (the store's instance kinds) and ``crowd`` flags (COCO crowd regions of an
+    imported photo stay crowd regions in the composite); the object ``fg`` HWC uint8 with ``fg_mask``
     (h, w) bool in its own image. Boxes are XYXY background pixels (x2/y2 exclusive);
     ``scale`` is the object's longer side over the background's shorter side.
     """
@@ -346,6 +355,8 @@ class InsertSession:
     scale: float = 0.3
     composite: object = None  # pipeline.compose.Composite
     composite_sources: list = field(default_factory=list)
+    crowd: list = field(default_factory=list)  # per background instance: a COCO crowd region?
+    composite_crowd: list = field(default_factory=list)
 
     def __post_init__(self):
         from .images import check_image
@@ -355,6 +366,9 @@ class InsertSession:
         self.sources = list(self.sources) or ["imported"] * len(self.instances)
         if len(self.sources) != len(self.instances):
             raise SessionError(f"{len(self.instances)} instances but {len(self.sources)} sources")
+        self.crowd = [bool(c) for c in self.crowd] or [False] * len(self.instances)
+        if len(self.crowd) != len(self.instances):
+            raise SessionError(f"{len(self.instances)} instances but {len(self.crowd)} crowd flags")
         for name, m in self.instances:
             if np.asarray(m).shape != (h, w):
                 raise SessionError(f"mask of {name!r} is {np.asarray(m).shape}, the background is {(h, w)}")
@@ -364,7 +378,7 @@ class InsertSession:
     def from_record(cls, store, rec) -> "InsertSession":
         """A stored sample as the background, with its masks exactly as stored."""
         return cls(store.load_image(rec), store.masks(rec), [i.source for i in rec.instances], list(rec.classes),
-                   f"sample #{rec.id}")
+                   f"sample #{rec.id}", crowd=[i.iscrowd for i in rec.instances])
 
     def set_object(self, fg: np.ndarray, fg_mask: np.ndarray, class_name: str, origin: str = "generated") -> None:
         from .images import check_image
@@ -445,8 +459,11 @@ class InsertSession:
         comp = paste(self.background, self.instances, self.fg, self.fg_mask, box, self.fg_class,
                      harmonizer=harmonizer, harmonizer_name=harmonizer_name)
         new_mask = comp.instances[-1][1]
-        self.composite_sources = [s for (_, m), s in zip(self.instances, self.sources)
-                                  if (np.asarray(m, bool) & ~new_mask).any()] + ["inserted"]
+        # paste() keeps, in order, the instances with pixels left uncovered: their kinds and
+        # crowd flags follow them (a fully covered instance leaves with its flags)
+        kept = [(np.asarray(m, bool) & ~new_mask).any() for _, m in self.instances]
+        self.composite_sources = [s for s, k in zip(self.sources, kept) if k] + ["inserted"]
+        self.composite_crowd = [c for c, k in zip(self.crowd, kept) if k] + [False]
         comp.record["object_origin"] = self.fg_origin
         self.composite = comp
         return comp
@@ -458,7 +475,8 @@ class InsertSession:
         if self.composite is None:
             raise SessionError("Preview a composite first.")
         comp = self.composite
-        return store_composite(store, comp.image, [(n, m, s) for (n, m), s in zip(comp.instances, self.composite_sources)],
+        return store_composite(store, comp.image, [(n, m, s, c) for (n, m), s, c in
+                                                   zip(comp.instances, self.composite_sources, self.composite_crowd)],
                                comp.record, uid=uid, status=status, tags=tags, model=model, seed=seed,
                                prompt=prompt if prompt is not None else f"{self.origin} + {self.fg_class}",
                                meta={"background": self.origin, "object": self.fg_origin, **(meta or {})})
@@ -468,9 +486,11 @@ def store_composite(store, image: np.ndarray, instances, record: dict, *, uid: s
                     status: str = "accepted", tags=(), prompt: str = "", seed: int | None = None,
                     model: str = "composite", meta: dict | None = None) -> int:
     """The one way a composite becomes a sample (the Insert tab and ``pipeline.batch``):
-    ``instances`` (class, (H, W) bool, source) back to front, the background's keeping
-    their kinds and the pasted object ``inserted``; ``record`` the paste's description."""
-    instances = list(instances)
-    return store.add(image, list(dict.fromkeys(n for n, _, _ in instances)), instances=[(n, m) for n, m, _ in instances],
-                     instance_sources=[s for _, _, s in instances], uid=uid, prompt=prompt, seed=seed, model=model,
-                     status=status, tags=list(tags), inserted=[record], meta=meta or {})
+    ``instances`` (class, (H, W) bool, source[, iscrowd]) back to front, the background's
+    keeping their kinds and crowd flags and the pasted object ``inserted``; ``record`` the
+    paste's description."""
+    instances = [tuple(i) if len(i) == 4 else (*i, False) for i in instances]
+    return store.add(image, list(dict.fromkeys(i[0] for i in instances)), instances=[(i[0], i[1]) for i in instances],
+                     instance_sources=[i[2] for i in instances], instance_crowd=[bool(i[3]) for i in instances],
+                     uid=uid, prompt=prompt, seed=seed, model=model, status=status, tags=list(tags),
+                     inserted=[record], meta=meta or {})

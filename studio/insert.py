@@ -2,6 +2,7 @@
 harmonized composite with occlusion-exact masks -> accept into the dataset."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from pipeline.compose import ComposeError
 from pipeline.dataset import Store, StoreError, check_image
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.images import ImageError
-from pipeline.harmonize import HarmonizeError, available_methods, default_method, get_harmonizer
-from pipeline.placement import PlacementError, get_scorer
+from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method, get_harmonizer
+from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError, get_scorer
 from pipeline.presets import resolve_checkpoint
 from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refine_and_choose
 from pipeline.session import InsertSession, SessionError
@@ -44,16 +45,31 @@ def instance_map(shape, instances) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=2)
-def _cached_scorer(path: str):
-    path = check_user_path(path, "FOPA checkpoint")  # public mode: presets, hub ids and allowed folders only
-    return get_scorer("fopa", checkpoint=resolve_checkpoint(path))  # a path or the "fopa" preset
+@lru_cache(maxsize=4)
+def _cached_scorer(name: str, weights: str | None):
+    if weights is None:
+        return get_scorer(name)
+    weights = check_user_path(weights, f"{name} weights")  # public mode: presets, hub ids and allowed folders only
+    return get_scorer(name, checkpoint=resolve_checkpoint(weights))  # a path or a preset name
 
 
-@lru_cache(maxsize=2)
-def _cached_rainnet(path: str):
-    path = check_user_path(path, "RainNet checkpoint")
-    return get_harmonizer("rainnet", checkpoint=path)
+@lru_cache(maxsize=4)
+def _cached_harmonizer(name: str, weights: str | None):
+    if weights is None:
+        return get_harmonizer(name)
+    weights = check_user_path(weights, f"{name} weights")
+    return get_harmonizer(name, checkpoint=resolve_checkpoint(weights))
+
+
+def _weights_for(registry, kind: str, name: str, weights: str | None) -> str | None:
+    """The weights path a plug-in gets, or a toast when it needs some and has none (or takes none)."""
+    weights = (weights or "").strip() or None
+    if registry.needs_checkpoint(name) and weights is None:
+        raise gr.Error(f"The {kind} '{name}' needs its published weights: give their path under 'published weights'.")
+    if weights is not None and not registry.needs_checkpoint(name):
+        raise gr.Error(f"The {kind} '{name}' takes no weights: choose the {kind} they belong to, or clear the "
+                       "weights box under 'published weights'.")
+    return weights
 
 
 EXAMPLE_PREFIX = "example: "
@@ -61,16 +77,15 @@ EXAMPLE_PREFIX = "example: "
 
 @lru_cache(maxsize=1)
 def examples_store_dir() -> Path:
-    """The shipped example photos (CC BY COCO, assets/examples) in a store of their own, so
-    the demo has real backgrounds and objects without adding anything to the user's dataset."""
+    """The examples (the shipped CC BY COCO photos and embedded-model samples, see
+    pipeline.examples) in a store of their own, so the demo has real backgrounds, objects and
+    samples to curate without adding anything to the user's dataset."""
     import tempfile
 
-    from pipeline.bank import import_examples
+    from pipeline.examples import build_examples_store
 
-    root = Path(tempfile.gettempdir()) / "diffumask-examples-v1"
-    with Store(root) as store:
-        import_examples(store)
-    return root
+    # versioned: uids stay the same when assets/examples change, so a changed set needs a new folder
+    return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
 
 
 def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
@@ -171,17 +186,15 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         ses.set_object(s.image, ch.mask(s.heat_map), class_name, f"generated ({s.prompt!r}, seed {int(seed or 0)})")
         return ses, viz.upscale_for_display(viz.overlay_mask(s.image, ses.fg_mask))
 
-    def place(ses: InsertSession | None, fopa_ckpt="", progress=gr.Progress()):
+    def place(ses: InsertSession | None, scorer=DEFAULT_SCORER, scorer_weights="", progress=gr.Progress()):
         if ses is None or ses.fg is None:
             raise gr.Error("Load a background and make an object first.")
         try:
-            if (fopa_ckpt or "").strip():
-                progress(0.2, desc="FOPA: scoring 16 scales")
-                scorer = _cached_scorer(fopa_ckpt.strip())
-                with MODEL_LOCK:
-                    ses.propose(scorer)
-            else:
-                ses.propose()
+            weights = _weights_for(SCORERS, "placement scorer", scorer, scorer_weights)
+            progress(0.2, desc=f"{scorer}: scoring placements")
+            plugin = _cached_scorer(scorer, weights)
+            with MODEL_LOCK if weights else nullcontext():  # a network's weights are shared by every session
+                ses.propose(plugin)
         except (PlacementError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise gr.Error(str(e))
         return ses, gr.update(value=ses.scale), *_placement_views(ses)
@@ -232,18 +245,13 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (gr.update(value=ses.scale), *_placement_views(ses))
 
-    def preview(ses: InsertSession | None, scale, method, rain_ckpt="", progress=gr.Progress()):
+    def preview(ses: InsertSession | None, scale, method, harm_weights="", progress=gr.Progress()):
         if ses is None or ses.placement is None:
             raise gr.Error("Place the object first.")
         ses.scale = float(scale)
         progress(0.3, desc="compositing")
         try:
-            if method == "rainnet":
-                if not (rain_ckpt or "").strip():
-                    raise gr.Error("RainNet needs its checkpoint (net_G.pth): give its path under 'published weights'.")
-                harmonizer = _cached_rainnet(rain_ckpt.strip())
-            else:
-                harmonizer = get_harmonizer(method)
+            harmonizer = _cached_harmonizer(method, _weights_for(HARMONIZERS, "harmonization", method, harm_weights))
             comp = ses.compose(harmonizer, method)
         except (ComposeError, HarmonizeError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise gr.Error(str(e))
@@ -289,7 +297,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     with gr.Row():
         place_btn = gr.Button("Propose placement", elem_id="insert-place")
         scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object's longer side / background's shorter side)")
-        method = gr.Dropdown(available_methods() + ["rainnet"], value=default_method(), label="harmonization")
+        method = gr.Dropdown(HARMONIZERS.names(), value=default_method(), label="harmonization")
         preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview")
         ins_tags = gr.Textbox("", label="tags", placeholder="comma-separated")
         accept_btn = gr.Button("Accept composite", variant="primary", elem_id="insert-accept")
@@ -299,29 +307,32 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                    sources=None, show_clear_button=False, show_download_button=False,
                                    elem_id="insert-box", height=260)
-        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260)
-        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260)
+        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260,
+                            elem_id="insert-composite")
+        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260, elem_id="insert-masks")
     with gr.Row():
         place_info = gr.Markdown(elem_id="insert-place-info")
         comp_info = gr.Markdown(elem_id="insert-info")
         accept_info = gr.Markdown(elem_id="insert-accept-info")
     with gr.Accordion("published weights (optional)", open=False):
-        gr.Markdown("FOPA's ObPlaNet checkpoint replaces the weight-free placement scorer; RainNet's enables "
-                    "the `rainnet` harmonization. Both are checked key by key when loaded.")
-        fopa_ckpt = gr.Textbox("", label="FOPA checkpoint path (.pth)")
-        rain_ckpt = gr.Textbox("", label="RainNet checkpoint path (net_G.pth)")
+        gr.Markdown("A placement scorer or harmonization that needs published weights (FOPA's ObPlaNet `FOPA.pth`, "
+                    "RainNet's `net_G.pth`) reads them from here; they are checked key by key when loaded.")
+        with gr.Row():
+            scorer = gr.Dropdown(SCORERS.names(), value=DEFAULT_SCORER, label="placement scorer")
+            scorer_weights = gr.Textbox("", label="placement scorer weights (a .pth path or a preset name)")
+            harm_weights = gr.Textbox("", label="harmonization weights (a .pth path)")
 
     load_btn.click(load_background, [bg_choice, bg_upload, caption, model_box],
                    [state, place_img, suggestions, obj_class, bg_info], api_name="insert_load")
     obj_btn.click(make_object, [state, obj_class, obj_seed, model_box, obj_source], [state, obj_img], concurrency_limit=1,
                   concurrency_id="model", api_name="insert_object")
     views = [place_img, place_info, box_edit]
-    # the weight-free scorer is cheap and runs beside generation; FOPA takes MODEL_LOCK itself
-    place_btn.click(place, [state, fopa_ckpt], [state, scale, *views], api_name="insert_place")
+    # a weight-free scorer is cheap and runs beside generation; one with weights takes MODEL_LOCK in place()
+    place_btn.click(place, [state, scorer, scorer_weights], [state, scale, *views], api_name="insert_place")
     place_img.select(click, [state], views)
     scale.release(rescale, [state, scale], views)
     box_edit.change(drag, [state, box_edit], [scale, *views], queue=False)
-    preview_btn.click(preview, [state, scale, method, rain_ckpt], [state, comp_img, mask_img, comp_info],
+    preview_btn.click(preview, [state, scale, method, harm_weights], [state, comp_img, mask_img, comp_info],
                       api_name="insert_preview")
     accept_btn.click(accept, [state, ins_tags], accept_info, api_name="insert_accept")
     # the caller refreshes the list of accepted samples whenever the tab is opened

@@ -5,8 +5,6 @@ import functools
 import os
 import shutil
 import tempfile
-import threading
-from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,12 +16,13 @@ from pipeline import presets, viz
 from pipeline.access import check_user_path
 from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
-from pipeline.dataset import DamagedSampleError, Store, StoreError
+from pipeline.curation import Curation, SampleFilter, describe_export
+from pipeline.dataset import Store, StoreError
 from pipeline.errors import Cancelled, PipelineError, check_stop
 from pipeline.embedded.world import CLASS_NAMES
-from pipeline.export import FORMATS, ExportError, export
+from pipeline.export import FORMATS
 from pipeline.generate import DEFAULT_TEMPLATE
-from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_refiner
+from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerUnavailable, get_refiner
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
@@ -156,12 +155,8 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
                          seed=int(seed), model=model or "embedded", refiner=refiner, refiner_problem=problem)
     if (resolution, t_lo, t_hi) != ("all", 0, 999):
         ses.set_heat(_heat_view(ses, resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
-    else:
-        ses.refine()
-    if ses.choice is not None:
-        ses.set_threshold(ses.choice.threshold)
-        ses._undo.clear()  # the starting point is not an edit
-    elif ses.refine_error:
+    ses.start()
+    if ses.choice is None and ses.refine_error:
         gr.Warning(_user_words(ses.refine_error))
     res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
     return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),
@@ -317,182 +312,59 @@ def make_store_actions(store_dir: Path):
 
 # -- Curate & Export ---------------------------------------------------------------------
 EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
-PAGE_SIZE = 48
-
-
-def _split_list(text: str | None) -> list[str] | None:
-    return [c.strip() for c in (text or "").split(",") if c.strip()] or None
-
-
-_THUMBS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-_THUMBS_LOCK = threading.Lock()
-THUMB_CACHE_SIZE = 4096
-
-
-def _thumbnail(store_dir: str, sample_id: int, image_key: str, instances_key: str, store: Store | None = None,
-               record=None) -> np.ndarray:
-    """A sample's gallery picture, cached by its image and instance blobs (any change to the
-    mask changes the key, so the cache never shows a stale mask). ``store``/``record``: an open
-    store and the sample's row, so a page of misses opens the store once, not once per picture."""
-    key = (store_dir, sample_id, image_key, instances_key)
-    with _THUMBS_LOCK:
-        if key in _THUMBS:
-            _THUMBS.move_to_end(key)
-            return _THUMBS[key]
-    if store is None:
-        with Store(store_dir) as opened:
-            pic = _make_thumbnail(opened, opened.get(sample_id))
-    else:
-        pic = _make_thumbnail(store, record if record is not None else store.get(sample_id))
-    with _THUMBS_LOCK:
-        _THUMBS[key] = pic
-        while len(_THUMBS) > THUMB_CACHE_SIZE:
-            _THUMBS.popitem(last=False)
-    return pic
-
-
-_thumbnail.cache_clear = _THUMBS.clear  # as functools.lru_cache names it
-
-
-def _make_thumbnail(store: Store, rec) -> np.ndarray:
-    img = store.load_image(rec)
-    masks = store.masks(rec)
-    if masks:
-        img = viz.overlay_mask(img, np.any([m for _, m in masks], axis=0))
-    return viz.upscale_for_display(img, 128) if max(img.shape[:2]) < 128 else viz.fit_within(img, 256)
-
-
-def _damaged_tile(text: str) -> np.ndarray:
-    tile = np.full((128, 128, 3), 70, np.uint8)
-    cv2.line(tile, (0, 0), (127, 127), (200, 60, 60), 3)
-    cv2.line(tile, (127, 0), (0, 127), (200, 60, 60), 3)
-    return tile
 
 
 class CurateActions:
-    """The Curate & Export tab's handlers over one store folder: page through the
-    samples, review one at a time, change status (with undo), notes and threshold, export."""
+    """The Curate & Export tab's handlers: :class:`pipeline.curation.Curation` (which holds
+    every rule) with its answers shaped for the widgets."""
 
     def __init__(self, store_dir: Path):
-        self.store_dir = Path(store_dir)
-
-    def _store(self) -> Store:
-        return Store(self.store_dir)
+        self.curation = Curation(store_dir)
 
     def gallery(self, status, classes, tag, page: int = 0):
-        """(ids, [(picture, caption)], summary) for one page of matching samples."""
-        status = None if status in (None, "", "any") else status
-        with self._store() as store:
-            total = store.count(status=status, classes=_split_list(classes), tags=[tag.strip()] if tag and tag.strip() else None)
-            pages = max(1, -(-total // PAGE_SIZE))
-            page = min(max(int(page or 0), 0), pages - 1)
-            recs = store.query(status=status, classes=_split_list(classes),
-                               tags=[tag.strip()] if tag and tag.strip() else None, limit=PAGE_SIZE,
-                               offset=page * PAGE_SIZE)
-            items = []
-            for r in recs:
-                try:
-                    pic = _thumbnail(str(self.store_dir), r.id, r.image, ",".join(i.mask for i in r.instances),
-                                     store=store, record=r)
-                    items.append((pic, self.caption(r)))
-                except StoreError as e:
-                    reason = e.reason if isinstance(e, DamagedSampleError) else str(e)
-                    items.append((_damaged_tile(reason), f"#{r.id} ⚠ damaged: {reason}"))
-        summary = f"{total} samples · page {page + 1} of {pages}"
-        return [r.id for r in recs], items, summary, page
-
-    @staticmethod
-    def caption(r) -> str:
-        return f"#{r.id} {', '.join(r.classes)} · {r.status}"
+        """(ids, [(picture, caption)], summary, page) for one page of matching samples."""
+        shown = self.curation.page(SampleFilter.parse(status, classes, tag), page)
+        return shown.ids, [(t.picture, t.caption) for t in shown.tiles], shown.summary, shown.page
 
     def review(self, sample_id: int, show_heat: bool = False):
-        """The large view of one sample: image with its masks (or heat map), and its details."""
-        with self._store() as store:
-            r = store.get(sample_id)
-            try:
-                img = store.load_image(r)
-                if show_heat and r.heat_map:
-                    view = viz.overlay_heat(img, store.heat(r))
-                else:
-                    masks = store.masks(r)
-                    view = viz.overlay_instances(img, [m for _, m in masks]) if masks else img
-            except DamagedSampleError as e:
-                return None, f"#{r.id} is damaged: {e.reason}", r.notes, gr.update()
-            history = store.status_history(r.id)
-        kinds = ", ".join(sorted({i.source for i in r.instances})) or "no mask"
-        t = r.effective_threshold
-        lines = [f"**#{r.id}** · {', '.join(r.classes)} · **{r.status}** · mask: {kinds}",
-                 f"prompt “{r.prompt}”" + (f" · seed {r.seed}" if r.seed is not None else "") + f" · model {r.model}"
-                 if r.prompt else f"model {r.model}"]
-        if t is not None:
-            lines.append(f"threshold {t:.2f}" + (" (yours; the refiner chose "
-                                                  f"{r.threshold:.2f})" if r.user_threshold is not None and r.threshold is not None else ""))
-        if r.tags:
-            lines.append("tags: " + ", ".join(r.tags))
-        if history:
-            lines.append("history: " + " → ".join(h["to"] for h in history))
-        return (viz.upscale_for_display(view, 384), "  \n".join(lines), r.notes,
-                gr.update(value=t if t is not None else 0.5, interactive=any(i.source == "generated" for i in r.instances)))
+        """(picture, details, notes, threshold slider) of one sample."""
+        rev = self.curation.review(sample_id, show_heat)
+        if rev.damaged:
+            return None, rev.details()[0], rev.record.notes, gr.update()
+        t = rev.threshold
+        return (rev.picture, "  \n".join(rev.details()), rev.record.notes,
+                gr.update(value=t if t is not None else 0.5, interactive=rev.threshold_applies))
 
     def set_status(self, sample_id: int, status: str) -> None:
-        with self._store() as store:
-            store.set_status([sample_id], status)
+        self.curation.set_status(sample_id, status)
 
     def undo_status(self, sample_id: int) -> str:
-        """Put back the status a sample had before its last change."""
-        with self._store() as store:
-            history = store.status_history(sample_id)
-            if not history or history[-1]["from"] not in ("pending", "accepted", "rejected"):
-                raise StoreError(f"#{sample_id} has no status change to undo")
-            store.set_status([sample_id], history[-1]["from"], by="undo")
-            return history[-1]["from"]
+        return self.curation.undo_status(sample_id)
 
     def bulk(self, ids, status: str) -> int:
-        with self._store() as store:
-            return store.set_status(ids or [], status)
+        return self.curation.set_status(ids or [], status)
 
     def save_details(self, sample_id: int, notes: str, threshold: float | None) -> str:
-        with self._store() as store:
-            rec = store.get(sample_id)
-            store.update(sample_id, notes=notes or "")
-            if threshold is not None and rec.effective_threshold is not None \
-                    and abs(float(threshold) - rec.effective_threshold) > 1e-6:
-                store.set_threshold(sample_id, float(threshold))
-                return f"#{sample_id}: notes saved, masks re-derived at threshold {float(threshold):.2f}"
+        if self.curation.save_details(sample_id, notes, threshold):
+            return f"#{sample_id}: notes saved, masks re-derived at threshold {float(threshold):.2f}"
         return f"#{sample_id}: notes saved"
 
     def export_summary(self, status, classes, tag) -> str:
-        status = None if status in (None, "", "any") else status
-        with self._store() as store:
-            n = store.count(status=status, classes=_split_list(classes), tags=[tag.strip()] if tag and tag.strip() else None)
-        what = f"{status} samples" if status else "samples of every status (including rejected)"
-        return f"The export will include {n} {what}" + (f" of classes {classes}" if _split_list(classes) else "") + \
-            (f" tagged {tag.strip()}" if tag and tag.strip() else "") + "."
+        return self.curation.export_summary(SampleFilter.parse(status, classes, tag))
 
     def export_zip(self, fmt, status, classes, tag, val) -> tuple[str, str]:
-        """Export into a fresh folder, zip it, delete the folder; only the newest zip of
-        this process is kept (older ones and those of dead processes are removed)."""
-        status = None if status in (None, "", "any") else status
-        work_root = EXPORTS_DIR / str(os.getpid())
+        """Export into a fresh folder under :data:`EXPORTS_DIR` and zip it; only the newest zip
+        of this process is kept (older ones and those of dead processes are removed)."""
+        where = SampleFilter.parse(status, classes, tag)
         clean_old_exports(keep=None)
-        work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=_mkdir(work_root)))
+        work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=_mkdir(EXPORTS_DIR / str(os.getpid()))))
         try:
-            with self._store() as store:
-                rep = export(store, fmt, work / f"dataset-{fmt}", status=status, classes=_split_list(classes),
-                             tags=[tag.strip()] if tag and tag.strip() else None, val_fraction=float(val or 0))
-            archive = shutil.make_archive(str(work / f"dataset-{fmt}"), "zip", rep.out)
-            shutil.rmtree(rep.out, ignore_errors=True)
+            archive, rep = self.curation.export_archive(fmt, where, work, val_fraction=float(val or 0))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         clean_old_exports(keep=work)
-        splits = ", ".join(f"{k} {v}" for k, v in rep.splits.items())
-        info = f"{rep.n_images} images, {rep.n_instances} instances ({splits})"
-        info += "".join(f"; not held by {fmt}: {n} {what}" for what, n in rep.lost.items())
-        if rep.damaged:  # listed with reasons in the zip's manifest.json
-            info += f"; **{len(rep.damaged)} damaged samples skipped**: " + ", ".join(
-                f"#{d['sample_id']} ({d['reason']})" for d in rep.damaged[:5])
-        return archive, info
+        return str(archive), describe_export(rep)
 
 
 def _mkdir(path: Path) -> Path:
@@ -557,7 +429,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         size_md = gr.Markdown(size_info(model), elem_id="size-info")
                         model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
                                                label="model: a preset, a diffusers folder, a .safetensors file or a hub id")
-                        refiner = gr.Dropdown(refiners, value="grabcut", label="refiner", elem_id="refiner")
+                        refiner = gr.Dropdown(refiners, value=DEFAULT_REFINER, label="refiner", elem_id="refiner")
                         sam_ckpt = gr.Textbox("", label="SAM weights (for the sam refiner): segment-anything .pth, "
                                                          "or a transformers SAM folder / hub id")
                     with gr.Accordion("heat map view", open=False):
@@ -640,6 +512,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
         with gr.Tab("Curate & Export", id="curate") as curate_tab:
             cur = CurateActions(store_dir)
             ids_state, index_state, page_state = gr.State([]), gr.State(None), gr.State(0)
+            ex_gallery, ex_copy, ex_info = build_examples_box(store_dir)
             with gr.Row():
                 f_status = gr.Dropdown(["any", "accepted", "pending", "rejected"], value="any", label="status")
                 f_class = gr.Textbox("", label="classes (comma-separated)")
@@ -732,7 +605,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     raise gr.Error("Select a sample in the gallery first.")
                 try:
                     back = cur.undo_status(ids[index])
-                except StoreError as e:
+                except PipelineError as e:
                     raise gr.Error(str(e))
                 gr.Info(f"#{ids[index]} back to {back}")
                 return show_page(status, classes, tag, page, index)
@@ -753,7 +626,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     raise gr.Error("Select a sample in the gallery first.")
                 try:
                     gr.Info(cur.save_details(ids[index], text, t))
-                except StoreError as e:
+                except PipelineError as e:
                     raise gr.Error(str(e))
 
             save_btn.click(save, [ids_state, index_state, notes, user_t], None, api_name="save_details").then(
@@ -771,18 +644,66 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 progress(0.1, desc=f"exporting {fmt}")
                 try:
                     return cur.export_zip(fmt, status, classes, tag, val)
-                except (ExportError, StoreError) as e:
+                except PipelineError as e:
                     raise gr.Error(str(e))
 
             for comp in (e_status, f_class, f_tag):
                 comp.change(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
+            ex_copy.click(lambda: copy_examples_into(store_dir), None, ex_info, api_name="examples_copy").then(
+                refresh, [*filters, page_state, index_state], page_outputs).then(
+                cur.export_summary, [e_status, f_class, f_tag], exp_scope)  # the export now includes them
         insert_tab.select(*refresh_insert)
     # On a Space: sized for its hardware (CPU: one model call at a time; ZeroGPU: a GPU slice
     # per call); elsewhere four handlers at once, model calls still one at a time (MODEL_LOCK).
     demo.queue(**(queue_settings() if os.environ.get("SPACE_ID") else {"default_concurrency_limit": 4, "max_size": 64}))
     return demo
+
+
+EXAMPLES_NOTE = """**Examples**, to look at before your own data exists: {n} pre-made samples (the four CC BY 2.0
+COCO photos of `assets/examples` with their COCO masks, attribution in its `ATTRIBUTION.md`, and samples the
+embedded model generated). They are kept in a store of their own: **your dataset** (`{store}`) is what the
+gallery below shows and what Export writes; it holds no example unless you add them (tagged `example`)."""
+
+
+def build_examples_box(store_dir: Path):
+    """The Curate tab's examples, shown at once on a fresh studio (open while the user's
+    dataset is empty): a read-only gallery of the examples store and a button that copies
+    them into the user's dataset. Returns (gallery, button, info)."""
+    from .insert import examples_store_dir
+
+    try:
+        ex_dir = examples_store_dir()
+        _, items, _, _ = CurateActions(ex_dir).gallery("any", "", "", 0)
+    except (StoreError, OSError) as e:  # a read-only temp dir: the studio works without examples
+        ex_dir, items = None, []
+        gr.Warning(f"examples unavailable: {e}")
+    with Store(store_dir) as store:
+        empty = store.count() == 0
+    with gr.Accordion(f"Examples ({len(items)} pre-made samples, not in your dataset)", open=empty and bool(items),
+                      visible=bool(items), elem_id="curate-examples-box"):
+        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store=store_dir), elem_id="curate-examples-note")
+        gallery = gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
+                             object_fit="contain", allow_preview=True, elem_id="curate-examples")
+        with gr.Row():
+            copy = gr.Button("Add the examples to my dataset", size="sm", elem_id="curate-examples-copy")
+            info = gr.Markdown(elem_id="curate-examples-info")
+    return gallery, copy, info
+
+
+def copy_examples_into(store_dir: Path) -> str:
+    from pipeline.examples import copy_examples
+
+    from .insert import examples_store_dir
+
+    try:
+        with Store(examples_store_dir()) as src, Store(store_dir) as dst:
+            ids = copy_examples(src, dst)
+    except (StoreError, OSError) as e:
+        raise gr.Error(f"could not add the examples: {e}")
+    gr.Info(f"{len(ids)} examples in your dataset (tag 'example')")
+    return f"{len(ids)} examples are in your dataset now, tagged `example` (filter them with the tag box)"
 
 
 GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·

@@ -70,12 +70,28 @@ def test_running_sums_equal_full_storage_reference(tiny_pipe, word, guidance):
 
 
 @pytest.mark.slow
+def test_listeners_see_every_map_the_sums_add_up(tiny_pipe):
+    """on_record hands out each call's maps (what a store-every-map tool such as DAAM keeps);
+    they add up to the running sums, and the sums' size is state_bytes."""
+    prompt, kept = "a photograph of a dog", []
+    with trace(tiny_pipe, prompt, "dog", CaptureConfig(self_attention_max_tokens=0)) as tr:
+        tr.on_record(lambda hw, maps: kept.append((hw, maps.clone())))
+        tiny_pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="np")
+    maps = tr.maps()[0]
+    (res,) = maps.resolutions
+    assert len(kept) == 2 * len([n for n, _ in tiny_pipe.unet.named_modules() if n.endswith("attn2")])
+    assert all(hw == (res, res) and m.shape == (1, res, res) for hw, m in kept)
+    assert np.allclose(sum(m[0] for _, m in kept).numpy(), maps.sums[res].sum(0), rtol=1e-5, atol=1e-6)
+    assert tr.state_bytes == maps.sums[res].size * 4  # float32 sums, one bucket row per time bucket
+
+
+@pytest.mark.slow
 def test_memory_does_not_grow_with_steps(tiny_pipe):
     sizes = []
     for steps in (2, 6):
         with trace(tiny_pipe, "a photograph of a cat", "cat", capture_for("affinity")) as tr:
             tiny_pipe("a photograph of a cat", num_inference_steps=steps, output_type="np")
-        sizes.append(sum(t.numel() for t in tr._sums.values()) + tr._affinity.numel())
+        sizes.append(tr.state_bytes + tr._affinity.numel())
     assert sizes[0] == sizes[1]
 
 
@@ -126,6 +142,7 @@ def test_batch_matches_single_generation(tiny_pipe):
     assert not np.allclose(batch[0].heat_map, batch[1].heat_map)
 
 
+@pytest.mark.slow
 def test_word_missing_from_prompt(tiny_pipe):
     with pytest.raises(WordNotInPromptError):
         generate(tiny_pipe, "dog", 0, steps=2, prompt="a photograph of a cat")

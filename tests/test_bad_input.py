@@ -52,6 +52,7 @@ def test_template_with_other_braces_is_not_a_format_string():
     assert make_prompt("dog", "{class} photo") == "dog photo"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hw", [(72, 40), (40, 72), (24, 56), (8, 8)])
 def test_capture_works_at_odd_non_square_sizes(embedded, hw):
     from pipeline.generate import generate
@@ -69,6 +70,7 @@ def test_capture_works_at_odd_non_square_sizes(embedded, hw):
     assert {m.shape[1:] for m in s.attention.sums.values()} <= grids
 
 
+@pytest.mark.slow
 def test_generate_refuses_out_of_range_seeds(embedded):
     from pipeline.generate import generate
 
@@ -94,6 +96,7 @@ def test_candidate_seeds_are_collision_free_within_a_class():
     assert candidate_seed(0, "dog", 0) != candidate_seed(1, "dog", 0)
 
 
+@pytest.mark.slow
 def test_cli_steps_zero_is_a_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "pipeline", "generate", "--class", "dog", "--steps", "0",
@@ -153,6 +156,7 @@ def test_placement_with_3d_mask_is_clear(photo):
 
 
 # -- image files and arrays ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_decompression_bomb_is_a_clear_error(tmp_path):
     path = tmp_path / "bomb.png"
     Image.new("1", (30000, 30000)).save(path)  # a small file declaring 900 megapixels
@@ -172,6 +176,7 @@ def test_exif_orientation_is_applied_on_load(tmp_path, photo):
     assert np.abs(loaded.astype(int) - upright.astype(int)).mean() < 4
 
 
+@pytest.mark.slow
 def test_cmyk_and_palette_images_convert_by_mode(photo):
     pil = Image.fromarray(photo)
     cmyk = pil.convert("CMYK")
@@ -273,6 +278,7 @@ def test_apply_stats_on_the_object_box_equals_the_whole_image(photo):
     assert np.array_equal(apply_stats(bg, mask, mean, std), ref)
 
 
+@pytest.mark.slow
 def test_ring_mask_on_a_large_image_is_the_full_resolution_ring(photo):
     from pipeline.harmonize import RING_WORK_SIDE, ring_mask
 
@@ -289,6 +295,7 @@ def test_ring_mask_on_a_large_image_is_the_full_resolution_ring(photo):
     assert (ring & exact).sum() / (ring | exact).sum() > 0.95
 
 
+@pytest.mark.slow
 def test_large_background_placement_maps_are_bounded(photo):
     from pipeline.placement import MAP_MAX_PIXELS, heatmap
 
@@ -306,6 +313,7 @@ def test_large_background_placement_maps_are_bounded(photo):
     assert shown[cy, cx] >= 0.8 * shown.max()
 
 
+@pytest.mark.slow
 def test_harmonized_large_composite_stays_near_the_small_one(photo):
     import cv2
 
@@ -319,6 +327,7 @@ def test_harmonized_large_composite_stays_near_the_small_one(photo):
     assert np.abs(small - big).max() < 3  # statistics read at a bounded size: the same colours
 
 
+@pytest.mark.slow
 def test_paste_blends_only_around_the_box_with_whole_image_pixels(photo, coco):
     import cv2
 
@@ -344,6 +353,7 @@ def test_paste_blends_only_around_the_box_with_whole_image_pixels(photo, coco):
         assert np.array_equal(paste(photo, [], fg, fg_mask, box, "x").image, ref)
 
 
+@pytest.mark.slow
 def test_size_far_beyond_the_native_one_is_refused_at_once(embedded):
     from pipeline.generate import MAX_SIZE_FACTOR, generate, native_size
 

@@ -36,6 +36,7 @@ def _coco128_scene(image_id: int):
     return image, inst
 
 
+@pytest.mark.slow
 def test_bank_indexes_every_whole_instance_of_the_store(bank_store, coco):
     bank = ObjectBank(bank_store, min_side=24, whole_only=True)
     expected = {}
@@ -57,6 +58,7 @@ def test_bank_indexes_every_whole_instance_of_the_store(bank_store, coco):
         bank.pick("unicorn")
 
 
+@pytest.mark.slow
 def test_bank_objects_inserted_into_coco128_photos_masks_exact(bank_store, coco):
     if not (COCO128 / "panoptic.json").exists():
         pytest.skip("coco128 not found")
@@ -97,6 +99,7 @@ def test_bank_objects_inserted_into_coco128_photos_masks_exact(bank_store, coco)
         assert np.array_equal(comp.image[~new[1]], background[~new[1]])  # the blend stays inside the mask
 
 
+@pytest.mark.slow
 def test_supply_orders_suggestions_by_who_can_provide_them(bank_store):
     from pipeline.thesaurus import Thesaurus
 
@@ -120,6 +123,7 @@ def test_supply_orders_suggestions_by_who_can_provide_them(bank_store):
     assert supply(["horse"], vocabulary=[])[0].label() == "horse (0.00; not available)"
 
 
+@pytest.mark.slow
 def test_shipped_examples_feed_the_bank(tmp_path):
     """assets/examples: CC BY photos with COCO masks, usable with no shared data at all."""
     from pipeline.bank import EXAMPLES, import_examples

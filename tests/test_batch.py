@@ -256,6 +256,7 @@ def test_ray_two_workers_survive_a_killed_worker(tmp_path):
         assert np.abs(a - b).max() <= 2
 
 
+@pytest.mark.slow
 def test_a_candidate_always_goes_through_the_unet_in_the_same_batch(monkeypatch):
     """Batched kernels may round rows differently on some CPUs, so a resumed run asking for
     only some candidates must still compute each in its own block of batch_size."""
@@ -278,3 +279,88 @@ def test_a_candidate_always_goes_through_the_unet_in_the_same_batch(monkeypatch)
     assert [c.k for c in alone] == [5]
     same = next(c for c in whole if c.k == 5)
     assert np.array_equal(alone[0].image, same.image) and np.array_equal(alone[0].heat, same.heat)
+
+
+def _photo_store(path, n=6):
+    """A store holding the first ``n`` coco-mini photos with their instances (accepted)."""
+    from conftest import shared
+    from pipeline.export import import_coco
+
+    store = Store(path)
+    import_coco(store, shared("coco-mini", "instances.json"), shared("coco-mini", "images"), limit=n)
+    return store
+
+
+def _composites(store):
+    return {r.uid: (r.image, tuple(i.mask for i in r.instances), json.dumps(r.inserted, sort_keys=True))
+            for r in store.query(tags=["composite"])}
+
+
+@pytest.mark.slow
+def test_insert_from_the_bank_records_provenance_and_resumes_exactly(tmp_path):
+    """--insert-source bank: the object is a real instance cut out of a photo in the store (the
+    thesaurus' best suggestion among the bank's classes), the composite says which sample and
+    instance, pasting that cut-out again gives the stored composite exactly, and a run resumed
+    after its candidates were made gives the very same composites."""
+    from pipeline.bank import BankObject, ObjectBank
+    from pipeline.batch.worker import load_thesaurus
+    from pipeline.compose import paste
+
+    spec = BatchSpec.of(("ball", "kite"), per_class=2, objects=1, object_source="bank", harmonizer="none",
+                        warmup=2, **FAST)
+    store = _photo_store(tmp_path / "a")
+    photos = {r.id for r in store.query()}
+    bank = ObjectBank(store)
+    rep = run_batch(spec, store)
+    comps = store.query(tags=["composite"])
+    assert len(comps) == sum(r.composites for r in rep.classes.values()) == 4, rep
+    th = load_thesaurus(spec)
+    for comp in comps:
+        base = store.get_by_uid(comp.meta["batch"]["base"])
+        scene = base.meta["batch"]["class"]
+        rec = comp.inserted[0]
+        assert rec["object_source"] == "bank"
+        ranked = [o for o, _, _ in th.rank(scene, k=len(th.classes), min_support=1)]
+        assert rec["class"] == next(o for o in ranked if o in bank)  # the best suggestion the bank supplies
+        prov = rec["bank"]
+        src = store.get_by_uid(prov["uid"])
+        assert src.id == prov["sample"] in photos and src.model == "real (COCO)"
+        inst = src.instances[prov["instance"]]
+        assert inst.class_name == rec["class"] and not inst.iscrowd
+        # the provenance is enough to redo the composite bit for bit
+        crop, crop_mask = bank.cut_out(BankObject(src.id, prov["instance"], rec["class"], inst.source,
+                                                  tuple(prov["box"])))
+        again = paste(store.image(base.image), [(scene, store.mask(base.instances[0].mask))], crop, crop_mask,
+                      rec["box"], rec["class"])
+        assert np.array_equal(store.image(comp.image), again.image)
+        masks = store.masks(comp)
+        assert [n for n, _ in masks] == [n for n, _ in again.instances]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(masks, again.instances))
+        assert [i.source for i in comp.instances][-1] == "inserted"
+    # resume: candidates already made (a run without --insert), then the same run with it
+    other = _photo_store(tmp_path / "b")
+    run_batch(replace(spec, insertion=replace(spec.insertion, objects=0)), other)
+    assert not other.query(tags=["composite"])
+    rep_b = run_batch(spec, other)
+    assert rep_b.generated == 0 and _composites(other) == _composites(store)
+    assert run_batch(spec, store).generated == 0 and _composites(store) == _composites(other)  # nothing new
+
+
+@pytest.mark.slow
+def test_insert_source_both_falls_back_to_the_model(tmp_path):
+    """--insert-source both: the bank when it has the suggested class, else the model draws it."""
+    corpus = ["a ball next to a star", "a star and a ball", "a ball on the grass", "a star in the sky",
+              "a person with a ball", "a person holding a ball", "a person and a ball in the park"]
+    th_path = Thesaurus.build(corpus, vocabulary=["ball", "star", "person"]).save(tmp_path / "th.npz")
+    spec = BatchSpec.of(("ball", "star"), per_class=1, objects=1, object_source="both", thesaurus=str(th_path),
+                        harmonizer="none", warmup=2, **FAST)
+    store = _photo_store(tmp_path / "s")
+    rep = run_batch(spec, store)
+    got = {store.get_by_uid(c.meta["batch"]["base"]).meta["batch"]["class"]: c.inserted[0]
+           for c in store.query(tags=["composite"])}
+    assert got.keys() == {"ball", "star"}, rep
+    assert got["ball"]["class"] == "person" and got["ball"]["object_source"] == "bank"  # a photo's person
+    assert got["star"]["class"] == "ball" and got["star"]["object_source"] == "generated"  # no ball in the bank
+    assert got["star"]["object_seed"] is not None
+    with pytest.raises(ValueError, match="object_source"):
+        BatchSpec.of(("ball",), per_class=1, object_source="photos")

@@ -9,6 +9,7 @@ and every step waits for what it needs to see instead of sleeping a fixed time.
 """
 import shutil
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -51,22 +52,39 @@ def count(page, status):
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser():
+    """One chromium for the module (Playwright's sync API runs one instance per thread)."""
     from playwright.sync_api import sync_playwright
 
-    store = tmp_path_factory.mktemp("browser") / "data"
-    seed_store(store)
     ARTIFACTS.mkdir(exist_ok=True)
-    with running_studio(store) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@contextmanager
+def studio_page(browser, store):
+    """A page of ``browser`` on a studio launched over ``store``."""
+    with running_studio(store) as url:
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.goto(url)
-        pg.wait_for_selector("#generate-btn", timeout=60000)
-        pg.store_dir, pg.server_log = store, url.log
+        try:
+            pg.goto(url)
+            pg.wait_for_selector("#generate-btn", timeout=60000)
+            pg.store_dir, pg.server_log = store, url.log
+            yield pg
+        finally:
+            pg.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, tmp_path_factory):
+    store = tmp_path_factory.mktemp("browser") / "data"
+    seed_store(store)
+    with studio_page(browser, store) as pg:
         yield pg
-        browser.close()
 
 
 def wait_text(page, selector, text, timeout=300000):  # generous: CI machines may be loaded
@@ -283,3 +301,105 @@ def test_stop_button_and_closing_the_tab_stop_the_generation(page):
     page.locator("#steps input[type=number]").press("Enter")
     page.locator("#height input").fill("0")
     page.get_by_text("prompt, model and refiner").click()
+
+
+def test_insert_a_bank_object_into_a_real_photo(browser, tmp_path):
+    """End to end on real photos: a studio over a store of imported COCO photos (the project's
+    own importer), a shipped CC BY photo as the background, the thesaurus' suggestion that the
+    bank supplies, a real COCO instance cut out of the user's photos, placement, preview,
+    accept; in the store, the composite's masks are exact after occlusion."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import shared
+    from pipeline.bank import BankObject, ObjectBank
+    from pipeline.compose import paste
+    from pipeline.export import import_coco
+    from studio.insert import examples_store_dir
+
+    store_dir = tmp_path / "photos"
+    with Store(store_dir) as st:
+        imported = import_coco(st, shared("coco-mini", "instances.json"), shared("coco-mini", "images"), limit=20)
+        assert "dog" in ObjectBank(st).classes()
+    with Store(examples_store_dir()) as ex:  # the skateboarder: a real photo with a crowd region
+        bg_rec = next(r for r in ex.query() if "skateboard" in r.classes)
+        background, bg_masks = ex.load_image(bg_rec), ex.masks(bg_rec)
+        bg_crowd = [i.iscrowd for i in bg_rec.instances]
+    with studio_page(browser, store_dir) as page:
+        page.get_by_role("tab", name="Insert Objects").click()
+        page.get_by_label("accepted sample").click()
+        page.get_by_role("option", name=re.compile(rf"^example: #{bg_rec.id} ")).click()
+        page.click("#insert-load")
+        wait_text(page, "#insert-bg-info", "background: example photo")
+        # the suggestion the bank can supply comes first and is preselected
+        assert page.get_by_label("object class").input_value() == "dog"
+        page.get_by_label("cut from a photo (object bank)").check()
+        page.click("#insert-object")
+        page.wait_for_selector("#insert-object-view img", timeout=120000)
+        page.click("#insert-place")
+        wait_text(page, "#insert-place-info", "box [")
+        page.click("#insert-preview")
+        wait_text(page, "#insert-info", "dog")
+        assert no_error_badges(page)
+        page.screenshot(path=str(ARTIFACTS / "4-insert-bank-object.png"), full_page=True)
+        page.locator("#insert-composite img").screenshot(path=str(ARTIFACTS / "4b-insert-bank-composite.png"))
+        page.locator("#insert-masks img").screenshot(path=str(ARTIFACTS / "4c-insert-bank-masks.png"))
+        page.click("#insert-accept")
+        wait_text(page, "#insert-accept-info", "saved as #")
+        sid = int(re.search(r"saved as #(\d+)", page.locator("#insert-accept-info").inner_text()).group(1))
+    with Store(store_dir) as st:
+        rec = st.get(sid)
+        record = rec.inserted[0]
+        # where the object came from: a real COCO dog of the user's imported photos
+        m = re.fullmatch(r"your dataset: sample #(\d+) instance (\d+)", rec.meta["object"])
+        src_id, index = int(m.group(1)), int(m.group(2))
+        assert src_id in imported and st.get(src_id).model == "real (COCO)"
+        assert st.get(src_id).instances[index].class_name == "dog" and record["class"] == "dog"
+        crop, crop_mask = ObjectBank(st).cut_out(BankObject(src_id, index, "dog", "imported", (0, 0, 0, 0)))
+        # the pasted object's alpha region, and the background's instances less exactly what it covers
+        again = paste(background, bg_masks, crop, crop_mask, record["box"], "dog")
+        new = again.instances[-1][1]
+        masks = st.masks(rec)
+        assert [n for n, _ in masks] == [n for n, _ in again.instances] and masks[-1][0] == "dog"
+        assert np.array_equal(masks[-1][1], new)
+        kept = [k for k, (_, mk) in enumerate(bg_masks) if (mk & ~new).any()]
+        assert len(kept) == len(masks) - 1 and record["dropped"] == again.record["dropped"]
+        for (name, got), k in zip(masks[:-1], kept):
+            assert name == bg_masks[k][0] and np.array_equal(got, bg_masks[k][1] & ~new)
+        assert [i.iscrowd for i in rec.instances] == [bg_crowd[k] for k in kept] + [False]
+        assert [i.source for i in rec.instances][-1] == "inserted"
+        image = st.load_image(rec)
+    # as a user would judge it: the dog is there, at a sensible size, and nothing else changed
+    area = new.mean()
+    assert 0.003 < area < 0.25, area
+    assert np.abs(image[new].astype(int) - background[new].astype(int)).mean() > 20  # visible
+    assert np.array_equal(image[~new], background[~new])  # harmonization stays inside the object
+    shown = np.asarray(Image.open(ARTIFACTS / "4b-insert-bank-composite.png").convert("RGB"))
+    assert shown.shape[0] > 200 and shown.std() > 20  # the composite is on screen, not a blank box
+
+
+def test_a_fresh_studio_shows_examples_in_curate(browser, tmp_path):
+    """On an empty store the Curate tab opens on the examples, said to be apart from the
+    user's dataset; the user's own gallery stays empty until they add them."""
+    from pipeline.examples import GENERATED_SAMPLES
+
+    store_dir = tmp_path / "empty"
+    with studio_page(browser, store_dir) as page:
+        page.get_by_role("tab", name="Curate & Export").click()
+        n = 4 + len(GENERATED_SAMPLES)
+        page.wait_for_function("(n) => document.querySelectorAll('#curate-examples img').length >= n", arg=n,
+                               timeout=30000)
+        wait_text(page, "#curate-examples-note", "store of their own")
+        wait_text(page, "#curate-count", "0 samples")
+        wait_text(page, "#export-scope", "include 0 accepted samples")
+        page.screenshot(path=str(ARTIFACTS / "5-curate-examples-fresh.png"), full_page=True)
+        assert page.locator("#curate-gallery img").count() == 0
+        page.click("#curate-examples-copy")
+        wait_text(page, "#curate-examples-info", "examples are in your dataset")
+        wait_text(page, "#curate-count", f"{n} samples")
+        wait_text(page, "#export-scope", f"include {n} accepted samples")  # what Export will write follows
+        page.screenshot(path=str(ARTIFACTS / "5b-curate-examples-added.png"), full_page=True)
+    with Store(store_dir) as s:
+        assert s.count(tags=["example"]) == s.count() == n

@@ -22,6 +22,7 @@ def test_safe_stem_cannot_leave_the_folder():
     assert safe_stem("a/b") != safe_stem("a_b")
 
 
+@pytest.mark.slow
 def test_cli_generate_with_escaping_class_writes_inside_out(tmp_path, monkeypatch):
     from pipeline.__main__ import main
 
@@ -173,6 +174,7 @@ def test_local_mode_passes_everything():
     assert not is_public() and check_user_path("/etc/passwd") == "/etc/passwd"
 
 
+@pytest.mark.slow
 def test_studio_model_field_in_public_mode(public):
     import gradio as gr
 
@@ -191,6 +193,7 @@ def test_app_public_flag(monkeypatch):
     assert public_default({"SPACE_ID": "user/space"}) and not public_default({})
 
 
+@pytest.mark.slow
 def test_studio_bad_seed_and_guidance_are_toasts():
     import gradio as gr
 

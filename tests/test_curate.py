@@ -8,7 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from pipeline.curation import Curation, CurationError, SampleFilter, describe_export, thumbnail
 from pipeline.dataset import Store, StoreError
+from pipeline.export import ExportError
 
 
 def _add(store, rng, status="accepted", source="generated"):
@@ -25,53 +27,107 @@ def _add(store, rng, status="accepted", source="generated"):
 
 
 @pytest.fixture()
-def curate(tmp_path):
-    from studio.ui import CurateActions
-
+def store_ids(tmp_path):
     rng = np.random.default_rng(0)
     with Store(tmp_path / "s") as s:
         ids = [_add(s, rng), _add(s, rng, "rejected"), _add(s, rng, source="user"), _add(s, rng, "pending")]
-    return CurateActions(tmp_path / "s"), ids, tmp_path / "s"
+    return tmp_path / "s", ids
 
 
-def test_status_changes_have_a_history_and_undo(curate):
-    cur, ids, root = curate
-    cur.set_status(ids[0], "rejected")
-    cur.set_status(ids[0], "accepted")
+@pytest.fixture()
+def curate(store_ids):
+    """The studio's handlers over the pipeline's Curation (what the Curate tab calls)."""
+    from studio.ui import CurateActions
+
+    root, ids = store_ids
+    return CurateActions(root), ids, root
+
+
+def test_status_changes_have_a_history_and_undo(store_ids):
+    root, ids = store_ids
+    cur = Curation(root)
+    assert cur.set_status(ids[0], "rejected") == 1
+    cur.set_status([ids[0]], "accepted")
     assert cur.undo_status(ids[0]) == "rejected"
     with Store(root) as s:
         assert s.get(ids[0]).status == "rejected"
         assert [h["to"] for h in s.status_history(ids[0])] == ["accepted", "rejected", "accepted", "rejected"]
-    with pytest.raises(StoreError, match="no status change"):
+    with pytest.raises(CurationError, match="no status change"):
         cur.undo_status(ids[3])  # pending since it was added
-    picture, text, notes, slider = cur.review(ids[0])
-    assert picture.shape[0] >= 384 and "rejected" in text and "history" in text
+    rev = cur.review(ids[0])
+    assert rev.picture.shape[0] >= 384 and rev.picture.dtype == np.uint8
+    text = "\n".join(rev.details())
+    assert "rejected" in text and "history: accepted → rejected → accepted → rejected" in text
 
 
-def test_curate_threshold_goes_through_the_store_rule(curate):
-    cur, ids, root = curate
-    msg = cur.save_details(ids[0], "looks fine", 0.2)
-    assert "re-derived" in msg
+def test_curate_threshold_goes_through_the_store_rule(store_ids):
+    root, ids = store_ids
+    cur = Curation(root)
+    assert cur.save_details(ids[0], "looks fine", 0.2) is True
     with Store(root) as s:
         rec = s.get(ids[0])
         assert rec.notes == "looks fine" and np.array_equal(s.masks(rec)[0][1], s.heat(rec) >= 0.2)
+    assert cur.save_details(ids[0], "same threshold", 0.2) is False  # notes only: nothing re-derived
     with pytest.raises(StoreError, match="not a threshold mask"):
         cur.save_details(ids[2], "", 0.2)  # a hand-edited mask: the threshold does not apply
-    assert cur.review(ids[2])[3]["interactive"] is False  # and its slider says so
+    assert cur.review(ids[2]).threshold_applies is False and cur.review(ids[0]).threshold_applies
 
 
-def test_gallery_pages_and_captions_follow_the_store(curate):
+def test_gallery_pages_and_captions_follow_the_store(store_ids):
+    root, ids = store_ids
+    cur = Curation(root, page_size=3)
+    first = cur.page(SampleFilter.parse("any", "", ""), 0)
+    assert first.ids == ids[:3] and first.summary == "4 samples · page 1 of 2"
+    assert [t.caption.split(" · ")[-1] for t in first.tiles] == ["accepted", "rejected", "accepted"]
+    assert cur.page(SampleFilter(), 99).ids == ids[3:]  # clamped to the last page
+    cur.set_status(ids[1], "accepted")
+    assert cur.page(SampleFilter(), 0).tiles[1].caption.endswith("accepted")
+    assert cur.page(SampleFilter.parse("rejected"), 0).ids == []
+    assert cur.page(SampleFilter.parse("any", "cat, dog"), 0).total == 4
+    assert cur.page(SampleFilter.parse("any", "cat"), 0).total == 0
+    assert "3 accepted samples" in cur.export_summary(SampleFilter.parse("accepted"))  # the pending one is not
+    assert "including rejected" in cur.export_summary(SampleFilter.parse("any"))
+    with pytest.raises(CurationError, match="unknown status"):
+        SampleFilter.parse("acepted")
+
+
+def test_thumbnails_follow_a_changed_mask(store_ids):
+    root, ids = store_ids
+    cur = Curation(root)
+    before = cur.page(SampleFilter(), 0).tiles[0].picture
+    cur.save_details(ids[0], "", 0.9)  # a smaller mask
+    after = cur.page(SampleFilter(), 0).tiles[0].picture
+    assert not np.array_equal(before, after)  # never a stale (cached) picture
+    with Store(root) as s:
+        rec = s.get(ids[0])
+        assert np.array_equal(after, thumbnail(s, rec))
+
+
+def test_export_archive_leaves_only_the_zip(store_ids, tmp_path):
+    root, ids = store_ids
+    cur = Curation(root)
+    work = tmp_path / "work"
+    work.mkdir()
+    archive, rep = cur.export_archive("coco", SampleFilter.parse("accepted"), work)
+    assert sorted(p.name for p in work.iterdir()) == ["dataset-coco.zip"] and archive == work / "dataset-coco.zip"
+    assert rep.n_images == 2 and "2 images" in describe_export(rep)
+    with pytest.raises(ExportError, match="no samples match"):
+        cur.export_archive("voc", SampleFilter.parse("accepted", "cat"), work)
+    assert sorted(p.name for p in work.iterdir()) == ["dataset-coco.zip"]  # nothing half-written left
+
+
+@pytest.mark.slow
+def test_studio_handlers_are_the_curation(curate):
     cur, ids, root = curate
     got, items, summary, page = cur.gallery("any", "", "", 0)
     assert got == ids and "4 samples" in summary and page == 0
-    assert [c.split(" · ")[-1] for _, c in items] == ["accepted", "rejected", "accepted", "pending"]
-    cur.set_status(ids[1], "accepted")
-    assert cur.gallery("any", "", "", 0)[1][1][1].endswith("accepted")
-    assert cur.gallery("rejected", "", "", 0)[0] == []
-    assert "3 accepted samples" in cur.export_summary("accepted", "", "")  # the pending one is not
-    assert "including rejected" in cur.export_summary("any", "", "")
+    picture, text, notes, slider = cur.review(ids[2])
+    assert np.array_equal(picture, Curation(root).review(ids[2]).picture)
+    assert slider["interactive"] is False  # a hand-edited mask: its slider says the threshold does not apply
+    assert "re-derived" in cur.save_details(ids[0], "x", 0.3)
 
 
+@pytest.mark.slow
 def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
     import studio.ui as ui
 
@@ -96,6 +152,7 @@ def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
     assert sorted(p.name for p in mine.iterdir().__next__().iterdir()) == ["dataset-hf.zip"]  # no unzipped folder
 
 
+@pytest.mark.slow
 def test_export_defaults_to_accepted_samples():
     from studio.ui import build_app
 

@@ -111,6 +111,7 @@ def assert_same_records(src, dst, ids, *, exact_masks=True, exact_image=True):
 
 
 # -- COCO --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_coco_self_eval_torchvision_supervision_datumaro(gen_store, tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -193,6 +194,7 @@ def test_user_threshold_override_reaches_the_export(store, tmp_path):
     assert coco.getAnnIds(imgIds=[rec.id]) == [] and len(coco.getAnnIds()) == 3
 
 
+@pytest.mark.slow
 def test_coco_mini_round_trip_keeps_photo_provenance_and_crowd(tmp_path):
     from pycocotools.coco import COCO
 
@@ -258,6 +260,7 @@ def test_store_keeps_crowd_flags(tmp_path):
 
 
 # -- VOC ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     import torchvision
     from scipy.ndimage import binary_fill_holes
@@ -311,6 +314,7 @@ def test_voc_round_trip_reads_our_class_names_and_provenance(gen_store, tmp_path
     assert_same_records(gen_store, back, import_voc(back, tmp_path / "voc"), exact_image=False)
 
 
+@pytest.mark.slow
 def test_voc_more_than_20_classes_and_voc_class_ids(tmp_path):
     s = Store(tmp_path / "s")
     rng = np.random.default_rng(0)
@@ -334,6 +338,7 @@ def test_voc_more_than_20_classes_and_voc_class_ids(tmp_path):
     assert (tmp_path / "voc2" / VOC / "labelmap.txt").read_text().splitlines()[13].startswith("dog:")
 
 
+@pytest.mark.slow
 def test_voc_reports_objects_its_object_map_cannot_hold(tmp_path):
     s = Store(tmp_path / "s")
     big = np.zeros((32, 32), bool)
@@ -355,6 +360,7 @@ def test_voc_reports_objects_its_object_map_cannot_hold(tmp_path):
     assert r.returncode == 0 and "1 objects fully hidden" in r.stdout
 
 
+@pytest.mark.slow
 def test_voc_coco_mini_round_trip_keeps_what_voc_can_hold(tmp_path):
     """Real photos with overlapping objects: VOC's object map keeps each object's visible part;
     the export counts the objects it hid, and the import gives back exactly the rest."""
@@ -404,6 +410,7 @@ def test_polygons_fill_back_to_masks_with_holes_and_parts():
         assert np.array_equal(back, ring)  # the hole stays a hole
 
 
+@pytest.mark.slow
 def test_yolo_supervision_datumaro_and_round_trip(gen_store, tmp_path):
     import yaml
 
@@ -445,6 +452,7 @@ def test_yolo_supervision_datumaro_and_round_trip(gen_store, tmp_path):
             assert np.allclose(a.points, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_yolo_coco_mini_instances_fill_back(tmp_path):
     src = SHARED / "coco-mini"
     if not src.exists():
@@ -472,6 +480,7 @@ def test_yolo_coco_mini_instances_fill_back(tmp_path):
 
 
 # -- HF ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_hf_export_loads_with_datasets(store, tmp_path):
     import datasets
 
@@ -499,6 +508,7 @@ def test_hf_export_loads_with_datasets(store, tmp_path):
     assert "load_dataset(" in card and "load_from_disk" in card and "names[k-1]" not in card
 
 
+@pytest.mark.slow
 def test_hf_exports_are_not_read_from_a_stale_cache(store, tmp_path):
     """datasets caches a local folder under a key made of its name and card, not of its files:
     with fixed parquet names, loading any later export in a folder of the same name (another
@@ -520,6 +530,7 @@ def test_hf_exports_are_not_read_from_a_stale_cache(store, tmp_path):
     assert {store.get(i).classes[0] for d in again.values() for i in d["sample_id"]} == {"cat"}
 
 
+@pytest.mark.slow
 def test_hf_round_trip_generated_samples(gen_store, tmp_path):
     export(gen_store, "hf", tmp_path / "hf", val_fraction=0.5)
     back = Store(tmp_path / "back")
@@ -534,6 +545,7 @@ def test_coco_round_trip_generated_samples(gen_store, tmp_path):
     assert_same_records(gen_store, back, ids)
 
 
+@pytest.mark.slow
 def test_round_trip_of_embedded_model_samples(tmp_path):
     """Samples as the batch generator stores them (embedded model, few steps) survive every format."""
     from pipeline.batch import BatchSpec, run_batch
@@ -568,6 +580,7 @@ def _tree(path):
     return sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["store", "inside", "parent"])
 def test_export_never_writes_over_or_around_the_store(store, tmp_path, where):
     (tmp_path / "sibling").mkdir()
@@ -627,6 +640,7 @@ def test_export_refuses_overwrite_bad_format_and_empty_selection(store, tmp_path
     assert not list(tmp_path.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_damaged_samples_are_skipped_listed_and_fail_the_cli(store, tmp_path):
     recs = store.query(status="accepted")
     store.blob_path(recs[0].image).unlink()  # a deleted image
@@ -649,6 +663,7 @@ def test_damaged_samples_are_skipped_listed_and_fail_the_cli(store, tmp_path):
     assert sorted(kept) == [recs[2].id, recs[3].id]
 
 
+@pytest.mark.slow
 def test_kill_9_during_export_leaves_no_partial_folder(tmp_path):
     d = tmp_path / "big"
     s = Store(d)
@@ -675,6 +690,7 @@ def test_kill_9_during_export_leaves_no_partial_folder(tmp_path):
     assert not list(tmp_path.glob(".exp.partial-*"))
 
 
+@pytest.mark.slow
 def test_killed_force_export_leftovers_are_cleaned_by_the_next_run(store, tmp_path):
     export(store, "coco", tmp_path / "exp")
     # what `export --force` leaves when killed between renaming the old export away and deleting it
@@ -689,6 +705,7 @@ def test_killed_force_export_leftovers_are_cleaned_by_the_next_run(store, tmp_pa
     assert not list(tmp_path.glob(".exp.old-*")) and (tmp_path / "exp/manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_import_reads_our_exports(gen_store, tmp_path):
     for fmt in ("coco", "voc", "yolo", "hf"):
         export(gen_store, fmt, tmp_path / fmt)
@@ -704,6 +721,7 @@ def test_cli_import_reads_our_exports(gen_store, tmp_path):
     assert r.returncode == 2 and "no data.yaml" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_export_rejects_path_tricks_in_tags(store, tmp_path):
     store.close()
     r = _cli("export", "--store", tmp_path / "store", "--format", "coco", "--tag", "../../x", "--out", tmp_path / "o")

@@ -109,6 +109,7 @@ def _check_fopa(nets, fg_path, mask_path, bg_path, fg, fg_mask, bg, tmp_path):
     return r
 
 
+@pytest.mark.slow
 def test_fopa_equals_libcom_on_its_test_pair(nets, tmp_path):
     """libcom's own FOPA test pair: a dog with a JPEG (soft-edged) mask, used as upstream uses it."""
     fg_p, m_p, bg_p = FOPA_DIR / "foreground/1674.jpg", FOPA_DIR / "foreground_mask/1674.jpg", FOPA_DIR / "background/1674.jpg"
@@ -120,6 +121,7 @@ def test_fopa_equals_libcom_on_its_test_pair(nets, tmp_path):
     _check_fopa(nets, fg_p, m_p, bg_p, fg, mask, bg, tmp_path)
 
 
+@pytest.mark.slow
 def test_fopa_equals_libcom_for_a_coco_object_on_a_coco128_photo(nets, coco, tmp_path):
     """A COCO instance (cut out with its exact bool mask) on a landscape coco128 photo."""
     bgs = sorted((SHARED / "coco128" / "images").glob("*.jpg"))
@@ -138,6 +140,7 @@ def test_fopa_equals_libcom_for_a_coco_object_on_a_coco128_photo(nets, coco, tmp
     assert r.maps.shape == (N_SCALES, *bg.shape[:2]) and 0 <= r.maps.min() and r.maps.max() <= 1
 
 
+@pytest.mark.slow
 def test_fopa_training_checkpoint_format(tmp_path, nets):
     """FOPA's train.py saves {"epoch", "net_state", "opti_state"}: the network part loads."""
     _, scorer = nets
@@ -169,6 +172,7 @@ def _upstream_rain(net, comp_path, mask_path):
     return up_rain.tensor2im(pred[0:1])
 
 
+@pytest.mark.slow
 def test_rainnet_equals_upstream_test_py(rain_nets, tmp_path):
     upstream, ours = rain_nets
     comp_p, mask_p = IHARMONY / "a0002_1_4.jpg", IHARMONY / "a0002_1.png"

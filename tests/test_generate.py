@@ -58,6 +58,7 @@ def test_hub_id_offline_names_the_id_and_the_remedy(monkeypatch):
     (lambda p: p / "missing.safetensors", "does not exist"),
     (lambda p: p, "not a diffusers pipeline"),
 ])
+@pytest.mark.slow
 def test_bad_paths_are_clear(tmp_path, make, match):
     with pytest.raises(ModelLoadError, match=match):
         load_pipeline(str(make(tmp_path)), device="cpu")
@@ -123,6 +124,7 @@ def test_single_file_checkpoint_loads_to_the_same_model(tiny_pipe, tiny_folder, 
     assert np.array_equal(generate(tiny_pipe, "dog", 3, steps=2)[0].image, generate(loaded, "dog", 3, steps=2)[0].image)
 
 
+@pytest.mark.slow
 def test_single_file_without_config_offline_says_to_add_config(tiny_pipe, tmp_path, monkeypatch):
     from pipeline.convert import save_single_file
 

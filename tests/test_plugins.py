@@ -104,6 +104,23 @@ def test_unknown_names_list_the_registered_ones():
     assert "box" in reg and reg.names() == ["box"] and reg.create("box", checkpoint=None) == {}
 
 
+def test_registries_say_which_plugins_need_weights():
+    from pipeline.harmonize import HARMONIZERS, available_methods
+    from pipeline.placement import SCORERS
+
+    assert SCORERS.needs_checkpoint("fopa") and not SCORERS.needs_checkpoint("default")
+    assert HARMONIZERS.needs_checkpoint("rainnet") and not HARMONIZERS.needs_checkpoint("pct")
+    assert "rainnet" not in available_methods() and "pct" in available_methods()
+    reg = Registry("thing")
+
+    class Weighted:
+        needs_checkpoint = True
+
+    reg.register("weighted", Weighted)
+    reg.register("plain", dict)
+    assert reg.needs_checkpoint("weighted") and not reg.needs_checkpoint("plain")
+
+
 @pytest.fixture(scope="module")
 def fopa_sample():
     if not FOPA_DIR.exists():
@@ -193,3 +210,5 @@ def test_new_plugins_show_in_the_studio_dropdowns(registered, tmp_path):
                  for b in app.blocks.values() if isinstance(b, gr.Dropdown)}
     assert "halfheat" in dropdowns["refiner"] and "grabcut" in dropdowns["refiner"]
     assert "invert" in dropdowns["harmonization"] and "learned" in dropdowns["harmonization"]
+    assert "corner" in dropdowns["placement scorer"] and "fopa" in dropdowns["placement scorer"]
+    assert "rainnet" in dropdowns["harmonization"]  # listed; it asks for its weights when chosen

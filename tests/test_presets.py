@@ -81,6 +81,7 @@ def _has_segment_anything():
         return False
 
 
+@pytest.mark.slow
 def test_every_preset_resolves_and_loads_from_the_cache(offline_cache):
     image = np.zeros((48, 64, 3), np.uint8)
     image[10:30, 20:44] = (200, 60, 40)
@@ -118,6 +119,7 @@ def test_every_preset_resolves_and_loads_from_the_cache(offline_cache):
             assert r.heat.shape == (1, 256, 256) and len(r.boxes) == 1
 
 
+@pytest.mark.slow
 def test_a_preset_whose_files_are_absent_says_what_to_download(tmp_path, monkeypatch, offline_cache):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(PresetUnavailable) as e:
@@ -143,6 +145,7 @@ def test_a_preset_whose_files_are_absent_says_what_to_download(tmp_path, monkeyp
         presets.resolve("sd99")
 
 
+@pytest.mark.slow
 def test_cli_generate_with_a_preset(offline_cache, tmp_path, capsys, monkeypatch):
     from pipeline.__main__ import main
 
@@ -166,6 +169,7 @@ def test_preload_from_hub_lines_name_every_file():
     assert len(lines) == 2  # embedded ships with the app
 
 
+@pytest.mark.slow
 def test_unreachable_hub_online(tmp_path, monkeypatch, offline_cache):
     """Online but no hub answers: the cache still serves a complete preset; a missing one
     gets the message (with the download command, not the offline advice)."""
@@ -182,6 +186,7 @@ def test_unreachable_hub_online(tmp_path, monkeypatch, offline_cache):
     assert "hf download BCMIZB/Libcom_pretrained_models FOPA.pth" in text and "unset HF_HUB_OFFLINE" not in text
 
 
+@pytest.mark.slow
 def test_the_studio_generates_with_a_preset_and_says_what_is_loaded(offline_cache):
     """The studio's model box takes a preset name: it loads through the HF cache, and the
     line under Generate names the preset, its repository, precision and device."""

@@ -47,6 +47,7 @@ OPTIONAL = {"spaces"}  # ZeroGPU's package: present on Spaces, optional elsewher
     ("requirements.txt", ["pipeline", "studio", "app.py"]),
     ("requirements-dev.txt", ["pipeline", "studio", "app.py", "tests", "bench"]),
 ])
+@pytest.mark.slow
 def test_every_third_party_import_is_a_direct_requirement(req, folders):
     files = []
     for f in folders:
@@ -104,6 +105,7 @@ def test_readme_cli_subcommands_exist():
         assert name in sub.choices, f"README names `python -m pipeline {name}`"
 
 
+@pytest.mark.slow
 def test_embedded_model_loads_the_stock_diffusers_way():
     import torch
     from diffusers import StableDiffusionPipeline
@@ -115,6 +117,7 @@ def test_embedded_model_loads_the_stock_diffusers_way():
     assert out.images.shape == (1, 64, 64, 3) and out.images.std() > 0.01
 
 
+@pytest.mark.slow
 def test_tests_skip_without_the_shared_data(tmp_path):
     """With ../shared absent, tests that read it are skipped, not errors."""
     env = dict(os.environ, DIFFUMASK_SHARED_DATA=str(tmp_path / "no-shared-data"), HF_HUB_OFFLINE="1")

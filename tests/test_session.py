@@ -40,6 +40,18 @@ def test_threshold_source_and_undo_redo(scene):
         ses.use_source("magic")
 
 
+def test_start_begins_at_the_refiners_threshold_with_nothing_to_undo(scene):
+    img, heat, disc = scene
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
+    ses.set_threshold(0.9)  # whatever happened before the start is not an edit to undo
+    ses.start()
+    assert ses.choice is not None and ses.threshold == ses.choice.threshold != 0.5
+    assert not ses.can_undo and np.array_equal(ses.current_mask(), ses.heat >= ses.choice.threshold)
+    bare = InspectSession(img, "ball", heat, refiner=None)
+    bare.start()  # no refiner: the threshold mask at 0.5, and why there is no refinement
+    assert bare.choice is None and bare.threshold == 0.5 and bare.refine_error == "no refiner chosen"
+
+
 def test_strokes_apply_on_top_of_any_source_and_can_be_discarded(scene):
     img, heat, disc = scene
     ses = InspectSession(img, "ball", heat, refiner=get_refiner("grabcut"))
@@ -99,3 +111,43 @@ def test_to_store_saves_exactly_the_current_mask_with_its_kind(scene, tmp_path):
             assert np.array_equal(store.masks(rec)[0][1], ses.current_mask())
             if kind == "generated":
                 assert rec.user_threshold == pytest.approx(0.25) and rec.threshold == pytest.approx(ses.choice.threshold)
+
+
+def test_composite_keeps_the_crowd_flags_of_the_background(tmp_path):
+    """A photo's COCO crowd regions stay crowd regions in its composite, with exactly the
+    pixels the pasted object leaves them; a fully covered instance leaves with its flag."""
+    from pipeline.session import InsertSession
+
+    rng = np.random.default_rng(0)
+    bg = rng.integers(0, 255, (80, 100, 3), np.uint8)
+    crowd = np.zeros((80, 100), bool)
+    crowd[10:60, 5:60] = True  # a crowd of people, partly covered below
+    person = np.zeros((80, 100), bool)
+    person[20:50, 70:90] = True  # one person, not crowd
+    hidden = np.zeros((80, 100), bool)
+    hidden[42:46, 32:36] = True  # a small object the paste covers completely
+    store = Store(tmp_path / "s")
+    sid = store.add(bg, ["person", "cup"], instances=[("person", crowd), ("person", person), ("cup", hidden)],
+                    instance_sources=["imported"] * 3, instance_crowd=[True, False, False], status="accepted")
+    ses = InsertSession.from_record(store, store.get(sid))
+    assert ses.crowd == [True, False, False]
+    fg = np.full((30, 30, 3), (200, 40, 40), np.uint8)
+    ses.set_object(fg, np.ones((30, 30), bool), "dog", "test")
+    ses.centre, ses.scale = (34.0, 44.0), 30 / 80  # box x 19..49, y 29..59: inside the crowd region
+    comp = ses.compose()
+    new = comp.instances[-1][1]
+    assert new[42:46, 32:36].all() and comp.record["dropped"] == ["cup"]
+    rec = store.get(ses.to_store(store, tags=["composite"]))
+    assert [(i.class_name, i.iscrowd, i.source) for i in rec.instances] == [
+        ("person", True, "imported"), ("person", False, "imported"), ("dog", False, "inserted")]
+    masks = store.masks(rec)
+    assert np.array_equal(masks[0][1], crowd & ~new) and (crowd & new).any()
+    assert np.array_equal(masks[1][1], person) and np.array_equal(masks[2][1], new)
+    # and the COCO export writes the crowd region as a crowd annotation
+    import json
+
+    from pipeline.export import export
+
+    export(store, "coco", tmp_path / "coco", tags=["composite"])
+    doc = json.loads((tmp_path / "coco" / "annotations" / "instances_train.json").read_text())
+    assert len(doc["images"]) == 1 and [a["iscrowd"] for a in doc["annotations"]] == [1, 0, 0]

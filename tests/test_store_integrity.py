@@ -31,6 +31,7 @@ def _merge_keys(root, sid, prefix, n, barrier):
     store.close()
 
 
+@pytest.mark.slow
 def test_concurrent_meta_merges_from_two_processes_lose_nothing(tmp_path):
     rng = np.random.default_rng(0)
     img, heat = _sample(rng)
@@ -107,6 +108,7 @@ def test_one_inspected_sample_is_one_row(tmp_path):
         assert s.count() == 1 and np.array_equal(s.masks(s.get(rec.id))[0][1], ses.current_mask())
 
 
+@pytest.mark.slow
 def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
     rng = np.random.default_rng(4)
     with Store(tmp_path / "s") as s:
@@ -138,6 +140,7 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
     assert out.returncode == 1 and f"sample #{ids[1]}" in out.stdout and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_leftover_temporary_blobs_are_cleaned(tmp_path):
     rng = np.random.default_rng(5)
     img, heat = _sample(rng)
@@ -173,6 +176,7 @@ def _make_store(path):
         s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_database_is_explained(tmp_path, damage):
     root = tmp_path / "s"

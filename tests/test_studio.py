@@ -94,10 +94,12 @@ def test_insert_objects_flow(studio):
     c.predict(api_name="/insert_place")
     comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
     assert "star" in info and "kite" in info
-    with pytest.raises(AppError, match="RainNet needs its checkpoint"):
+    with pytest.raises(AppError, match="'rainnet' needs its published weights"):
         c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
+    with pytest.raises(AppError, match="'default' takes no weights"):
+        c.predict(scorer="default", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
     with pytest.raises(AppError, match="does not exist"):
-        c.predict(fopa_ckpt="/nowhere/fopa.pth", api_name="/insert_place")
+        c.predict(scorer="fopa", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
     msg = c.predict(tags="insert", api_name="/insert_accept")
     new_id = int(msg.split("#")[1].split()[0])
     s = Store(store_dir)
@@ -202,3 +204,41 @@ def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
         kept = [(c_, m & ~new) for c_, m in bg_masks if (m & ~new).any()]
         assert [c_ for c_, _ in kept] == [c_ for c_, _ in masks[:-1]]
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(kept, masks[:-1]))
+
+
+def test_a_fresh_studio_shows_examples_in_curate_apart_from_the_users_dataset(tmp_path):
+    """A studio on an empty store serves the examples (photos with their COCO masks and
+    embedded-model samples) in the Curate tab's page itself, open and labelled as examples;
+    the user's dataset and its export stay empty until the user adds them."""
+    import json
+    import urllib.request
+
+    from pipeline.examples import EXAMPLES, GENERATED_SAMPLES
+
+    store_dir = tmp_path / "empty"
+    with running_studio(store_dir) as url:
+        config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+        by_id = {c["props"]["elem_id"]: c["props"] for c in config["components"]
+                 if c.get("props", {}).get("elem_id")}
+        box, gallery = by_id["curate-examples-box"], by_id["curate-examples"]
+        n = 4 + len(GENERATED_SAMPLES)  # the shipped photos and generated samples
+        assert box["open"] and box["visible"] is not False and "not in your dataset" in box["label"]
+        items = gallery["value"]
+        assert len(items) == n, items
+        captions = [it["caption"] for it in items]
+        assert sum("person" in c for c in captions) >= 3 and any("star" in c for c in captions)
+        assert str(store_dir) in by_id["curate-examples-note"]["value"]
+        with Store(store_dir) as s:
+            assert s.count() == 0  # nothing was added to the user's dataset
+        c = client(url)
+        with pytest.raises(Exception, match="no samples match"):
+            c.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
+        assert f"{n} examples" in c.predict(api_name="/examples_copy")  # the user asks for them
+        with Store(store_dir) as s:
+            recs = s.query()
+            assert len(recs) == n and all("example" in r.tags for r in recs)
+            assert sum(r.heat_map is not None for r in recs) == len(GENERATED_SAMPLES)
+            shipped = json.loads((EXAMPLES / "instances.json").read_text())["annotations"]
+            assert sum(i.iscrowd for r in recs for i in r.instances) == sum(a["iscrowd"] for a in shipped) > 0
+        zpath, info = c.predict(fmt="coco", status="accepted", classes="", tag="example", val=0, api_name="/export")
+        assert info.startswith(f"{n} images")

@@ -130,10 +130,11 @@ def _hf_semantic(folder):
     return {row["sample_id"]: (np.asarray(row["mask"]), names) for row in ds}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_what_is_shown_is_what_every_export_writes(pool, tmp_path, seed):
-    from studio.ui import CurateActions, _thumbnail
     from pipeline import viz
+    from pipeline.curation import Curation, thumbnail
 
     rng = np.random.default_rng(seed)
     store = Store(tmp_path / "store")
@@ -145,16 +146,16 @@ def test_what_is_shown_is_what_every_export_writes(pool, tmp_path, seed):
         export(store, fmt, tmp_path / fmt, status="accepted")
     coco = _coco_masks(tmp_path / "coco")
     hf = _hf_semantic(tmp_path / "hf")
-    curate = CurateActions(tmp_path / "store")
+    curate = Curation(tmp_path / "store")
     for rec in recs:
         shown = [(c, m) for c, m in store.masks(rec)]
         nonempty = [(c, m) for c, m in shown if m.any()]
         # the gallery's thumbnail and the review view are drawn from exactly these masks
         image = store.load_image(rec)
-        thumb = _thumbnail(str(tmp_path / "store"), rec.id, rec.image, ",".join(i.mask for i in rec.instances))
+        thumb = thumbnail(store, rec)
         expect = viz.overlay_mask(image, np.any([m for _, m in shown], axis=0)) if shown else image
         assert np.array_equal(thumb, viz.upscale_for_display(expect, 128))
-        review = curate.review(rec.id)[0]
+        review = curate.review(rec.id).picture
         assert np.array_equal(review, viz.upscale_for_display(viz.overlay_instances(image, [m for _, m in shown]), 384))
         # COCO: one annotation per non-empty instance, same class, same pixels
         got = coco[rec.id]
@@ -178,6 +179,7 @@ def test_what_is_shown_is_what_every_export_writes(pool, tmp_path, seed):
     store.close()
 
 
+@pytest.mark.slow
 def test_the_action_sequences_do_exercise_every_kind_of_mask(pool, tmp_path):
     """Guards the property test above: its sequences store threshold-derived, refined,
     hand-edited and inserted masks, and curate thresholds really change masks."""

@@ -326,16 +326,53 @@ class BatchRun:
                 if c in self.report.classes:
                     self.report.classes[c].composites = n
 
+    def _bank_objects(self):
+        """``(thesaurus, bank)`` for bank insertion, or ``(None, None)`` for generated objects.
+        The bank leaves out this run's own samples (candidates and composites): what a
+        resumed run can cut out is what the uninterrupted run could."""
+        if self.spec.insertion.object_source == "generated":
+            return None, None
+        from ..bank import ObjectBank
+        from .worker import load_thesaurus
+
+        own = [i for i, in self.store.sql("SELECT id FROM samples WHERE run = ? OR uid LIKE ?",
+                                          (self.key, f"batch-{self.key}-%"))]
+        return load_thesaurus(self.spec), ObjectBank(self.store, exclude_ids=own)
+
+    def _bank_job_object(self, thesaurus, bank, scene: str, seed: int) -> dict:
+        """What to insert into a kept sample of class ``scene``: ``{"class": None}`` (no
+        suggestion the sources can supply), ``{"class": c}`` (generate c), or a bank object
+        ``{"class", "image" (HWC uint8 crop), "mask" (HW bool), "bank" (its provenance)}``,
+        drawn with the base sample's seed (the bank's order is by box size, sample, index)."""
+        from .worker import suggest_object
+
+        allowed = list(bank.classes())
+        if self.spec.insertion.object_source == "both":
+            allowed += list(self.spec.classes)
+        obj = suggest_object(thesaurus, scene, allowed)
+        if obj is None or obj not in bank:
+            return {"class": obj, "allowed": "the bank's and the batch's classes"
+                    if self.spec.insertion.object_source == "both" else "the bank's classes"}
+        pick = bank.pick(obj, seed=seed)
+        crop, mask = bank.cut_out(pick)
+        src = self.store.get(pick.sample_id)
+        return {"class": obj, "image": crop, "mask": mask,
+                "bank": {"sample": src.id, "uid": src.uid, "instance": pick.index, "source": pick.source,
+                         "box": list(pick.bbox)}}
+
     def _compose(self) -> None:
         spec = self.spec
         have = {u for u, in self.store.sql("SELECT uid FROM samples WHERE uid LIKE ?", (f"batch-{self.key}-%+insert",))}
+        thesaurus, bank = self._bank_objects()
         jobs = []
         for c in spec.classes:
             kept = sorted(self.store.query(run=self.key, run_class=c, status="accepted"), key=lambda r: r.run_k)
             for rec in kept[:spec.per_class]:
                 if rec.uid + "+insert" in have or not rec.instances:
                     continue
-                jobs.append((rec.uid, c, rec.seed, self.store.image(rec.image), self.store.mask(rec.instances[0].mask)))
+                obj = None if bank is None else self._bank_job_object(thesaurus, bank, c, rec.seed)
+                jobs.append((rec.uid, c, rec.seed, self.store.image(rec.image), self.store.mask(rec.instances[0].mask),
+                             obj))
         chunks = [jobs[i:i + 4] for i in range(0, len(jobs), 4)]
         for result in self.executor.map(compose_candidates, spec, chunks):
             for comp in result:

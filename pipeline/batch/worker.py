@@ -126,12 +126,17 @@ def suggest_object(thesaurus, scene_class: str, allowed: Sequence[str], min_supp
     return next((o for o, _, _ in ranked if o in allowed), None)
 
 
-def compose_candidates(spec: BatchSpec, jobs: Sequence[tuple[str, str, int, np.ndarray, np.ndarray]]) -> list[Composition]:
+def compose_candidates(spec: BatchSpec, jobs: Sequence[tuple]) -> list[Composition]:
     """Insert a thesaurus-suggested object into kept samples.
 
-    ``jobs``: (base uid, scene class, base seed, image HWC uint8, object mask HW bool). The
-    object is generated with a seed derived from the base sample's, placed at the best box
-    of ``spec.insertion.scorer`` and harmonized with ``spec.insertion.harmonizer``."""
+    ``jobs``: (base uid, scene class, base seed, image HWC uint8, scene mask HW bool[, obj]).
+    Without ``obj`` (or None) the object is the thesaurus' best suggestion among the batch's
+    classes, generated with a seed derived from the base sample's; the driver sets ``obj``
+    for bank insertion: ``{"class": c}`` generates c, ``{"class": None, "allowed": ...}``
+    skips (nothing suggested that the sources supply), and ``{"class", "image", "mask",
+    "bank"}`` pastes that cut-out (HWC uint8, HW bool) and records ``bank`` (where it came
+    from) in the composite's record. The object is placed at the best box of
+    ``spec.insertion.scorer`` and harmonized with ``spec.insertion.harmonizer``."""
     from ..compose import ComposeError, paste
     from ..harmonize import get_harmonizer
     from ..placement import PlacementError, get_scorer
@@ -142,24 +147,31 @@ def compose_candidates(spec: BatchSpec, jobs: Sequence[tuple[str, str, int, np.n
     harmonizer = get_harmonizer(ins.harmonizer, checkpoint=ins.harmonizer_checkpoint, device=spec.model.device)
     scorer = get_scorer(ins.scorer, checkpoint=ins.scorer_checkpoint, device=spec.model.device)
     out = []
-    for uid, scene, base_seed, image, mask in jobs:
-        obj = suggest_object(thesaurus, scene, spec.classes)
+    for uid, scene, base_seed, image, mask, *rest in jobs:
+        given = rest[0] if rest else None
+        obj = suggest_object(thesaurus, scene, spec.classes) if given is None else given["class"]
         if obj is None:
-            out.append(Composition(uid, None, skipped=f"no suggestion for {scene!r} among the batch classes"))
+            among = given.get("allowed", "the batch classes") if given else "the batch classes"
+            out.append(Composition(uid, None, skipped=f"no suggestion for {scene!r} among {among}"))
             continue
         try:
-            fg = compute_candidates(replace(spec, batch_size=1), [(obj, 1_000_000 + base_seed % 1_000_000)])[0]
-            if fg.refined is None:
-                raise RefinementError(fg.metrics["error"])
-            fg_mask = np.asarray(fg.heat, np.float32) >= fg.threshold
-            placed = scorer(image, fg.image, fg_mask, existing_masks=[mask], fg_class=obj, top_k=1)
+            if given is not None and "bank" in given:
+                fg_image, fg_mask = given["image"], np.asarray(given["mask"], bool)
+                about = {"object_source": "bank", "bank": given["bank"]}
+            else:
+                fg = compute_candidates(replace(spec, batch_size=1), [(obj, 1_000_000 + base_seed % 1_000_000)])[0]
+                if fg.refined is None:
+                    raise RefinementError(fg.metrics["error"])
+                fg_image, fg_mask = fg.image, np.asarray(fg.heat, np.float32) >= fg.threshold
+                about = {"object_source": "generated", "object_seed": fg.seed, "object_prompt": fg.prompt}
+            placed = scorer(image, fg_image, fg_mask, existing_masks=[mask], fg_class=obj, top_k=1)
             _, box, score = placed.boxes[0]
-            comp = paste(image, [(scene, mask)], fg.image, fg_mask, box, obj, harmonizer=harmonizer)
+            comp = paste(image, [(scene, mask)], fg_image, fg_mask, box, obj, harmonizer=harmonizer)
         except (ComposeError, PlacementError, RefinementError) as e:
             out.append(Composition(uid, obj, skipped=f"{type(e).__name__}: {e}"))
             continue
         sources = ["generated"] * (len(comp.instances) - 1) + ["inserted"]
-        record = dict(comp.record, placement_score=round(float(score), 4), object_seed=fg.seed, object_prompt=fg.prompt)
+        record = dict(comp.record, placement_score=round(float(score), 4), **about)
         out.append(Composition(uid, obj, comp.image, [(n, m, s) for (n, m), s in zip(comp.instances, sources)], record))
     return out
 
