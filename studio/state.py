@@ -58,15 +58,15 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     """One sample from the (cached) model under MODEL_LOCK; load and prompt errors (missing
     weights or preset files, a word not in the prompt, a bad template) become the user's
     error toast."""
-    import gradio as gr
-
     from pipeline.errors import PipelineError, check_seed
     from pipeline.generate import ModelLoadError, generate
     from pipeline.presets import PresetUnavailable
+
+    from .console import user_error
 
     try:
         pipe = get_pipeline(model or "embedded")
         with MODEL_LOCK:
             return generate(pipe, class_name, check_seed(seed), **options)[0]
     except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
-        raise gr.Error(str(e))
+        raise user_error(str(e))

@@ -1,0 +1,47 @@
+"""What the studio prints on the server's console: one line per user mistake, tracebacks only
+for programming errors, and none of Gradio's per-request debug prints."""
+from __future__ import annotations
+
+import builtins
+import logging
+import sys
+
+import gradio as gr
+
+LOG = logging.getLogger("diffumask.studio")
+
+
+def user_error(message: str, **kwargs) -> gr.Error:
+    """The toast for a mistake the user can fix (a bad setting, an action that does not apply
+    now). Gradio prints the traceback of every gr.Error unless told not to; a user's mistake is
+    not a bug, so the console gets this one line instead. Use as ``raise user_error("...")``."""
+    LOG.warning("user error: %s", message)
+    return gr.Error(message, print_exception=False, **kwargs)
+
+
+def setup_console() -> None:
+    """Route the studio's log lines to stderr and silence Gradio's custom-component print.
+
+    Gradio 6.x's ``/custom_component/{id}/{environment}/...`` route ``print``s one line per file
+    it serves (``id=..., environment=client, type=component, file_name=...``): five lines per page
+    load for gradio_image_annotation's box editor, with no setting to turn them off. Shadowing
+    ``print`` in that one module drops exactly those lines and forwards every other print."""
+    if not LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s studio %(levelname)s %(message)s", "%H:%M:%S"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False  # the root logger stays as the user has it (no httpx chatter)
+    from gradio import routes
+
+    if getattr(routes.__dict__.get("print"), "_diffumask_quiet", False):
+        return
+
+    def quiet_print(*args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("id=") \
+                and ", environment=" in args[0]:
+            return
+        builtins.print(*args, **kwargs)
+
+    quiet_print._diffumask_quiet = True
+    routes.print = quiet_print
