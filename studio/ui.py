@@ -829,6 +829,7 @@ const DM_KEYS = {
   a: ['accept-btn', 'curate-accept'], r: ['reject-btn', 'curate-reject'],
   n: ['curate-next'], p: ['curate-prev'], u: ['curate-undo'],
 };
+let dmEditorQueue = Promise.resolve();
 const DM_BRUSH_STEP = 4;  // editor pixels per [ or ] (its size slider runs 1..100)
 function dmVisible(el) { return el && el.offsetParent !== null; }
 function dmFrame() { return new Promise((ok) => requestAnimationFrame(() => ok())); }
@@ -855,12 +856,16 @@ async function dmWithPicker(label, find, fn) {
 async function dmBrushSize(delta) {
   if (!await dmEditorToolbar()) return;
   dmEditorButton('Brush').click();
+  let size = null;
   await dmWithPicker('Brush Size', () => document.querySelector('#mask-editor .size_picker input[type=range]'), (range) => {
     range.value = Math.min(100, Math.max(1, Number(range.value) + delta));
     range.dispatchEvent(new Event('input', { bubbles: true }));
     range.dispatchEvent(new Event('change', { bubbles: true }));
-    document.getElementById('mask-editor').dataset.brushSize = range.value;  // for the keys panel and tests
+    size = range.value;
   });
+  await dmFrame();
+  // set once the picker is closed again: tests (and anyone watching) know the brush is ready
+  if (size !== null) document.getElementById('mask-editor').dataset.brushSize = size;
 }
 async function dmBrushColor(rgb) {  // 'rgb(255, 255, 255)' adds, 'rgb(0, 0, 0)' erases the mask
   if (!await dmEditorToolbar()) return;
@@ -868,6 +873,7 @@ async function dmBrushColor(rgb) {  // 'rgb(255, 255, 255)' adds, 'rgb(0, 0, 0)'
   const swatch = () => [...document.querySelectorAll('#mask-editor button.color')].find(
     (b) => b.style.backgroundColor === rgb);
   await dmWithPicker('Color', swatch, (b) => b.click());
+  await dmFrame();
   document.getElementById('mask-editor').dataset.brushColor = rgb === 'rgb(0, 0, 0)' ? 'black' : 'white';
 }
 document.addEventListener('keydown', (e) => {
@@ -889,8 +895,10 @@ document.addEventListener('keydown', (e) => {
   if (k === '[' || k === ']' || k === 'b' || k === 'e') {
     if (!dmVisible(document.getElementById('touch-up'))) return;
     e.preventDefault();
-    if (k === '[' || k === ']') dmBrushSize(k === ']' ? DM_BRUSH_STEP : -DM_BRUSH_STEP);
-    else dmBrushColor(k === 'b' ? 'rgb(255, 255, 255)' : 'rgb(0, 0, 0)');
+    // one toolbar action at a time: quick presses would otherwise open and close the same picker
+    dmEditorQueue = dmEditorQueue.then(() => (k === '[' || k === ']')
+      ? dmBrushSize(k === ']' ? DM_BRUSH_STEP : -DM_BRUSH_STEP)
+      : dmBrushColor(k === 'b' ? 'rgb(255, 255, 255)' : 'rgb(0, 0, 0)')).catch(() => {});
     return;
   }
   for (const id of (DM_KEYS[k] || [])) {
