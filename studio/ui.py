@@ -644,9 +644,11 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             source.input(on_source, [ses_state, source], views, api_name="mask_source")
             for comp in (res_in, t_lo, t_hi, refiner):
                 comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], views)
-            # clicks queue one after another (never dropped) and share the session's order
+            # clicks queue one after another (never dropped) and share the session's order; no progress
+            # overlay: Gradio's covers the output images while an event runs, so a quick second click
+            # landed on the overlay, not the image, and was lost (4 quick clicks -> 1 point)
             image_out.select(on_click, [ses_state, click_mode], views, concurrency_limit=1, concurrency_id="clicks",
-                             trigger_mode="multiple")
+                             trigger_mode="multiple", show_progress="hidden")
             clear_clicks.click(on_clear_clicks, ses_state, views)
             apply_edit.click(on_edit_mask, [ses_state, editor], [*views, editor], api_name="apply_strokes")
             undo.click(on_undo, ses_state, [*views, editor], api_name="undo")
@@ -668,21 +670,26 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 prev_page = gr.Button("◀ page", size="sm")
                 next_page = gr.Button("page ▶", size="sm")
             count = gr.Markdown(elem_id="curate-count")
+            # Compact: the review keys' buttons right under the gallery, the large view beside it, so the
+            # review loop fits a 1400x900 window
             with gr.Row():
                 with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="dataset", columns=8, height=430, object_fit="contain",
+                    gallery = gr.Gallery(label="dataset", columns=8, height=400, object_fit="contain",
                                          allow_preview=False, elem_id="curate-gallery")
+                    with gr.Row():
+                        prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm")
+                        acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm")
+                        rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm")
+                        undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm")
+                        next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm")
+                    gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
                 with gr.Column(scale=2):
-                    review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=300,
-                                          elem_id="curate-view")
+                    # png: 3x faster to encode than Gradio's default webp for these flat, upscaled pictures
+                    review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=280,
+                                          elem_id="curate-view", format="png")
                     show_heat = gr.Checkbox(False, label="show the heat map (h)", elem_id="curate-heat")
                     detail_md = gr.Markdown(elem_id="curate-detail")
             with gr.Row():
-                prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm")
-                acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm")
-                rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm")
-                undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm")
-                next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm")
                 notes = gr.Textbox("", label="notes", scale=2)
                 user_t = gr.Slider(0, 1, 0.5, step=0.01, label="threshold for this sample", elem_id="curate-threshold")
                 save_btn = gr.Button("Save notes/threshold", size="sm")
@@ -698,7 +705,6 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 exp_scope = gr.Markdown(elem_id="export-scope")
                 exp_file = gr.File(label="download")
                 exp_info = gr.Markdown(elem_id="export-info")
-            gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
 
             filters = [f_status, f_class, f_tag]
 
@@ -733,12 +739,6 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             gallery.select(select, None, index_state).then(review, [ids_state, index_state, show_heat], review_outputs)
             show_heat.change(review, [ids_state, index_state, show_heat], review_outputs)
 
-            def step(status, classes, tag, page, ids, index, delta):
-                if not ids:
-                    raise user_error("No samples on this page: change the filters or press Refresh.")
-                index = 0 if index is None else min(max(index + delta, 0), len(ids) - 1)
-                return show_page(status, classes, tag, page, index)
-
             def change_status(status, classes, tag, page, ids, index, new_status):
                 if index is None or not ids or index >= len(ids):
                     raise user_error("Select a sample in the gallery first.")
@@ -757,10 +757,22 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 gr.Info(f"#{ids[index]} back to {back}")
                 return show_page(status, classes, tag, page, index)
 
+            def review_step(ids, index, heat, delta):
+                """n/p: only the highlight and the large view change (no status changed, so the
+                page's pictures and captions stand): one request, no gallery resent (1.4 s -> see
+                bench/RESULTS.md, bench_review)."""
+                if not ids:
+                    raise user_error("No samples on this page: change the filters or press Refresh.")
+                index = 0 if index is None else min(max(index + delta, 0), len(ids) - 1)
+                return (index, gr.update(selected_index=index), *review(ids, index, heat))
+
             nav = [*filters, page_state, ids_state, index_state]
             for btn, delta, name in ((next_btn, 1, "next"), (prev_btn, -1, "previous")):
-                btn.click(lambda *a, d=delta: step(*a, d), nav, page_outputs, api_name=name).then(
-                    review, [ids_state, index_state, show_heat], review_outputs)
+                # off the queue: a step is a store read and one picture, and the queue's round trip
+                # would be most of its latency (as for the threshold slider)
+                btn.click(lambda ids, index, heat, d=delta: review_step(ids, index, heat, d),
+                          [ids_state, index_state, show_heat], [index_state, gallery, *review_outputs], api_name=name,
+                          queue=False, show_progress="hidden")
             for btn, new_status in ((acc, "accepted"), (rej, "rejected")):
                 btn.click(lambda *a, st=new_status: change_status(*a, st), nav, page_outputs,
                           api_name=f"curate_{new_status[:-2]}").then(

@@ -420,7 +420,7 @@ TAB_LOOPS = {  # the widgets of each tab's main loop, which must all be in a 140
     "Insert Objects": ["#insert-load", "#insert-object", "#insert-object-view", "#insert-place-view", "#insert-box",
                        "#insert-comp-view", "#insert-place", "#insert-preview", "#insert-accept"],
     "Curate & Export": ["#curate-gallery", "#curate-view", "#curate-detail", "#curate-prev", "#curate-accept",
-                        "#curate-reject", "#curate-next", "#curate-undo"],
+                        "#curate-reject", "#curate-next", "#curate-undo", "#curate-keys"],
 }
 
 
