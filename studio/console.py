@@ -19,6 +19,18 @@ def user_error(message: str, **kwargs) -> gr.Error:
     return gr.Error(message, print_exception=False, **kwargs)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (it may be redirected later)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_console() -> None:
     """Route the studio's log lines to stderr and silence Gradio's custom-component print.
 
@@ -27,7 +39,7 @@ def setup_console() -> None:
     load for gradio_image_annotation's box editor, with no setting to turn them off. Shadowing
     ``print`` in that one module drops exactly those lines and forwards every other print."""
     if not LOG.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s studio %(levelname)s %(message)s", "%H:%M:%S"))
         LOG.addHandler(handler)
         LOG.setLevel(logging.INFO)
