@@ -57,3 +57,35 @@ def setup_console() -> None:
 
     quiet_print._diffumask_quiet = True
     routes.print = quiet_print
+
+
+def atomic_image_cache() -> None:
+    """Gradio 6.31 writes every output picture to ``<cache>/<hash of its bytes>/image.<fmt>`` by
+    truncating and rewriting the file, even when it is already there. A view redrawn with the same
+    picture (a re-render after a settings change, an overlay redraw) rewrote a file the browser was
+    still downloading: the server printed 'Too much data for declared Content-Length' tracebacks.
+    The name is content-addressed, so an existing file already holds these bytes: keep it, and
+    write new ones under a temporary name moved into place (a reader sees the whole file or none)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from gradio import processing_utils as pu
+
+    if getattr(pu.save_pil_to_cache, "_diffumask_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = pu.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / pu.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        return str(target)
+
+    save_pil_to_cache._diffumask_atomic = True
+    pu.save_pil_to_cache = save_pil_to_cache

@@ -28,7 +28,7 @@ from pipeline.refine import REFINERS, RefinementError, RefinerUnavailable, get_r
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
-from .console import LOG, setup_console, user_error
+from .console import LOG, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
 from .state import MODEL_LOCK, describe_model, generate_one, set_model_options
 
@@ -128,8 +128,8 @@ def _current_view(ses: InspectSession, overlay: bool | None = None) -> np.ndarra
 
 def on_overlay(ses: InspectSession | None, show: bool):
     """The 'mask overlay (o)' box: redraw the current-mask view with or without the mask."""
-    if ses is None:
-        return gr.skip()
+    if ses is None or (id(ses) not in _NO_OVERLAY) == bool(show):
+        return gr.skip()  # nothing changes (e.g. a new session with the box on): no redraw
     set_overlay(ses, bool(show))
     return _current_view(ses)
 
@@ -550,6 +550,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
               dtype: str | None = None) -> gr.Blocks:
     store_dir = Path(store_dir)
     setup_console()
+    atomic_image_cache()
     Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
     clean_old_exports(keep=None)
     set_model_options(device, dtype)
@@ -677,11 +678,11 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     gallery = gr.Gallery(label="dataset", columns=8, height=400, object_fit="contain",
                                          allow_preview=False, elem_id="curate-gallery")
                     with gr.Row():
-                        prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm")
-                        acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm")
-                        rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm")
-                        undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm")
-                        next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm")
+                        prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm", min_width=90)
+                        acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm", min_width=90)
+                        rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm", min_width=90)
+                        undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm", min_width=90)
+                        next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm", min_width=90)
                     gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
                 with gr.Column(scale=2):
                     # png: 3x faster to encode than Gradio's default webp for these flat, upscaled pictures
