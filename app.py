@@ -54,13 +54,13 @@ def main(argv=None) -> None:
     set_public(public_default() if args.public is None else args.public)
     from pipeline.dataset import StoreError
     from pipeline.generate import ModelLoadError
-    from studio.ui import SHORTCUTS_JS, build_app
+    from studio.ui import SHORTCUTS_JS, STUDIO_CSS, build_app
 
     try:
         demo = build_app(args.store, args.model, device=args.device, dtype=args.dtype)
     except (StoreError, ModelLoadError) as e:
         sys.exit(f"error: {e}")
-    demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, max_file_size="20mb",
+    demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, css=STUDIO_CSS, max_file_size="20mb",
                 show_error=True)
 
 

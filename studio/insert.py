@@ -26,6 +26,7 @@ from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refin
 from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
+from .console import user_error
 from .state import MODEL_LOCK, client_gone_hook, generate_one
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
@@ -124,22 +125,22 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             try:
                 ses = InsertSession(check_image(upload), origin="upload")
             except (StoreError, ImageError, SessionError) as e:
-                raise gr.Error(str(e))
+                raise user_error(str(e))
         elif choice:
             root = examples_store_dir() if choice.startswith(EXAMPLE_PREFIX) else store_dir
             try:
                 sid = int(choice.removeprefix(EXAMPLE_PREFIX).split()[0].lstrip("#"))
             except (ValueError, IndexError):
-                raise gr.Error(f"no sample {choice!r}: pick one from the list")
+                raise user_error(f"no sample {choice!r}: pick one from the list")
             with Store(root) as store:
                 try:
                     ses = InsertSession.from_record(store, store.get(sid))
                 except StoreError as e:
-                    raise gr.Error(str(e))
+                    raise user_error(str(e))
             if root != store_dir:
                 ses.origin = f"example photo {ses.origin.split('#')[1]}"
         else:
-            raise gr.Error("Choose a sample in 'accepted sample' or upload a photo.")
+            raise user_error("Choose a sample in 'accepted sample' or upload a photo.")
         scene = caption.strip() if caption and caption.strip() else " ".join(ses.classes)
         rows = []
         if thesaurus is not None and scene:
@@ -161,10 +162,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
 
     def make_object(ses: InsertSession | None, class_name, seed, model, source, progress=gr.Progress()):
         if ses is None:
-            raise gr.Error("Load a background first.")
+            raise user_error("Load a background first.")
         class_name = (class_name or "").strip()
         if not class_name:
-            raise gr.Error("Choose or type the object's class in 'object class'.")
+            raise user_error("Choose or type the object's class in 'object class'.")
         if source == "cut from a photo (object bank)":
             for label, root in object_sources(store_dir):
                 with Store(root) as store:
@@ -175,20 +176,20 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
                         ses.set_object(fg, fg_mask, class_name, f"{label}: sample #{obj.sample_id} instance {obj.index}")
                         return ses, viz.upscale_for_display(viz.overlay_mask(fg, fg_mask), 160)
             have = ", ".join(sorted(_bank_classes())) or "none"
-            raise gr.Error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
+            raise user_error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
         progress(0.1, desc="generating the object")
         s = generate_one(model, class_name, seed, should_stop=client_gone_hook())  # stops if the tab closes
         progress(0.7, desc="refining its mask")
         try:
             ch = refine_and_choose(s.image, s.heat_map, get_refiner(DEFAULT_REFINER), s.attention)
         except RefinementError as e:
-            raise gr.Error(str(e))
+            raise user_error(str(e))
         ses.set_object(s.image, ch.mask(s.heat_map), class_name, f"generated ({s.prompt!r}, seed {int(seed or 0)})")
         return ses, viz.upscale_for_display(viz.overlay_mask(s.image, ses.fg_mask))
 
     def place(ses: InsertSession | None, scorer=DEFAULT_SCORER, scorer_weights="", progress=gr.Progress()):
         if ses is None or ses.fg is None:
-            raise gr.Error("Load a background and make an object first.")
+            raise user_error("Load a background and make an object first.")
         try:
             weights = _weights_for(SCORERS, "placement scorer", scorer, scorer_weights)
             progress(0.2, desc=f"{scorer}: scoring placements")
@@ -196,7 +197,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             with MODEL_LOCK if weights else nullcontext():  # a network's weights are shared by every session
                 ses.propose(plugin)
         except (PlacementError, CheckpointError, SessionError, AccessError, ValueError) as e:
-            raise gr.Error(str(e))
+            raise user_error(str(e))
         return ses, gr.update(value=ses.scale), *_placement_views(ses)
 
     def _placement_views(ses: InsertSession):
@@ -247,14 +248,14 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
 
     def preview(ses: InsertSession | None, scale, method, harm_weights="", progress=gr.Progress()):
         if ses is None or ses.placement is None:
-            raise gr.Error("Place the object first.")
+            raise user_error("Place the object first.")
         ses.scale = float(scale)
         progress(0.3, desc="compositing")
         try:
             harmonizer = _cached_harmonizer(method, _weights_for(HARMONIZERS, "harmonization", method, harm_weights))
             comp = ses.compose(harmonizer, method)
         except (ComposeError, HarmonizeError, CheckpointError, SessionError, AccessError, ValueError) as e:
-            raise gr.Error(str(e))
+            raise user_error(str(e))
         legend = ", ".join(f"{n}" for n, _ in comp.instances)
         dropped = f" · fully covered, dropped: {', '.join(comp.record['dropped'])}" if comp.record["dropped"] else ""
         return (ses, viz.upscale_for_display(comp.image),
@@ -263,57 +264,61 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
 
     def accept(ses: InsertSession | None, tags):
         if ses is None or ses.composite is None:
-            raise gr.Error("Preview a composite first.")
+            raise user_error("Preview a composite first.")
         try:
             with Store(store_dir) as store:
                 sid = ses.to_store(store, "accepted", [t.strip() for t in (tags or "").split(",") if t.strip()])
         except (StoreError, SessionError) as e:
-            raise gr.Error(str(e))
+            raise user_error(str(e))
         gr.Info(f"composite saved as sample #{sid}")
         return f"saved as #{sid} (accepted)"
 
-    gr.Markdown("Pick a background (your accepted samples, an example photo, or an upload), take a suggested object "
-                "(Adaptive Matching Thesaurus over COCO captions; 'model' and 'bank' say who can supply it), generate it "
-                "or cut one from a photo, place it (drag the box, click the heat map, or the scale slider), harmonize, "
-                "and accept the composite with its updated masks.")
+    gr.Markdown("Background (an accepted sample, an example photo or an upload) → object (suggested by the Adaptive "
+                "Matching Thesaurus; 'model'/'bank' say who can supply it) → placement (drag the box, click the heat "
+                "map, or the scale slider) → harmonized composite → Accept, with its updated masks.")
+    # Compact: the controls in a narrow column, every picture in one row beside them, so the
+    # whole loop fits a 1400x900 window without scrolling.
     with gr.Row():
-        with gr.Column(scale=2):
+        with gr.Column(scale=1, min_width=300):
             bg_choice = gr.Dropdown(accepted_choices(), label="accepted sample", allow_custom_value=True)
-            bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"], height=140)
-            caption = gr.Textbox("", label="scene caption for suggestions (optional)")
-            load_btn = gr.Button("Load background", variant="primary", elem_id="insert-load")
+            bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"], height=90)
+            caption = gr.Textbox("", label="scene caption for suggestions (optional)", lines=1)
+            load_btn = gr.Button("Load background", variant="primary", elem_id="insert-load", size="sm")
             bg_info = gr.Markdown(elem_id="insert-bg-info")
-        with gr.Column(scale=2):
-            suggestions = gr.Dataframe(headers=["object", "score", "who can supply it"], label="suggested objects",
-                                       interactive=False, max_height=180)
             with gr.Row():
-                obj_class = gr.Dropdown([], allow_custom_value=True, label="object class")
+                obj_class = gr.Dropdown([], allow_custom_value=True, label="object class", min_width=120)
                 obj_seed = gr.Number(0, precision=0, label="seed", min_width=80)
             obj_source = gr.Radio(OBJECT_SOURCES, value=OBJECT_SOURCES[0], label="object", elem_id="insert-object-source")
-            obj_btn = gr.Button("Make object", elem_id="insert-object")
-        with gr.Column(scale=1):
-            obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False, elem_id="insert-object-view",
-                               height=200)
-    with gr.Row():
-        place_btn = gr.Button("Propose placement", elem_id="insert-place")
-        scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object's longer side / background's shorter side)")
-        method = gr.Dropdown(HARMONIZERS.names(), value=default_method(), label="harmonization")
-        preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview")
-        ins_tags = gr.Textbox("", label="tags", placeholder="comma-separated")
-        accept_btn = gr.Button("Accept composite", variant="primary", elem_id="insert-accept")
-    with gr.Row():
-        place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False,
-                             height=260)
-        box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
-                                   sources=None, show_clear_button=False, show_download_button=False,
-                                   elem_id="insert-box", height=260)
-        comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=260,
-                            elem_id="insert-composite")
-        mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=260, elem_id="insert-masks")
-    with gr.Row():
-        place_info = gr.Markdown(elem_id="insert-place-info")
-        comp_info = gr.Markdown(elem_id="insert-info")
-        accept_info = gr.Markdown(elem_id="insert-accept-info")
+            obj_btn = gr.Button("Make object", elem_id="insert-object", size="sm")
+        with gr.Column(scale=3):
+            with gr.Row():
+                suggestions = gr.Dataframe(headers=["object", "score", "who can supply it"], label="suggested objects",
+                                           interactive=False, max_height=150, scale=2)
+                obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False,
+                                   elem_id="insert-object-view", height=170, scale=1)
+            with gr.Row():
+                place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False,
+                                     height=230, min_width=160, elem_id="insert-place-view")
+                box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
+                                           sources=None, show_clear_button=False, show_download_button=False,
+                                           elem_id="insert-box", height=230, min_width=200, scale=1)
+                comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=230,
+                                    min_width=160, elem_id="insert-composite")
+                mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=230, min_width=160,
+                                     elem_id="insert-masks")
+            with gr.Row():
+                place_btn = gr.Button("Propose placement", elem_id="insert-place", size="sm")
+                scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object side / background side)",
+                                  min_width=200)
+                method = gr.Dropdown(HARMONIZERS.names(), value=default_method(), label="harmonization",
+                                     min_width=120)
+                preview_btn = gr.Button("Preview composite", variant="primary", elem_id="insert-preview", size="sm")
+                ins_tags = gr.Textbox("", label="tags", placeholder="comma-separated", min_width=120)
+                accept_btn = gr.Button("Accept composite", variant="primary", elem_id="insert-accept", size="sm")
+            with gr.Row():
+                place_info = gr.Markdown(elem_id="insert-place-info")
+                comp_info = gr.Markdown(elem_id="insert-info")
+                accept_info = gr.Markdown(elem_id="insert-accept-info")
     with gr.Accordion("published weights (optional)", open=False):
         gr.Markdown("A placement scorer or harmonization that needs published weights (FOPA's ObPlaNet `FOPA.pth`, "
                     "RainNet's `net_G.pth`) reads them from here; they are checked key by key when loaded.")

@@ -110,6 +110,8 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     from pipeline.generate import ModelLoadError, generate, native_size, size_note
     from pipeline.presets import PresetUnavailable
 
+    from .console import user_error
+
     try:
         pipe = get_pipeline(model or "embedded")
         note = size_note(native_size(pipe), options.get("height"), options.get("width"))
@@ -121,7 +123,7 @@ def generate_one(model: str | None, class_name: str, seed, **options):
         log_cancelled(e)
         raise gr.Error(str(e), print_exception=False)
     except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
-        raise gr.Error(str(e))
+        raise user_error(str(e))
 
 
 def log_cancelled(e: Exception) -> None:

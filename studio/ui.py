@@ -5,6 +5,7 @@ import functools
 import os
 import shutil
 import tempfile
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerU
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
+from .console import LOG, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
 from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, set_model_options,
                     size_info)
@@ -52,6 +54,7 @@ def keep_views_on_error(n_outputs: int):
             except gr.Error:
                 raise
             except USER_ERRORS as e:
+                LOG.warning("user error in %s: %s", fn.__name__, e)  # one line, no traceback: not a bug
                 gr.Warning(str(e))
                 return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
         return wrapper
@@ -100,8 +103,35 @@ def _mask_label(ses: InspectSession) -> str:
     return f"**Current mask** (what Accept saves): {ses.describe()} · {undo}"
 
 
-def _current_view(ses: InspectSession) -> np.ndarray:
-    return viz.upscale_for_display(viz.overlay_mask(ses.image, ses.current_mask()))
+# Sessions whose current-mask view shows the bare image (the "mask overlay (o)" box is off), by
+# id(session): a display preference of this tab, not part of the mask; InspectSession (a dataclass
+# with __eq__) is not hashable, so a finalizer removes the id when the session goes away.
+_NO_OVERLAY: set[int] = set()
+
+
+def set_overlay(ses: InspectSession, show: bool) -> None:
+    """Show (True) or hide the current mask over the image in the 'current mask' view."""
+    if show:
+        _NO_OVERLAY.discard(id(ses))
+    elif id(ses) not in _NO_OVERLAY:
+        _NO_OVERLAY.add(id(ses))
+        weakref.finalize(ses, _NO_OVERLAY.discard, id(ses))
+
+
+def _current_view(ses: InspectSession, overlay: bool | None = None) -> np.ndarray:
+    """(H*k, W*k, 3) uint8: the image with the current mask over it (or bare, overlay off)."""
+    if overlay is None:
+        overlay = id(ses) not in _NO_OVERLAY
+    shown = viz.overlay_mask(ses.image, ses.current_mask()) if overlay else ses.image
+    return viz.upscale_for_display(shown)
+
+
+def on_overlay(ses: InspectSession | None, show: bool):
+    """The 'mask overlay (o)' box: redraw the current-mask view with or without the mask."""
+    if ses is None or (id(ses) not in _NO_OVERLAY) == bool(show):
+        return gr.skip()  # nothing changes (e.g. a new session with the box on): no redraw
+    set_overlay(ses, bool(show))
+    return _current_view(ses)
 
 
 def _threshold_views(ses: InspectSession):
@@ -130,9 +160,9 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
                 height=None, width=None, progress=gr.Progress()):
     class_name = (class_name or "").strip()
     if not class_name:
-        raise gr.Error("Type a class name in the 'class' box, e.g. 'ball'.")
+        raise user_error("Type a class name in the 'class' box, e.g. 'ball'.")
     if t_lo > t_hi:
-        raise gr.Error("'timesteps from' is above 'timesteps to': the range is empty.")
+        raise user_error("'timesteps from' is above 'timesteps to': the range is empty.")
     height, width = (int(v) if v else None for v in (height, width))  # 0 / empty: the model's native size
     progress(0.1, desc="loading the model and generating")
     should_stop = client_gone_hook()  # trips when this tab closes or Stop is pressed
@@ -180,6 +210,7 @@ def _image_with_clicks(ses: InspectSession) -> np.ndarray:
 
 
 N_VIEWS = 10
+BRUSH_SIZE = 12  # the touch-up brush's starting radius in editor pixels; [ and ] change it (BRUSH_STEP)
 
 
 def _need(ses):
@@ -254,7 +285,8 @@ def editor_background(ses: InspectSession | None):
     """The editor, emptied, over the current mask (after every change, so strokes are never applied twice)."""
     if ses is None:
         return gr.skip()
-    return {"background": _current_view(ses), "layers": [], "composite": None}
+    # always with the overlay: strokes are drawn against the mask they change
+    return {"background": _current_view(ses, overlay=True), "layers": [], "composite": None}
 
 
 @keep_views_on_error(N_VIEWS + 1)
@@ -291,13 +323,13 @@ def on_discard(ses: InspectSession | None):
 def make_store_actions(store_dir: Path):
     def on_store(ses: InspectSession | None, status: str, tags: str):
         if ses is None:
-            raise gr.Error("Generate an image first.")
+            raise user_error("Generate an image first.")
         try:
             tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
             with Store(store_dir) as store:
                 sid = ses.to_store(store, status, tag_list)
         except StoreError as e:
-            raise gr.Error(str(e))
+            raise user_error(str(e))
         gr.Info(f"sample #{sid} saved as {status}")
         return f"saved as #{sid} ({status}): {ses.describe()}"
 
@@ -399,6 +431,8 @@ def clean_old_exports(keep: Path | None) -> None:
 def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedded", device: str = "auto",
               dtype: str | None = None) -> gr.Blocks:
     store_dir = Path(store_dir)
+    setup_console()
+    atomic_image_cache()
     Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
     clean_old_exports(keep=None)
     set_model_options(device, dtype)
@@ -444,7 +478,10 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300)
                         mask_out = gr.Image(label="current mask (what Accept saves)", type="numpy", interactive=False,
                                             elem_id="mask-view", height=300)
-                    mask_label = gr.Markdown(elem_id="mask-label")
+                    with gr.Row(equal_height=True):
+                        mask_label = gr.Markdown(elem_id="mask-label")
+                        overlay = gr.Checkbox(True, label="mask overlay (o)", elem_id="overlay-toggle", scale=0,
+                                              min_width=150)
                     with gr.Row():
                         threshold = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="threshold", elem_id="threshold")
                         source = gr.Radio(list(SOURCE_CHOICES), value="use threshold mask", label="mask source",
@@ -468,10 +505,15 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         curve_out = gr.Image(label="IoU with the refined mask vs threshold", type="numpy",
                                              interactive=False, height=220, elem_id="curve-view")
                     choice_info = gr.Markdown(elem_id="choice-info")
-                    with gr.Accordion("Touch up the mask: white brush adds, black brush erases", open=False):
+                    with gr.Accordion("Touch up the mask: white brush adds, black brush erases (keys b / e, "
+                                      "size [ and ])", open=False, elem_id="touch-up"):
+                        # eraser=False breaks Gradio 6.31's editor toolbar (a Svelte prop error: no
+                        # colour or size picker at all); its Erase tool only removes strokes, not the
+                        # mask, so STUDIO_CSS hides it and the black brush is the mask's eraser.
                         editor = gr.ImageEditor(type="numpy", label="mask editor", elem_id="mask-editor",
-                                                brush=gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff"),
-                                                eraser=False, layers=False, transforms=(), sources=())
+                                                brush=gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff",
+                                                               default_size=BRUSH_SIZE),
+                                                eraser=gr.Eraser(), layers=False, transforms=(), sources=())
                         apply_edit = gr.Button("Apply strokes", elem_id="apply-strokes")
             views = [image_out, heat_out, mask_out, thr_out, curve_out, refined_out, choice_info, mask_label,
                      threshold, source]
@@ -482,13 +524,17 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             model_in.change(size_info, model_in, size_md, queue=False, show_progress="hidden")
             gen_event = gen_btn.click(on_generate, gen_inputs, gen_outputs, concurrency_limit=1,
                                       concurrency_id="model", api_name="generate")
-            gen_event.then(editor_background, ses_state, editor)
+            # a new session starts with the overlay as the box says
+            gen_event.then(editor_background, ses_state, editor).then(
+                on_overlay, [ses_state, overlay], mask_out, show_progress="hidden")
             seed_event = next_seed.click(lambda s: int(s or 0) + 1, seed, seed).then(
                 on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model")
-            seed_event.then(editor_background, ses_state, editor)
+            seed_event.then(editor_background, ses_state, editor).then(
+                on_overlay, [ses_state, overlay], mask_out, show_progress="hidden")
             # Stop: Gradio cancels the queued or running event; the running handler's thread
             # notices (client_gone_hook) at the next denoising step and stops computing
             stop_btn.click(None, None, None, cancels=[gen_event, seed_event])
+            overlay.input(on_overlay, [ses_state, overlay], mask_out, api_name="overlay", show_progress="hidden")
             # Re-thresholding is a sub-millisecond numpy comparison: skip the queue so the slider
             # feels live (the queue's round trip alone is most of the latency).
             threshold.input(on_threshold, [ses_state, threshold], [mask_out, thr_out, curve_out, mask_label],
@@ -496,9 +542,11 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             source.input(on_source, [ses_state, source], views, api_name="mask_source")
             for comp in (res_in, t_lo, t_hi, refiner):
                 comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], views)
-            # clicks queue one after another (never dropped) and share the session's order
+            # clicks queue one after another (never dropped) and share the session's order; no progress
+            # overlay: Gradio's covers the output images while an event runs, so a quick second click
+            # landed on the overlay, not the image, and was lost (4 quick clicks -> 1 point)
             image_out.select(on_click, [ses_state, click_mode], views, concurrency_limit=1, concurrency_id="clicks",
-                             trigger_mode="multiple")
+                             trigger_mode="multiple", show_progress="hidden")
             clear_clicks.click(on_clear_clicks, ses_state, views)
             apply_edit.click(on_edit_mask, [ses_state, editor], [*views, editor], api_name="apply_strokes")
             undo.click(on_undo, ses_state, [*views, editor], api_name="undo")
@@ -521,21 +569,26 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 prev_page = gr.Button("◀ page", size="sm")
                 next_page = gr.Button("page ▶", size="sm")
             count = gr.Markdown(elem_id="curate-count")
+            # Compact: the review keys' buttons right under the gallery, the large view beside it, so the
+            # review loop fits a 1400x900 window
             with gr.Row():
                 with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="dataset", columns=8, height=430, object_fit="contain",
+                    gallery = gr.Gallery(label="dataset", columns=8, height=400, object_fit="contain",
                                          allow_preview=False, elem_id="curate-gallery")
+                    with gr.Row():
+                        prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm", min_width=90)
+                        acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm", min_width=90)
+                        rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm", min_width=90)
+                        undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm", min_width=90)
+                        next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm", min_width=90)
+                    gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
                 with gr.Column(scale=2):
-                    review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=300,
-                                          elem_id="curate-view")
+                    # png: 3x faster to encode than Gradio's default webp for these flat, upscaled pictures
+                    review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=280,
+                                          elem_id="curate-view", format="png")
                     show_heat = gr.Checkbox(False, label="show the heat map (h)", elem_id="curate-heat")
                     detail_md = gr.Markdown(elem_id="curate-detail")
             with gr.Row():
-                prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm")
-                acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm")
-                rej = gr.Button("Reject (r)", elem_id="curate-reject", variant="stop", size="sm")
-                undo_status = gr.Button("Undo status (u)", elem_id="curate-undo", size="sm")
-                next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm")
                 notes = gr.Textbox("", label="notes", scale=2)
                 user_t = gr.Slider(0, 1, 0.5, step=0.01, label="threshold for this sample", elem_id="curate-threshold")
                 save_btn = gr.Button("Save notes/threshold", size="sm")
@@ -551,7 +604,6 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 exp_scope = gr.Markdown(elem_id="export-scope")
                 exp_file = gr.File(label="download")
                 exp_info = gr.Markdown(elem_id="export-info")
-            gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
 
             filters = [f_status, f_class, f_tag]
 
@@ -586,15 +638,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             gallery.select(select, None, index_state).then(review, [ids_state, index_state, show_heat], review_outputs)
             show_heat.change(review, [ids_state, index_state, show_heat], review_outputs)
 
-            def step(status, classes, tag, page, ids, index, delta):
-                if not ids:
-                    raise gr.Error("No samples on this page: change the filters or press Refresh.")
-                index = 0 if index is None else min(max(index + delta, 0), len(ids) - 1)
-                return show_page(status, classes, tag, page, index)
-
             def change_status(status, classes, tag, page, ids, index, new_status):
                 if index is None or not ids or index >= len(ids):
-                    raise gr.Error("Select a sample in the gallery first.")
+                    raise user_error("Select a sample in the gallery first.")
                 cur.set_status(ids[index], new_status)
                 gr.Info(f"#{ids[index]} {new_status}")
                 # the caption updates, and the highlight moves on to the next sample
@@ -602,18 +648,30 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
 
             def undo_last(status, classes, tag, page, ids, index):
                 if index is None or not ids:
-                    raise gr.Error("Select a sample in the gallery first.")
+                    raise user_error("Select a sample in the gallery first.")
                 try:
                     back = cur.undo_status(ids[index])
                 except PipelineError as e:
-                    raise gr.Error(str(e))
+                    raise user_error(str(e))
                 gr.Info(f"#{ids[index]} back to {back}")
                 return show_page(status, classes, tag, page, index)
 
+            def review_step(ids, index, heat, delta):
+                """n/p: only the highlight and the large view change (no status changed, so the
+                page's pictures and captions stand): one request, no gallery resent (1.4 s -> see
+                bench/RESULTS.md, bench_review)."""
+                if not ids:
+                    raise user_error("No samples on this page: change the filters or press Refresh.")
+                index = 0 if index is None else min(max(index + delta, 0), len(ids) - 1)
+                return (index, gr.update(selected_index=index), *review(ids, index, heat))
+
             nav = [*filters, page_state, ids_state, index_state]
             for btn, delta, name in ((next_btn, 1, "next"), (prev_btn, -1, "previous")):
-                btn.click(lambda *a, d=delta: step(*a, d), nav, page_outputs, api_name=name).then(
-                    review, [ids_state, index_state, show_heat], review_outputs)
+                # off the queue: a step is a store read and one picture, and the queue's round trip
+                # would be most of its latency (as for the threshold slider)
+                btn.click(lambda ids, index, heat, d=delta: review_step(ids, index, heat, d),
+                          [ids_state, index_state, show_heat], [index_state, gallery, *review_outputs], api_name=name,
+                          queue=False, show_progress="hidden")
             for btn, new_status in ((acc, "accepted"), (rej, "rejected")):
                 btn.click(lambda *a, st=new_status: change_status(*a, st), nav, page_outputs,
                           api_name=f"curate_{new_status[:-2]}").then(
@@ -623,11 +681,11 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
 
             def save(ids, index, text, t):
                 if index is None or not ids:
-                    raise gr.Error("Select a sample in the gallery first.")
+                    raise user_error("Select a sample in the gallery first.")
                 try:
                     gr.Info(cur.save_details(ids[index], text, t))
                 except PipelineError as e:
-                    raise gr.Error(str(e))
+                    raise user_error(str(e))
 
             save_btn.click(save, [ids_state, index_state, notes, user_t], None, api_name="save_details").then(
                 lambda *a: show_page(*a), [*filters, page_state, index_state], page_outputs).then(
@@ -645,7 +703,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 try:
                     return cur.export_zip(fmt, status, classes, tag, val)
                 except PipelineError as e:
-                    raise gr.Error(str(e))
+                    raise user_error(str(e))
 
             for comp in (e_status, f_class, f_tag):
                 comp.change(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
@@ -707,9 +765,19 @@ def copy_examples_into(store_dir: Path) -> str:
 
 
 GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
-**z** undo · **y** redo · **1** threshold mask · **2** refined mask"""
+**z** undo · **y** redo · **1** threshold mask · **2** refined mask · **o** mask overlay on/off ·
+touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
 CURATE_KEYS_HELP = """**Keys** (not while typing): **n** next · **p** previous · **a** accept · **r** reject ·
 **u** undo the last status change · **h** heat map on/off"""
+
+# Hides the editor's own Erase tool: it removes strokes only, never the mask (the black brush does).
+# The box editor (gradio_image_annotation) asks for its canvas' full width, which wraps the Insert
+# tab's row of pictures onto four lines; it shrinks like the gr.Image beside it instead.
+STUDIO_CSS = """
+#mask-editor button[aria-label="Erase"] { display: none; }
+#insert-box { flex: 1 1 0% !important; min-width: 200px !important; }
+#insert-box canvas { max-width: 100%; }
+"""
 
 SHORTCUTS_JS = """
 <script>
@@ -720,20 +788,76 @@ const DM_KEYS = {
   a: ['accept-btn', 'curate-accept'], r: ['reject-btn', 'curate-reject'],
   n: ['curate-next'], p: ['curate-prev'], u: ['curate-undo'],
 };
+let dmEditorQueue = Promise.resolve();
+const DM_BRUSH_STEP = 4;  // editor pixels per [ or ] (its size slider runs 1..100)
 function dmVisible(el) { return el && el.offsetParent !== null; }
+function dmFrame() { return new Promise((ok) => requestAnimationFrame(() => ok())); }
+async function dmWaitFor(find, frames = 120) {  // the editor's toolbar appears a few frames after opening
+  for (let i = 0; i < frames; i++) { const el = find(); if (dmVisible(el)) return el; await dmFrame(); }
+  return null;
+}
+function dmEditorButton(label) { return document.querySelector('#mask-editor button[aria-label="' + label + '"]'); }
+// The touch-up editor's toolbar, opening its accordion first if it is closed (on the Generate tab only).
+async function dmEditorToolbar() {
+  const acc = document.getElementById('touch-up');
+  if (!dmVisible(acc)) return null;
+  if (!dmVisible(document.getElementById('mask-editor'))) acc.querySelector('button, .label-wrap').click();
+  return await dmWaitFor(() => dmEditorButton('Brush'));
+}
+// Opens one of the toolbar's pickers (Color, Brush Size), runs fn on it, closes it again.
+async function dmWithPicker(label, find, fn) {
+  let el = find();
+  const opened = !dmVisible(el);
+  if (opened) { dmEditorButton(label).click(); el = await dmWaitFor(find, 30); }
+  if (el) fn(el);
+  if (opened) { await dmFrame(); dmEditorButton('Brush').click(); }  // choosing the tool closes its pickers
+}
+async function dmBrushSize(delta) {
+  if (!await dmEditorToolbar()) return;
+  dmEditorButton('Brush').click();
+  let size = null;
+  await dmWithPicker('Brush Size', () => document.querySelector('#mask-editor .size_picker input[type=range]'), (range) => {
+    range.value = Math.min(100, Math.max(1, Number(range.value) + delta));
+    range.dispatchEvent(new Event('input', { bubbles: true }));
+    range.dispatchEvent(new Event('change', { bubbles: true }));
+    size = range.value;
+  });
+  await dmFrame();
+  // set once the picker is closed again: tests (and anyone watching) know the brush is ready
+  if (size !== null) document.getElementById('mask-editor').dataset.brushSize = size;
+}
+async function dmBrushColor(rgb) {  // 'rgb(255, 255, 255)' adds, 'rgb(0, 0, 0)' erases the mask
+  if (!await dmEditorToolbar()) return;
+  dmEditorButton('Brush').click();
+  const swatch = () => [...document.querySelectorAll('#mask-editor button.color')].find(
+    (b) => b.style.backgroundColor === rgb);
+  await dmWithPicker('Color', swatch, (b) => b.click());
+  await dmFrame();
+  document.getElementById('mask-editor').dataset.brushColor = rgb === 'rgb(0, 0, 0)' ? 'black' : 'white';
+}
 document.addEventListener('keydown', (e) => {
   const t = e.target;
   if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
   const k = e.key.toLowerCase();
   if (k === '1' || k === '2') {
     const radio = document.querySelectorAll('#mask-source input[type=radio]')[k === '1' ? 0 : 1];
     if (dmVisible(radio)) { radio.click(); e.preventDefault(); }
     return;
   }
-  if (k === 'h') {
-    const box = document.querySelector('#curate-heat input[type=checkbox]');
-    if (dmVisible(box)) { box.click(); e.preventDefault(); }
+  const box = { h: '#curate-heat input[type=checkbox]', o: '#overlay-toggle input[type=checkbox]' }[k];
+  if (box) {
+    const el = document.querySelector(box);
+    if (dmVisible(el)) { el.click(); e.preventDefault(); }
+    return;
+  }
+  if (k === '[' || k === ']' || k === 'b' || k === 'e') {
+    if (!dmVisible(document.getElementById('touch-up'))) return;
+    e.preventDefault();
+    // one toolbar action at a time: quick presses would otherwise open and close the same picker
+    dmEditorQueue = dmEditorQueue.then(() => (k === '[' || k === ']')
+      ? dmBrushSize(k === ']' ? DM_BRUSH_STEP : -DM_BRUSH_STEP)
+      : dmBrushColor(k === 'b' ? 'rgb(255, 255, 255)' : 'rgb(0, 0, 0)')).catch(() => {});
     return;
   }
   for (const id of (DM_KEYS[k] || [])) {

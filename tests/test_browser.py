@@ -263,6 +263,233 @@ def test_curate_keyboard_review_and_export(page):
     page.screenshot(path=str(ARTIFACTS / "3-curate-export.png"), full_page=True)
 
 
+def ensure_generated(page):
+    """The Generate tab with a sample on it (generated here if no earlier test made one)."""
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    if not page.evaluate(img_src("#mask-view")):
+        page.click("#generate-btn")
+        wait_text(page, "#choice-info", "chose threshold")
+
+
+def focus_page(page):
+    """Focus off any input, so keys reach the page's shortcuts."""
+    page.locator("body").click(position={"x": 5, "y": 5})
+
+
+def editor_size(page) -> int:
+    """The touch-up editor's own brush size: its 'Brush Size' picker's slider, read by opening it."""
+    page.click("#mask-editor button[aria-label='Brush Size']")
+    rng = page.locator("#mask-editor .size_picker input[type=range]")
+    rng.wait_for(state="visible")
+    value = int(rng.input_value())
+    page.click("#mask-editor button[aria-label='Brush']")  # closes the picker again
+    rng.wait_for(state="hidden")
+    return value
+
+
+def white_run(shot, x: int, y0: int, y1: int) -> int:
+    """The widest run of pure-white pixels (a white brush stroke) across column x, rows y0..y1."""
+    import numpy as np
+
+    rows = shot[y0:y1]
+    white = (rows[..., :3] >= 250).all(-1)
+    best = 0
+    for y in range(white.shape[0]):
+        line = np.concatenate([[0], white[y, x - 40:x + 40].astype(int), [0]])
+        edges = np.flatnonzero(np.diff(line))
+        best = max(best, int((edges[1::2] - edges[::2]).max()) if len(edges) else 0)
+    return best
+
+
+def green_pixels(page, selector) -> int:
+    """How many pixels of the view look like the mask overlay's bright green contour."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    shot = np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(int)
+    return int(((shot[..., 1] > 200) & (shot[..., 0] < 120) & (shot[..., 2] < 160)).sum())
+
+
+def test_editor_keys_brush_size_colour_and_overlay(page):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ensure_generated(page)
+    focus_page(page)
+    # typing in a box never fires a key: 'o' and ']' go into the tags box
+    page.locator("#accept-btn").scroll_into_view_if_needed()
+    tags = page.get_by_label("tags").first
+    tags.fill("")
+    tags.type("o]b")
+    assert tags.input_value() == "o]b"
+    assert page.locator("#overlay-toggle input").is_checked()
+    assert not page.locator("#mask-editor").is_visible()  # ']' did not open the touch-up editor
+    tags.fill("")
+    focus_page(page)
+    # [ and ] open the touch-up editor and change its brush (the editor's own size slider moves)
+    page.keyboard.press("]")
+    page.locator("#mask-editor button[aria-label='Brush']").wait_for(state="visible", timeout=30000)
+    wait_attr = "(v) => document.getElementById('mask-editor').dataset.brushSize === v"
+    page.wait_for_function("() => document.getElementById('mask-editor').dataset.brushSize", timeout=10000)
+    start = editor_size(page)
+    focus_page(page)
+    for _ in range(3):
+        page.keyboard.press("[")
+    page.wait_for_function(wait_attr, arg=str(max(1, start - 12)), timeout=10000)
+    small = editor_size(page)
+    assert small == max(1, start - 12), (start, small)
+    focus_page(page)
+    for _ in range(5):
+        page.keyboard.press("]")
+    page.wait_for_function(wait_attr, arg=str(small + 20), timeout=10000)
+    big = editor_size(page)
+    assert big == small + 20
+    # ... and the strokes really are that wide: one stroke at each size, measured on the canvas
+    canvas = page.locator("#mask-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+
+    def stroke(fx):
+        r = canvas.bounding_box()
+        x = r["x"] + r["width"] * fx
+        page.mouse.move(x, r["y"] + r["height"] * 0.3)
+        page.mouse.down()
+        page.mouse.move(x, r["y"] + r["height"] * 0.7, steps=8)
+        page.mouse.up()
+
+    stroke(0.45)
+    focus_page(page)
+    for _ in range(5):
+        page.keyboard.press("[")
+    page.wait_for_function(wait_attr, arg=str(small), timeout=10000)
+    assert editor_size(page) == small
+    stroke(0.58)
+    page.wait_for_timeout(300)  # the canvas paints on the next frames
+    shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"))
+    h, w = shot.shape[:2]
+    w_big, w_small = (white_run(shot, int(w * fx), int(h * 0.4), int(h * 0.6)) for fx in (0.45, 0.58))
+    page.locator("#mask-editor").screenshot(path=str(ARTIFACTS / "5-editor-brush-sizes.png"))
+    assert w_big > 2 * w_small > 0, (w_big, w_small)
+    # e picks the black brush (erases the mask), b the white one (adds): the editor's colour button follows
+    focus_page(page)
+    colour = "() => document.querySelector(\"#mask-editor button[aria-label='Color']\").style.color"
+    page.keyboard.press("e")
+    page.wait_for_function(f"() => ({colour})() === 'rgb(0, 0, 0)'", timeout=10000)
+    page.keyboard.press("b")
+    page.wait_for_function(f"() => ({colour})() === 'rgb(255, 255, 255)'", timeout=10000)
+    page.click("#discard-btn")  # leave the session as it was (the strokes were never applied)
+    # o toggles the mask overlay in the current-mask view (and back)
+    focus_page(page)
+    with_overlay = green_pixels(page, "#mask-view")
+    assert with_overlay > 50
+    before = page.evaluate(img_src("#mask-view"))
+    page.keyboard.press("o")
+    wait_changed(page, img_src("#mask-view"), before)
+    assert not page.locator("#overlay-toggle input").is_checked()
+    assert green_pixels(page, "#mask-view") < with_overlay / 10
+    page.screenshot(path=str(ARTIFACTS / "5-overlay-off.png"))
+    before = page.evaluate(img_src("#mask-view"))
+    page.keyboard.press("o")
+    wait_changed(page, img_src("#mask-view"), before)
+    assert green_pixels(page, "#mask-view") > with_overlay / 2
+
+
+def test_quick_clicks_are_never_lost(page):
+    """Four clicks in a row, without waiting: the session ends with four points, and the saved
+    (refined) mask holds every one of them (GrabCut keeps a sure object click exactly)."""
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    page.get_by_label("class", exact=True).fill("kite")
+    page.get_by_label("class", exact=True).press("Enter")
+    before = page.evaluate(img_src("#image-view"))
+    page.click("#generate-btn")
+    wait_changed(page, img_src("#image-view"), before)
+    wait_text(page, "#choice-info", "chose threshold")
+    page.get_by_label("add object (+)").check()
+    image = page.locator("#image-view img").first
+    image.scroll_into_view_if_needed()
+    r = image.bounding_box()
+    spots = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7)]
+    for fx, fy in spots:  # no wait in between
+        page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
+    wait_text(page, "#mask-label", "with 4 clicks", timeout=120000)
+    with Store(page.store_dir) as st:
+        ids = {rec.id for rec in st.query()}
+    focus_page(page)
+    page.keyboard.press("a")
+    wait_until(page, lambda: count(page, None) > len(ids), "the accepted sample")
+    with Store(page.store_dir) as st:
+        rec = next(rec for rec in st.query() if rec.id not in ids)
+        mask = st.masks(rec)[0][1]
+        assert rec.classes == ["kite"] and rec.instances[0].source == "refined"
+        clicks = rec.meta["clicks"]
+        assert len(clicks) == 4 and len({(x, y) for x, y, _ in clicks}) == 4
+        h, w = mask.shape
+        for (x, y, label), (fx, fy) in zip(clicks, spots):
+            assert label == 1 and abs(x - fx * w) <= 2 and abs(y - fy * h) <= 2  # in click order
+            assert mask[y, x], f"the object click at {(x, y)} is not in the saved mask"
+    page.get_by_label("do nothing").check()
+
+
+TAB_LOOPS = {  # the widgets of each tab's main loop, which must all be in a 1400x900 window
+    "Generate & Inspect": ["#generate-btn", "#image-view", "#mask-view", "#mask-label", "#threshold",
+                           "#mask-source", "#accept-btn", "#reject-btn", "#generate-keys"],
+    "Insert Objects": ["#insert-load", "#insert-object", "#insert-object-view", "#insert-place-view", "#insert-box",
+                       "#insert-composite", "#insert-place", "#insert-preview", "#insert-accept"],
+    "Curate & Export": ["#curate-gallery", "#curate-view", "#curate-detail", "#curate-prev", "#curate-accept",
+                        "#curate-reject", "#curate-next", "#curate-undo", "#curate-keys"],
+}
+
+
+def test_each_tab_fits_1400x900(page):
+    ensure_generated(page)
+    if page.locator("#mask-editor").is_visible():  # the touch-up editor is opened on demand (keys b/e/[/])
+        page.get_by_text("Touch up the mask").click()
+        page.locator("#mask-editor").wait_for(state="hidden")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    try:
+        for n, (tab, selectors) in enumerate(TAB_LOOPS.items()):
+            page.get_by_role("tab", name=tab).click()
+            page.locator(selectors[0]).wait_for(state="visible")
+            if tab == "Curate & Export":
+                page.wait_for_selector("#curate-gallery img", timeout=30000)
+                page.locator("#curate-gallery img").first.click()
+                wait_text(page, "#curate-detail", "#")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(300)  # layout settles after the tab switch
+            page.screenshot(path=str(ARTIFACTS / f"4-fits-1400x900-{n + 1}.png"))
+            for sel in selectors:
+                box = page.locator(sel).first.bounding_box()
+                assert box is not None, f"{tab}: {sel} is not shown"
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 1400 and box["y"] >= 0 \
+                    and box["y"] + box["height"] <= 900, f"{tab}: {sel} at {box} is outside the 1400x900 window"
+            # below the loop only secondary views (diagnostics, export, published weights)
+            height = page.evaluate("document.scrollingElement.scrollHeight")
+            assert height < 1.5 * 900, f"{tab}: the page is {height} px tall"
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1100})
+
+
+def test_console_has_no_tracebacks_or_client_prints(page):
+    """What the server printed for every test of this module, plus a fresh page load and a user
+    error: one line per user error, no traceback, none of Gradio's environment=client prints."""
+    from urllib.parse import urlparse
+
+    page.reload()
+    page.wait_for_selector("#generate-btn", timeout=60000)
+    page.get_by_role("tab", name="Insert Objects").click()
+    page.click("#insert-place")  # a fresh page: nothing to place yet
+    page.wait_for_selector("text=Load a background and make an object first", timeout=30000)
+    log = page.store_dir.parent / f"studio-{urlparse(page.url).port}.log"
+    wait_until(page, lambda: "Load a background and make an object first" in log.read_text(), "the log line")
+    text = log.read_text()
+    assert "environment=client" not in text
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("user error: Load a background and make an object first") == 1
+
+
 def _start_long_generation(page):
     """100 steps at 96x64 (above the embedded model's 64x64: a warning toast), until the
     progress bar shows denoising steps."""

@@ -1,0 +1,91 @@
+"""What the studio prints on the server's console: one line per user mistake, tracebacks only
+for programming errors, and none of Gradio's per-request debug prints."""
+from __future__ import annotations
+
+import builtins
+import logging
+import sys
+
+import gradio as gr
+
+LOG = logging.getLogger("diffumask.studio")
+
+
+def user_error(message: str, **kwargs) -> gr.Error:
+    """The toast for a mistake the user can fix (a bad setting, an action that does not apply
+    now). Gradio prints the traceback of every gr.Error unless told not to; a user's mistake is
+    not a bug, so the console gets this one line instead. Use as ``raise user_error("...")``."""
+    LOG.warning("user error: %s", message)
+    return gr.Error(message, print_exception=False, **kwargs)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (it may be redirected later)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def setup_console() -> None:
+    """Route the studio's log lines to stderr and silence Gradio's custom-component print.
+
+    Gradio 6.x's ``/custom_component/{id}/{environment}/...`` route ``print``s one line per file
+    it serves (``id=..., environment=client, type=component, file_name=...``): five lines per page
+    load for gradio_image_annotation's box editor, with no setting to turn them off. Shadowing
+    ``print`` in that one module drops exactly those lines and forwards every other print."""
+    if not LOG.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s studio %(levelname)s %(message)s", "%H:%M:%S"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False  # the root logger stays as the user has it (no httpx chatter)
+    from gradio import routes
+
+    if getattr(routes.__dict__.get("print"), "_diffumask_quiet", False):
+        return
+
+    def quiet_print(*args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("id=") \
+                and ", environment=" in args[0]:
+            return
+        builtins.print(*args, **kwargs)
+
+    quiet_print._diffumask_quiet = True
+    routes.print = quiet_print
+
+
+def atomic_image_cache() -> None:
+    """Gradio 6.31 writes every output picture to ``<cache>/<hash of its bytes>/image.<fmt>`` by
+    truncating and rewriting the file, even when it is already there. A view redrawn with the same
+    picture (a re-render after a settings change, an overlay redraw) rewrote a file the browser was
+    still downloading: the server printed 'Too much data for declared Content-Length' tracebacks.
+    The name is content-addressed, so an existing file already holds these bytes: keep it, and
+    write new ones under a temporary name moved into place (a reader sees the whole file or none)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from gradio import processing_utils as pu
+
+    if getattr(pu.save_pil_to_cache, "_diffumask_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = pu.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / pu.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        return str(target)
+
+    save_pil_to_cache._diffumask_atomic = True
+    pu.save_pil_to_cache = save_pil_to_cache
