@@ -18,6 +18,7 @@ from pipeline.bank import ObjectBank, supply
 from pipeline.compose import ComposeError
 from pipeline.dataset import Store, StoreError, check_image
 from pipeline.embedded.world import CLASS_NAMES
+from pipeline.errors import Cancelled
 from pipeline.images import ImageError
 from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method, get_harmonizer
 from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError, get_scorer
@@ -27,7 +28,7 @@ from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
 from .console import user_error
-from .state import MODEL_LOCK, client_gone_hook, generate_one
+from .state import MODEL_LOCK, client_gone_hook, generate_one, stopped
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 OBJECT_SOURCES = ["generate with the model", "cut from a photo (object bank)"]
@@ -178,7 +179,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             have = ", ".join(sorted(_bank_classes())) or "none"
             raise user_error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
         progress(0.1, desc="generating the object")
-        s = generate_one(model, class_name, seed, should_stop=client_gone_hook())  # stops if the tab closes
+        try:
+            s = generate_one(model, class_name, seed, should_stop=client_gone_hook())  # stops if the tab closes
+        except Cancelled as e:
+            return stopped(e, 2)
         progress(0.7, desc="refining its mask")
         try:
             ch = refine_and_choose(s.image, s.heat_map, get_refiner(DEFAULT_REFINER), s.attention)

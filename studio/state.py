@@ -119,11 +119,20 @@ def generate_one(model: str | None, class_name: str, seed, **options):
             gr.Warning(note)
         with MODEL_LOCK:
             return generate(pipe, class_name, check_seed(seed), **options)[0]
-    except Cancelled as e:
+    except Cancelled as e:  # the caller leaves its views as they were (see stopped())
         log_cancelled(e)
-        raise gr.Error(str(e), print_exception=False)
+        raise
     except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
         raise user_error(str(e))
+
+
+def stopped(e: Exception, n_outputs: int):
+    """What a handler returns for a run that was stopped: a toast, and every view as it was
+    (no red error badges: stopping is what the user asked for)."""
+    import gradio as gr
+
+    gr.Info(str(e))
+    return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
 
 
 def log_cancelled(e: Exception) -> None:

@@ -30,7 +30,7 @@ from pipeline.presets import resolve_checkpoint
 from .console import LOG, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
 from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, set_model_options,
-                    size_info)
+                    size_info, stopped)
 
 
 
@@ -166,15 +166,18 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     height, width = (int(v) if v else None for v in (height, width))  # 0 / empty: the model's native size
     progress(0.1, desc="loading the model and generating")
     should_stop = client_gone_hook()  # trips when this tab closes or Stop is pressed
-    sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=steps,
-                          guidance=guidance, height=height, width=width, capture=capture_for(refiner_name),
-                          should_stop=should_stop, on_step=lambda i, n: progress((i, n), desc="denoising",
-                                                                                   unit="steps"))
     try:
-        check_stop(should_stop, "refinement")  # SAM's encoder takes a minute on a CPU: not for nobody
+        sample = generate_one(model, class_name, seed, template=template or DEFAULT_TEMPLATE, steps=steps,
+                              guidance=guidance, height=height, width=width, capture=capture_for(refiner_name),
+                              should_stop=should_stop, on_step=lambda i, n: progress((i, n), desc="denoising",
+                                                                                       unit="steps"))
+        try:
+            check_stop(should_stop, "refinement")  # SAM's encoder takes a minute on a CPU: not for nobody
+        except Cancelled as e:
+            log_cancelled(e)
+            raise
     except Cancelled as e:
-        log_cancelled(e)
-        raise gr.Error(str(e), print_exception=False)
+        return stopped(e, 1 + N_VIEWS + 3)  # session, views, resolution, info, size line: as they were
     progress(0.8, desc=f"refining ({refiner_name})")
     problem = None
     try:

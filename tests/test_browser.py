@@ -122,8 +122,12 @@ def test_generate_click_undo_redo_accept(page):
     image = page.locator("#image-view img").first
     image.scroll_into_view_if_needed()
     r = image.bounding_box()
+    before = page.evaluate(img_src("#image-view"))
     page.mouse.click(r["x"] + r["width"] * 0.1, r["y"] + r["height"] * 0.1)  # a corner, outside the ball
     wait_text(page, "#mask-label", "with 1 click")
+    # the label and the picture arrive together, but the browser loads the new picture after
+    wait_changed(page, img_src("#image-view"), before)
+    page.wait_for_function("() => { const i = document.querySelector('#image-view img'); return i && i.complete; }")
     page.screenshot(path=str(ARTIFACTS / "1-generate-inspect.png"), full_page=True)
     import numpy as np
     from PIL import Image

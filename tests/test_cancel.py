@@ -64,10 +64,14 @@ def test_studio_hook_outside_an_event_never_trips_and_a_stop_is_a_quiet_toast(ti
     from studio.state import client_gone_hook, generate_one
 
     assert client_gone_hook()() is False  # not in a queued Gradio event: nothing to watch
-    with pytest.raises(gr.Error) as e:
+    from pipeline.errors import Cancelled
+    from studio.state import stopped
+
+    with pytest.raises(Cancelled) as e:  # not a gr.Error: the handler leaves its views as they were
         generate_one(str(tiny_folder), "dog", 0, steps=5, should_stop=_stop_after(2))
-    assert "generation stopped after 2 of 5 steps" in str(e.value) and not e.value.print_exception
+    assert "generation stopped after 2 of 5 steps" in str(e.value)
     assert "studio: generation stopped after 2 of 5 steps" in capsys.readouterr().err
+    assert stopped(e.value, 3) == (gr.skip(),) * 3  # every view kept, a toast instead
 
 
 # -- the model's native size ---------------------------------------------------------------------
