@@ -20,8 +20,8 @@ from pipeline.dataset import Store, StoreError, check_image
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.errors import Cancelled
 from pipeline.images import ImageError
-from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method, get_harmonizer
-from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError, get_scorer
+from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method
+from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError
 from pipeline.presets import resolve_checkpoint
 from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refine_and_choose
 from pipeline.session import InsertSession, SessionError
@@ -47,31 +47,25 @@ def instance_map(shape, instances) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=4)
-def _cached_scorer(name: str, weights: str | None):
-    if weights is None:
-        return get_scorer(name)
-    weights = check_user_path(weights, f"{name} weights")  # public mode: presets, hub ids and allowed folders only
-    return get_scorer(name, checkpoint=resolve_checkpoint(weights))  # a path or a preset name
-
-
-@lru_cache(maxsize=4)
-def _cached_harmonizer(name: str, weights: str | None):
-    if weights is None:
-        return get_harmonizer(name)
-    weights = check_user_path(weights, f"{name} weights")
-    return get_harmonizer(name, checkpoint=resolve_checkpoint(weights))
-
-
-def _weights_for(registry, kind: str, name: str, weights: str | None) -> str | None:
-    """The weights path a plug-in gets, or a toast when it needs some and has none (or takes none)."""
+def _plugin(registry, kind: str, name: str, weights: str | None):
+    """The plug-in ``name`` of ``registry`` (placement scorers, harmonizers) with the weights
+    from its box; a toast when it needs weights and has none, or takes none and was given some."""
     weights = (weights or "").strip() or None
     if registry.needs_checkpoint(name) and weights is None:
-        raise gr.Error(f"The {kind} '{name}' needs its published weights: give their path under 'published weights'.")
+        raise user_error(f"The {kind} '{name}' needs its published weights: give their path under 'published weights'.")
     if weights is not None and not registry.needs_checkpoint(name):
-        raise gr.Error(f"The {kind} '{name}' takes no weights: choose the {kind} they belong to, or clear the "
-                       "weights box under 'published weights'.")
-    return weights
+        raise user_error(f"The {kind} '{name}' takes no weights: choose the {kind} they belong to, or clear the "
+                         "weights box under 'published weights'.")
+    return _cached_plugin(registry, name, weights)
+
+
+@lru_cache(maxsize=8)
+def _cached_plugin(registry, name: str, weights: str | None):
+    # a network's weights load once, then serve every session
+    if weights is None:
+        return registry.create(name)
+    weights = check_user_path(weights, f"{name} weights")  # public mode: presets, hub ids and allowed folders only
+    return registry.create(name, checkpoint=resolve_checkpoint(weights))  # a path or a preset name
 
 
 EXAMPLE_PREFIX = "example: "
@@ -195,10 +189,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         if ses is None or ses.fg is None:
             raise user_error("Load a background and make an object first.")
         try:
-            weights = _weights_for(SCORERS, "placement scorer", scorer, scorer_weights)
+            plugin = _plugin(SCORERS, "placement scorer", scorer, scorer_weights)
             progress(0.2, desc=f"{scorer}: scoring placements")
-            plugin = _cached_scorer(scorer, weights)
-            with MODEL_LOCK if weights else nullcontext():  # a network's weights are shared by every session
+            # a network's weights are shared by every session
+            with MODEL_LOCK if SCORERS.needs_checkpoint(scorer) else nullcontext():
                 ses.propose(plugin)
         except (PlacementError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise user_error(str(e))
@@ -256,7 +250,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         ses.scale = float(scale)
         progress(0.3, desc="compositing")
         try:
-            harmonizer = _cached_harmonizer(method, _weights_for(HARMONIZERS, "harmonization", method, harm_weights))
+            harmonizer = _plugin(HARMONIZERS, "harmonization", method, harm_weights)
             comp = ses.compose(harmonizer, method)
         except (ComposeError, HarmonizeError, CheckpointError, SessionError, AccessError, ValueError) as e:
             raise user_error(str(e))
