@@ -31,6 +31,8 @@ from .console import user_error
 from .state import MODEL_LOCK, client_gone_hook, generate_one, stopped
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
+INSERT_KEYS_HELP = ("**Keys** (not while typing): **l** load · **m** make object · **p** propose placement · "
+                    "**v** preview · **a** accept")
 OBJECT_SOURCES = ["generate with the model", "cut from a photo (object bank)"]
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
@@ -271,9 +273,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         gr.Info(f"composite saved as sample #{sid}")
         return f"saved as #{sid} (accepted)"
 
-    gr.Markdown("Background (an accepted sample, an example photo or an upload) → object (suggested by the Adaptive "
-                "Matching Thesaurus; 'model'/'bank' say who can supply it) → placement (drag the box, click the heat "
-                "map, or the scale slider) → harmonized composite → Accept, with its updated masks.")
+    # one paragraph of two lines at 1400 px, so the loop below still fits a 1400x900 window
+    gr.Markdown("Background → object (suggested by the Adaptive Matching Thesaurus; 'model'/'bank' say who can supply "
+                "it) → placement (drag the box, click the heat map, or the scale slider) → harmonized composite → "
+                "Accept, with its updated masks. " + INSERT_KEYS_HELP, elem_id="insert-keys")
     # Compact: the controls in a narrow column, every picture in one row beside them, so the
     # whole loop fits a 1400x900 window without scrolling.
     with gr.Row():

@@ -34,16 +34,37 @@ def _load(model: str, device: str, dtype: str | None):
     return load_pipeline(None if model in ("", "embedded") else model, device=device, dtype=dtype)
 
 
+# session hash -> time.monotonic() of that session's last Stop press
+_STOP_PRESSED: dict[str, float] = {}
+
+
+def press_stop(session_hash: str | None) -> None:
+    """What the Stop button does (``queue=False``): marks this browser session's runs that were
+    queued before now as stopped. Their handlers notice (``client_gone_hook``) at the next step
+    and return their views unchanged, with a toast saying after how many steps. Why not Gradio's
+    ``cancels=``: it cancels the event's asyncio task, so that return (and its toast) never
+    reaches the page, and the page runs the event's follow-ups at once while the worker thread
+    is still in its step; with a flag the run ends as a normal event. One float per session that
+    ever pressed Stop is kept."""
+    import time
+
+    if session_hash:
+        _STOP_PRESSED[session_hash] = time.monotonic()
+
+
 def client_gone_hook():
     """A ``should_stop`` hook for the pipeline's long loops, made inside a queued Gradio handler:
     it returns True once the browser tab that asked for this run has gone (Gradio's SSE stream
-    closes and the queue marks the event not ``alive``) or the user pressed Stop (``cancels=``:
-    Gradio cancels the event's asyncio task, but a synchronous handler's worker thread runs on
-    unless it looks). Outside a queued event (tests, ``queue=False``) it never trips.
+    closes and the queue marks the event not ``alive``), once the user pressed Stop after the
+    run was queued (``press_stop``; a run still waiting in the queue then stops before its first
+    step), or once the event's task is cancelled (an API client's /cancel). A synchronous
+    handler's worker thread runs on unless it looks. Outside a queued event (tests,
+    ``queue=False``) it never trips.
 
-    Reads Gradio 6.31's queue (``Blocks._queue``: the active ``Event`` objects and the tasks
-    named ``<session>_<fn><gradio-sep><event id>``); tests/test_cancel.py drives both paths
-    through a real server, so a Gradio upgrade that moves them fails there."""
+    Reads Gradio 6.31's queue (``Blocks._queue``: the active ``Event`` objects with their
+    ``session_hash``/``enqueue_time``, and the tasks named ``<session>_<fn><gradio-sep><event id>``);
+    tests/test_cancel.py drives every path through a real server, so a Gradio upgrade that
+    moves them fails there."""
     from gradio.context import LocalContext
 
     blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
@@ -55,10 +76,14 @@ def client_gone_hook():
     task = next((t for t in tasks if t.get_name().endswith(f"<gradio-sep>{event_id}")), None)
     if event is None and task is None:
         return lambda: False
+    session = getattr(event, "session_hash", None)
+    queued_at = getattr(event, "enqueue_time", float("inf"))
 
     def gone() -> bool:
-        # alive: False once the client's stream closed; a cancelled (Stop) task is cancelling or done
-        return (event is not None and not event.alive) or (task is not None and (task.cancelling() > 0 or task.done()))
+        # alive: False once the client's stream closed; a cancelled task is cancelling or done
+        return ((event is not None and not event.alive)
+                or _STOP_PRESSED.get(session, float("-inf")) >= queued_at
+                or (task is not None and (task.cancelling() > 0 or task.done())))
     return gone
 
 

@@ -29,8 +29,8 @@ from pipeline.presets import resolve_checkpoint
 
 from .console import LOG, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
-from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, set_model_options,
-                    size_info, stopped)
+from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, press_stop,
+                    set_model_options, size_info, stopped)
 
 
 
@@ -194,6 +194,10 @@ def on_generate(class_name, template, seed, steps, guidance, model, refiner_name
     res_choices = ["all"] + [str(r) for r in sample.attention.resolutions]
     return (ses, *_views(ses), gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all"),
             f"prompt: “{sample.prompt}”, seed {seed}  \nmodel: {describe_model(model)}", size_info(model, loaded=True))
+
+
+def on_stop(request: gr.Request):
+    press_stop(request.session_hash)
 
 
 def _user_words(text: str) -> str:
@@ -478,7 +482,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     with gr.Row():
                         image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
                                              interactive=False, elem_id="image-view", height=300)
-                        heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300)
+                        heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300,
+                                            elem_id="heat-view")
                         mask_out = gr.Image(label="current mask (what Accept saves)", type="numpy", interactive=False,
                                             elem_id="mask-view", height=300)
                     with gr.Row(equal_height=True):
@@ -534,9 +539,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 on_generate, gen_inputs, gen_outputs, concurrency_limit=1, concurrency_id="model")
             seed_event.then(editor_background, ses_state, editor).then(
                 on_overlay, [ses_state, overlay], mask_out, show_progress="hidden")
-            # Stop: Gradio cancels the queued or running event; the running handler's thread
-            # notices (client_gone_hook) at the next denoising step and stops computing
-            stop_btn.click(None, None, None, cancels=[gen_event, seed_event])
+            # Stop: flags this session's runs queued before now; the running handler notices
+            # (client_gone_hook) at the next denoising step and returns the views as they were
+            stop_btn.click(on_stop, None, None, queue=False, show_progress="hidden", api_name="stop")
             overlay.input(on_overlay, [ses_state, overlay], mask_out, api_name="overlay", show_progress="hidden")
             # Re-thresholding is a sub-millisecond numpy comparison: skip the queue so the slider
             # feels live (the queue's round trip alone is most of the latency).
@@ -605,7 +610,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 exp_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
             with gr.Row():
                 exp_scope = gr.Markdown(elem_id="export-scope")
-                exp_file = gr.File(label="download")
+                # shown once there is something to download: an empty file box is ~260 px tall
+                exp_file = gr.File(label="download", visible=False, elem_id="export-file")
                 exp_info = gr.Markdown(elem_id="export-info")
 
             filters = [f_status, f_class, f_tag]
@@ -711,7 +717,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             for comp in (e_status, f_class, f_tag):
                 comp.change(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
-            exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export")
+            exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export").success(
+                lambda: gr.File(visible=True), None, exp_file, queue=False, show_progress="hidden")  # API keeps a plain path
             ex_copy.click(lambda: copy_examples_into(store_dir), None, ex_info, api_name="examples_copy").then(
                 refresh, [*filters, page_state, index_state], page_outputs).then(
                 cur.export_summary, [e_status, f_class, f_tag], exp_scope)  # the export now includes them
@@ -788,8 +795,9 @@ SHORTCUTS_JS = """
 // letter means accept on whichever tab is open. Keys never fire while typing.
 const DM_KEYS = {
   g: ['generate-btn'], s: ['next-seed-btn'], z: ['undo-btn'], y: ['redo-btn'],
-  a: ['accept-btn', 'curate-accept'], r: ['reject-btn', 'curate-reject'],
-  n: ['curate-next'], p: ['curate-prev'], u: ['curate-undo'],
+  a: ['accept-btn', 'curate-accept', 'insert-accept'], r: ['reject-btn', 'curate-reject'],
+  n: ['curate-next'], p: ['curate-prev', 'insert-place'], u: ['curate-undo'],
+  l: ['insert-load'], m: ['insert-object'], v: ['insert-preview'],
 };
 let dmEditorQueue = Promise.resolve();
 const DM_BRUSH_STEP = 4;  // editor pixels per [ or ] (its size slider runs 1..100)

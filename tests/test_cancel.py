@@ -139,9 +139,8 @@ def _post(url, body):
         return json.loads(r.read())
 
 
-def _start_generation(url, steps):
-    """Join the queue for /generate as the browser does; returns (fn index, session, event id,
-    open SSE stream) once the server reports denoising steps."""
+def _join(url, steps):
+    """Join the queue for /generate in a new session: (fn index, session, event id, open SSE stream)."""
     config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
     session = uuid.uuid4().hex[:11]
@@ -149,6 +148,13 @@ def _start_generation(url, steps):
     event_id = _post(url + "gradio_api/queue/join", {"data": data, "fn_index": fn_index, "session_hash": session,
                                                      "event_data": None, "trigger_id": None})["event_id"]
     stream = urllib.request.urlopen(url + f"gradio_api/queue/data?session_hash={session}", timeout=300)
+    return fn_index, session, event_id, stream
+
+
+def _start_generation(url, steps):
+    """Join the queue for /generate as the browser does; returns (fn index, session, event id,
+    open SSE stream) once the server reports denoising steps."""
+    fn_index, session, event_id, stream = _join(url, steps)
     for line in stream:
         if b'"progress"' in line and b"denoising" in line:  # the model is loaded and stepping
             return fn_index, session, event_id, stream
@@ -181,12 +187,22 @@ def _assert_stops_computing(pid: int, busy_rate: float):
     assert idle_rate < max(0.25 * busy_rate, 0.05), (idle_rate, busy_rate)
 
 
+def _read_until_completed(stream) -> dict:
+    """The rest of an event's SSE stream up to its process_completed message."""
+    for line in stream:
+        if line.startswith(b"data:") and b'"process_completed"' in line:
+            return json.loads(line[5:])
+    raise AssertionError("the stream ended without process_completed")
+
+
 @pytest.mark.slow
 def test_studio_stops_generating_when_the_tab_closes_or_stop_is_pressed(tmp_path):
     """A 100-step generation (minutes on this machine) through the studio's queue, as a
-    browser runs it: closing the page's event stream stops it within a step, and so does
-    Stop (Gradio's /cancel, what the Stop button's ``cancels=`` sends). Measured from outside:
-    the server logs the stop and its CPU time stops growing."""
+    browser runs it: closing the page's event stream stops it within a step; so does the Stop
+    button (its /stop endpoint, same session), and the event then completes successfully
+    with nothing changed (no failed event: the browser shows no error badge); a run still
+    waiting in the queue when Stop is pressed never starts denoising; an API client's /cancel
+    stops it too. Measured from outside: the server logs the stop and its CPU time stops growing."""
     from studio_server import running_studio
 
     if not os.path.exists(f"/proc/{os.getpid()}/stat"):
@@ -203,16 +219,42 @@ def test_studio_stops_generating_when_the_tab_closes_or_stop_is_pressed(tmp_path
         closed = time.time()
         stopped = _wait_for_log(log, "generation stopped", 1, timeout=60)
         _assert_stops_computing(pid, busy_rate)
-        # 2. Stop: the same generation, cancelled through the queue
+        # 2. the Stop button: its endpoint, called in the generating session
+        fn_index, session, event_id, stream = _start_generation(url, steps=100)
+        time.sleep(2.0)
+        _post(url + "gradio_api/run/stop", {"data": [], "session_hash": session})
+        _wait_for_log(log, "generation stopped", 2, timeout=60)
+        done = _read_until_completed(stream)
+        stream.close()
+        assert done["success"] is True, done  # a finished event, not a failed or cancelled one
+        # the session state is never sent to a client (None); every view is a skip: kept as it was
+        state, *views = done["output"]["data"]
+        assert state is None and views and all(d == {"__type__": "update"} for d in views), done
+        _assert_stops_computing(pid, busy_rate)
+        # 3. a run queued behind another one, stopped before its turn: it never denoises
+        _, first, _, first_stream = _start_generation(url, steps=100)
+        queued = _join(url, steps=100)
+        time.sleep(1.0)
+        _post(url + "gradio_api/run/stop", {"data": [], "session_hash": queued[1]})
+        assert log.read_text().count("generation stopped") == 2  # the other session's run goes on
+        _post(url + "gradio_api/run/stop", {"data": [], "session_hash": first})
+        _wait_for_log(log, "generation stopped", 3, timeout=60)
+        first_stream.close()
+        _wait_for_log(log, "generation stopped", 4, timeout=60)
+        assert _read_until_completed(queued[3])["success"] is True
+        queued[3].close()
+        # its hook trips before the first step: "generation stopped: ..." with no step count
+        assert "studio: generation stopped: the request was cancelled" in log.read_text().splitlines()[-1]
+        # 4. an API client's /cancel (Gradio's own protocol)
         fn_index, session, event_id, stream = _start_generation(url, steps=100)
         time.sleep(2.0)
         assert _post(url + "gradio_api/cancel", {"session_hash": session, "fn_index": fn_index,
                                                  "event_id": event_id})["success"]
-        _wait_for_log(log, "generation stopped", 2, timeout=60)
+        _wait_for_log(log, "generation stopped", 5, timeout=60)
         stream.close()
         _assert_stops_computing(pid, busy_rate)
         text = log.read_text()
-    assert text.count("of 100 steps") == 2, text[-2000:]  # both stopped while denoising
+    assert text.count("of 100 steps") == 4, text[-2000:]  # the four running ones stopped while denoising
     print(f"stopped {stopped - closed:.1f} s after the tab closed")
 
 
