@@ -33,8 +33,11 @@ def mask_overhead(n: int, steps: int, batch: int, reps: int = 2):
 
     from pipeline.batch import BatchSpec, candidate_seed, compute_candidates, worker_models
 
-    spec = BatchSpec.of(("ball", "star", "kite", "leaf"), per_class=1, steps=steps, batch_size=batch)
-    jobs = [(spec.classes[i % 4], i) for i in range(n)]
+    spec = BatchSpec.of(("ball", "star", "kite", "leaf"), per_class=n // 4, steps=steps, batch_size=batch)
+    # whole blocks of one class: compute_candidates runs candidate k of class c in the UNet block
+    # k // batch (what makes resume exact), so this is also what the plain calls below run
+    jobs = [(c, k) for c in spec.classes for k in range(n // 4)]
+    assert n % (4 * batch) == 0, "n must be a multiple of 4 x batch"
     pipe, _ = worker_models(spec)
     compute_candidates(spec, jobs[:batch])  # warm up
     plain, full, masks_s = [], [], []

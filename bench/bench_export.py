@@ -46,7 +46,8 @@ def main(n: int) -> None:
             m = ((yy - cy) / rng.uniform(60, 120)) ** 2 + ((xx - cx) / rng.uniform(60, 120)) ** 2 <= 1
             heat = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 12)
             store.add(img, ["dog" if k % 2 else "cat"], instances=[("dog" if k % 2 else "cat", m)],
-                      heat_map=heat / heat.max(), threshold=0.5, refined_mask=m, status="accepted", seed=k,
+                      instance_sources=["refined"], heat_map=heat / heat.max(), threshold=0.5,
+                      refined_mask=m, status="accepted", seed=k,
                       model="bench")
         fill = time.perf_counter() - t
         rows = []
