@@ -59,13 +59,22 @@ def setup_console() -> None:
     routes.print = quiet_print
 
 
+# Every picture the studio shows goes to the page as PNG, not Gradio's default WebP: PIL writes
+# WebP lossy (quality 80), which smears a mask's edge, and the mask shown must be the mask saved,
+# pixel for pixel. PNG at zlib level 1 (atomic_image_cache) is also faster to encode: 320 px
+# view 3 ms vs 19 ms for WebP; encoding is most of a threshold-slider step's server time.
+VIEW_FORMAT = "png"
+
+
 def atomic_image_cache() -> None:
     """Gradio 6.31 writes every output picture to ``<cache>/<hash of its bytes>/image.<fmt>`` by
     truncating and rewriting the file, even when it is already there. A view redrawn with the same
     picture (a re-render after a settings change, an overlay redraw) rewrote a file the browser was
     still downloading: the server printed 'Too much data for declared Content-Length' tracebacks.
     The name is content-addressed, so an existing file already holds these bytes: keep it, and
-    write new ones under a temporary name moved into place (a reader sees the whole file or none)."""
+    write new ones under a temporary name moved into place (a reader sees the whole file or none).
+    PNG is written at zlib level 1 instead of PIL's 6: lossless either way, 2-3x faster."""
+    import io
     import os
     import tempfile
     from pathlib import Path
@@ -76,7 +85,12 @@ def atomic_image_cache() -> None:
         return
 
     def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = pu.encode_pil_to_bytes(img, format)
+        if format.lower() == "png":  # zlib level 1: 2-3x faster than PIL's 6 (512 px photo: 35 vs 112 ms), ~10 % larger
+            with io.BytesIO() as out:
+                img.save(out, "png", pnginfo=pu.get_pil_metadata(img), compress_level=1)
+                data = out.getvalue()
+        else:
+            data = pu.encode_pil_to_bytes(img, format)
         folder = Path(cache_dir) / pu.hash_bytes(data)
         folder.mkdir(exist_ok=True, parents=True)
         target = (folder / f"{name}.{format}").resolve()

@@ -27,7 +27,7 @@ from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refin
 from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
-from .console import user_error
+from .console import VIEW_FORMAT, user_error
 from .state import MODEL_LOCK, client_gone_hook, generate_one, stopped
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
@@ -296,17 +296,17 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
                 suggestions = gr.Dataframe(headers=["object", "score", "who can supply it"], label="suggested objects",
                                            interactive=False, max_height=150, scale=2)
                 obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False,
-                                   elem_id="insert-object-view", height=170, scale=1)
+                                   elem_id="insert-object-view", height=170, scale=1, format=VIEW_FORMAT)
             with gr.Row():
                 place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False,
-                                     height=230, min_width=160, elem_id="insert-place-view")
+                                     height=230, min_width=160, elem_id="insert-place-view", format=VIEW_FORMAT)
                 box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                            sources=None, show_clear_button=False, show_download_button=False,
                                            elem_id="insert-box", height=230, min_width=200, scale=1)
                 comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=230,
-                                    min_width=160, elem_id="insert-composite")
+                                    min_width=160, elem_id="insert-composite", format=VIEW_FORMAT)
                 mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=230, min_width=160,
-                                     elem_id="insert-masks")
+                                     elem_id="insert-masks", format=VIEW_FORMAT)
             with gr.Row():
                 place_btn = gr.Button("Propose placement", elem_id="insert-place", size="sm")
                 scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object side / background side)",

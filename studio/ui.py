@@ -27,7 +27,7 @@ from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerU
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
-from .console import LOG, atomic_image_cache, setup_console, user_error
+from .console import LOG, VIEW_FORMAT, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
 from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, press_stop,
                     set_model_options, size_info, stopped)
@@ -481,11 +481,12 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                 with gr.Column(scale=4):
                     with gr.Row():
                         image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
-                                             interactive=False, elem_id="image-view", height=300)
+                                             interactive=False, elem_id="image-view", height=300,
+                                             format=VIEW_FORMAT)
                         heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300,
-                                            elem_id="heat-view")
+                                            elem_id="heat-view", format=VIEW_FORMAT)
                         mask_out = gr.Image(label="current mask (what Accept saves)", type="numpy", interactive=False,
-                                            elem_id="mask-view", height=300)
+                                            elem_id="mask-view", height=300, format=VIEW_FORMAT)
                     with gr.Row(equal_height=True):
                         mask_label = gr.Markdown(elem_id="mask-label")
                         overlay = gr.Checkbox(True, label="mask overlay (o)", elem_id="overlay-toggle", scale=0,
@@ -507,11 +508,12 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     store_info = gr.Markdown(elem_id="store-info")
                     with gr.Row():
                         thr_out = gr.Image(label="heat map at the threshold", type="numpy", interactive=False,
-                                           elem_id="threshold-view", height=220)
+                                           elem_id="threshold-view", height=220, format=VIEW_FORMAT)
                         refined_out = gr.Image(label="refined mask", type="numpy", interactive=False,
-                                               elem_id="refined-view", height=220)
+                                               elem_id="refined-view", height=220, format=VIEW_FORMAT)
                         curve_out = gr.Image(label="IoU with the refined mask vs threshold", type="numpy",
-                                             interactive=False, height=220, elem_id="curve-view")
+                                             interactive=False, height=220, elem_id="curve-view",
+                                             format=VIEW_FORMAT)
                     choice_info = gr.Markdown(elem_id="choice-info")
                     with gr.Accordion("Touch up the mask: white brush adds, black brush erases (keys b / e, "
                                       "size [ and ])", open=False, elem_id="touch-up"):
@@ -521,7 +523,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         editor = gr.ImageEditor(type="numpy", label="mask editor", elem_id="mask-editor",
                                                 brush=gr.Brush(colors=["#ffffff", "#000000"], default_color="#ffffff",
                                                                default_size=BRUSH_SIZE),
-                                                eraser=gr.Eraser(), layers=False, transforms=(), sources=())
+                                                eraser=gr.Eraser(), layers=False, transforms=(), sources=(),
+                                                format=VIEW_FORMAT)
                         apply_edit = gr.Button("Apply strokes", elem_id="apply-strokes")
             views = [image_out, heat_out, mask_out, thr_out, curve_out, refined_out, choice_info, mask_label,
                      threshold, source]
@@ -582,7 +585,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             with gr.Row():
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="dataset", columns=8, height=400, object_fit="contain",
-                                         allow_preview=False, elem_id="curate-gallery")
+                                         allow_preview=False, elem_id="curate-gallery", format=VIEW_FORMAT)
                     with gr.Row():
                         prev_btn = gr.Button("◀ Previous (p)", elem_id="curate-prev", size="sm", min_width=90)
                         acc = gr.Button("Accept (a)", variant="primary", elem_id="curate-accept", size="sm", min_width=90)
@@ -591,9 +594,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         next_btn = gr.Button("Next (n) ▶", elem_id="curate-next", size="sm", min_width=90)
                     gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
                 with gr.Column(scale=2):
-                    # png: 3x faster to encode than Gradio's default webp for these flat, upscaled pictures
                     review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=280,
-                                          elem_id="curate-view", format="png")
+                                          elem_id="curate-view", format=VIEW_FORMAT)
                     show_heat = gr.Checkbox(False, label="show the heat map (h)", elem_id="curate-heat")
                     detail_md = gr.Markdown(elem_id="curate-detail")
             with gr.Row():
@@ -753,7 +755,8 @@ def build_examples_box(store_dir: Path):
                       visible=bool(items), elem_id="curate-examples-box"):
         gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store=store_dir), elem_id="curate-examples-note")
         gallery = gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
-                             object_fit="contain", allow_preview=True, elem_id="curate-examples")
+                             object_fit="contain", allow_preview=True, elem_id="curate-examples",
+                             format=VIEW_FORMAT)
         with gr.Row():
             copy = gr.Button("Add the examples to my dataset", size="sm", elem_id="curate-examples-copy")
             info = gr.Markdown(elem_id="curate-examples-info")

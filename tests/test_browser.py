@@ -112,6 +112,23 @@ def error_badges(page) -> list[str]:
     })""")
 
 
+def _fetch_picture(page, selector):
+    """The bytes of the view's picture as the page loaded them, decoded: (H, W, 3) uint8."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = page.evaluate("""async (s) => {
+        const r = await fetch(document.querySelector(s + ' img').src);
+        const b = new Uint8Array(await r.arrayBuffer());
+        let t = ''; for (const x of b) t += String.fromCharCode(x);
+        return btoa(t);
+    }""", selector)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+
 def no_error_badges(page):
     return not error_badges(page)
 
@@ -193,6 +210,12 @@ def test_generate_click_undo_redo_accept(page):
     assert len(recs) == 1 and recs[0].status == "accepted" and recs[0].classes == ["ball"]
     assert recs[0].instances[0].source == "refined"
     assert np.array_equal(s.masks(recs[0])[0][1], s.mask(recs[0].refined_mask))  # the refined mask was saved
+    # the picture on the page, as the browser received it, is the saved mask drawn over the saved
+    # image, pixel for pixel (a lossy view format would change the mask's edge)
+    from pipeline import viz
+    saved_image, saved_mask = s.image(recs[0].image), s.masks(recs[0])[0][1]
+    shown = _fetch_picture(page, "#mask-view")
+    assert np.array_equal(shown, viz.upscale_for_display(viz.overlay_mask(saved_image, saved_mask)))
 
 
 def test_an_error_leaves_the_views_as_they_were(page):

@@ -38,3 +38,18 @@ def test_image_cache_keeps_an_existing_file(tmp_path):
     assert again == first and os.stat(first).st_mtime_ns == stamp
     assert Image.open(first).tobytes() == img.tobytes()
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_every_picture_view_is_lossless(tmp_path):
+    """Each picture the studio sends (views, the editor, galleries; not the upload box) is PNG:
+    Gradio's default WebP is lossy and would change the shown mask's edge (test_browser checks
+    the shown mask against the saved one pixel for pixel)."""
+    import gradio as gr
+
+    from studio.ui import build_app
+
+    app = build_app(tmp_path / "data")
+    views = [b for b in app.blocks.values() if isinstance(b, (gr.Image, gr.ImageEditor, gr.Gallery))
+             and not (isinstance(b, gr.Image) and b.interactive is not False and "upload" in (b.sources or []))]
+    assert len(views) >= 12, len(views)
+    assert [getattr(b, "label", None) for b in views if b.format != "png"] == []
