@@ -236,6 +236,7 @@ def test_studio_stops_generating_when_the_tab_closes_or_stop_is_pressed(tmp_path
         queued = _join(url, steps=100)
         time.sleep(1.0)
         _post(url + "gradio_api/run/stop", {"data": [], "session_hash": queued[1]})
+        time.sleep(2.0)  # a few steps of the running one (a wrong stop would show within one)
         assert log.read_text().count("generation stopped") == 2  # the other session's run goes on
         _post(url + "gradio_api/run/stop", {"data": [], "session_hash": first})
         _wait_for_log(log, "generation stopped", 3, timeout=60)
