@@ -163,8 +163,8 @@ def main(n: int = 30) -> None:
         f"| composite preview (paste + {harmonizer} harmonization + masks) | {med(preview):.0f} ms | {np.percentile(preview, 90) * 1000:.0f} ms | <= 500 ms |",
         f"| placement proposal (heat maps, 15 scales) | {t_place * 1000:.0f} ms | | |",
         f"| generate (25 steps) + capture + GrabCut | {t_gen:.2f} s | | |"]
-        + ([ "", f"The studio's own share of a slider step in the browser (its median minus the bare app's): "
-             f"{med(in_browser) - med(browser_floor):.0f} ms; the rest is what any Gradio page costs on this machine."]
+        + (["", f"The studio's own share of a slider step in the browser (its median minus the bare app's): "
+                f"{med(in_browser) - med(browser_floor):.0f} ms; the rest is what any Gradio page costs on this machine."]
            if in_browser else []))
     write_section("bench_studio", body)
 

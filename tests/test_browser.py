@@ -129,10 +129,6 @@ def _fetch_picture(page, selector):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
 
 
-def no_error_badges(page):
-    return not error_badges(page)
-
-
 def test_the_badge_detector(browser):
     """error_badges() sees the badge of a failed event, and not an error toast."""
     import gradio as gr
@@ -237,7 +233,7 @@ def test_an_error_leaves_the_views_as_they_were(page):
     page.wait_for_selector("text=clicks need a refiner that takes points", timeout=30000)
     page.screenshot(path=str(ARTIFACTS / "1b-error-toast.png"), full_page=True)
     assert page.evaluate(img_src("#image-view")) and page.evaluate(img_src("#mask-view"))
-    assert no_error_badges(page)
+    assert not error_badges(page), error_badges(page)
     page.locator("#refiner input").click()
     page.get_by_role("option", name="grabcut").click()
     page.get_by_label("do nothing").check()
@@ -658,7 +654,7 @@ def test_insert_a_bank_object_into_a_real_photo(browser, tmp_path):
         wait_text(page, "#insert-place-info", "box [")
         page.click("#insert-preview")
         wait_text(page, "#insert-info", "dog")
-        assert no_error_badges(page)
+        assert not error_badges(page), error_badges(page)
         page.screenshot(path=str(ARTIFACTS / "4-insert-bank-object.png"), full_page=True)
         page.locator("#insert-composite img").screenshot(path=str(ARTIFACTS / "4b-insert-bank-composite.png"))
         page.locator("#insert-masks img").screenshot(path=str(ARTIFACTS / "4c-insert-bank-masks.png"))
