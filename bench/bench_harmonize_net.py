@@ -1,4 +1,4 @@
-"""The learned colour-transform harmonizer (pipeline/harmonize_net.py) against "none", today's
+"""The learned colour-transform harmonizer (pipeline/harmonize_net/) against "none", today's
 `learned` (ridge) and `ring 0.15`: 3-fold cross-validation by photo over the 180 annotated
 photos, leaving each perturbation family out of training and measuring on it; then the shipped
 weights on their held-out fold, the real iHarmony4 triple, and the time per 512x512 image.

@@ -1,4 +1,4 @@
-"""The learned refiner (pipeline/refine_net.py) against no refinement and GrabCut.
+"""The learned refiner (pipeline/refine_net/) against no refinement and GrabCut.
 
 3-fold cross-validation by photo over the 180 annotated photos (pipeline.realdata): the model of
 fold k is trained on the other two folds (`python -m pipeline.refine_net train --folds ...`;

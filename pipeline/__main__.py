@@ -10,43 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
-from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-def _csv_ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_args(ap: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), **help_overrides) -> None:
-    """One flag per field of dataclass ``cls`` (nested dataclasses are skipped): type from the
-    annotation (``X | None`` -> X), default from the field, ``help`` and ``choices`` (a list or
-    a callable returning one, e.g. a registry's ``names``) and ``flag`` from its metadata."""
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if f.name in skip or is_dataclass(hints[f.name]):
-            continue
-        kind = hints[f.name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = args[0] if args else kind
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        choices = f.metadata.get("choices")
-        choices = choices() if callable(choices) else choices
-        ap.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, type=kind, default=default,
-                        choices=choices, help=help_overrides.get(f.name, f.metadata.get("help")))
-
-
-def config_from_args(cls, args: argparse.Namespace, **extra):
-    """An instance of dataclass ``cls`` from the parsed flags that :func:`add_config_args` made."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+from .flags import add_config_args, config_from_args, csv_ints as _csv_ints
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:

@@ -30,41 +30,11 @@ from typing import ClassVar, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from .colour import HarmonizeError, check_composite, from_lab, stats, to_lab  # noqa: F401 (re-exported)
 from .compose import soft_rim
-from .errors import PipelineError
-from .images import ImageError, require_rgb
 from .plugins import Registry
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "harmonizer_ridge.npz"
-
-
-class HarmonizeError(PipelineError, ValueError):
-    """The composite cannot be harmonized as given (bad shapes, empty or full mask, weights)."""
-
-
-def to_lab(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-
-
-def from_lab(lab: np.ndarray) -> np.ndarray:
-    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
-
-
-def check_composite(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(HWC uint8 RGB composite, HW bool mask of the object) checked; HarmonizeError otherwise."""
-    mask = np.asarray(mask).astype(bool)
-    try:
-        image = require_rgb(image, "composite")
-    except ImageError as e:
-        raise HarmonizeError(str(e)) from e
-    if mask.shape != image.shape[:2]:
-        raise HarmonizeError(f"mask {mask.shape} does not match the composite {image.shape[:2]}")
-    if not mask.any():
-        raise HarmonizeError("the mask is empty: no object to harmonize")
-    if mask.all():
-        raise HarmonizeError("the mask covers the whole image: there is no background to match")
-    return image, mask
 
 
 RING_WORK_SIDE = 512  # the ring is found at most this many pixels across (see ring_mask)
@@ -95,11 +65,6 @@ def ring_mask(mask: np.ndarray, width: int | None = None) -> np.ndarray:
         grown = cv2.dilate(mask.astype(np.uint8), k) > 0
     ring = grown & ~mask
     return ring if ring.any() else ~mask
-
-
-def stats(lab: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    px = lab[region]
-    return px.mean(0), px.std(0) + 1e-3
 
 
 def _bands(mask: np.ndarray, width: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,14 +24,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .errors import ConfigError, PipelineError
+
+# the shared data folder beside the project; DIFFUMASK_SHARED_DATA points elsewhere (as in tests/conftest.py)
+SHARED = Path(os.environ.get("DIFFUMASK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 K_FOLDS = 3
 HELD_OUT_FOLD = 0
 SPLIT_SEED = 17
 
 
-class DataMissing(FileNotFoundError):
-    """The shared photo folders are not beside the project."""
+class DataMissing(PipelineError, FileNotFoundError):
+    """The shared photo folders are not beside the project (or where DIFFUMASK_SHARED_DATA says)."""
 
 
 @dataclass
@@ -128,11 +132,21 @@ def load_photos(keys: list[str], root: str | Path = SHARED, **kw) -> list[Photo]
     return [load_photo(k, root, **kw) for k in keys]
 
 
+def check_folds(folds, k: int = K_FOLDS) -> tuple[int, ...]:
+    """``folds`` as a tuple of fold numbers, each in [0, k); ConfigError naming --folds otherwise
+    (the learned models' trainers share this rule)."""
+    folds = tuple(folds)
+    if not folds or any(isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < k for f in folds):
+        raise ConfigError(f"--folds must be in [0, {k}), comma-separated (got {','.join(map(str, folds)) or 'none'})")
+    return folds
+
+
 def training_setup(cfg) -> tuple[Path, Path, list[str]]:
     """Shared by the learned models' trainers: torch threads, the output folder, its
     ``_train`` work folder and the photo keys of ``cfg.folds`` (at most ``cfg.max_photos``)."""
     import torch
 
+    check_folds(cfg.folds, cfg.k)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

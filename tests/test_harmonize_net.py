@@ -1,4 +1,4 @@
-"""The learned colour-transform harmonizer (pipeline/harmonize_net.py): perturbation families,
+"""The learned colour-transform harmonizer (pipeline/harmonize_net/): perturbation families,
 the transform, training on a few photos, and the shipped weights on photos they never saw."""
 import json
 

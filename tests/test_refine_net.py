@@ -1,4 +1,4 @@
-"""The learned refiner (pipeline/refine_net.py): training runs and resumes reproducibly, the shipped
+"""The learned refiner (pipeline/refine_net/): training runs and resumes reproducibly, the shipped
 weights beat no refinement on photos they never saw, bad input is refused."""
 import json
 

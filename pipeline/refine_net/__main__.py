@@ -1,0 +1,3 @@
+from .training import main
+
+main()
