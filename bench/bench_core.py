@@ -157,7 +157,8 @@ def capture_overhead() -> str:
     """Generation wall time with capture / without, side by side, same model, seeds and steps."""
     import torch
 
-    from pipeline.attention import CaptureConfig, capture_for, trace
+    from pipeline.attention import CaptureConfig, trace
+    from pipeline.refine import capture_for
     from pipeline.generate import load_pipeline
     from pipeline.testing import tiny_pipeline
 

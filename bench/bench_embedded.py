@@ -26,7 +26,7 @@ from _results import write_section  # noqa: E402
 
 def evaluate(n: int = 104, steps: int = 25, guidance: float = 5.0, batch: int = 8, seed0: int = 100000):
     from pipeline.embedded import world
-    from pipeline.attention import capture_for
+    from pipeline.refine import capture_for
     from pipeline.generate import generate, load_pipeline
     from pipeline.masks import iou
     from pipeline.refine import RefinementError, get_refiner, otsu_threshold, refine_and_choose

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .masks import quantize_heat
+from .masks import quantize_heat, upsample  # noqa: F401 (upsample re-exported)
 from .errors import ConfigError, PipelineError
 
 N_TRAIN_TIMESTEPS = 1000
@@ -71,31 +71,12 @@ class CaptureConfig:
     after generation. ``self_attention_max_tokens``: record head-averaged self-attention at
     the largest resolution with at most this many pixels (0, the default, disables it: it
     costs ~1.5x generation time and only the ``affinity`` refiner needs it; see
-    :func:`capture_for`)."""
+    :func:`pipeline.refine.capture_for`)."""
 
     resolutions: tuple[int, ...] | None = None
     timestep_range: tuple[int, int] = (0, N_TRAIN_TIMESTEPS - 1)
     n_time_buckets: int = 10
     self_attention_max_tokens: int = 0
-
-
-AFFINITY_MAX_TOKENS = 1024
-
-
-def capture_for(refiner, config: CaptureConfig | None = None) -> CaptureConfig:
-    """``config`` (default: everything) with the self-attention capture on exactly when the
-    refiner needs it: ``refiner`` is a refiner, its class, or its registered name, and says so
-    by its ``needs_self_attention`` attribute (see :class:`pipeline.refine.Refiner`)."""
-    from dataclasses import replace
-
-    if isinstance(refiner, str):
-        # pipeline.refine imports this module; the registry is looked up only for a name
-        from .refine import REFINERS
-
-        refiner = REFINERS[refiner]
-    needs = bool(getattr(refiner, "needs_self_attention", False))
-    config = config or CaptureConfig()
-    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if needs else 0)
 
 
 @dataclass
@@ -157,14 +138,6 @@ class AttentionMaps:
     def resolution_heat_maps(self, timesteps: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
         """Each resolution alone, upsampled to image size and normalised to [0, 1] (for display)."""
         return {r: normalise(upsample(self.resolution_map(r, timesteps), self.image_size)) for r in self.resolutions}
-
-
-def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (h, w) map to ``size`` = (H, W)."""
-    if m.shape == tuple(size):
-        return m.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def normalise(m: np.ndarray) -> np.ndarray:

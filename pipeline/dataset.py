@@ -40,6 +40,7 @@ from PIL import Image
 from .masks import HEAT_DTYPE, HeatMapError, check_heat, quantize_heat
 from .errors import ConfigError, PipelineError, check_seed
 from .images import ImageError, check_image, load_image_file  # noqa: F401 (re-exported: older imports use this module)
+from .processes import process_alive
 
 STATUSES = ("pending", "accepted", "rejected")
 # Where an instance mask came from. Only "generated" masks (the heat map at the sample's
@@ -712,7 +713,7 @@ class Store:
         for p in (self.root / "blobs").glob("*/.*.tmp"):
             parts = p.name.split(".")
             pid = int(parts[3]) if len(parts) >= 6 and parts[3].isdigit() else None
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            if pid is not None and pid != os.getpid() and process_alive(pid):
                 continue
             if pid is None and time.time() - p.stat().st_mtime < 3600:
                 continue  # an older-style name: only once it is clearly stale
@@ -778,16 +779,6 @@ def _check_threshold(t, label: str) -> float | None:
 
 def _history(old: str, new: str, by: str) -> dict:
     return {"from": old, "to": new, "by": by, "time": round(time.time(), 3)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _derive_generated(heat: np.ndarray, threshold: float, masks: list[np.ndarray],

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import AttentionMaps, CaptureConfig, capture_for, trace
+from .attention import AttentionMaps, CaptureConfig, trace
 from .errors import Cancelled, ConfigError, check_seed, check_stop
 from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
+from . import presets
+from .presets import EMBEDDED_MODEL, offline  # noqa: F401 (EMBEDDED_MODEL re-exported)
 
-from .refine import DEFAULT_REFINER, REFINERS
+from .refine import DEFAULT_REFINER, REFINERS, capture_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_MODEL = PROJECT_ROOT / "assets" / "embedded_model"
 DEFAULT_TEMPLATE = "a photograph of a {}"
 
 
@@ -42,9 +43,7 @@ MAX_SIZE_FACTOR = 2  # at most this many times the model's native side, per side
 
 
 def _size_help(side: str) -> str:
-    from .presets import PRESETS
-
-    natives = ", ".join(f"{name} {p.side}" for name, p in PRESETS.items() if p.side)
+    natives = ", ".join(f"{name} {p.side}" for name, p in presets.PRESETS.items() if p.side)
     return (f"image {side}, a multiple of 8 (default: the model's native size: {natives}); at most "
             f"{MAX_SIZE_FACTOR}x native is accepted, above native with a warning (slower, objects may repeat)")
 
@@ -123,21 +122,24 @@ class ModelConfig:
 
     def load(self):
         if self.preset:
-            from . import presets
-
             if self.model:
                 raise ConfigError("give a model or a preset, not both")
             if self.preset not in presets.names("diffusion"):
                 raise ConfigError(f"unknown preset {self.preset!r}; one of {presets.names('diffusion')}")
-            return presets.load(self.preset, self.device, None if self.dtype == "auto" else self.dtype)
+            return load_preset_pipeline(self.preset, self.device, None if self.dtype == "auto" else self.dtype)
         return load_pipeline(self.model, self.device, self.dtype, self.config)
 
 
+# The defaults as one object: generate() starts from it, the studio's widgets show its values
+# (steps, guidance), the CLI's flags are made from the same fields. Change a default in the field.
 DEFAULTS = GenerationConfig()
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+def load_preset_pipeline(name: str, device: str = "auto", dtype: str | None = None):
+    """The diffusers pipeline of diffusion preset ``name`` (its files through the HF cache, see
+    :func:`pipeline.presets.resolve`; the embedded preset from assets/)."""
+    path = presets.resolve(name)
+    return load_pipeline(None if presets.get(name).repo is None else str(path), device, dtype)
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
@@ -169,12 +171,12 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
                 raise ModelLoadError(f"model file {path} does not exist")
             cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
             kwargs = {"config": config} if config else {}
-            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=_offline(), **kwargs)
+            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=offline(), **kwargs)
         elif looks_like_path(spec):
             raise ModelLoadError(f"model path {path} does not exist. Pass an existing diffusers folder, a "
                                  ".safetensors/.ckpt file, a hub id, or nothing for the embedded model")
         else:
-            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=_offline())
+            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=offline())
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises OSError/ValueError/HTTP errors with long texts
@@ -300,8 +302,6 @@ def native_size_of(model: str | None) -> int | None:
     configs of a diffusers folder (the embedded model's: 64); None when only loading would tell
     (a single file, a hub id)."""
     import json
-
-    from . import presets
 
     name = str(model or "embedded").strip()
     if name in presets.names("diffusion"):

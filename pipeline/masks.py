@@ -50,6 +50,17 @@ def quantize_heat(heat: np.ndarray) -> np.ndarray:
     return np.asarray(heat, np.float32).astype(HEAT_DTYPE).astype(np.float32)
 
 
+def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (h, w) map to ``size`` = (H, W)."""
+    if m.shape == tuple(size):
+        return m.astype(np.float32)
+    import torch  # only here: the rest of this module is numpy
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
 def mask_at(heat: np.ndarray, threshold: float) -> np.ndarray:
     """Binary mask ``heat >= threshold``, (H, W) bool."""
     return np.asarray(heat) >= threshold

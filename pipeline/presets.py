@@ -7,9 +7,10 @@ cache: ``HF_HUB_CACHE``, ``HF_HOME``/hub or ``~/.cache/huggingface/hub``), with
 huggingface_hub's progress bars when it downloads. With ``HF_HUB_OFFLINE=1`` only the cache
 is read; a preset whose files are not all there raises :class:`PresetUnavailable` naming
 the preset, the repository, the missing files and the ``hf download`` command that fetches
-them. :func:`load` then hands the local files to this project's own loaders
-(:func:`pipeline.generate.load_pipeline`, :func:`pipeline.sam.load_sam_predictor`,
-:class:`pipeline.fopa.FopaScorer`), on CUDA in float16 when there is a GPU.
+them. This module is data and file resolution only; :func:`pipeline.loading.load_preset`, above
+it, hands the local files to this project's own loaders (:func:`pipeline.generate.load_pipeline`,
+:func:`pipeline.sam.load_sam_predictor`, :class:`pipeline.fopa.FopaScorer`), on CUDA in float16
+when there is a GPU.
 
 Only ``.safetensors``/``.json``/tokenizer files are fetched for diffusion models (the full
 precision weights; float16 is applied when loading), never a repository's other files.
@@ -23,6 +24,7 @@ from pathlib import Path
 from .errors import PipelineError
 
 KINDS = ("diffusion", "sam", "placement")
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "embedded_model"  # the ``embedded`` preset
 
 
 class PresetUnavailable(PipelineError, RuntimeError):
@@ -125,6 +127,8 @@ def cache_dir() -> str:
 
 
 def offline() -> bool:
+    """Whether the hub may not be asked (``HF_HUB_OFFLINE`` 1/true/yes/on, any case, blanks
+    ignored): the one reading of that variable, for presets and ``load_pipeline`` alike."""
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -164,8 +168,6 @@ def _snapshot(p: Preset, patterns: list[str]) -> Path:
 def resolve(name: str) -> Path:
     """The local path of a preset's files: the snapshot folder in the HF cache (a file for
     single-file presets); downloads what is missing unless offline. Raises PresetUnavailable."""
-    from .generate import EMBEDDED_MODEL
-
     p = get(name)
     if p.repo is None:
         return EMBEDDED_MODEL
@@ -186,27 +188,6 @@ def resolve(name: str) -> Path:
         raise _unavailable(p, missing, "its files are only partly in the cache" if offline()
                            else "the repository lacks some of its files")
     return folder / p.entry if p.entry else folder
-
-
-def load(name: str, device: str = "auto", dtype: str | None = None):
-    """The loaded model of a preset: a diffusers pipeline (diffusion), a SamPredictor-like
-    object (sam) or a FopaScorer (placement). ``device`` auto = CUDA when available; dtype
-    auto = float16 on CUDA (diffusion), float32 on the CPU."""
-    from .generate import resolve_device
-
-    p = get(name)
-    path = resolve(name)
-    if p.kind == "diffusion":
-        from .generate import load_pipeline
-
-        return load_pipeline(None if p.repo is None else str(path), device, dtype)
-    if p.kind == "sam":
-        from .sam import load_sam_predictor
-
-        return load_sam_predictor(str(path), device=resolve_device(device))
-    from .fopa import FopaScorer
-
-    return FopaScorer(checkpoint=path, device=resolve_device(device))
 
 
 def describe(name: str, model=None) -> str:

@@ -22,17 +22,17 @@ image at a time per instance). They are registered in :data:`REFINERS`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
-from .attention import AttentionMaps, upsample
+from .attention import AttentionMaps, CaptureConfig
 from .devices import ModelLoadError, resolve_device
 from .errors import PipelineError
 from .images import ImageError, require_rgb
-from .masks import HeatMapError, bbox, check_heat
+from .masks import HeatMapError, bbox, check_heat, upsample
 from .plugins import Registry
 
 
@@ -215,7 +215,7 @@ class AffinityRefiner(BaseRefiner):
         if attention is None or attention.affinity is None:
             raise RefinementError("the affinity refiner needs the self-attention captured with the image: "
                                   "generate again with the affinity refiner selected "
-                                  "(pipeline.attention.capture_for(refiner))")
+                                  "(pipeline.refine.capture_for(refiner))")
         h, w = attention.affinity_hw
         small = cv2.resize(heat, (w, h), interpolation=cv2.INTER_AREA).reshape(-1)
         aff = attention.affinity.astype(np.float32)
@@ -310,6 +310,20 @@ def get_refiner(name: str = DEFAULT_REFINER, **options) -> Refiner:
     """Build a registered refiner by name from ``options``; each refiner takes the ones it
     uses (``checkpoint``/``device`` for sam) and ignores the rest."""
     return REFINERS.create(name, **options)
+
+
+AFFINITY_MAX_TOKENS = 1024  # self-attention is recorded at the largest resolution with at most this many pixels
+
+
+def capture_for(refiner, config: CaptureConfig | None = None) -> CaptureConfig:
+    """``config`` (default: everything) with the self-attention capture on exactly when the
+    refiner needs it: ``refiner`` is a refiner, its class, or its registered name, and says so
+    by its ``needs_self_attention`` attribute (see :class:`Refiner`)."""
+    if isinstance(refiner, str):
+        refiner = REFINERS[refiner]
+    needs = bool(getattr(refiner, "needs_self_attention", False))
+    config = config or CaptureConfig()
+    return replace(config, self_attention_max_tokens=AFFINITY_MAX_TOKENS if needs else 0)
 
 
 def point_refiners() -> list[str]:

@@ -28,9 +28,10 @@ def _load(model: str, device: str, dtype: str | None):
     load_pipeline takes (embedded, a folder, a single file, a hub id)."""
     from pipeline import presets
     from pipeline.generate import load_pipeline
+    from pipeline.loading import load_preset
 
     if model in presets.names("diffusion"):
-        return presets.load(model, device=device, dtype=dtype)
+        return load_preset(model, device=device, dtype=dtype)
     return load_pipeline(None if model in ("", "embedded") else model, device=device, dtype=dtype)
 
 

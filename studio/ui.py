@@ -16,16 +16,17 @@ import numpy as np
 from pipeline import presets, viz
 from pipeline.access import check_user_path
 from pipeline.gpu import queue_settings
-from pipeline.attention import capture_for
+from pipeline.refine import capture_for
 from pipeline.curation import Curation, SampleFilter, describe_export
 from pipeline.dataset import Store, StoreError
 from pipeline.errors import Cancelled, PipelineError, check_stop
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS
-from pipeline.generate import DEFAULT_TEMPLATE
+from pipeline.generate import DEFAULT_TEMPLATE, DEFAULTS
 from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerUnavailable, get_refiner
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
+from pipeline.processes import process_alive
 
 from .console import LOG, VIEW_FORMAT, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
@@ -423,12 +424,8 @@ def clean_old_exports(keep: Path | None) -> None:
         except ValueError:
             continue
         if pid != os.getpid():
-            try:
-                os.kill(pid, 0)  # another running studio's exports: not ours to remove
-            except ProcessLookupError:
+            if not process_alive(pid):  # another running studio's exports are not ours to remove
                 shutil.rmtree(proc_dir, ignore_errors=True)
-            except PermissionError:
-                pass
         elif keep is not None:
             for d in proc_dir.iterdir():
                 if d != keep:
@@ -460,8 +457,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                     gen_info = gr.Markdown()
                     with gr.Accordion("prompt, model and refiner", open=False):
                         template = gr.Textbox(DEFAULT_TEMPLATE, label="prompt template ({} = class)")
-                        steps = gr.Slider(5, 100, 25, step=1, label="steps", elem_id="steps")
-                        guidance = gr.Slider(1, 15, 5, step=0.5, label="guidance")
+                        steps = gr.Slider(5, 100, DEFAULTS.steps, step=1, label="steps", elem_id="steps")
+                        guidance = gr.Slider(1, 15, DEFAULTS.guidance, step=0.5, label="guidance")
                         with gr.Row():
                             # 0 or empty: the model's native size (the browser sends an emptied box as 0)
                             height_in = gr.Number(None, precision=0, label="height (0: native)", elem_id="height",

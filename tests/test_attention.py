@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.attention import CaptureConfig, WordNotInPromptError, capture_for, trace
+from pipeline.attention import CaptureConfig, WordNotInPromptError, trace
+from pipeline.refine import capture_for
 from pipeline.errors import PipelineError
 from pipeline.generate import generate, to_uint8
 

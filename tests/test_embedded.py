@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from pipeline.embedded import world
-from pipeline.attention import capture_for
+from pipeline.refine import capture_for
 from pipeline.generate import EMBEDDED_MODEL, generate, load_pipeline
 from pipeline.masks import iou
 from pipeline.refine import get_refiner, refine_and_choose

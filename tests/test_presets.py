@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline import presets
+from pipeline.loading import load_preset
 from pipeline.presets import PresetUnavailable
 from pipeline.testing import TOKENIZER_DIR
 
@@ -97,7 +98,7 @@ def test_every_preset_resolves_and_loads_from_the_cache(offline_cache):
         if p.repo is not None:
             assert str(path).startswith(str(offline_cache / f"models--{p.repo.replace('/', '--')}" / "snapshots" / REVISION))
             assert path.exists()
-        model = presets.load(name, device="cpu")
+        model = load_preset(name, device="cpu")
         assert "float32 on cpu" in presets.describe(name, model)
         if p.kind == "diffusion":
             from pipeline.generate import generate
@@ -123,7 +124,7 @@ def test_every_preset_resolves_and_loads_from_the_cache(offline_cache):
 def test_a_preset_whose_files_are_absent_says_what_to_download(tmp_path, monkeypatch, offline_cache):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(PresetUnavailable) as e:
-        presets.load("sd15")
+        load_preset("sd15")
     text = str(e.value)
     for words in ("'sd15'", "Stable Diffusion 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
                   "unet/diffusion_pytorch_model.safetensors", "HF_HUB_OFFLINE",

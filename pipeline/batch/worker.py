@@ -71,9 +71,8 @@ def compute_candidates(spec: BatchSpec, jobs: Sequence[tuple[str, int]]) -> list
     Batched kernels may round one row differently from another (see
     :func:`pipeline.generate.generate`), so this is what makes a resumed run reproduce an
     uninterrupted one bit for bit, on any machine."""
-    from ..attention import capture_for
     from ..generate import generate
-    from ..refine import RefinementError, refine_and_choose
+    from ..refine import RefinementError, capture_for, refine_and_choose
 
     pipe, refiner = worker_models(spec)
     capture = capture_for(refiner)

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..dataset import Record, Store, check_class, check_tag
+from ..processes import process_alive
 from . import coco, hf, voc, yolo
 from .coco import import_coco
 from .common import (VOC_CLASSES, DamagedSample, ExportError, ExportReport, Sample, inside, iter_progress,
@@ -84,11 +85,10 @@ def _clean_stale(out: Path) -> None:
     for p in out.parent.glob(f".{out.name}.partial-*"):
         try:
             pid = int(p.name.rsplit("-", 2)[-2])
-            os.kill(pid, 0)  # still running: leave it
-        except ProcessLookupError:
+        except ValueError:
+            continue
+        if not process_alive(pid):  # while its writer runs, the partial export is left alone
             shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
     for p in out.parent.glob(f".{out.name}.old-*"):
         shutil.rmtree(p, ignore_errors=True)
 
