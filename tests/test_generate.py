@@ -45,8 +45,9 @@ def test_seeds_are_deterministic_and_distinct(tiny_pipe):
 
 
 @pytest.mark.slow
-def test_hub_id_offline_names_the_id_and_the_remedy(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("spelling", ["1", " on ", "TRUE"])  # every spelling pipeline.presets.offline() accepts
+def test_hub_id_offline_names_the_id_and_the_remedy(monkeypatch, spelling):
+    monkeypatch.setenv("HF_HUB_OFFLINE", spelling)
     with pytest.raises(ModelLoadError) as e:
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu")
     msg = str(e.value)

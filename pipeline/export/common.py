@@ -26,7 +26,7 @@ class ExportError(PipelineError, ValueError):
     """The export cannot be made as asked; nothing was written."""
 
 
-class DamagedSample(Exception):
+class DamagedSample(PipelineError):
     """A stored sample whose image or masks cannot be read; the export skips it."""
 
 
