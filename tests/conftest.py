@@ -7,41 +7,48 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # Real data made by others, beside the project (never committed). Tests that need it skip
-# when it is absent: use shared(...) for paths, and a FileNotFoundError for a file under it
-# turns into a skip (see pytest_pyfunc_call below). DIFFUMASK_SHARED_DATA points elsewhere.
+# when the shared data folder itself is absent (a checkout without it); when the folder is there,
+# a missing file under it is a wrong path or damaged data and the test FAILS (see shared(...) and
+# pytest_pyfunc_call below). DIFFUMASK_SHARED_DATA points elsewhere.
 SHARED = Path(os.environ.get("DIFFUMASK_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+_NO_SHARED = f"{SHARED} not found (the shared data folder lies beside the project, or set DIFFUMASK_SHARED_DATA)"
+
 
 def shared(*parts: str) -> Path:
-    """A path under the shared data folder; skips the calling test when it is absent."""
+    """A path under the shared data folder: skips the calling test when the folder is absent,
+    fails it when the folder is there but the path is not (a wrong path must not pass as a skip)."""
+    if not SHARED.is_dir():
+        pytest.skip(_NO_SHARED)
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not found (the shared data folder lies beside the project)")
+        pytest.fail(f"{path} not found, although the shared data folder {SHARED} is there: a wrong path "
+                    "or incomplete shared data")
     return path
 
 
-def _missing_shared_file(exc: BaseException) -> str | None:
+def _under_shared(exc: BaseException) -> bool:
     name = getattr(exc, "filename", None)
-    if isinstance(exc, FileNotFoundError) and name:
-        try:
-            Path(name).resolve().relative_to(SHARED.resolve())
-            return str(name)
-        except ValueError:
-            return None
-    return None
+    if not (isinstance(exc, FileNotFoundError) and name):
+        return False
+    try:
+        Path(name).resolve().relative_to(SHARED.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def _skip_missing_shared():
-    """Both hooks below: a FileNotFoundError for a file under SHARED becomes a skip."""
+    """Both hooks below: a FileNotFoundError for a file under SHARED becomes a skip only when
+    the shared data folder itself is absent; otherwise it fails the test as any error does."""
     try:
         return (yield)
     except FileNotFoundError as e:
-        missing = _missing_shared_file(e)
-        if missing:
-            pytest.skip(f"{missing} not found (the shared data folder lies beside the project)")
+        if _under_shared(e) and not SHARED.is_dir():
+            pytest.skip(_NO_SHARED)
         raise
 
 

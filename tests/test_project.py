@@ -127,3 +127,25 @@ def test_tests_skip_without_the_shared_data(tmp_path):
     tail = out.stdout.strip().splitlines()[-1]
     assert out.returncode == 0, out.stdout[-3000:]
     assert "skipped" in tail and "error" not in tail and "failed" not in tail, tail
+
+
+@pytest.mark.slow
+def test_a_wrong_shared_data_path_fails_instead_of_skipping(tmp_path):
+    """When the shared data folder is there, a file missing under it (a wrong path, incomplete
+    data) fails the test, through shared(...) and through a plain open alike; only an absent
+    folder skips."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "from conftest import SHARED, shared\n"
+        "def test_helper():\n    shared('coco-mini', 'no-such.json')\n"
+        "def test_plain_open():\n    (SHARED / 'no-such-dir' / 'x.json').read_text()\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest", str(probe)]
+    present = tmp_path / "shared-data"
+    present.mkdir()
+    out = subprocess.run(cmd, cwd=tmp_path, env=dict(env, DIFFUMASK_SHARED_DATA=str(present)),
+                         capture_output=True, text=True, timeout=300)
+    assert "2 failed" in out.stdout.strip().splitlines()[-1], out.stdout[-2000:]
+    out = subprocess.run(cmd, cwd=tmp_path, env=dict(env, DIFFUMASK_SHARED_DATA=str(tmp_path / "absent")),
+                         capture_output=True, text=True, timeout=300)
+    assert "2 skipped" in out.stdout.strip().splitlines()[-1], out.stdout[-2000:]
