@@ -199,8 +199,22 @@ def test_generate_click_undo_redo_accept(page):
     wait_text(page, "#mask-label", "with 1 click")
     page.keyboard.press("a")
     wait_text(page, "#store-info", "saved as #")
-    page.keyboard.press("a")  # accepting again changes nothing: one sample, one row
-    page.wait_for_timeout(500)
+    # accepting again changes nothing: one sample, one row. Its event has run once its toast
+    # ("sample #N saved as accepted", shown after the store call) appears anew.
+    page.evaluate("""() => {
+        const count = () => document.body.innerText.split('saved as accepted').length - 1;
+        let last = count();
+        window.__newSavedToasts = 0;
+        window.__toastWatch = new MutationObserver(() => {
+            const now = count();
+            if (now > last) window.__newSavedToasts++;
+            last = now;
+        });
+        window.__toastWatch.observe(document.body, {childList: true, subtree: true, characterData: true});
+    }""")
+    page.keyboard.press("a")
+    page.wait_for_function("() => window.__newSavedToasts > 0", timeout=30000)
+    page.evaluate("() => window.__toastWatch.disconnect()")
     s = Store(page.store_dir)
     recs = [r for r in s.query() if r.id not in before_ids]
     assert len(recs) == 1 and recs[0].status == "accepted" and recs[0].classes == ["ball"]
