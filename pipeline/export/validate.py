@@ -250,7 +250,7 @@ def _stream_coco(path: Path):
                     else:
                         licenses = value
                 # other keys (info, ...) are read past unparsed
-    except (ValueError, UnicodeDecodeError, EOFError) as e:  # json-stream's syntax errors are ValueErrors
+    except (ValueError, UnicodeDecodeError, EOFError, StopIteration) as e:  # json-stream's syntax errors are ValueErrors
         if isinstance(e, DatasetFileError):
             raise
         raise DatasetFileError(f"{path}: not a valid JSON file ({e})") from e
