@@ -151,6 +151,41 @@ def test_a_file_that_is_not_coco_json_is_a_message(text, words, store_with_one, 
     assert snapshot(store_with_one) == before
 
 
+@pytest.mark.parametrize("case", ["duplicate image ids", "polygon of 2 points", "annotations not a list",
+                                  "annotation for an unknown image", "bbox with NaN"])
+def test_the_streamed_reading_of_a_large_file_checks_the_same(case, coco_mini, store_with_one, tmp_path, monkeypatch):
+    """Files over STREAM_ABOVE_BYTES are streamed (json-stream): same checks, same import."""
+    from pipeline.export import validate
+
+    monkeypatch.setattr(validate, "STREAM_ABOVE_BYTES", 0)
+    doc, images = coco_mini
+    (tmp_path / "good.json").write_text(json.dumps(doc))
+    streamed = import_coco(Store(tmp_path / "streamed"), tmp_path / "good.json", images)
+    monkeypatch.setattr(validate, "STREAM_ABOVE_BYTES", 1 << 40)
+    loaded = import_coco(Store(tmp_path / "loaded"), tmp_path / "good.json", images)
+    assert streamed == loaded == [1, 2, 3]
+    assert snapshot(tmp_path / "streamed") == snapshot(tmp_path / "loaded")
+    monkeypatch.setattr(validate, "STREAM_ABOVE_BYTES", 0)
+    mutate, words = CASES[case]
+    doc = copy.deepcopy(doc)
+    mutate(doc)
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    before = snapshot(store_with_one)
+    with pytest.raises(DatasetFileError, match=words):
+        import_coco(Store(store_with_one), tmp_path / "bad.json", images)
+    assert snapshot(store_with_one) == before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deeply_nested_json_is_a_message(stream, store_with_one, tmp_path, monkeypatch):
+    from pipeline.export import validate
+
+    monkeypatch.setattr(validate, "STREAM_ABOVE_BYTES", 0 if stream else 1 << 40)
+    (tmp_path / "deep.json").write_text('{"images": [], "annotations": [' + "[" * 200_000 + "]" * 200_000 + "]}")
+    with pytest.raises(DatasetFileError):
+        import_coco(Store(store_with_one), tmp_path / "deep.json", tmp_path)
+
+
 def _cli(*args, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
