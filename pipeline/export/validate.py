@@ -12,7 +12,6 @@ half way (an unreadable image, kill -9) is resumed by running the same command a
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +35,18 @@ def _listed(values) -> str:
     return ", ".join(repr(v) for v in values[:MAX_SHOWN]) + more
 
 
+# What JSON numbers parse to; exact types (not isinstance with the numbers ABCs, which is slow
+# per coordinate and would take a bool for a number)
+_NUMBER_TYPES = (int, float)
+
+
 def is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    return type(v) is int
 
 
 def finite_numbers(values) -> np.ndarray | None:
     """``values`` (a list) as float64 when every item is a finite real number, else None."""
-    if not isinstance(values, list) or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                               for v in values):
+    if type(values) is not list or not all(type(v) in _NUMBER_TYPES for v in values):
         return None
     arr = np.asarray(values, np.float64)
     return arr if np.isfinite(arr).all() else None
