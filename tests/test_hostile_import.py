@@ -236,6 +236,16 @@ def test_coco_that_crashed_pycocotools_is_one_line_from_the_cli(case, coco_mini,
     assert snapshot(store_with_one) == before
 
 
+@pytest.mark.parametrize("limit", [-1, 2.5, float("nan")])
+def test_a_bad_limit_is_a_message(limit, coco_mini, tmp_path):
+    from pipeline.errors import ConfigError
+
+    doc, images = coco_mini
+    (tmp_path / "good.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="limit"):
+        import_coco(Store(tmp_path / "s"), tmp_path / "good.json", images, limit=limit)
+
+
 def test_rle_string_reader_matches_pycocotools():
     from pycocotools import mask as mask_utils
 
@@ -463,6 +473,51 @@ def test_hf_parquet_of_another_schema_names_the_expected_columns(store_with_one,
     with pytest.raises(DatasetFileError, match="expected the columns image, objects, classes"):
         import_hf(Store(store_with_one), folder)
     assert snapshot(store_with_one) == before
+
+
+def _hf_folder(folder: Path, image: dict, mask: dict) -> Path:
+    """A one-row dataset of this project's schema (pipeline.export.hf.features)."""
+    import datasets
+
+    from pipeline.export.hf import features
+
+    row = {"image": [image], "mask": [mask], "label": [0], "classes": [[0]],
+           "objects": [{"mask": [mask], "bbox": [[0.0, 0.0, 1.0, 1.0]], "category": [0], "source": ["imported"],
+                        "iscrowd": [False]}],
+           "prompt": [""], "seed": [-1], "model": [""], "threshold": [None], "origin": ["photo"], "license": [None],
+           "source_id": [None], "file_name": [None], "sample_id": [1], "uid": ["hf-test:1"], "tags": [[]],
+           "provenance": [None]}
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("# test\n")
+    datasets.Dataset.from_dict(row, features=features(["dog"])).to_parquet(str(folder / "data/train-0.parquet"))
+    return folder
+
+
+def _png(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_hf_rows_are_checked_before_anything_is_written(store_with_one, tmp_path):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    img = {"bytes": _png(np.zeros((8, 8, 3), np.uint8)), "path": None}
+    mask = {"bytes": _png(np.full((8, 8), 255, np.uint8)), "path": None}
+    before = snapshot(store_with_one)
+    cases = [("path", {"bytes": None, "path": str(secret)}, mask, "only a path"),
+             ("bomb", {"bytes": png_declaring(47000, 47000), "path": None}, mask, "megapixels"),
+             ("size", img, {"bytes": _png(np.zeros((9, 8), np.uint8)), "path": None}, "mask is 8x9")]
+    for name, image, m, words in cases:
+        with pytest.raises(DatasetFileError, match=words):
+            import_hf(Store(store_with_one), _hf_folder(tmp_path / name, image, m))
+        assert snapshot(store_with_one) == before
+    store = Store(tmp_path / "good")
+    ids = import_hf(store, _hf_folder(tmp_path / "ok", img, mask))
+    assert len(ids) == 1 and import_hf(store, tmp_path / "ok") == ids  # a second run adds nothing
 
 
 def test_hf_folder_that_is_not_parquet_is_a_message(store_with_one, tmp_path):

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..dataset import Store, load_image_file
+from ..limits import check_whole
 from .common import inside, iter_progress, json_dump, restore_kwargs
 from .validate import DatasetFileError, image_header, read_coco
 
@@ -107,6 +108,8 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
     anything is written (see :mod:`.validate`). Each sample has a uid from its source: an
     import stopped half way is resumed by the same call, which skips what is stored."""
     instances_json = Path(instances_json)
+    if limit is not None:
+        limit = check_whole(limit, "limit", 0, 2**63 - 1)
     if images_dir is None:
         split = instances_json.stem.removeprefix("instances_")
         images_dir = instances_json.parent.parent / "images" / split
