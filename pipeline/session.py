@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import PipelineError
-from .limits import check_box, check_click, check_point, check_threshold
+from .limits import MAX_SCALE, MIN_SCALE, check_box, check_click, check_point, check_threshold
 from .masks import mask_at, quantize_heat
 
 SOURCES = ("threshold", "refined")
@@ -436,7 +436,7 @@ class InsertSession:
         fh, fw = self.object_hw
         fit = min((x2 - x1) / fw, (y2 - y1) / fh)  # object pixels -> box pixels
         self.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-        self.scale = float(np.clip(fit * max(fh, fw) / min(h, w), 0.01, 1.0))
+        self.scale = float(np.clip(fit * max(fh, fw) / min(h, w), MIN_SCALE, MAX_SCALE))
         return self.scale
 
     def move_centre(self, x: float, y: float) -> None:

@@ -48,7 +48,10 @@ def finite_numbers(values) -> np.ndarray | None:
     """``values`` (a list) as float64 when every item is a finite real number, else None."""
     if type(values) is not list or not all(type(v) in _NUMBER_TYPES for v in values):
         return None
-    arr = np.asarray(values, np.float64)
+    try:
+        arr = np.asarray(values, np.float64)
+    except OverflowError:  # an integer of 400 digits
+        return None
     return arr if np.isfinite(arr).all() else None
 
 
@@ -57,8 +60,14 @@ def image_header(images_dir: Path, rel, what: str, hw: tuple[int, int] | None = 
     header (nothing decoded): within the pixel limit, and ``hw`` = (H, W) when given."""
     if not isinstance(rel, str) or not rel:
         raise DatasetFileError(f"{what}: the file name must be a non-empty string, got {rel!r}")
-    path = confined(images_dir, rel, what)  # ExportError for ../../x, /etc/passwd, a symlink out
-    if not path.is_file():
+    try:
+        path = confined(images_dir, rel, what)  # ExportError for ../../x, /etc/passwd, a symlink out
+        found = path.is_file()
+    except ExportError:
+        raise
+    except (ValueError, OSError) as e:  # a NUL byte, a name too long for the file system
+        raise DatasetFileError(f"{what}: {rel[:100]!r} is not a usable file name ({e})") from e
+    if not found:
         raise DatasetFileError(f"{what}: no image file {path}")
     try:
         size = image_size(path, f"{what} ({path})")
@@ -155,10 +164,10 @@ def _ann_geometry(a: dict, where: str) -> tuple[list[np.ndarray], np.ndarray | N
                 raise DatasetFileError(f"{where}: the RLE counts string is not valid compressed RLE")
         elif not (isinstance(counts, list) and all(is_int(v) for v in counts)):
             raise DatasetFileError(f"{where}: RLE counts must be a list of whole numbers or a compressed string")
-        arr = np.asarray(counts, np.int64) if counts else np.zeros(0, np.int64)
-        if (arr < 0).any():
-            raise DatasetFileError(f"{where}: RLE counts must not be negative")
-        return [], arr, size
+        if len(counts) > MAX_IMAGE_PIXELS + 1 or not all(0 <= v <= MAX_IMAGE_PIXELS for v in counts):
+            raise DatasetFileError(f"{where}: RLE counts must be run lengths in 0..{MAX_IMAGE_PIXELS} (the pixel "
+                                   "limit)")
+        return [], np.asarray(counts, np.int64), size
     raise DatasetFileError(f"{where}: segmentation must be a list of polygons or an RLE dict, got "
                            f"{type(seg).__name__}")
 
