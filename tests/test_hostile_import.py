@@ -127,6 +127,11 @@ CASES = {
     "a size that is not the file's": (lambda d: _img(d).update(width=_img(d)["width"] + 1), "annotation file says"),
     "a file name with a NUL byte": (lambda d: _img(d).update(file_name="a\x00b.jpg"), "not a usable file name"),
     "a file name of 5000 letters": (lambda d: _img(d).update(file_name="x" * 5000), "not a usable file name"),
+    "provenance tags a number": (lambda d: _img(d).update(provenance={"uid": "x", "tags": 5}), "provenance 'tags'"),
+    "provenance classes a string": (lambda d: _img(d).update(provenance={"uid": "x", "classes": "dog"}),
+                                    "provenance 'classes'"),
+    "provenance a list": (lambda d: _img(d).update(provenance=[1]), "provenance must be an object"),
+    "provenance threshold NaN": (lambda d: _img(d).update(provenance={"threshold": float("nan")}), "threshold"),
     "a file name out of the folder": (lambda d: _img(d).update(file_name="../../../etc/passwd"), "outside"),
 }
 
@@ -242,6 +247,17 @@ def test_coco_that_crashed_pycocotools_is_one_line_from_the_cli(case, coco_mini,
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr[-2000:]
     assert snapshot(store_with_one) == before
+
+
+def test_a_licence_id_of_another_type_records_no_licence(coco_mini, tmp_path):
+    doc, images = coco_mini
+    _img(doc)["license"] = [1]  # unhashable: was a TypeError
+    (tmp_path / "x.json").write_text(json.dumps(doc))
+    store = Store(tmp_path / "s")
+    ids = import_coco(store, tmp_path / "x.json", images)
+    photos = {r.meta["photo"]["source_id"]: r.meta["photo"] for r in map(store.get, ids)}
+    assert photos[_img(doc)["id"]]["license"] is None
+    assert all(p["license"] for k, p in photos.items() if k != _img(doc)["id"])
 
 
 @pytest.mark.parametrize("limit", [-1, 2.5, float("nan")])

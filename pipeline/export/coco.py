@@ -23,7 +23,7 @@ import numpy as np
 from ..dataset import Store, load_image_file
 from ..limits import check_whole
 from .common import inside, iter_progress, json_dump, restore_kwargs
-from .validate import DatasetFileError, image_header, read_coco
+from .validate import DatasetFileError, image_header, is_int, read_coco
 
 SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
 
@@ -128,7 +128,7 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
             classes = prov.get("classes") or sorted({coco.categories[a.category_id] for a in anns}) or ["background"]
         else:
             photo = {"dataset": "coco", "source_id": img_id, "file_name": info["file_name"],
-                     "license": coco.licenses.get(info.get("license")),
+                     "license": coco.licenses.get(info["license"]) if is_int(info.get("license")) else None,
                      **{k: info[k] for k in ("coco_url", "flickr_url", "date_captured") if info.get(k)}}
             kwargs = dict(model="real (COCO)", tags=tags,
                           meta={"origin": "photo", "photo": photo, "coco_image_id": img_id,

@@ -23,7 +23,7 @@ import numpy as np
 from ..dataset import SOURCES, Store, StoreError
 from ..masks import bbox
 from .common import SPLIT_NAMES, ExportError, inside, iter_progress, png_bytes, restore_kwargs
-from .validate import DatasetFileError, check_masks_fit
+from .validate import DatasetFileError, check_masks_fit, check_provenance
 
 
 def features(categories: Sequence[str]):
@@ -222,6 +222,7 @@ def _check_row(row: dict, names: list[str], classes: list[str], where: str) -> t
             prov = None
         if not isinstance(prov, dict):
             raise DatasetFileError(f"{where}: provenance is not a JSON object")
+        check_provenance(prov, where)
     return data, hw, prov
 
 

@@ -87,6 +87,32 @@ def check_masks_fit(n: int, hw: tuple[int, int], what: str) -> None:
                                "masks per image; split the annotations")
 
 
+# The types of a provenance record's fields (pipeline.export.common.restore_kwargs reads them)
+_PROVENANCE_TYPES = {"uid": str, "prompt": str, "model": str, "seed": int, "threshold": (int, float),
+                     "tags": list, "meta": dict, "classes": list, "instances": list}
+
+
+def check_provenance(prov, where: str) -> dict:
+    """A provenance record from an export (``{}`` for None): an object whose fields have the
+    types an import restores (a tag list of strings, a finite threshold, ...)."""
+    if prov is None:
+        return {}
+    if not isinstance(prov, dict):
+        raise DatasetFileError(f"{where}: provenance must be an object, got {type(prov).__name__}")
+    for key, kind in _PROVENANCE_TYPES.items():
+        v = prov.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise DatasetFileError(f"{where}: provenance {key!r} has the wrong type ({type(v).__name__})")
+    for key in ("tags", "classes"):
+        if not all(isinstance(v, str) for v in prov.get(key) or []):
+            raise DatasetFileError(f"{where}: provenance {key!r} must be a list of strings")
+    if prov.get("threshold") is not None and finite_numbers([prov["threshold"]]) is None:
+        raise DatasetFileError(f"{where}: provenance threshold must be a finite number")
+    return prov
+
+
 # -- COCO -------------------------------------------------------------------------------------
 def rle_string_counts(s: str) -> list[int] | None:
     """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString, read here in
@@ -325,8 +351,7 @@ def read_coco(path: Path) -> CocoFile:
                                    f"{MAX_IMAGE_PIXELS / 1e6:.0f}")
         if not isinstance(im["file_name"], str) or not im["file_name"]:
             raise DatasetFileError(f"{where}: file_name must be a non-empty string")
-        if "provenance" in im and not isinstance(im["provenance"], (dict, type(None))):
-            raise DatasetFileError(f"{where}: provenance must be an object")
+        check_provenance(im.get("provenance"), where)
     dup = _duplicates(im["id"] for im in images)
     if dup:
         raise DatasetFileError(f"{path}: duplicate image ids {_listed(dup)}: each image needs its own id")
@@ -344,7 +369,7 @@ def read_coco(path: Path) -> CocoFile:
         except StoreError as e:
             raise DatasetFileError(f"{path}: category id {c['id']!r}: {e}") from e
     lic = {}
-    for c in licenses:
+    for c in licenses:  # (a licence id that is not a whole number matches no image: none recorded)
         if isinstance(c, dict) and is_int(c.get("id")):
             lic[c["id"]] = {"name": str(c.get("name", "")), "url": str(c.get("url", ""))}
     by_id = {im["id"]: im for im in images}

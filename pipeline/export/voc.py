@@ -33,7 +33,7 @@ from ..images import ImageError, image_size, load_image_file, load_label_map
 from ..masks import bbox
 from .common import (VOC_CLASSES, ExportError, confined, inside, iter_progress, json_dump, mask_to_polygons,
                      restore_kwargs, voc_palette)
-from .validate import DatasetFileError, check_masks_fit, image_header
+from .validate import DatasetFileError, check_masks_fit, check_provenance, image_header
 
 BASE = "VOCdevkit/VOC2012"
 
@@ -234,8 +234,10 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
             prov_all = json.loads(_read_text(root / "provenance.json", "provenance"))
         except ValueError as e:
             raise DatasetFileError(f"{root / 'provenance.json'}: not valid JSON ({e})") from e
-        if not isinstance(prov_all, dict) or not all(isinstance(v, dict) for v in prov_all.values()):
+        if not isinstance(prov_all, dict):
             raise DatasetFileError(f"{root / 'provenance.json'}: must map each image name to an object")
+        for name, prov in prov_all.items():
+            check_provenance(prov, f"{root / 'provenance.json'}: {name!r}")
     if split:
         names = _read_text(confined(root / "ImageSets" / "Segmentation", f"{split}.txt", "VOC split"),
                            "VOC split list").split()

@@ -30,7 +30,7 @@ from ..dataset import Store, StoreError, check_class
 from ..images import image_size, load_image_file
 from ..masks import bbox
 from .common import confined, inside, iter_progress, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
-from .validate import DatasetFileError, check_masks_fit, image_header
+from .validate import DatasetFileError, check_masks_fit, check_provenance, image_header
 
 TASKS = ("segment", "detect")
 NO_CROWD = "crowd regions (no YOLO equivalent)"
@@ -156,8 +156,10 @@ def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepte
             prov_all = json.loads((root / "provenance.json").read_text())
         except (OSError, ValueError) as e:
             raise DatasetFileError(f"{root / 'provenance.json'}: not valid JSON ({e})") from e
-        if not isinstance(prov_all, dict) or not all(isinstance(v, dict) for v in prov_all.values()):
+        if not isinstance(prov_all, dict):
             raise DatasetFileError(f"{root / 'provenance.json'}: must map each split/name to an object")
+        for name, prov in prov_all.items():
+            check_provenance(prov, f"{root / 'provenance.json'}: {name!r}")
     images = sorted(p for p in (root / "images").glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     if not images:
         raise StoreError(f"no images under {root / 'images'}")
