@@ -84,16 +84,7 @@ def _poly_ann(doc):
     return next(a for a in doc["annotations"] if isinstance(a["segmentation"], list))
 
 
-# (name, mutation of the document, expected words in the message)
-def _set(path, value):
-    def mutate(doc):
-        obj = doc
-        for key in path[:-1]:
-            obj = obj[key] if not callable(key) else key(obj)
-        obj[path[-1]] = value
-    return mutate
-
-
+# name: (mutation of the document, expected words in the message)
 CASES = {
     "duplicate image ids": (lambda d: _img(d, 1).update(id=_img(d, 0)["id"]), "duplicate image ids"),
     "duplicate annotation ids": (lambda d: _ann(d, 1).update(id=_ann(d, 0)["id"]), "duplicate annotation ids"),
