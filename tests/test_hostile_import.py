@@ -213,7 +213,8 @@ CRASHERS = {
                                         "far outside"),
     "100000 x 100000 image": (lambda d: _img(d).update(width=100000, height=100000), "megapixels"),
     "RLE counts not summing to h*w": (lambda d: _ann(d).update(segmentation={
-        "size": [_img(d)["height"], _img(d)["width"]], "counts": [_img(d)["height"] * _img(d)["width"], 100000]}), "sum to"),
+        "size": [_img(d)["height"], _img(d)["width"]],
+        "counts": [_img(d)["height"] * _img(d)["width"], 100000]}), "sum to"),  # past the buffer's end
     "compressed RLE of another size": (lambda d: _ann(d).update(segmentation={
         "size": [_img(d)["height"], _img(d)["width"]], "counts": _rle_of(7, 9)}), "sum to"),
     "RLE size not the image's": (lambda d: _ann(d).update(segmentation={"size": [7, 9], "counts": _rle_of(7, 9)}),
