@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .attention import AttentionMaps, CaptureConfig, trace
-from .errors import Cancelled, ConfigError, check_seed, check_stop
+from .errors import Cancelled, ConfigError, check_stop
+from .limits import check_guidance, check_seed, check_steps
 from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from . import presets
 from .presets import EMBEDDED_MODEL, offline  # noqa: F401 (EMBEDDED_MODEL re-exported)
@@ -66,23 +67,17 @@ class GenerationConfig:
     def __post_init__(self):
         make_prompt("x", self.template)  # a template without {} fails here, before any work
         # whole numbers, stored as int (a widget's 25.0 is fine; NaN, inf, 2.5 or "x" are not)
-        for name in ("steps", "height", "width"):
+        object.__setattr__(self, "steps", check_steps(self.steps))
+        # inf or 1e308 give a black image and an all-zero heat map; NaN silently turns guidance off
+        object.__setattr__(self, "guidance", check_guidance(self.guidance))
+        for name in ("height", "width"):
             v = getattr(self, name)
-            if v is None and name != "steps":
+            if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
                     or not math.isfinite(float(v)) or float(v) != int(v):
                 raise ConfigError(f"{name} must be a whole number, got {v!r}")
             object.__setattr__(self, name, int(v))
-        try:
-            float(self.guidance)
-        except (TypeError, ValueError):
-            raise ConfigError(f"guidance must be a number, got {self.guidance!r}") from None
-        if int(self.steps) < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if not (float(self.guidance) >= 0 and math.isfinite(float(self.guidance))):
-            # inf gives a black image and an all-zero heat map; NaN silently turns guidance off
-            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
         for side in ("height", "width"):
             v = getattr(self, side)
             if v is not None and (int(v) < 8 or int(v) % 8):

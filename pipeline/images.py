@@ -72,20 +72,61 @@ def check_mask(mask: np.ndarray, hw: tuple[int, int], what: str = "mask") -> np.
     return mask.astype(bool)
 
 
-def load_image_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as HWC uint8 RGB, with a clear error for corrupt files."""
+def open_checked(source, what: str | None = None) -> Image.Image:
+    """Open an image file (a path or a binary file object) lazily, checking from its header
+    alone that it is an image within :data:`MAX_IMAGE_PIXELS`: the one place every reader
+    (store, uploads, every import) checks a size before decoding, since a small file can
+    declare gigapixels (a 41 KB PNG decodes to 2.2 GB). The caller closes it (``with``)."""
+    what = what or f"image {source}"
     try:
-        with Image.open(path) as im:
-            check_pixels((im.height, im.width), f"image {path}")  # before decoding a bomb
+        im = Image.open(source)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, Image.DecompressionBombError):
+            raise ImageError(f"{what} declares too many megapixels ({e}); the limit is "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f}: scale it down first") from e
+        raise ImageError(f"cannot read {what}: {e}") from e
+    try:
+        check_pixels((im.height, im.width), what)
+    except ImageError:
+        im.close()
+        raise
+    return im
+
+
+def image_size(source, what: str | None = None) -> tuple[int, int]:
+    """(H, W) of an image file from its header (nothing decoded); ImageError for a file that
+    is not an image or is over :data:`MAX_IMAGE_PIXELS`."""
+    with open_checked(source, what) as im:
+        return im.height, im.width
+
+
+def load_image_file(path: str | os.PathLike, what: str | None = None) -> np.ndarray:
+    """Read an image file as HWC uint8 RGB, with a clear error for corrupt files."""
+    what = what or f"image {path}"
+    with open_checked(path, what) as im:  # the size is checked before decoding a bomb
+        try:
             im.load()
             return from_pil(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        if isinstance(e, ImageError):
-            raise
-        if isinstance(e, Image.DecompressionBombError):
-            raise ImageError(f"image {path} declares too many megapixels ({e}); the limit is "
-                             f"{MAX_IMAGE_PIXELS / 1e6:.0f}: scale it down first") from e
-        raise ImageError(f"cannot read image {path}: {e}") from e
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            if isinstance(e, ImageError):
+                raise
+            raise ImageError(f"cannot read {what}: {e}") from e
+
+
+def load_label_map(source, hw: tuple[int, int] | None = None, what: str | None = None) -> np.ndarray:
+    """A label map (a VOC SegmentationClass/Object PNG: one index per pixel, P or L mode) as
+    HW uint8, its size checked from the header (and against ``hw`` = (H, W) when given)
+    before it is decoded."""
+    what = what or f"label map {source}"
+    with open_checked(source, what) as im:
+        if hw is not None and (im.height, im.width) != tuple(hw):
+            raise ImageError(f"{what} is {im.width}x{im.height}, its image is {hw[1]}x{hw[0]}")
+        if im.mode not in ("P", "L"):
+            raise ImageError(f"{what} must be a palette (P) or grey (L) PNG of indices, got mode {im.mode}")
+        try:
+            return np.asarray(im)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"cannot read {what}: {e}") from e
 
 
 def require_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:

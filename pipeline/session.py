@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import PipelineError
+from .limits import MAX_SCALE, MIN_SCALE, check_box, check_click, check_point, check_threshold
 from .masks import mask_at, quantize_heat
 
 SOURCES = ("threshold", "refined")
@@ -184,9 +185,7 @@ class InspectSession:
     def set_threshold(self, threshold: float) -> None:
         """Move the threshold (consecutive moves are one undo step). Does not change the
         source: with the refined mask chosen, the threshold only changes the threshold view."""
-        t = float(threshold)
-        if not np.isfinite(t) or not 0 <= t <= 1:
-            raise SessionError(f"threshold {threshold!r} must be in [0, 1]")
+        t = check_threshold(threshold, error=SessionError)
         self._push(replace(self._state, threshold=round(t, 4)), merge=True)
 
     def use_source(self, source: str) -> None:
@@ -203,11 +202,8 @@ class InspectSession:
         if self.refiner is None or not getattr(self.refiner, "takes_points", False):
             name = getattr(self.refiner, "name", "no refiner")
             raise SessionError(f"clicks need a refiner that takes points (grabcut or sam); the refiner is {name}")
-        h, w = self.image.shape[:2]
-        x, y = min(max(int(x), 0), w - 1), min(max(int(y), 0), h - 1)
-        if label not in (0, 1):
-            raise SessionError("a click's label is 1 (object) or 0 (background)")
-        clicks = self._state.clicks + ((x, y, int(label)),)
+        x, y, label = check_click(x, y, label, self.image.shape[:2], error=SessionError)
+        clicks = self._state.clicks + ((x, y, label),)
         self._push(replace(self._state, clicks=clicks, source="refined"))
         if self.choice is None:  # the refiner failed with these clicks: keep the source usable
             self._state = replace(self._state, source="threshold")
@@ -434,20 +430,18 @@ class InsertSession:
         which the object, keeping its aspect ratio, fits inside. Returns that scale."""
         self._need_object()
         h, w = self.background.shape[:2]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        x1, x2 = sorted((min(max(x1, 0), w), min(max(x2, 0), w)))
-        y1, y2 = sorted((min(max(y1, 0), h), min(max(y2, 0), h)))
+        x1, y1, x2, y2 = check_box(box, (h, w), error=SessionError)
         if x2 - x1 < 2 or y2 - y1 < 2:
             raise SessionError("the box is too small")
         fh, fw = self.object_hw
         fit = min((x2 - x1) / fw, (y2 - y1) / fh)  # object pixels -> box pixels
         self.centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-        self.scale = float(np.clip(fit * max(fh, fw) / min(h, w), 0.01, 1.0))
+        self.scale = float(np.clip(fit * max(fh, fw) / min(h, w), MIN_SCALE, MAX_SCALE))
         return self.scale
 
     def move_centre(self, x: float, y: float) -> None:
         h, w = self.background.shape[:2]
-        self.centre = (min(max(float(x), 0), w - 1), min(max(float(y), 0), h - 1))
+        self.centre = check_point(x, y, (h, w), "centre", error=SessionError)
 
     def compose(self, harmonizer=None, harmonizer_name: str = "none"):
         """Paste the object into its box, harmonize, and update the background's masks

@@ -20,6 +20,7 @@ from pipeline.dataset import Store, StoreError, check_image
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.errors import Cancelled
 from pipeline.images import ImageError
+from pipeline.limits import check_scale
 from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method
 from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError
 from pipeline.presets import resolve_checkpoint
@@ -226,7 +227,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     def rescale(ses: InsertSession | None, scale):
         if ses is None or ses.placement is None:
             return gr.skip(), gr.skip(), gr.skip()
-        ses.scale = float(scale)
+        ses.scale = check_scale(scale, error=user_error)
         return _placement_views(ses)
 
     def drag(ses: InsertSession | None, value):
@@ -249,7 +250,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     def preview(ses: InsertSession | None, scale, method, harm_weights="", progress=gr.Progress()):
         if ses is None or ses.placement is None:
             raise user_error("Place the object first.")
-        ses.scale = float(scale)
+        ses.scale = check_scale(scale, error=user_error)
         progress(0.3, desc="compositing")
         try:
             harmonizer = _plugin(HARMONIZERS, "harmonization", method, harm_weights)

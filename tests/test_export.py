@@ -207,7 +207,8 @@ def test_coco_mini_round_trip_keeps_photo_provenance_and_crowd(tmp_path):
     s = Store(tmp_path / "s")
     ids = import_coco(s, src / "instances.json", src / "images", limit=12)
     # plus two photos with crowd regions
-    sub = dict(orig.dataset, images=[orig.imgs[i] for i in crowd_imgs[:2]])
+    sub = dict(orig.dataset, images=[orig.imgs[i] for i in crowd_imgs[:2]],  # (an annotation of an image not
+               annotations=[a for a in orig.dataset["annotations"] if a["image_id"] in crowd_imgs[:2]])  # listed: refused)
     (tmp_path / "crowd.json").write_text(json.dumps(sub))
     ids += import_coco(s, tmp_path / "crowd.json", src / "images")
     n_crowd = sum(i.iscrowd for r in s.query() for i in r.instances)

@@ -13,9 +13,7 @@ an import stay crowd annotations (``iscrowd: 1``).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from ..dataset import Store, load_image_file
-from .common import confined, inside, iter_progress, json_dump, restore_kwargs
+from ..limits import check_whole
+from .common import inside, iter_progress, json_dump, restore_kwargs
+from .validate import DatasetFileError, image_header, is_int, read_coco
 
 SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
 
@@ -95,45 +95,60 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
                 status: str = "accepted", tags: Sequence[str] = ("imported",), limit: int | None = None,
                 progress: bool = False) -> list[int]:
     """Add a COCO dataset's images with their instance masks (crowd regions as crowd
-    instances). Returns the new sample ids.
+    instances). Returns the sample ids, in image id order.
 
     Images of an export made by this project (they carry ``provenance``) come back as the
     records they were: uid, prompt, seed, model, threshold, meta and instance sources.
     Other images are real photos: their licence, id and file name go into ``meta["photo"]``.
     ``images_dir`` defaults to this project's layout, ``images/<split>/`` beside
-    ``annotations/instances_<split>.json``."""
-    from pycocotools.coco import COCO
+    ``annotations/instances_<split>.json``.
 
+    The whole file is read (streamed) and checked first, and every image's header, so a
+    malformed or hostile file is refused with :class:`~.validate.DatasetFileError` before
+    anything is written (see :mod:`.validate`). Each sample has a uid from its source: an
+    import stopped half way is resumed by the same call, which skips what is stored."""
     instances_json = Path(instances_json)
+    if limit is not None:
+        limit = check_whole(limit, "limit", 0, 2**63 - 1)
     if images_dir is None:
         split = instances_json.stem.removeprefix("instances_")
         images_dir = instances_json.parent.parent / "images" / split
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(instances_json))
-    licenses = {lic["id"]: {"name": lic.get("name", ""), "url": lic.get("url", "")}
-                for lic in coco.dataset.get("licenses", [])}
-    ids = []
-    img_ids = sorted(coco.getImgIds())[:limit]
-    for img_id in iter_progress(img_ids, progress, "import coco"):
-        info = coco.loadImgs(img_id)[0]
-        image = load_image_file(confined(images_dir, info["file_name"], "COCO file_name"))
-        anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=img_id)), key=lambda a: a["id"])
-        inst = [(coco.loadCats(a["category_id"])[0]["name"], coco.annToMask(a).astype(bool)) for a in anns]
-        crowd = [bool(a.get("iscrowd", 0)) for a in anns]
+    coco = read_coco(instances_json)
+    plan = []
+    uids: dict[str, int] = {}
+    for img_id in sorted(coco.images)[:limit]:
+        info = coco.images[img_id]
+        hw = (info["height"], info["width"])
+        path = image_header(Path(images_dir), info["file_name"], f"COCO image id {img_id} file_name", hw)
+        anns = coco.annotations.get(img_id, [])
         prov = info.get("provenance")
         if prov:  # one of our exports
             kwargs = restore_kwargs(prov)
-            sources = [a.get("source", "imported") for a in anns]
-            classes = prov.get("classes") or sorted({c for c, _ in inst}) or ["background"]
+            sources = [a.source for a in anns]
+            classes = prov.get("classes") or sorted({coco.categories[a.category_id] for a in anns}) or ["background"]
         else:
             photo = {"dataset": "coco", "source_id": img_id, "file_name": info["file_name"],
-                     "license": licenses.get(info.get("license")),
+                     "license": coco.licenses.get(info["license"]) if is_int(info.get("license")) else None,
                      **{k: info[k] for k in ("coco_url", "flickr_url", "date_captured") if info.get(k)}}
-            kwargs = dict(uid=f"coco:{info['file_name']}", model="real (COCO)", tags=tags,
+            kwargs = dict(model="real (COCO)", tags=tags,
                           meta={"origin": "photo", "photo": photo, "coco_image_id": img_id,
                                 "source": str(instances_json)})
-            sources = ["imported"] * len(inst)
-            classes = sorted({c for c, _ in inst}) or ["background"]
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, instance_crowd=crowd,
-                             status=status, **kwargs))
+            sources = ["imported"] * len(anns)
+            classes = sorted({coco.categories[a.category_id] for a in anns}) or ["background"]
+        kwargs["uid"] = kwargs.get("uid") or f"coco:{info['file_name']}"  # one sample per source image
+        if kwargs["uid"] in uids:
+            raise DatasetFileError(f"{instances_json}: images {uids[kwargs['uid']]} and {img_id} are one sample "
+                                   f"(uid {kwargs['uid']!r}): each image is listed once")
+        uids[kwargs["uid"]] = img_id
+        plan.append((img_id, path, hw, anns, classes, sources, kwargs))
+    ids = []
+    for img_id, path, hw, anns, classes, sources, kwargs in iter_progress(plan, progress, "import coco"):
+        done = store.get_by_uid(kwargs["uid"])
+        if done is not None:  # stored by an earlier run of this import: resume after it
+            ids.append(done.id)
+            continue
+        image = load_image_file(path, f"COCO image id {img_id} ({path})")
+        inst = [(coco.categories[a.category_id], a.mask(*hw)) for a in anns]
+        ids.append(store.add(image, classes, instances=inst, instance_sources=sources,
+                             instance_crowd=[a.iscrowd for a in anns], status=status, **kwargs))
     return ids

@@ -20,9 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, StoreError
+from ..dataset import SOURCES, Store, StoreError
 from ..masks import bbox
-from .common import SPLIT_NAMES, ExportError, inside, png_bytes, restore_kwargs
+from .common import SPLIT_NAMES, ExportError, inside, iter_progress, png_bytes, restore_kwargs
+from .validate import DatasetFileError, check_masks_fit, check_provenance
 
 
 def features(categories: Sequence[str]):
@@ -144,11 +145,106 @@ Class ids:
     return n_inst
 
 
+# What an import reads: a dataset of another schema is refused naming these
+EXPECTED_COLUMNS = ("image", "objects", "classes")
+EXPECTED_OBJECT_FIELDS = ("mask", "category", "source", "iscrowd")
+
+
+def _class_names(feature) -> list[str] | None:
+    """The names of a ClassLabel, or of the ClassLabel inside a list feature."""
+    for f in (feature, getattr(feature, "feature", None)):
+        if getattr(f, "names", None):
+            return list(f.names)
+    return None
+
+
+def _check_schema(folder: Path, split: str, features) -> tuple[list[str], list[str]]:
+    """(object category names, sample class names) of a split, or DatasetFileError naming
+    the expected columns."""
+    objects = features.get("objects")
+    fields = objects if isinstance(objects, dict) else getattr(objects, "feature", None)
+    missing = [c for c in EXPECTED_COLUMNS if c not in features]
+    if not missing and not (isinstance(fields, dict) and all(k in fields for k in EXPECTED_OBJECT_FIELDS)):
+        missing = [f"objects.{k}" for k in EXPECTED_OBJECT_FIELDS if not isinstance(fields, dict) or k not in fields]
+    names = _class_names(fields["category"]) if not missing else None
+    classes = _class_names(features["classes"]) if not missing else None
+    if missing or names is None or classes is None:
+        raise DatasetFileError(
+            f"{folder} ({split}): not a dataset exported by this project: expected the columns "
+            f"{', '.join(EXPECTED_COLUMNS)} with objects.{{{', '.join(EXPECTED_OBJECT_FIELDS)}}} (category and "
+            f"classes as class labels); missing or of another type: {', '.join(missing) or 'category/classes'}; "
+            f"it has {', '.join(features)}")
+    return names, classes
+
+
+def _image_bytes(value, what: str) -> bytes:
+    """The encoded bytes of an Image cell: a cell naming only a ``path`` is refused (it would
+    read a file outside the dataset folder)."""
+    if not isinstance(value, dict) or not isinstance(value.get("bytes"), bytes):
+        raise DatasetFileError(f"{what}: the image is not stored in the file (only a path, or nothing)")
+    return value["bytes"]
+
+
+def _check_row(row: dict, names: list[str], classes: list[str], where: str) -> tuple:
+    """A row's image, masks and labels checked from headers (nothing decoded)."""
+    from ..images import ImageError, image_size
+
+    data = _image_bytes(row.get("image"), f"{where} image")
+    try:
+        hw = image_size(io.BytesIO(data), f"{where} image")
+    except ImageError as e:
+        raise DatasetFileError(str(e)) from e
+    obj = row.get("objects") or {}
+    lists = [obj.get(k) or [] for k in EXPECTED_OBJECT_FIELDS]
+    if len({len(v) for v in lists}) != 1:
+        raise DatasetFileError(f"{where}: objects' mask, category, source and iscrowd lists differ in length")
+    masks, cats, sources, crowd = lists
+    check_masks_fit(len(masks), hw, where)
+    for k, (m, c, src) in enumerate(zip(masks, cats, sources)):
+        if not (isinstance(c, int) and 0 <= c < len(names)):
+            raise DatasetFileError(f"{where}: object {k}'s category {c!r} is not one of the {len(names)} classes")
+        if src not in SOURCES:
+            raise DatasetFileError(f"{where}: object {k}'s source {src!r} is not one of {SOURCES}")
+        try:
+            mhw = image_size(io.BytesIO(_image_bytes(m, f"{where} object {k} mask")), f"{where} object {k} mask")
+        except ImageError as e:
+            raise DatasetFileError(str(e)) from e
+        if mhw != hw:
+            raise DatasetFileError(f"{where}: object {k}'s mask is {mhw[1]}x{mhw[0]}, the image {hw[1]}x{hw[0]}")
+    row_classes = row.get("classes") or []
+    if not all(isinstance(c, int) and 0 <= c < len(classes) for c in row_classes):
+        raise DatasetFileError(f"{where}: classes {row_classes!r} are not all among the {len(classes)} class ids")
+    prov = {}
+    if row.get("provenance"):
+        try:
+            prov = json.loads(row["provenance"])
+        except (TypeError, ValueError):
+            prov = None
+        if not isinstance(prov, dict):
+            raise DatasetFileError(f"{where}: provenance is not a JSON object")
+        check_provenance(prov, where)
+    return data, hw, prov
+
+
+def _rows(d, batch: int = 32):
+    """A split's rows as stored (images as {bytes, path}, nothing decoded)."""
+    for b in d.data.to_batches(max_chunksize=batch):
+        yield from b.to_pylist()
+
+
 def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepted", tags: Sequence[str] = ("imported",),
               progress: bool = False) -> list[int]:
     """Add the rows of a Hugging Face dataset folder exported by this project (every split),
-    with their instance masks, classes and provenance. Returns the new sample ids."""
+    with their instance masks, classes and provenance. Returns the sample ids.
+
+    Every row is checked first (the schema, images and masks stored in the file, their sizes
+    from the headers, labels in range), then written, each with its uid (or one from its
+    split, row and image hash): a stopped import is resumed by the same call."""
     import datasets
+    from pyarrow import ArrowException
+    from PIL import Image
+
+    from ..images import load_image_file
 
     folder = Path(folder)
     if not (folder / "README.md").exists():
@@ -156,21 +252,38 @@ def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepte
     # a private, temporary cache: the user's cache may hold an older export of a folder of the same
     # name (see the module doc), and an import should leave nothing behind
     with tempfile.TemporaryDirectory(prefix="hf-import-") as cache:
-        ds = datasets.load_dataset(str(folder), cache_dir=cache)
-        ids = []
+        try:
+            ds = datasets.load_dataset(str(folder), cache_dir=cache)
+        except (ValueError, OSError, ArrowException, datasets.exceptions.DatasetsError) as e:
+            raise DatasetFileError(f"{folder}: not a readable Hugging Face dataset folder ({type(e).__name__}: "
+                                   f"{str(e)[:300]})") from e
+        plan = []
         for split in ds:
-            d = ds[split]
-            objects = d.features["objects"]  # a dict of lists (datasets >= 4) or a Sequence of a dict
-            names = (objects if isinstance(objects, dict) else objects.feature)["category"]
-            names = getattr(names, "names", None) or names.feature.names
-            for row in d:
-                image = np.asarray(row["image"].convert("RGB"))
-                obj = row["objects"]
-                inst = [(names[c], np.asarray(m.convert("L")) > 127) for c, m in zip(obj["category"], obj["mask"])]
-                prov = json.loads(row["provenance"]) if row.get("provenance") else {}
-                kwargs = restore_kwargs(prov) if prov else dict(uid=row.get("uid"), tags=tags)
-                classes = prov.get("classes") or [names[c] for c in row["classes"]] or ["background"]
-                ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
-                                     instance_crowd=list(obj["iscrowd"]), status=status, **kwargs))
+            names, class_names = _check_schema(folder, split, ds[split].features)
+            for k, row in enumerate(_rows(ds[split])):
+                where = f"{folder} ({split}) row {k}"
+                _, hw, prov = _check_row(row, names, class_names, where)
+                plan.append((split, k, hw, prov))
+        ids = []
+        rows = (row for split in ds for row in _rows(ds[split]))
+        for (split, k, hw, prov), row in zip(iter_progress(plan, progress, "import hf"), rows):
+            where = f"{folder} ({split}) row {k}"
+            data = row["image"]["bytes"]
+            kwargs = restore_kwargs(prov) if prov else dict(uid=row.get("uid"), tags=tags)
+            kwargs["uid"] = kwargs.get("uid") or f"hf:{split}/{k}:{hashlib.sha256(data).hexdigest()[:16]}"
+            done = store.get_by_uid(kwargs["uid"])
+            if done is not None:  # stored by an earlier run of this import: resume after it
+                ids.append(done.id)
+                continue
+            names, class_names = _check_schema(folder, split, ds[split].features)
+            image = load_image_file(io.BytesIO(data), f"{where} image")
+            obj = row["objects"]
+            inst = []
+            for c, m in zip(obj["category"], obj["mask"]):
+                with Image.open(io.BytesIO(m["bytes"])) as im:  # its size was checked from the header
+                    inst.append((names[c], np.asarray(im.convert("L")) > 127))
+            classes = prov.get("classes") or [class_names[c] for c in row["classes"]] or ["background"]
+            ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
+                                 instance_crowd=[bool(c) for c in obj["iscrowd"]], status=status, **kwargs))
         del ds  # release the memory-mapped cache files before the folder goes
     return ids

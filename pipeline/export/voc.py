@@ -28,10 +28,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..dataset import Store, StoreError, load_image_file
+from ..dataset import Store, StoreError, check_class
+from ..images import ImageError, image_size, load_image_file, load_label_map
 from ..masks import bbox
 from .common import (VOC_CLASSES, ExportError, confined, inside, iter_progress, json_dump, mask_to_polygons,
                      restore_kwargs, voc_palette)
+from .validate import DatasetFileError, check_masks_fit, check_provenance, image_header
 
 BASE = "VOCdevkit/VOC2012"
 
@@ -152,17 +154,29 @@ def write(ctx) -> int:
     return n_inst
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetFileError(f"cannot read {what} {path}: {e}") from e
+
+
 def read_labels(root: Path) -> list[str]:
     """Class names by index: labelmap.txt (``name:r,g,b[:parts:actions]``, line i = index i),
     else class_ids.json, else the 21 PASCAL classes."""
     if (root / "labelmap.txt").exists():
-        names = [ln.split(":", 1)[0] for ln in (root / "labelmap.txt").read_text().splitlines()
+        names = [ln.split(":", 1)[0] for ln in _read_text(root / "labelmap.txt", "label map").splitlines()
                  if ln.strip() and not ln.startswith("#")]
         if names:
             return names
     if (root / "class_ids.json").exists():
-        ids = {k: v for k, v in json.loads((root / "class_ids.json").read_text()).items() if v != 255}
-        names = ["background"] * (max(ids.values()) + 1)
+        try:
+            ids = {k: v for k, v in json.loads(_read_text(root / "class_ids.json", "class ids")).items() if v != 255}
+            if not all(isinstance(v, int) and 0 <= v < 255 for v in ids.values()):
+                raise ValueError("class ids must be whole numbers 0..254 (255 = void)")
+        except (ValueError, AttributeError) as e:
+            raise DatasetFileError(f"{root / 'class_ids.json'}: not a map of class name to index ({e})") from e
+        names = ["background"] * (max(ids.values(), default=0) + 1)
         for c, i in ids.items():
             names[i] = c
         return names
@@ -180,32 +194,82 @@ def find_voc_root(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
+def read_object_names(xml_path: Path) -> list[str]:
+    """The <object><name>s of a VOC annotation XML, in order, parsed with defusedxml: a DTD,
+    entities (billion laughs) or external references (XXE) are refused, not expanded."""
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+
+    try:
+        root = DET.parse(xml_path, forbid_dtd=True).getroot()
+    except DefusedXmlException as e:
+        raise DatasetFileError(f"{xml_path}: refused: VOC annotations have no DTD or entities ({e!r})") from e
+    except (ET.ParseError, OSError) as e:
+        raise DatasetFileError(f"{xml_path}: not a readable XML file ({e})") from e
+    names = [o.findtext("name") for o in root.iter("object")]
+    bad = [k for k, n in enumerate(names) if not n or not n.strip()]
+    if bad:
+        raise DatasetFileError(f"{xml_path}: object {bad[0] + 1} has no <name>")
+    try:
+        return [check_class(n.strip()) for n in names]
+    except StoreError as e:
+        raise DatasetFileError(f"{xml_path}: {e}") from e
+
+
 def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None = None, status: str = "accepted",
                tags: Sequence[str] = ("imported",), progress: bool = False) -> list[int]:
     """Add a PASCAL VOC segmentation dataset (SegmentationObject + SegmentationClass, class
     names from labelmap.txt). Object k's class is the k-th object of Annotations/<id>.xml
-    when there is one, else the class most of its pixels have. Returns the new sample ids.
+    when there is one, else the class most of its pixels have. Returns the sample ids.
 
-    ``voc_root`` is the VOC folder (with JPEGImages/) or one holding VOCdevkit/VOC20xx/."""
+    ``voc_root`` is the VOC folder (with JPEGImages/) or one holding VOCdevkit/VOC20xx/.
+    Every name's files are checked first (inside the folder, image and label-map headers
+    within the pixel limit and of one size, the XML parsed safely), then the samples are
+    written, each with a uid from its name: a stopped import is resumed by the same call."""
     root = find_voc_root(voc_root)
     labels = read_labels(root)
-    prov_all = json.loads((root / "provenance.json").read_text()) if (root / "provenance.json").exists() else {}
+    prov_all = {}
+    if (root / "provenance.json").exists():
+        try:
+            prov_all = json.loads(_read_text(root / "provenance.json", "provenance"))
+        except ValueError as e:
+            raise DatasetFileError(f"{root / 'provenance.json'}: not valid JSON ({e})") from e
+        if not isinstance(prov_all, dict):
+            raise DatasetFileError(f"{root / 'provenance.json'}: must map each image name to an object")
+        for name, prov in prov_all.items():
+            check_provenance(prov, f"{root / 'provenance.json'}: {name!r}")
     if split:
-        names = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        names = _read_text(confined(root / "ImageSets" / "Segmentation", f"{split}.txt", "VOC split"),
+                           "VOC split list").split()
     else:
         names = sorted(p.stem for p in (root / "SegmentationObject").glob("*.png"))
     if not names:
         raise StoreError(f"no VOC segmentation samples under {root}")
+    plan = []
+    for name in names:
+        img = image_header(root / "JPEGImages", f"{name}.jpg", f"VOC image {name!r}")  # a list naming ../../x
+        hw = image_size(img)
+        maps = [image_header(root / folder, f"{name}.png", f"VOC {folder} {name!r}", hw)
+                for folder in ("SegmentationObject", "SegmentationClass")]
+        xml_path = confined(root / "Annotations", f"{name}.xml", "VOC annotation")
+        xml_names = read_object_names(xml_path) if xml_path.exists() else []
+        plan.append((name, img, hw, maps, xml_names))
     ids = []
-    for name in iter_progress(names, progress, "import voc"):
-        confined(root / "JPEGImages", f"{name}.jpg", "VOC image name")  # a split list naming ../../x
-        image = load_image_file(root / "JPEGImages" / f"{name}.jpg")
-        obj = np.asarray(Image.open(root / "SegmentationObject" / f"{name}.png"))
-        cls = np.asarray(Image.open(root / "SegmentationClass" / f"{name}.png"))
-        xml_path = root / "Annotations" / f"{name}.xml"
-        xml_names = [o.findtext("name") for o in ET.parse(xml_path).getroot().iter("object")] \
-            if xml_path.exists() else []
+    for name, img, hw, (obj_path, cls_path), xml_names in iter_progress(plan, progress, "import voc"):
+        prov = prov_all.get(name)
+        uid = (prov or {}).get("uid") or f"voc:{name}"
+        done = store.get_by_uid(uid)
+        if done is not None:  # stored by an earlier run of this import: resume after it
+            ids.append(done.id)
+            continue
+        image = load_image_file(img)
+        try:
+            obj = load_label_map(obj_path, hw)
+            cls = load_label_map(cls_path, hw)
+        except ImageError as e:
+            raise DatasetFileError(str(e)) from e
         inst, ks = [], sorted(set(np.unique(obj).tolist()) - {0, 255})
+        check_masks_fit(len(ks), hw, f"VOC image {name!r}")
         for k in ks:
             m = obj == k
             if k - 1 < len(xml_names):
@@ -214,19 +278,20 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
             votes = np.bincount(cls[m][cls[m] != 255], minlength=len(labels))
             idx = int(votes.argmax())
             if idx >= len(labels):
-                raise StoreError(f"{name}: class index {idx} is not in the label map ({len(labels)} classes)")
+                raise DatasetFileError(f"{name}: class index {idx} is not in the label map ({len(labels)} classes)")
             inst.append((labels[idx], m))
-        prov = prov_all.get(name)
         if prov:
             kwargs = restore_kwargs(prov)
-            written = [i["source"] for i in prov.get("instances", [])]  # object k is written[k - 1]
+            written = [i.get("source", "imported") if isinstance(i, dict) else "imported"
+                       for i in prov.get("instances") or []]  # object k is written[k - 1]
             sources = [written[k - 1] if k - 1 < len(written) else "imported" for k in ks]
             classes = prov.get("classes") or sorted({c for c, _ in inst}) or ["background"]
         else:
-            kwargs = dict(uid=f"voc:{name}", model="real (VOC)", tags=tags,
+            kwargs = dict(model="real (VOC)", tags=tags,
                           meta={"origin": "photo", "photo": {"dataset": "voc", "source_id": name,
                                                              "file_name": f"{name}.jpg", "license": None}})
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
+        kwargs["uid"] = uid
         ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
     return ids

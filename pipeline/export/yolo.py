@@ -26,9 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, StoreError, load_image_file
+from ..dataset import Store, StoreError, check_class
+from ..images import image_size, load_image_file
 from ..masks import bbox
-from .common import inside, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
+from .common import confined, inside, iter_progress, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
+from .validate import DatasetFileError, check_masks_fit, check_provenance, image_header
 
 TASKS = ("segment", "detect")
 NO_CROWD = "crowd regions (no YOLO equivalent)"
@@ -86,52 +88,112 @@ def write(ctx) -> int:
 def _read_names(data_yaml: Path) -> list[str]:
     import yaml
 
-    names = yaml.safe_load(data_yaml.read_text())["names"]
-    return [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    try:
+        doc = yaml.safe_load(data_yaml.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DatasetFileError(f"{data_yaml}: not a readable YAML file ({e})") from e
+    names = doc.get("names") if isinstance(doc, dict) else None
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DatasetFileError(f"{data_yaml}: 'names' must be a list of class names or a map {{0: name, ...}}")
+    try:
+        return [check_class(n) for n in names]
+    except StoreError as e:
+        raise DatasetFileError(f"{data_yaml}: {e}") from e
+
+
+# Normalised coordinates are in [0, 1]; other writers round a vertex on the border a little over.
+COORD_SLACK = 1e-3
+
+
+def read_label_file(label: Path, names: list[str], hw: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
+    """(class name, polygon as (N, 2) pixel indices) per line of a YOLO segmentation label
+    file, every value checked: a message naming the file and line for anything else."""
+    try:
+        text = label.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetFileError(f"cannot read {label}: {e}") from e
+    h, w = hw
+    out = []
+    for ln, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 7 or len(parts) % 2 == 0:
+            raise DatasetFileError(f"{label}:{ln}: not a segmentation polygon (class x1 y1 x2 y2 x3 y3 ...)")
+        try:
+            c = int(parts[0])
+            xy = np.asarray([float(v) for v in parts[1:]], np.float64).reshape(-1, 2)
+        except ValueError:
+            raise DatasetFileError(f"{label}:{ln}: a class index and numbers expected, got {line[:80]!r}") from None
+        if not 0 <= c < len(names):
+            raise DatasetFileError(f"{label}:{ln}: class {c} is not in data.yaml's {len(names)} names")
+        if not np.isfinite(xy).all() or (xy < -COORD_SLACK).any() or (xy > 1 + COORD_SLACK).any():
+            raise DatasetFileError(f"{label}:{ln}: coordinates must be finite numbers in 0..1 (normalised to the "
+                                   "image's width and height)")
+        out.append((names[c], np.floor(xy.clip(0, 1) * (w, h))))
+    check_masks_fit(len(out), hw, str(label))
+    return out
 
 
 def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepted", tags: Sequence[str] = ("imported",),
                 progress: bool = False) -> list[int]:
     """Add a YOLO segmentation dataset (data.yaml, images/<split>/, labels/<split>/): each
     polygon becomes an instance mask (filled as Ultralytics does). Box-only lines (5 fields)
-    cannot give a mask and are refused. Returns the new sample ids."""
+    cannot give a mask and are refused. Returns the sample ids.
+
+    Every image (inside the folder, symlinks resolved; size from its header) and label file
+    is checked first, then the samples are written, each with a uid from its split and name:
+    a stopped import is resumed by the same call."""
     root = Path(root)
     if not (root / "data.yaml").exists():
         raise StoreError(f"no data.yaml in {root}")
     names = _read_names(root / "data.yaml")
-    prov_all = json.loads((root / "provenance.json").read_text()) if (root / "provenance.json").exists() else {}
-    ids = []
+    prov_all = {}
+    if (root / "provenance.json").exists():
+        try:
+            prov_all = json.loads((root / "provenance.json").read_text())
+        except (OSError, ValueError) as e:
+            raise DatasetFileError(f"{root / 'provenance.json'}: not valid JSON ({e})") from e
+        if not isinstance(prov_all, dict):
+            raise DatasetFileError(f"{root / 'provenance.json'}: must map each split/name to an object")
+        for name, prov in prov_all.items():
+            check_provenance(prov, f"{root / 'provenance.json'}: {name!r}")
     images = sorted(p for p in (root / "images").glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     if not images:
         raise StoreError(f"no images under {root / 'images'}")
+    plan = []
     for img_path in images:
         split, stem = img_path.parent.name, img_path.stem
-        image = load_image_file(img_path)
-        h, w = image.shape[:2]
+        rel = img_path.relative_to(root).as_posix()
+        path = image_header(root, rel, f"YOLO image {rel!r}")  # a symlink out of the folder is refused
+        hw = image_size(path)
         label = root / "labels" / split / f"{stem}.txt"
-        inst = []
-        for ln, line in enumerate(label.read_text().splitlines() if label.exists() else [], start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 7 or len(parts) % 2 == 0:
-                raise StoreError(f"{label}:{ln}: not a segmentation polygon (class x1 y1 x2 y2 x3 y3 ...)")
-            c = int(parts[0])
-            if not 0 <= c < len(names):
-                raise StoreError(f"{label}:{ln}: class {c} is not in data.yaml's {len(names)} names")
-            xy = np.asarray(parts[1:], np.float64).reshape(-1, 2) * (w, h)
-            inst.append((names[c], polygon_to_mask(np.floor(xy), h, w)))
+        polys = read_label_file(confined(root, label.relative_to(root).as_posix(), "YOLO label file"), names, hw) \
+            if label.exists() else []
+        plan.append((split, stem, img_path.name, path, hw, polys))
+    ids = []
+    for split, stem, file_name, path, (h, w), polys in iter_progress(plan, progress, "import yolo"):
         prov = prov_all.get(f"{split}/{stem}")
+        uid = (prov or {}).get("uid") or f"yolo:{split}/{stem}"
+        done = store.get_by_uid(uid)
+        if done is not None:  # stored by an earlier run of this import: resume after it
+            ids.append(done.id)
+            continue
+        image = load_image_file(path)
+        inst = [(c, polygon_to_mask(xy, h, w)) for c, xy in polys]
         if prov:
             kwargs = restore_kwargs(prov)
-            srcs = [i["source"] for i in prov.get("instances", [])]
+            srcs = [i.get("source", "imported") if isinstance(i, dict) else "imported"
+                    for i in prov.get("instances") or []]
             sources = srcs if len(srcs) == len(inst) else ["imported"] * len(inst)
             classes = prov.get("classes") or sorted({c for c, _ in inst}) or ["background"]
         else:
-            kwargs = dict(uid=f"yolo:{split}/{stem}", tags=tags,
-                          meta={"origin": "photo", "photo": {"dataset": "yolo", "source_id": stem,
-                                                             "file_name": img_path.name, "license": None}})
+            kwargs = dict(tags=tags, meta={"origin": "photo", "photo": {"dataset": "yolo", "source_id": stem,
+                                                                         "file_name": file_name, "license": None}})
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
+        kwargs["uid"] = uid
         ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
     return ids
