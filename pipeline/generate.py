@@ -20,6 +20,7 @@ from .errors import Cancelled, ConfigError, check_seed, check_stop
 from .devices import ModelLoadError, looks_like_path, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 
 from .refine import DEFAULT_REFINER, REFINERS
+from .thresholds import DEFAULT_SELECTOR, SELECTORS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = PROJECT_ROOT / "assets" / "embedded_model"
@@ -63,6 +64,9 @@ class GenerationConfig:
     height: int | None = field(default=None, metadata=_help(_size_help("height")))
     width: int | None = field(default=None, metadata=_help(_size_help("width")))
     refiner: str = field(default=DEFAULT_REFINER, metadata=_help("mask refiner", choices=REFINERS.names))
+    selector: str = field(default=DEFAULT_SELECTOR, metadata=_help(
+        "threshold selector: which rule cuts the heat map into the mask (paper: the paper's match to the "
+        "refined mask)", choices=SELECTORS.names))
 
     def __post_init__(self):
         make_prompt("x", self.template)  # a template without {} fails here, before any work
@@ -89,6 +93,7 @@ class GenerationConfig:
             if v is not None and (int(v) < 8 or int(v) % 8):
                 raise ConfigError(f"{side} must be a positive multiple of 8 (the VAE's factor), got {v}")
         REFINERS[self.refiner]  # unknown refiner: a clear error listing the registered ones
+        SELECTORS[self.selector]  # likewise for the threshold selector
 
     def prompt(self, class_name: str) -> str:
         return make_prompt(class_name, self.template)

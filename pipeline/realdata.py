@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# DIFFUMASK_SHARED_DATA points elsewhere (a git worktree does not lie beside ../shared)
+SHARED = Path(os.environ.get("DIFFUMASK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 K_FOLDS = 3
 HELD_OUT_FOLD = 0
 SPLIT_SEED = 17

@@ -139,7 +139,8 @@ def _threshold_views(ses: InspectSession):
     thr = viz.upscale_for_display(viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0)))
     curve = None
     if ses.choice is not None:
-        curve = viz.iou_curve_image(ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold)
+        curve = viz.iou_curve_image(ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold,
+                                    rule=ses.choice.rule)
     return _current_view(ses), thr, curve, _mask_label(ses)
 
 
@@ -150,8 +151,8 @@ def _views(ses: InspectSession):
     refined, info = None, ses.refine_error or ""
     if ses.choice is not None:
         refined = disp(viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200)))
-        info = (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} "
-                f"(its mask overlaps the refined mask with IoU {ses.choice.best_iou:.2f})")
+        info = (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} by rule {ses.choice.rule!r} "
+                f"(its best match to the refined mask has IoU {ses.choice.best_iou:.2f})")
     return (_image_with_clicks(ses), disp(viz.overlay_heat(ses.image, ses.heat)), current, thr, curve, refined,
             info, label, gr.update(value=ses.threshold), gr.update(value=SOURCE_LABELS[ses.source]))
 
