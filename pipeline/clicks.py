@@ -23,6 +23,7 @@ click of a session costs one random walk, not k.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 
 import cv2
@@ -179,8 +180,10 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
         except cv2.error:  # too few samples of one side for its colour model: the click's core only
             turn_small = core_small > 0
     else:
-        prob = _random_walker()(small.astype(np.float32) / 255.0, small_seeds, beta=cfg.beta, mode="cg_j", tol=1e-3,
-                                channel_axis=-1, return_full_prob=True)[0]
+        with warnings.catch_warnings():  # "probability range outside [0, 1] given the tolerance": cg's rounding
+            warnings.simplefilter("ignore", UserWarning)
+            prob = _random_walker()(small.astype(np.float32) / 255.0, small_seeds, beta=cfg.beta, mode="cg_j",
+                                    tol=1e-3, channel_axis=-1, return_full_prob=True)[0]
         turn_small = prob >= 0.5
     turn = turn_small if f >= 1 else cv2.resize(turn_small.astype(np.uint8), (crop.shape[1], crop.shape[0]),
                                                 interpolation=cv2.INTER_NEAREST) > 0

@@ -72,7 +72,7 @@ class BaseSelector:
 
 
 def _sweep(thresholds) -> np.ndarray:
-    thr = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, np.float32)
+    thr = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, np.float64)
     if thr.ndim != 1 or not len(thr) or np.any(np.diff(thr) <= 0):
         raise SelectorError("thresholds must be a non-empty ascending 1-D sequence")
     return thr
