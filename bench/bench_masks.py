@@ -49,8 +49,7 @@ def selectors_on_photos(max_photos: int | None, maps_per_object: int = 3):
     from pipeline import realdata
     from pipeline.masks import DEFAULT_THRESHOLDS as THR, iou_curve
     from pipeline.refine import GrabCutRefiner, RefinementError
-    from pipeline.thresholds import (EdgeSelector, MixSelector, PaperSelector, RidgeModel, RidgeSelector,
-                                     training_rows)
+    from pipeline.thresholds import EdgeSelector, PaperSelector, RidgeModel, RidgeSelector, training_rows
 
     keys = realdata.photo_keys()
     fold = realdata.fold_of(keys)
@@ -62,7 +61,7 @@ def selectors_on_photos(max_photos: int | None, maps_per_object: int = 3):
         train = [k for k in keys if fold[k] != f]
         x, gains, _ = training_rows(train, maps_per_object)
         model = RidgeModel.fit(x, gains)
-        ridge, mix = RidgeSelector(model), MixSelector(model)
+        ridge = RidgeSelector(model)
         k_const = int(np.argmax(model.intercept))  # the mean training gain per threshold
         test = [k for k in keys if fold[k] == f][:max_photos]
         for i, key in enumerate(test):
@@ -72,14 +71,17 @@ def selectors_on_photos(max_photos: int | None, maps_per_object: int = 3):
                 n_obj += 1
                 for kind, heat in soft_maps(gt, 1000 * i + int(j)).items():
                     curve = iou_curve(heat, gt, THR)
+                    r = ridge(p.image, heat)
                     try:
                         refined = gc(p.image, heat).mask
-                        t_paper = paper(p.image, heat, refined).threshold if refined.any() else 0.5
-                        t_mix = mix(p.image, heat, refined).threshold if refined.any() else 0.5
+                        pc = paper(p.image, heat, refined) if refined.any() else None
                     except RefinementError:
-                        t_paper = t_mix = 0.5
+                        pc = None
+                    # mix = ridge's gains + paper's curve (as MixSelector, without computing ridge twice)
+                    t_paper = pc.threshold if pc else 0.5
+                    t_mix = float(THR[int(np.argmax(pc.scores + r.scores))]) if pc else r.threshold
                     ts = {"fixed 0.5": THR[k5], "paper (grabcut)": t_paper, "constant t (train folds)": THR[k_const],
-                          "ridge": ridge(p.image, heat).threshold, "mix": t_mix, "edges": edges(p.image, heat).threshold}
+                          "ridge": r.threshold, "mix": t_mix, "edges": edges(p.image, heat).threshold}
                     row = res.setdefault(kind, {m: {g: [] for g in range(realdata.K_FOLDS)} for m in METHODS})
                     for m, t in ts.items():
                         row[m][f].append(float(curve[int(np.argmin(np.abs(THR - t)))]))
@@ -158,8 +160,8 @@ def timing(n: int = 6):
 
     sel = {m: get_selector(m) for m in ("ridge", "edges", "mix")}
     gc, clicks = GrabCutRefiner(), ClickRefiner()
-    t = {"ridge selector": [], "edges selector": [], "mix selector (incl. grabcut)": [], "clicks: one click": [],
-         "grabcut: one click": []}
+    t = {"ridge selector": [], "edges selector": [], "mix selector (given the refined mask)": [],
+         "grabcut refinement (what mix and paper wait for)": [], "clicks: one click": [], "grabcut: one click": []}
     for i, key in enumerate(realdata.split([realdata.HELD_OUT_FOLD])[:n]):
         p = realdata.load_photo(key, max_side=640)
         if not p.masks:
@@ -172,8 +174,11 @@ def timing(n: int = 6):
             sel[m](img, heat)
             t[f"{m} selector"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        sel["mix"](img, heat, gc(img, heat).mask)
-        t["mix selector (incl. grabcut)"].append(time.perf_counter() - t0)
+        refined = gc(img, heat).mask
+        t["grabcut refinement (what mix and paper wait for)"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sel["mix"](img, heat, refined)
+        t["mix selector (given the refined mask)"].append(time.perf_counter() - t0)
         start = clicks(img, heat).mask
         c = next_click(start, gt)
         if c is None:

@@ -7,9 +7,10 @@ The ``clicks`` refiner starts from the heat map cut at the default threshold sel
 that wrong side into l, and only inside a disc around the click whose radius grows with how
 deep the click lies in the wrong region (``reach`` x that depth, at least ``min_radius`` and
 at most ``max_radius`` of the image's shorter side). Which of them turn is decided by a
-random walk on the image's colours (scikit-image's ``random_walker``) from two kinds of
-seeds: the click and the pixels already on its side are l; the wrong-side pixels on the
-disc's rim, and every click of the other label, are not l. So:
+random walk on the image's colours (scikit-image's ``random_walker``) over the wrong side
+of the disc, from two kinds of seeds: the click (a small core around it) is l; the
+wrong-side pixels on the disc's rim, those where the heat map is sure of the other side, and
+every click of the other label, are not l. Only the part connected to the click turns. So:
 
 - the clicked pixel is always on the clicked side (it is forced, and no later click can undo
   it: a later click only turns pixels to *its* label, and clicks of the other label are
@@ -50,15 +51,19 @@ class ClickRefiner(BaseRefiner):
     ``reach``: disc radius over the click's depth in the wrong region; ``min_radius`` /
     ``max_radius``: bounds of the radius as fractions of the shorter image side; ``beta``:
     the random walk's edge sensitivity; ``method``: "walker" (random walk) or "grabcut" (GrabCut
-    in the disc with the same hard constraints; measured worse); ``work_side``: discs larger than this many pixels
+    in the disc with the same hard constraints; measured worse); ``side_seeds``: let the pixels
+    already on the click's side take part in the walk as its seeds (measured worse: their large
+    area pulls the disc over); ``sure``: wrong-side pixels where the heat map is sure of the
+    other side (below ``sure`` x t for an object click, above t + (1 - ``sure``)(1 - t) for a
+    background click) are kept as they are (None: only the rim is kept); ``work_side``: discs larger than this many pixels
     across are decided on a downscaled copy (time per click stays bounded on big images)."""
 
     name = "clicks"
     takes_points = True
 
-    def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.06,
+    def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
                  max_radius: float = 0.35, beta: float = 130.0, work_side: int = 96, cache_size: int = 64,
-                 method: str = "walker"):
+                 method: str = "walker", side_seeds: bool = False, sure: float | None = 0.35):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
         self.selector_name = selector
@@ -66,7 +71,7 @@ class ClickRefiner(BaseRefiner):
         self.beta, self.work_side = beta, work_side
         if method not in ("walker", "grabcut"):
             raise ValueError(f"method is 'walker' or 'grabcut', not {method!r}")
-        self.method = method
+        self.method, self.side_seeds, self.sure = method, side_seeds, sure
         self._selector = None
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
@@ -104,7 +109,7 @@ class ClickRefiner(BaseRefiner):
         mask, t, radii = self._cache[(key, tuple(clicks[:k]))]
         mask, radii = mask.copy(), list(radii)
         for i in range(k, len(clicks)):
-            mask, r = apply_click(image, mask, clicks[i], clicks[:i], self)
+            mask, r = apply_click(image, mask, clicks[i], clicks[:i], self, heat, t)
             radii.append(r)
             self._remember((key, tuple(clicks[: i + 1])), (mask.copy(), t, list(radii)))
         return RefineResult(mask, self.name, {"start_threshold": t, "radii": radii})
@@ -116,8 +121,8 @@ class ClickRefiner(BaseRefiner):
             self._cache.popitem(last=False)
 
 
-def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int], earlier: list, cfg: ClickRefiner
-                ) -> tuple[np.ndarray, float]:
+def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int], earlier: list, cfg: ClickRefiner,
+                heat: np.ndarray | None = None, t: float = 0.5) -> tuple[np.ndarray, float]:
     """``mask`` after one click (x, y, label), given the ``earlier`` clicks; returns (mask, the
     radius of the disc it may change, 0 when the click was already on its side)."""
     x, y, label = click
@@ -137,10 +142,18 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
     win_wrong = wrong[y0:y1, x0:x1] > 0
     # seeds: 1 = the click's side, 2 = the other side; 0 = to decide (wrong side inside the disc)
     seeds = np.zeros(disc.shape, np.int32)
-    seeds[~win_wrong] = 1
+    # the click's side is left out of the walk (-1): as seeds, its large area next to the
+    # wrong region would pull the whole disc over; the walk runs on the wrong side only
+    seeds[~win_wrong] = 1 if cfg.side_seeds else -1
     seeds[win_wrong & ~disc] = 2
     rim = win_wrong & disc & (cv2.dilate((~disc).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     seeds[rim] = 2  # the disc's rim on the wrong side stays as it is: the change is local
+    if heat is not None and cfg.sure is not None:
+        # where the heat map is sure of the other side (far below / above the cut), it stays:
+        # a click corrects the heat map's unsure edge, not its confident core or far background
+        hw = heat[y0:y1, x0:x1]
+        sure = hw < cfg.sure * t if side else hw > t + (1 - cfg.sure) * (1 - t)
+        seeds[win_wrong & sure] = 2
     for ex, ey, el in earlier:
         if el != label and x0 <= ex < x1 and y0 <= ey < y1:
             seeds[ey - y0, ex - x0] = 2
@@ -161,11 +174,17 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
         small, small_seeds = crop, seeds
     if not (small_seeds == 0).any() or not (small_seeds == 2).any():
         turn_small = small_seeds == 1
+    elif cfg.method == "walker" and not cfg.side_seeds:
+        with warnings.catch_warnings():  # "probability range outside [0, 1] given the tolerance": cg's rounding
+            warnings.simplefilter("ignore", UserWarning)
+            labels = _random_walker()(small.astype(np.float32) / 255.0, small_seeds, beta=cfg.beta, mode="cg_j",
+                                      tol=1e-3, channel_axis=-1)
+        turn_small = labels == 1
     elif cfg.method == "grabcut":
         # the click's side plays GrabCut's object: sure at the click, probable where the mask
         # already has it; the undecided wrong side is probable other side, its rim sure
         gc = np.full(small_seeds.shape, cv2.GC_PR_BGD, np.uint8)
-        gc[small_seeds == 1] = cv2.GC_PR_FGD
+        gc[(small_seeds == 1) | (small_seeds == -1)] = cv2.GC_PR_FGD
         gc[small_seeds == 2] = cv2.GC_BGD
         core_small = np.zeros(small_seeds.shape, np.uint8)
         cv2.circle(core_small, (min(small_seeds.shape[1] - 1, round((x - x0) * f)),

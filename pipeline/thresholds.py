@@ -314,9 +314,17 @@ class RidgeSelector(BaseSelector):
     def __init__(self, model: str | Path | RidgeModel | None = None):
         self.model = model if isinstance(model, RidgeModel) else RidgeModel.load(model or ASSET)
 
+    work_side = 320  # features are computed at the training photos' size (and stay cheap)
+
     def __call__(self, image, heat, refined=None, thresholds=DEFAULT_THRESHOLDS) -> ThresholdChoice:
         thr = _sweep(thresholds)
         heat = check_heat(heat, np.shape(image)[:2])
+        h, w = heat.shape
+        f = self.work_side / max(h, w)
+        if f < 1:  # the features are scale-free (fractions, per-size ratios): measure them smaller
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+            image = cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_AREA)
+            heat = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_AREA), 0, 1)
         gains = self.model.predict(object_features(image, heat))[0]
         scores = np.interp(thr, DEFAULT_THRESHOLDS, gains)
         return ThresholdChoice(float(thr[int(np.argmax(scores))]), thr, scores, self.name)
@@ -340,12 +348,12 @@ class MixSelector(BaseSelector):
 
 
 SELECTORS: Registry[ThresholdSelector] = Registry("threshold selector", SelectorError)
-SELECTORS.register("ridge", RidgeSelector)
+SELECTORS.register("mix", MixSelector)
 SELECTORS.register("paper", PaperSelector)
+SELECTORS.register("ridge", RidgeSelector)
 SELECTORS.register("edges", EdgeSelector)
 SELECTORS.register("fixed", FixedSelector)
-SELECTORS.register("mix", MixSelector)
-DEFAULT_SELECTOR = "ridge"
+DEFAULT_SELECTOR = "mix"
 
 
 def get_selector(name: str = DEFAULT_SELECTOR, **options) -> ThresholdSelector:
