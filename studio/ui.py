@@ -24,6 +24,7 @@ from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS
 from pipeline.generate import DEFAULT_TEMPLATE
 from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerUnavailable, get_refiner
+from pipeline.thresholds import DEFAULT_SELECTOR, SELECTORS
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 
@@ -472,6 +473,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
                                                label="model: a preset, a diffusers folder, a .safetensors file or a hub id")
                         refiner = gr.Dropdown(refiners, value=DEFAULT_REFINER, label="refiner", elem_id="refiner")
+                        gr.Markdown(f"threshold rule: **{DEFAULT_SELECTOR}** (the curve panel names the rule that "
+                                    f"chose; others: {', '.join(n for n in SELECTORS if n != DEFAULT_SELECTOR)}, "
+                                    "via `--selector` in the CLI)", elem_id="selector-info")
                         sam_ckpt = gr.Textbox("", label="SAM weights (for the sam refiner): segment-anything .pth, "
                                                          "or a transformers SAM folder / hub id")
                     with gr.Accordion("heat map view", open=False):
