@@ -172,3 +172,24 @@ def test_clicks_refiner_is_registered_and_reaches_the_truth_with_simulated_click
             gains.append(max(ious) - ious[0])
     # modest (see bench_masks: the clicks refiner is far from NoC@90 <= 4) but real on each object
     assert gains and min(gains) > 0 and np.mean(gains) > 0.01, gains
+
+
+@pytest.mark.slow
+def test_cli_generate_records_the_rule_of_the_selector_it_was_given(tmp_path, monkeypatch):
+    """`generate --selector ridge` on the embedded model: the JSON names the rule, and the saved
+    mask is the heat map cut at the recorded threshold."""
+    import json
+
+    from PIL import Image
+
+    from pipeline.__main__ import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "o"
+    assert main(["generate", "--class", "ball", "--steps", "4", "--refiner", "otsu", "--selector", "ridge",
+                 "--out", str(out)]) == 0
+    rec = json.loads(next(out.glob("*.json")).read_text())
+    assert rec["selector"] == "ridge" and rec["rule"] == "ridge"
+    heat = np.load(out / rec["heat_map"])
+    mask = np.asarray(Image.open(out / rec["mask"])) > 0
+    assert np.array_equal(mask, heat >= rec["threshold"])
