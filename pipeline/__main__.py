@@ -68,12 +68,13 @@ def cmd_generate(args) -> int:
         Image.fromarray(heat_to_rgb(heat)).save(f"{stem}_heat.png")
         record = {"class": c, "prompt": sample.prompt, "seed": seed, "model": model.label,
                   "image": f"{stem.name}.png", "heat_map": f"{stem.name}_heat.npy", **sample.settings,
-                  "resolutions": sample.attention.resolutions, "refiner": config.refiner}
+                  "resolutions": sample.attention.resolutions, "refiner": config.refiner,
+                  "selector": config.selector}
         try:
-            choice = refine_and_choose(sample.image, heat, refiner, sample.attention)
+            choice = refine_and_choose(sample.image, heat, refiner, sample.attention, selector=config.selector)
             Image.fromarray(mask_to_png(choice.refined)).save(f"{stem}_refined.png")
             Image.fromarray(mask_to_png(choice.mask(heat))).save(f"{stem}_mask.png")
-            record.update(threshold=choice.threshold, best_iou=choice.best_iou, mask=f"{stem.name}_mask.png",
+            record.update(threshold=choice.threshold, rule=choice.rule, best_iou=choice.best_iou, mask=f"{stem.name}_mask.png",
                           refined_mask=f"{stem.name}_refined.png", thresholds=choice.thresholds.tolist(),
                           ious=[round(float(x), 4) for x in choice.ious])
         except RefinementError as e:

@@ -23,6 +23,7 @@ from . import presets
 from .presets import EMBEDDED_MODEL, offline  # noqa: F401 (EMBEDDED_MODEL re-exported)
 
 from .refine import DEFAULT_REFINER, REFINERS, capture_for
+from .thresholds import DEFAULT_SELECTOR, SELECTORS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE = "a photograph of a {}"
@@ -63,6 +64,9 @@ class GenerationConfig:
     height: int | None = field(default=None, metadata=_help(_size_help("height")))
     width: int | None = field(default=None, metadata=_help(_size_help("width")))
     refiner: str = field(default=DEFAULT_REFINER, metadata=_help("mask refiner", choices=REFINERS.names))
+    selector: str = field(default=DEFAULT_SELECTOR, metadata=_help(
+        "threshold selector: which rule cuts the heat map into the mask (paper: the paper's match to the "
+        "refined mask)", choices=SELECTORS.names))
 
     def __post_init__(self):
         make_prompt("x", self.template)  # a template without {} fails here, before any work
@@ -83,6 +87,7 @@ class GenerationConfig:
             if v is not None and (int(v) < 8 or int(v) % 8):
                 raise ConfigError(f"{side} must be a positive multiple of 8 (the VAE's factor), got {v}")
         REFINERS[self.refiner]  # unknown refiner: a clear error listing the registered ones
+        SELECTORS[self.selector]  # likewise for the threshold selector
 
     def prompt(self, class_name: str) -> str:
         return make_prompt(class_name, self.template)

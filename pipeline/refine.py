@@ -19,6 +19,8 @@ image at a time per instance). They are registered in :data:`REFINERS`
   self-attention (the pixel affinity the UNet itself computed), as Dataset Diffusion does
   and in the spirit of the paper's AffinityNet, then split with Otsu's threshold.
 - ``otsu``: Otsu's threshold of the heat map itself, i.e. no refinement (a baseline).
+- ``clicks``: the heat map cut by a threshold selector, then every user click honoured
+  exactly, each changing only a disc around it (:mod:`pipeline.clicks`).
 """
 from __future__ import annotations
 
@@ -303,6 +305,7 @@ REFINERS.register("sam", SamRefiner)
 REFINERS.register("affinity", AffinityRefiner)
 REFINERS.register("otsu", OtsuRefiner)
 REFINERS.register("learned", "pipeline.refine_net:LearnedRefiner")  # a small CNN (issue 17); imported on use
+REFINERS.register("clicks", "pipeline.clicks:ClickRefiner")  # every click honoured exactly (issue 26)
 DEFAULT_REFINER = "grabcut"
 
 
@@ -341,6 +344,8 @@ class MaskChoice:
     ious: np.ndarray  # (T,) IoU of each thresholded mask with ``refined``
     refiner: str
     info: dict = field(default_factory=dict)
+    rule: str = "paper"  # the threshold selector that chose ``threshold`` (pipeline.thresholds.SELECTORS)
+    scores: np.ndarray | None = None  # (T,) that selector's score of each threshold (None: the ious)
 
     @property
     def best_iou(self) -> float:
@@ -351,13 +356,17 @@ class MaskChoice:
 
 
 def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: AttentionMaps | None = None,
-                      thresholds=None, points=None, labels=None) -> MaskChoice:
-    """Refine, then pick the threshold with the highest IoU against the refined mask.
+                      thresholds=None, points=None, labels=None, selector=None) -> MaskChoice:
+    """Refine, then pick the threshold: by default the paper's rule (the highest IoU against
+    the refined mask); ``selector``, a name of :data:`pipeline.thresholds.SELECTORS` or a
+    selector, picks it otherwise. ``ious`` is always the IoU curve against the refined mask
+    (the studio's IoU-curve panel), ``rule`` names the selector that chose.
 
     ``points``/``labels``: user clicks (XY image pixels; 1 object, 0 background) for the
-    refiners that take them (grabcut, sam). Raises RefinementError when the heat map is
-    unusable or the refined mask is empty."""
+    refiners that take them (grabcut, sam, clicks). Raises RefinementError when the heat map
+    is unusable or the refined mask is empty."""
     from .masks import DEFAULT_THRESHOLDS, choose_threshold
+    from .thresholds import SelectorError, get_selector
 
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, np.float32)
     if points is not None and len(points):
@@ -379,4 +388,12 @@ def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: A
                               f"({result.info.get('warning', 'empty mask')}); try another refiner or seed")
     threshold, ious = choose_threshold(heat, result.mask, thresholds)
     info = {k: v for k, v in result.info.items() if not isinstance(v, np.ndarray)}
-    return MaskChoice(result.mask, threshold, np.asarray(thresholds), ious, result.refiner, info)
+    rule, scores = "paper", None
+    if selector is not None and selector != "paper":
+        try:
+            chooser = get_selector(selector) if isinstance(selector, str) else selector
+            choice = chooser(image, heat, refined=result.mask, thresholds=thresholds)
+        except SelectorError as e:
+            raise RefinementError(str(e)) from e
+        threshold, rule, scores = choice.threshold, choice.rule, choice.scores
+    return MaskChoice(result.mask, threshold, np.asarray(thresholds), ious, result.refiner, info, rule, scores)

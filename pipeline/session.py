@@ -128,9 +128,12 @@ class InspectSession:
                 # a refiner that takes no clicks (otsu, affinity) refines without them
                 if key and getattr(self.refiner, "takes_points", False):
                     pts = {"points": [(x, y) for x, y, _ in key], "labels": [lab for _, _, lab in key]}
+                from .thresholds import DEFAULT_SELECTOR
+
+                options = {"selector": DEFAULT_SELECTOR, **self.refiner_options}  # the studio's threshold rule
                 try:
                     self._choices[key] = refine_and_choose(self.image, self.heat, self.refiner, self.attention,
-                                                           **pts, **self.refiner_options)
+                                                           **pts, **options)
                 except (RefinementError, RefinerUnavailable) as e:
                     self._choices[key] = str(e)
         got = self._choices[key]

@@ -87,9 +87,10 @@ def upscale_for_display(image: np.ndarray, min_side: int = 320) -> np.ndarray:
 
 
 def iou_curve_image(thresholds, ious, chosen: float | None = None, current: float | None = None,
-                    size: tuple[int, int] = (420, 280)) -> np.ndarray:
+                    size: tuple[int, int] = (420, 280), rule: str | None = None) -> np.ndarray:
     """A line chart of IoU (with the refined mask) vs threshold, HWC uint8, with a legend:
-    the curve in blue, the refiner's chosen threshold in green, the slider's in orange."""
+    the curve in blue, the chosen threshold in green (labelled with the ``rule`` that chose
+    it, a threshold selector's name), the slider's in orange."""
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 46, w - 14, 34, h - 40
@@ -114,7 +115,8 @@ def iou_curve_image(thresholds, ious, chosen: float | None = None, current: floa
     cv2.putText(img, "threshold", (w // 2 - 34, h - 6), font, 0.5, grey, 1, cv2.LINE_AA)
     cv2.putText(img, "IoU", (6, top - 8), font, 0.5, grey, 1, cv2.LINE_AA)
     x = left + 4
-    for label, colour in (("IoU", blue), ("refiner's choice", green), ("your threshold", orange)):
+    chosen_label = "refiner's choice" if rule in (None, "paper") else f"chosen by {rule}"
+    for label, colour in (("IoU", blue), (chosen_label, green), ("your threshold", orange)):
         cv2.line(img, (x, 14), (x + 18, 14), colour, 3)
         cv2.putText(img, label, (x + 22, 19), font, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
         x += 30 + cv2.getTextSize(label, font, 0.45, 1)[0][0]

@@ -24,6 +24,7 @@ from pipeline.embedded.world import CLASS_NAMES
 from pipeline.export import FORMATS
 from pipeline.generate import DEFAULT_TEMPLATE, DEFAULTS
 from pipeline.refine import DEFAULT_REFINER, REFINERS, RefinementError, RefinerUnavailable, get_refiner
+from pipeline.thresholds import DEFAULT_SELECTOR, SELECTORS
 from pipeline.session import InspectSession, SessionError
 from pipeline.presets import resolve_checkpoint
 from pipeline.processes import process_alive
@@ -140,7 +141,8 @@ def _threshold_views(ses: InspectSession):
     thr = viz.upscale_for_display(viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0)))
     curve = None
     if ses.choice is not None:
-        curve = viz.iou_curve_image(ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold)
+        curve = viz.iou_curve_image(ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold,
+                                    rule=ses.choice.rule)
     return _current_view(ses), thr, curve, _mask_label(ses)
 
 
@@ -151,8 +153,8 @@ def _views(ses: InspectSession):
     refined, info = None, ses.refine_error or ""
     if ses.choice is not None:
         refined = disp(viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200)))
-        info = (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} "
-                f"(its mask overlaps the refined mask with IoU {ses.choice.best_iou:.2f})")
+        info = (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} by rule {ses.choice.rule!r} "
+                f"(its best match to the refined mask has IoU {ses.choice.best_iou:.2f})")
     return (_image_with_clicks(ses), disp(viz.overlay_heat(ses.image, ses.heat)), current, thr, curve, refined,
             info, label, gr.update(value=ses.threshold), gr.update(value=SOURCE_LABELS[ses.source]))
 
@@ -468,6 +470,9 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
                         model_in = gr.Dropdown(presets.names("diffusion"), value=model, allow_custom_value=True,
                                                label="model: a preset, a diffusers folder, a .safetensors file or a hub id")
                         refiner = gr.Dropdown(refiners, value=DEFAULT_REFINER, label="refiner", elem_id="refiner")
+                        gr.Markdown(f"threshold rule: **{DEFAULT_SELECTOR}** (the curve panel names the rule that "
+                                    f"chose; others: {', '.join(n for n in SELECTORS if n != DEFAULT_SELECTOR)}, "
+                                    "via `--selector` in the CLI)", elem_id="selector-info")
                         sam_ckpt = gr.Textbox("", label="SAM weights (for the sam refiner): segment-anything .pth, "
                                                          "or a transformers SAM folder / hub id")
                     with gr.Accordion("heat map view", open=False):

@@ -185,6 +185,8 @@ class BatchSpec:
         g = self.generation
         keyed = dict(model=self.model.label, config=self.model.config, template=g.template, steps=g.steps,
                      guidance=g.guidance, height=g.height, width=g.width, refiner=g.refiner, seed=self.seed)
+        if g.selector != "paper":  # the paper's rule keys as before, so earlier runs keep their key
+            keyed["selector"] = g.selector
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

@@ -93,7 +93,7 @@ def compute_candidates(spec: BatchSpec, jobs: Sequence[tuple[str, int]]) -> list
             t1 = time.perf_counter()
             heat = s.heat_map
             try:
-                choice = refine_and_choose(s.image, heat, refiner, s.attention)
+                choice = refine_and_choose(s.image, heat, refiner, s.attention, selector=spec.generation.selector)
                 refined, threshold = choice.refined, choice.threshold
                 metrics = mask_metrics(heat, refined, choice.ious)
             except RefinementError as e:

@@ -1,0 +1,271 @@
+"""Threshold selectors and click refiners on real photos (issue 26).
+
+1. Threshold selectors: 3-fold cross-validation by photo over the 180 annotated photos
+   (pipeline.realdata). The ridge selector of fold k is fitted on the other two folds' photos
+   (random soft maps, pipeline.thresholds.random_soft_map) and measured on fold k's photos with
+   soft maps of fixed kinds it never trained on: attention-like maps at 16/32/64 and the coarse
+   kinds of pipeline.refine_net.coarse_map. mIoU with the true mask of: t = 0.5, the paper's rule
+   (grabcut), the constant t best on the training folds, ridge, mix (ridge + paper), edges, and
+   the oracle (best single t per object).
+2. The embedded model's real attention maps (true extent from colour): the same selectors.
+3. Clicks: the standard click simulator from the 16x16 soft map, on fold 0's photos (unseen by
+   the shipped ridge model that makes the clicks refiner's start): NoC@85/90 and failures.
+4. Time per 512x512 image.
+
+    python bench/bench_masks.py [--max-photos 60] [--embedded 32] [--click-objects 60] [--sam-checkpoint X]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from _results import write_section  # noqa: E402
+
+RESOLUTIONS = (16, 32, 64)
+KINDS = ("box", "dilated", "eroded", "blurred", "shifted")
+NOTE = "Reading: on attention-like maps (the kind the studio thresholds) `ridge` and `mix` recover more than half of the gap between t = 0.5 and the per-object oracle at 16, 32 and 64 (the 'recovered' columns: mean of folds [worst fold]; issue 26's target: half), and beat the paper's rule. Most of that gain is a shift of the cut that a single constant t fitted on the training folds already gets (its column); the per-object statistics add a few thousandths of mIoU on top. On the coarse kinds nobody trained on (box, dilated, eroded, blurred, shifted) `ridge` is no better than t = 0.5 and the paper's rule is best on box/dilated/eroded; `mix` lies between. On the embedded model's own attention maps `mix` matches the paper's rule and `ridge` is below it, so `mix` is the default (GenerationConfig.selector, the studio, batch); `paper` stays selectable. `edges` alone is poor on photos: the strongest contour is often texture or another object. The `clicks` refiner honours every click exactly and is several times faster per click than GrabCut, but it misses issue 26's click target (NoC@90 <= 4, <= 5 % failing). Its locality is not the limit: with the same discs, a click that flipped exactly the wrong pixels inside its disc reached NoC@90 of about 3 with no failure (20 objects of fold 1, measured once by hand); the random walk's decision inside the disc is."
+METHODS = ("fixed 0.5", "paper (grabcut)", "constant t (train folds)", "ridge", "mix", "edges", "oracle")
+
+
+def soft_maps(gt, seed: int) -> dict:
+    from pipeline.refine_net import coarse_map
+    from pipeline.thresholds import attention_like
+
+    maps = {f"attention {r}x{r}": attention_like(gt, r, np.random.default_rng(seed + r), 0.02, 0.05) for r in RESOLUTIONS}
+    maps.update({k: coarse_map(gt, k) for k in KINDS})
+    return maps
+
+
+def selectors_on_photos(max_photos: int | None, maps_per_object: int = 3):
+    """res[map kind][method][fold] -> list of IoUs."""
+    from pipeline import realdata
+    from pipeline.masks import DEFAULT_THRESHOLDS as THR, iou_curve
+    from pipeline.refine import GrabCutRefiner, RefinementError
+    from pipeline.thresholds import EdgeSelector, PaperSelector, RidgeModel, RidgeSelector, training_rows
+
+    keys = realdata.photo_keys()
+    fold = realdata.fold_of(keys)
+    gc, paper, edges = GrabCutRefiner(), PaperSelector(), EdgeSelector()
+    res: dict = {}
+    k5 = int(np.argmin(np.abs(THR - 0.5)))
+    n_obj = 0
+    for f in range(realdata.K_FOLDS):
+        train = [k for k in keys if fold[k] != f]
+        x, gains, _ = training_rows(train, maps_per_object)
+        model = RidgeModel.fit(x, gains)
+        ridge = RidgeSelector(model)
+        k_const = int(np.argmax(model.intercept))  # the mean training gain per threshold
+        test = [k for k in keys if fold[k] == f][:max_photos]
+        for i, key in enumerate(test):
+            p = realdata.load_photo(key, min_area=0.02)
+            for j in np.argsort([-m.sum() for m in p.masks])[:2]:
+                gt = p.masks[j]
+                n_obj += 1
+                for kind, heat in soft_maps(gt, 1000 * i + int(j)).items():
+                    curve = iou_curve(heat, gt, THR)
+                    r = ridge(p.image, heat)
+                    try:
+                        refined = gc(p.image, heat).mask
+                        pc = paper(p.image, heat, refined) if refined.any() else None
+                    except RefinementError:
+                        pc = None
+                    # mix = ridge's gains + paper's curve (as MixSelector, without computing ridge twice)
+                    t_paper = pc.threshold if pc else 0.5
+                    t_mix = float(THR[int(np.argmax(pc.scores + r.scores))]) if pc else r.threshold
+                    ts = {"fixed 0.5": THR[k5], "paper (grabcut)": t_paper, "constant t (train folds)": THR[k_const],
+                          "ridge": r.threshold, "mix": t_mix, "edges": edges(p.image, heat).threshold}
+                    row = res.setdefault(kind, {m: {g: [] for g in range(realdata.K_FOLDS)} for m in METHODS})
+                    for m, t in ts.items():
+                        row[m][f].append(float(curve[int(np.argmin(np.abs(THR - t)))]))
+                    row["oracle"][f].append(float(curve.max()))
+    return res, n_obj
+
+
+def selectors_on_embedded(n: int):
+    from pipeline.embedded import world
+    from pipeline.generate import generate, load_pipeline
+    from pipeline.masks import iou, iou_curve
+    from pipeline.refine import GrabCutRefiner, RefinementError
+    from pipeline.thresholds import get_selector
+
+    pipe = load_pipeline(None, device="cpu")
+    gc = GrabCutRefiner()
+    sel = {"fixed 0.5": get_selector("fixed"), "paper (grabcut)": get_selector("paper"), "ridge": get_selector("ridge"),
+           "mix": get_selector("mix"), "edges": get_selector("edges")}
+    rows = {m: [] for m in [*sel, "oracle"]}
+    jobs = [(world.CLASS_NAMES[k % len(world.CLASS_NAMES)], 100000 + k) for k in range(n)]
+    for start in range(0, n, 8):
+        chunk = jobs[start : start + 8]
+        for s in generate(pipe, [c for c, _ in chunk], [sd for _, sd in chunk], steps=25, guidance=5.0):
+            truth = world.colour_extent(s.image, world.CLASS_NAMES.index(s.class_name))
+            if not truth.any():
+                continue
+            try:
+                refined = gc(s.image, s.heat_map).mask
+            except RefinementError:
+                continue
+            if not refined.any():
+                continue
+            for m, f in sel.items():
+                rows[m].append(iou(s.heat_map >= f(s.image, s.heat_map, refined).threshold, truth))
+            rows["oracle"].append(float(iou_curve(s.heat_map, truth).max()))
+    return rows
+
+
+def clicks_bench(refiners: dict, n_objects: int, max_clicks: int = 20):
+    from pipeline import realdata
+    from pipeline.clicks import noc, simulate
+    from pipeline.thresholds import attention_like
+
+    keys = realdata.split([realdata.HELD_OUT_FOLD])
+    out = {}
+    for name, ref in refiners.items():
+        n85, n90, fails, per_click = [], [], 0, []
+        done = 0
+        for i, key in enumerate(keys):
+            if done >= n_objects:
+                break
+            p = realdata.load_photo(key, min_area=0.02)
+            if not p.masks:
+                continue
+            gt = p.masks[int(np.argmax([m.sum() for m in p.masks]))]
+            heat = attention_like(gt, 16, np.random.default_rng(i), 0.02, 0.05)
+            t0 = time.perf_counter()
+            ious = simulate(ref, p.image, heat, gt, max_clicks, 0.90)
+            per_click.append((time.perf_counter() - t0) / len(ious))
+            n85.append(noc(ious, 0.85, max_clicks))
+            n90.append(noc(ious, 0.90, max_clicks))
+            fails += ious[-1] < 0.90
+            done += 1
+        out[name] = dict(n=done, noc85=float(np.mean(n85)), noc90=float(np.mean(n90)), fails=int(fails),
+                         per_call=float(np.median(per_click)))
+    return out
+
+
+def timing(n: int = 6):
+    import cv2
+
+    from pipeline import realdata
+    from pipeline.clicks import ClickRefiner, next_click
+    from pipeline.refine import GrabCutRefiner
+    from pipeline.thresholds import attention_like, get_selector
+
+    sel = {m: get_selector(m) for m in ("ridge", "edges", "mix")}
+    gc, clicks = GrabCutRefiner(), ClickRefiner()
+    t = {"ridge selector": [], "edges selector": [], "mix selector (given the refined mask)": [],
+         "grabcut refinement (what mix and paper wait for)": [], "clicks: one click": [], "grabcut: one click": []}
+    for i, key in enumerate(realdata.split([realdata.HELD_OUT_FOLD])[:n]):
+        p = realdata.load_photo(key, max_side=640)
+        if not p.masks:
+            continue
+        img = cv2.resize(p.image, (512, 512), interpolation=cv2.INTER_AREA)
+        gt = cv2.resize(p.masks[0].astype(np.uint8), (512, 512), interpolation=cv2.INTER_NEAREST) > 0
+        heat = attention_like(gt, 16, np.random.default_rng(i))
+        for m in ("ridge", "edges"):
+            t0 = time.perf_counter()
+            sel[m](img, heat)
+            t[f"{m} selector"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        refined = gc(img, heat).mask
+        t["grabcut refinement (what mix and paper wait for)"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sel["mix"](img, heat, refined)
+        t["mix selector (given the refined mask)"].append(time.perf_counter() - t0)
+        start = clicks(img, heat).mask
+        c = next_click(start, gt)
+        if c is None:
+            continue
+        for name, r in (("clicks", clicks), ("grabcut", gc)):
+            t0 = time.perf_counter()
+            r(img, heat, points=np.array([c[:2]], np.float32), labels=np.array([c[2]]))
+            t[f"{name}: one click"].append(time.perf_counter() - t0)
+    return t
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-photos", type=int, default=None, help="test photos per fold (default: all 60)")
+    ap.add_argument("--embedded", type=int, default=48)
+    ap.add_argument("--click-objects", type=int, default=60, help="fold-0 objects for the clicks refiner")
+    ap.add_argument("--grabcut-click-objects", type=int, default=20, help="... for grabcut (0.8 s a click)")
+    ap.add_argument("--sam-checkpoint", default=None)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["selectors", "embedded", "clicks", "timing"])
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    lines = []
+    if "selectors" not in a.skip:
+        t0 = time.time()
+        res, n_obj = selectors_on_photos(a.max_photos)
+        lines += [f"Threshold selectors, 3-fold cross-validation by photo (`pipeline.realdata`): {n_obj} objects "
+                  f"(the 2 largest of each photo covering >= 2 %; "
+                  f"{'all' if a.max_photos is None else a.max_photos} test photos per fold), photos at 320 px. Each "
+                  "fold's ridge model is fitted on the other two folds' photos with random soft maps "
+                  "(`random_soft_map`: attention-like, random resolution 8-96, blur, noise, half dilated/eroded), "
+                  "never on these fixed kinds. Attention NxN = the true mask blurred (sigma 2 % of the side), averaged "
+                  "down to NxN, noise std 0.05, bilinear back up; the other kinds are `refine_net.coarse_map`'s (not "
+                  "trained on). mIoU with the true mask: mean over the 3 folds [min-max of fold means]; "
+                  "'recovered' = share of the gap fixed 0.5 -> oracle that ridge closes (mean of folds [worst fold]).",
+                  "", "| soft map | " + " | ".join(METHODS) + " | ridge recovered | mix recovered |",
+                  "|---|" + "---|" * (len(METHODS) + 2)]
+        for kind, row in res.items():
+            per = {m: [np.mean(v) for v in row[m].values() if v] for m in METHODS}
+            cells = [f"{np.mean(v):.3f} [{min(v):.3f}-{max(v):.3f}]" for v in per.values()]
+
+            def rec(m):
+                r = [(s - fx) / max(o - fx, 1e-9) for s, fx, o in zip(per[m], per["fixed 0.5"], per["oracle"])]
+                return f"{np.mean(r):.0%} [{min(r):.0%}]"
+            lines.append(f"| {kind} | " + " | ".join(cells) + f" | {rec('ridge')} | {rec('mix')} |")
+        lines += ["", f"(selectors part: {time.time() - t0:.0f} s wall)"]
+    if a.embedded and "embedded" not in a.skip:
+        rows = selectors_on_embedded(a.embedded)
+        lines += ["", f"The embedded model's real attention maps: {len(rows['oracle'])} images it generated (seeds "
+                  "100000+, 25 DDIM steps, guidance 5), the class word's heat map, the true extent from the object's "
+                  "colour (as bench_embedded.py); ridge/mix use the shipped model (fitted on photos only). mIoU:", "",
+                  "| " + " | ".join(rows) + " |", "|" + "---|" * len(rows),
+                  "| " + " | ".join(f"{np.mean(v):.3f}" for v in rows.values()) + " |"]
+    if "clicks" not in a.skip:
+        from pipeline.clicks import ClickRefiner
+        from pipeline.refine import GrabCutRefiner, get_refiner
+
+        out = clicks_bench({"clicks": ClickRefiner()}, a.click_objects)
+        out.update(clicks_bench({"grabcut": GrabCutRefiner()}, a.grabcut_click_objects))
+        sam = "not run (no SAM checkpoint given: pass --sam-checkpoint)"
+        if a.sam_checkpoint:
+            out.update(clicks_bench({"sam": get_refiner("sam", checkpoint=a.sam_checkpoint)}, a.click_objects))
+            sam = "run"
+        lines += ["", "Clicks, standard simulator (each click at the point farthest from the boundary of the largest "
+                  "error region; object click for a missed region, background click for a false one), starting from "
+                  "the 16x16 attention-like soft map of the largest object of fold 0's photos (unseen by the shipped "
+                  "ridge model that makes the clicks refiner's start). NoC counts 0 when the start already reaches "
+                  "the target and 20 for a failure. Targets: NoC@90 <= 4, <= 5 % failing.", "",
+                  "| click refiner | objects | NoC@85 | NoC@90 | not at 0.90 in 20 clicks | median s per call (320 px) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {r['n']} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['fails']} ({r['fails'] / max(r['n'], 1):.0%}) "
+                  f"| {r['per_call']:.3f} |" for n, r in out.items()]
+        lines += ["", f"SAM: {sam}."]
+    if "timing" not in a.skip:
+        t = timing()
+        lines += ["", "Time per 512x512 image (median [max], 1 thread, CPU shared with other jobs; targets: selector "
+                  "<= 0.2 s, a click <= 0.5 s): " + "; ".join(f"{n} {np.median(v):.3f} s [{max(v):.3f}]"
+                                                            for n, v in t.items() if v) + "."]
+    lines += ["", NOTE + (" Subsampled for a 2-core machine shared with other jobs: "
+                          f"{a.max_photos or 'all'} test photos per fold, {a.embedded} embedded images, "
+                          f"{a.click_objects} / {a.grabcut_click_objects} click objects (clicks / grabcut)."
+                          if a.max_photos or a.click_objects < 60 else "")]
+    write_section("bench_masks", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
