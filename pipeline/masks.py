@@ -158,3 +158,11 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if len(xs) == 0:
         return None
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def otsu_threshold(heat: np.ndarray) -> float:
+    """Otsu's threshold of a (H, W) [0, 1] map, in [0, 1] (a mask rule: the refiners and selectors both use it)."""
+    import cv2  # opencv only where this rule runs
+
+    t, _ = cv2.threshold((np.clip(heat, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) / 255.0

@@ -34,7 +34,7 @@ from .attention import AttentionMaps, CaptureConfig
 from .devices import ModelLoadError, resolve_device
 from .errors import PipelineError
 from .images import ImageError, require_rgb
-from .masks import HeatMapError, bbox, check_heat, upsample
+from .masks import HeatMapError, bbox, check_heat, otsu_threshold, upsample  # otsu_threshold re-exported
 from .plugins import Registry
 
 
@@ -95,12 +95,6 @@ def check_inputs(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     if float(heat.max()) - float(heat.min()) < 1e-6:
         raise RefinementError("heat map is flat (no attention on any region): nothing to refine")
     return heat
-
-
-def otsu_threshold(heat: np.ndarray) -> float:
-    """Otsu's threshold of a [0, 1] map, in [0, 1]."""
-    t, _ = cv2.threshold((np.clip(heat, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(t) / 255.0
 
 
 class OtsuRefiner(BaseRefiner):

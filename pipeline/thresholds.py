@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from .errors import PipelineError
-from .masks import DEFAULT_THRESHOLDS, check_heat, choose_threshold, iou_curve
+from .masks import DEFAULT_THRESHOLDS, check_heat, choose_threshold, iou_curve, otsu_threshold
 from .plugins import Registry
 
 ALPHA = 3000.0  # chosen by 3-fold cross-validation by photo (bench/bench_masks.py)
@@ -208,7 +208,6 @@ def object_features(image: np.ndarray, heat: np.ndarray, edges: np.ndarray | Non
     else:
         t_e = t_soft = 0.5
         gain = 0.0
-    from .refine import otsu_threshold
 
     t_otsu = otsu_threshold(heat)
     m = heat >= 0.5
