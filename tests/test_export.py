@@ -622,6 +622,76 @@ def test_force_replaces_only_a_previous_export(store, tmp_path):
     assert (tmp_path / "empty/manifest.json").exists()
 
 
+def test_force_refuses_edited_added_and_hand_made_and_lists_the_differences(store, tmp_path):
+    """#23.8 / #27.7: --force replaces only its own unchanged work; the message lists every
+    difference and the way forward, and the folder is left exactly as it was."""
+    out = tmp_path / "e"
+    export(store, "yolo", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # a reader's cache (what Ultralytics writes beside labels/<split>/) and a hand-edited label
+    (out / "labels/train.cache").write_bytes(b"ultralytics cache")
+    label = sorted((out / "labels/train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "0 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    with pytest.raises(ExportError) as e:
+        export(store, "yolo", out, force=True)
+    msg = str(e.value)
+    assert "added: labels/train.cache (an Ultralytics label cache)" in msg
+    assert f"edited: labels/train/{label.name}" in msg and "Delete" in msg and "--out" in msg
+    assert (out / "labels/train.cache").read_bytes() == b"ultralytics cache" and "0 0.1 0.1" in label.read_text()
+    # the way forward works: delete the cache, restore the label
+    (out / "labels/train.cache").unlink()
+    label.write_bytes(before[label])
+    export(store, "yolo", out, force=True, classes=["dog"])
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 2
+
+    # a hand-made manifest that lists the user's files (with made-up hashes) is not an export
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"my photo")
+    (mine / "manifest.json").write_text(json.dumps({"format": "coco", "sha256": {"photo.jpg": "0" * 64}}))
+    with pytest.raises(ExportError, match="edited: photo.jpg"):
+        export(store, "coco", mine, force=True)
+    assert (mine / "photo.jpg").read_bytes() == b"my photo"
+    (mine / "manifest.json").write_text(json.dumps({"format": "coco", "sha256": []}))
+    with pytest.raises(ExportError, match="not an export manifest"):
+        export(store, "coco", mine, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "photo.jpg"]
+
+
+def test_force_keeps_a_file_written_into_out_while_the_export_ran(store, tmp_path, monkeypatch):
+    """A file put into ``out`` after the first check is found by the second one, made on the
+    old folder moved aside once the new export is complete: it goes back in place whole."""
+    import pipeline.export as ex
+
+    out = tmp_path / "e"
+    export(store, "coco", out)
+    stamp = (out / "manifest.json").read_bytes()
+    real = ex._WRITERS["coco"]
+
+    def writer_and_user(ctx):
+        n = real(ctx)
+        (out / "notes.txt").write_text("written while the export ran")
+        return n
+
+    monkeypatch.setitem(ex._WRITERS, "coco", writer_and_user)
+    with pytest.raises(ExportError, match="added: notes.txt"):
+        export(store, "coco", out, force=True)
+    assert (out / "notes.txt").read_text() == "written while the export ran"
+    assert (out / "manifest.json").read_bytes() == stamp
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial, no old copy left
+
+
+def test_a_killed_force_leaves_a_changed_old_export_in_place(store, tmp_path):
+    """Killed after moving the old export aside and before checking it: the next run puts a
+    changed one back (an unchanged one is deleted, see the test below) and refuses to replace it."""
+    export(store, "coco", tmp_path / "exp")
+    (tmp_path / "exp/edited.txt").write_text("mine")
+    (tmp_path / "exp").rename(tmp_path / ".exp.old-1-0badf00d")
+    with pytest.raises(ExportError, match="added: edited.txt"):
+        export(store, "coco", tmp_path / "exp", force=True)
+    assert (tmp_path / "exp/edited.txt").read_text() == "mine" and not list(tmp_path.glob(".exp.*"))
+
+
 def test_export_refuses_overwrite_bad_format_and_empty_selection(store, tmp_path):
     export(store, "coco", tmp_path / "e")
     stamp = (tmp_path / "e/manifest.json").read_text()
