@@ -259,6 +259,113 @@ def test_store_keeps_crowd_flags(tmp_path):
         s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m)], instance_crowd=[True, False])
 
 
+@pytest.mark.slow
+def test_a_composite_keeps_its_background_photos_licence_in_every_format(tmp_path):
+    """#24: a composite made on a shipped CC BY 2.0 photo carries that photo's licence and
+    attribution, and each pasted object's origin and licence beside it, in COCO, VOC, YOLO
+    and HF (it said "Synthetic data", n_photos 0, origin "generated")."""
+    import datasets
+    import yaml  # noqa: F401  (the YOLO provenance is JSON; yaml only to be sure data.yaml parses)
+    from pipeline.bank import ObjectBank, import_examples
+    from pipeline.export.common import SYNTHETIC_LICENSE, source_provenance
+    from pipeline.session import InsertSession
+
+    s = Store(tmp_path / "s")
+    photo_id = import_examples(s)[0]
+    photo = s.get(photo_id)
+    want = photo.meta["photo"]
+    assert want["license"]["url"] == "http://creativecommons.org/licenses/by/2.0/"
+    bank = ObjectBank(s)
+    cls = sorted(bank.classes())[0]
+    obj = bank.pick(cls, seed=0)
+    fg, fg_mask = bank.cut_out(obj)
+    gen_fg = np.zeros((32, 32, 3), np.uint8) + 200
+    gen_mask = np.zeros((32, 32), bool)
+    gen_mask[4:28, 6:26] = True
+    made = {}
+    for kind, args in (("bank", (fg, fg_mask, cls, f"bank: sample #{obj.sample_id}",
+                                 source_provenance(s.get(obj.sample_id)))),
+                       ("generated", (gen_fg, gen_mask, "star", "generated ('a star', seed 3)",
+                                      {"origin": "generated", "prompt": "a star", "seed": 3, "model": "embedded",
+                                       "license": SYNTHETIC_LICENSE}))):
+        ses = InsertSession.from_record(s, photo)
+        ses.set_object(*args[:4], provenance=args[4])
+        ses.scale, ses.centre = 0.2, (100, 100)
+        ses.compose()
+        made[kind] = ses.to_store(s, status="accepted", uid=f"comp-{kind}")
+    s.set_status([photo_id], "rejected")  # export the composites only
+    s.set_status([r.id for r in s.query() if r.id not in made.values()], "rejected")
+
+    def check(prov, rid):
+        assert prov["origin"] == "composite" and prov["license"] == want["license"]
+        assert prov["source_id"] == want["source_id"] and prov["file_name"] == want["file_name"]
+        assert prov["flickr_url"] == want["flickr_url"]
+        assert prov["background"]["origin"] == "photo" and prov["background"]["uid"] == photo.uid
+        (o,) = prov["inserted"]
+        if rid == made["bank"]:
+            assert o["origin"] == "photo" and o["license"]["url"].startswith("http://creativecommons.org/")
+            assert o["uid"] == s.get(obj.sample_id).uid and o["class"] == cls
+        else:
+            assert o["origin"] == "generated" and o["license"] == SYNTHETIC_LICENSE and o["prompt"] == "a star"
+
+    export(s, "coco", tmp_path / "coco")
+    doc = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())
+    lic = {x["id"]: x for x in doc["licenses"]}
+    assert len(doc["images"]) == 2 and doc["info"]["synthetic"] is False
+    assert doc["info"]["n_composites_on_photos"] == 2
+    for im in doc["images"]:
+        assert lic[im["license"]]["name"] == "Attribution License" and im["flickr_url"] == want["flickr_url"]
+        check(im["provenance"], im["id"])
+    export(s, "voc", tmp_path / "voc")
+    for name, prov in json.loads((tmp_path / "voc" / VOC / "provenance.json").read_text()).items():
+        check(prov, int(name))
+    export(s, "yolo", tmp_path / "yolo")
+    for name, prov in json.loads((tmp_path / "yolo/provenance.json").read_text()).items():
+        check(prov, int(name.split("/")[1]))
+    export(s, "hf", tmp_path / "hf")
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))["train"]
+    for row in ds:
+        assert json.loads(row["license"]) == want["license"] and row["origin"] == "composite"
+        check(json.loads(row["provenance"]), row["sample_id"])
+    # and back: the import restores the composite's record, provenance included
+    back = Store(tmp_path / "back")
+    ids = import_coco(back, tmp_path / "coco/annotations/instances_train.json")
+    assert {back.get(i).meta["background_provenance"]["uid"] for i in ids} == {photo.uid}
+
+
+def test_provenance_threshold_follows_a_curate_change(gen_store, tmp_path):
+    """#24: a per-sample threshold set in Curate (Store.set_threshold) is the one every
+    export's provenance names (it said the old 0.40)."""
+    from pipeline.curation import Curation
+
+    from pipeline.session import InspectSession
+
+    rng = np.random.default_rng(1)
+    heat = rng.random((64, 80)).astype(np.float32)
+    ses = InspectSession(np.zeros((64, 80, 3), np.uint8), "ball", heat, prompt="a ball", seed=1, model="embedded")
+    ses.set_threshold(0.4)
+    rid = ses.to_store(gen_store, "accepted")  # as Accept saves it: its note says "threshold 0.40"
+    assert gen_store.get(rid).meta["mask"] == "attention heat map at threshold 0.40"
+    Curation(gen_store.root).save_details(rid, "", 0.3)
+    assert gen_store.get(rid).effective_threshold == pytest.approx(0.3)
+    for fmt in FORMATS:
+        export(gen_store, fmt, tmp_path / fmt)
+    coco = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())
+    (im,) = [i for i in coco["images"] if i["id"] == rid]
+    assert im["provenance"]["threshold"] == pytest.approx(0.3)
+    assert im["provenance"]["meta"]["mask"] == "attention heat map at threshold 0.30"
+    assert json.loads((tmp_path / "voc" / VOC / "provenance.json").read_text())[f"{rid:08d}"]["threshold"] == \
+        pytest.approx(0.3)
+    assert json.loads((tmp_path / "yolo/provenance.json").read_text())[f"train/{rid:08d}"]["threshold"] == \
+        pytest.approx(0.3)
+    import pyarrow.parquet as pq
+    t = pq.read_table(next((tmp_path / "hf/data").glob("train-*.parquet")), columns=["sample_id", "threshold"])
+    row = t.to_pylist()[[r["sample_id"] for r in t.to_pylist()].index(rid)]
+    assert row["threshold"] == pytest.approx(0.3)
+    rec = gen_store.get(rid)
+    assert np.array_equal(gen_store.masks(rec)[0][1], gen_store.heat(rec) >= 0.3)  # the masks followed too
+
+
 # -- VOC ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
@@ -450,6 +557,20 @@ def test_yolo_supervision_datumaro_and_round_trip(gen_store, tmp_path):
         for a, (_, w) in zip(boxes, want[rid]):
             ys, xs = np.nonzero(w)
             assert np.allclose(a.points, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-3)
+
+
+def test_yolo_val_names_a_validation_split_or_is_absent(store, tmp_path):
+    """#24: data.yaml's `val:` is the exported validation split; without --val there is none, and
+    `val:` is left out with a comment saying why (it used to name the training images)."""
+    import yaml
+
+    export(store, "yolo", tmp_path / "a", val_fraction=0.25)
+    assert yaml.safe_load((tmp_path / "a/data.yaml").read_text())["val"] == "images/val"
+    assert len(list((tmp_path / "a/images/val").iterdir())) == 1
+    export(store, "yolo", tmp_path / "b")
+    text = (tmp_path / "b/data.yaml").read_text()
+    data = yaml.safe_load(text)
+    assert "val" not in data and data["train"] == "images/train" and "--val" in text
 
 
 @pytest.mark.slow

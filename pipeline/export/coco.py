@@ -23,9 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..dataset import Store, load_image_file
-from .common import confined, inside, iter_progress, json_dump, restore_kwargs
-
-SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
+from .common import SYNTHETIC_LICENSE, confined, inside, iter_progress, json_dump, restore_kwargs
 
 
 def write(ctx) -> int:
@@ -42,7 +40,7 @@ def write(ctx) -> int:
                 licenses[key] = len(licenses) + 1
             return licenses[key]
 
-        n_photo = n_gen = 0
+        n_photo = n_gen = n_comp = n_on_photo = 0
         models = set()
         for s in ctx.samples(split):
             rec = s.rec
@@ -53,15 +51,23 @@ def write(ctx) -> int:
             if prov["origin"] == "photo":
                 n_photo += 1
                 lic = prov.get("license") or {"name": "unknown (not recorded at import)", "url": ""}
-                entry["license"] = license_id(lic)
                 photo = rec.meta.get("photo", {})
                 for k in ("coco_url", "flickr_url", "date_captured"):
                     if photo.get(k):
                         entry[k] = photo[k]
+            elif prov["origin"] == "composite":  # a derivative of its background: that one's licence and URLs
+                n_comp += 1
+                models.add(rec.model or "unknown")
+                lic = prov.get("license") or {"name": "unknown (the background's licence was not recorded)", "url": ""}
+                n_on_photo += prov["background"].get("origin") == "photo"
+                for k in ("coco_url", "flickr_url", "date_captured"):
+                    if prov.get(k):
+                        entry[k] = prov[k]
             else:
                 n_gen += 1
                 models.add(rec.model or "unknown")
-                entry["license"] = license_id(SYNTHETIC_LICENSE)
+                lic = SYNTHETIC_LICENSE
+            entry["license"] = license_id(lic)
             entry["provenance"] = prov
             images.append(entry)
             for inst in s.instances:
@@ -79,8 +85,12 @@ def write(ctx) -> int:
                          "masks from cross-attention")
         if n_photo:
             parts.append(f"{n_photo} real photographs with their imported masks (licence per image)")
+        if n_comp:
+            parts.append(f"{n_comp} composites ({n_on_photo} on real photographs) with objects pasted in: "
+                         "each under its background's licence, its objects' origins and licences in provenance")
         doc = {"info": {"description": "Segmentation data made with DiffuMask-Editor Studio: " + "; ".join(parts) + ".",
-                        "synthetic": n_photo == 0, "n_generated": n_gen, "n_photos": n_photo,
+                        "synthetic": n_photo + n_on_photo == 0, "n_generated": n_gen, "n_photos": n_photo,
+                        "n_composites": n_comp, "n_composites_on_photos": n_on_photo,
                         "models": sorted(models), "version": "1.0", "year": datetime.date.today().year,
                         "contributor": "DiffuMask-Editor Studio",
                         "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat()},

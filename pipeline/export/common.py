@@ -118,9 +118,63 @@ def load_sample(store: Store, rec: Record) -> Sample:
     return Sample(rec, data, inst, provenance(rec, store))
 
 
+SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
+UPLOAD_LICENSE = {"name": "unknown (uploaded by the user; not recorded)", "url": ""}
+_PHOTO_KEYS = ("source_id", "file_name", "dataset", "coco_url", "flickr_url", "date_captured")
+
+
 def is_photo(rec: Record) -> bool:
     """Real photographs imported from a dataset (as opposed to generated images)."""
     return rec.meta.get("origin") == "photo" or rec.model.startswith("real") or "coco_image_id" in rec.meta
+
+
+def is_composite(rec: Record) -> bool:
+    """A sample made by pasting objects into a background (the Insert tab, batch insertion)."""
+    return bool(rec.inserted)
+
+
+def source_provenance(rec: Record) -> dict:
+    """Who made the image of ``rec`` and under what licence, in a few keys: what a composite
+    records of its background and of each object pasted into it (JSON-serialisable).
+
+    A photo: origin "photo", its licence, original id, file name, dataset and URLs; a
+    generated image: origin "generated", prompt, seed, model and the synthetic-data licence;
+    a composite: origin "composite" with its own background's and objects' provenance."""
+    if is_composite(rec):
+        return {"origin": "composite", "uid": rec.uid, **composite_provenance(rec)}
+    if is_photo(rec):
+        photo = rec.meta.get("photo", {})
+        return {"origin": "photo", "uid": rec.uid, "license": photo.get("license"),
+                **{k: photo.get(k, rec.meta.get("coco_image_id") if k == "source_id" else None)
+                   for k in _PHOTO_KEYS if photo.get(k) is not None or k == "source_id"}}
+    return {"origin": "generated", "uid": rec.uid, "prompt": rec.prompt, "seed": rec.seed, "model": rec.model,
+            "license": SYNTHETIC_LICENSE}
+
+
+def composite_provenance(rec: Record) -> dict:
+    """A composite's ``background`` (the provenance recorded when it was made: see
+    :func:`source_provenance`; an upload's licence is unknown) and ``inserted`` (per pasted
+    object: class, how it was made, and its own provenance and licence), and, at the top,
+    the background's licence: the composite is a derivative of the background photo, so it
+    carries that photo's licence and attribution, the objects' beside it."""
+    bg = rec.meta.get("background_provenance")
+    if bg is None:  # made before composites recorded their background, or from an upload
+        bg = {"origin": "unknown (not recorded when the composite was made)", "license": None}
+    objects = []
+    for r in rec.inserted:
+        o = r.get("object_provenance") or (r.get("bank") or {}).get("provenance")
+        if o is None and r.get("object_source") == "generated":  # a batch's generated object
+            o = {"origin": "generated", "prompt": r.get("object_prompt"), "seed": r.get("object_seed"),
+                 "model": rec.model, "license": SYNTHETIC_LICENSE}
+        o = dict(o or {"origin": "unknown (not recorded when the composite was made)", "license": None})
+        objects.append({"class": r.get("class"), "made": r.get("object_origin") or r.get("object_source"), **o})
+    out = {"background": bg, "inserted": objects, "license": bg.get("license")}
+    if bg.get("origin") == "upload" and out["license"] is None:
+        out["license"] = UPLOAD_LICENSE
+    for k in _PHOTO_KEYS:
+        if bg.get(k) is not None:
+            out[k] = bg[k]
+    return out
 
 
 def provenance(rec: Record, store: Store | None = None) -> dict:
@@ -128,22 +182,44 @@ def provenance(rec: Record, store: Store | None = None) -> dict:
 
     Photos keep their licence, original id and file name; generated images their prompt,
     seed, model, threshold and refiner (a batch sample's refiner is in its run's
-    ``batch-<run>.json`` beside the store). ``meta`` is the record's own, so an import of the
-    export restores the record as it was."""
-    p = {"uid": rec.uid, "origin": "photo" if is_photo(rec) else "generated", "classes": list(rec.classes),
-         "prompt": rec.prompt,
+    ``batch-<run>.json`` beside the store); composites (origin "composite") their
+    background's licence and attribution at the top level and, beside it, ``background`` and
+    ``inserted`` (each pasted object's origin and licence, see :func:`composite_provenance`).
+    ``threshold`` is the one the masks were made with (a Curate change included). ``meta``
+    is the record's own, so an import of the export restores the record as it was."""
+    origin = "composite" if is_composite(rec) else "photo" if is_photo(rec) else "generated"
+    p = {"uid": rec.uid, "origin": origin, "classes": list(rec.classes), "prompt": rec.prompt,
          "seed": rec.seed, "model": rec.model, "threshold": rec.effective_threshold, "tags": list(rec.tags),
-         "meta": rec.meta}
-    if p["origin"] == "photo":
+         "meta": _current_meta(rec)}
+    if origin == "photo":
         photo = rec.meta.get("photo", {})
         p.update(license=photo.get("license"), source_id=photo.get("source_id", rec.meta.get("coco_image_id")),
                  file_name=photo.get("file_name"), dataset=photo.get("dataset"))
-    else:
+    elif origin == "composite":
+        p.update(composite_provenance(rec))
+    if origin != "photo":
         run = rec.meta.get("batch", {}).get("run")
         spec = _batch_spec(str(store.root), run) if store is not None and run else {}
         # the run's spec keeps the refiner in its generation settings (flat in older runs)
         p["refiner"] = rec.meta.get("refiner") or spec.get("generation", {}).get("refiner") or spec.get("refiner")
     return p
+
+
+HEAT_MASK_NOTE = "attention heat map at threshold"  # how InspectSession.describe() names a threshold mask
+
+
+def _current_meta(rec: Record) -> dict:
+    """``rec.meta`` with its note on the mask (``meta["mask"]``, written when the sample was
+    saved) brought up to date: a threshold changed later in Curate (Store.set_threshold)
+    re-derives the threshold masks, so the note names the threshold they have now."""
+    note = rec.meta.get("mask")
+    t = rec.effective_threshold
+    if isinstance(note, str) and note.startswith(HEAT_MASK_NOTE) and t is not None \
+            and any(i.source == "generated" for i in rec.instances):
+        current = f"{HEAT_MASK_NOTE} {t:.2f}"
+        if note != current:
+            return {**rec.meta, "mask": current}
+    return rec.meta
 
 
 _SPECS: dict[tuple[str, str], dict] = {}

@@ -74,9 +74,14 @@ def write(ctx) -> int:
     splits = list(ctx.splits)
     names = "\n".join(f"  {i}: {json.dumps(c)}" for c, i in cid.items())
     # no `path:` key: Ultralytics then resolves the folders beside this file (a relative `path` would be
-    # taken under its own datasets folder). `val` is required; without a val split it names train.
+    # taken under its own datasets folder). `val:` names the validation split; without one (no --val)
+    # it is left out rather than pointed at the training images, which would score a model on what it
+    # was trained on: Ultralytics then asks for it, and the comment says how to get one.
+    val = (f"val: images/val\n" if "val" in splits else
+           "# no validation split was exported: re-export with --val 0.2 (or add `val:` naming your own\n"
+           "# validation images) before training; Ultralytics requires one\n")
     yaml = (f"# YOLO {task} dataset written by DiffuMask-Editor Studio\n"
-            f"train: images/{splits[0]}\nval: images/{'val' if 'val' in splits else splits[0]}\n"
+            f"train: images/{splits[0]}\n{val}"
             f"task: {task}\nnc: {len(cid)}\nnames:\n{names}\n")
     inside(ctx.root, "data.yaml").write_text(yaml)
     inside(ctx.root, "provenance.json").write_text(json_dump(prov_all))
