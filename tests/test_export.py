@@ -377,7 +377,7 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     root = tmp_path / "voc" / VOC
     labels = ["background", "ball", "kite", "star"]
     assert (root / "labelmap.txt").read_text().splitlines()[1:] == \
-        [f"{c}:{','.join(map(str, voc_palette()[i]))}::" for i, c in enumerate(labels)]
+        [f"{c}:{','.join(map(str, voc_palette()[i]))}::" for i, c in enumerate(labels)] + ["ignored:224,224,192::"]
     want = accepted_masks(gen_store)
     for split in ("train", "val"):
         tv = torchvision.datasets.VOCSegmentation(str(tmp_path / "voc"), year="2012", image_set=split)
@@ -396,8 +396,9 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     for path, _, det in ds:
         rid = int(os.path.basename(path)[:8])
         assert [ds.classes[c] for c in det.class_id] == [c for c, _ in want[rid]]
-        for m, (_, w) in zip(det.mask, want[rid]):  # VOC XML outlines have no holes
-            assert np.array_equal(m, binary_fill_holes(w))
+        for m, (_, w) in zip(det.mask, want[rid]):  # one outline per part, holes bridged in: exact
+            assert np.array_equal(m, w)
+        assert not np.array_equal(want[rid][0][1], binary_fill_holes(want[rid][0][1]))  # the ring has its hole
         boxes = [[*np.argwhere(w.any(0))[[0, -1], 0], *np.argwhere(w.any(1))[[0, -1], 0]] for _, w in want[rid]]
         assert np.array_equal(det.xyxy, [[b[0], b[2], b[1] + 1, b[3] + 1] for b in boxes])
 
@@ -406,7 +407,7 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
         warnings.simplefilter("ignore")
         dds = dm.Dataset.import_from(str(root), "voc")
     dlabels = [c.name for c in dds.categories()[dm.AnnotationType.label]]
-    assert dlabels == labels and len(dds) == 6 and set(dds.subsets()) == {"train", "val"}
+    assert dlabels == labels + ["ignored"] and len(dds) == 6 and set(dds.subsets()) == {"train", "val"}
     for item in dds:
         rid = int(item.id)
         masks = [a for a in item.annotations if isinstance(a, dm.Mask)]
@@ -627,6 +628,36 @@ def test_hf_export_loads_with_datasets(store, tmp_path):
     assert sorted(seen) == [r.id for r in store.query(status="accepted")]
     card = (tmp_path / "hf/README.md").read_text()
     assert "load_dataset(" in card and "load_from_disk" in card and "names[k-1]" not in card
+
+
+@pytest.mark.slow
+def test_hf_rows_load_with_numpy_and_torch_formats(gen_store, tmp_path):
+    """#27.6: the formats training code uses; with_format("numpy")[0] raised ValueError in
+    datasets 5.2 (a list of fixed-length bbox lists). Rows with 2 objects and with none."""
+    import datasets
+    import torch
+
+    rng = np.random.default_rng(0)
+    empty = gen_store.add((rng.random((64, 80, 3)) * 255).astype(np.uint8), ["ball"], status="accepted")
+    export(gen_store, "hf", tmp_path / "hf")
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))["train"]
+    want = accepted_masks(gen_store)
+    for k in range(len(ds)):
+        rid = ds[k]["sample_id"]
+        n = len(want[rid])
+        row = ds.with_format("numpy")[k]
+        assert row["image"].shape == (64, 80, 3) and row["mask"].shape == (64, 80)
+        assert row["objects"]["bbox"].shape == ((n, 4) if n else (0,))
+        if n:
+            assert row["objects"]["mask"].shape == (n, 64, 80)
+            assert all(np.array_equal(m > 127, w) for m, (_, w) in zip(row["objects"]["mask"], want[rid]))
+        t = ds.with_format("torch")[k]
+        assert isinstance(t["image"], torch.Tensor) and tuple(t["image"].shape) == (3, 64, 80)
+        if n:
+            assert tuple(t["objects"]["mask"].shape) == (n, 1, 64, 80) and tuple(t["objects"]["bbox"].shape) == (n, 4)
+            ys, xs = np.nonzero(want[rid][0][1])
+            assert t["objects"]["bbox"][0].tolist() == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+    assert empty in ds["sample_id"]
 
 
 @pytest.mark.slow

@@ -305,6 +305,28 @@ def mask_to_polygons(mask: np.ndarray, holes: bool = True) -> list[np.ndarray]:
     return sorted((c.reshape(-1, 2) for c in contours), key=lambda c: -cv2.contourArea(c))
 
 
+def part_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """One polygon (N >= 3, 2) of pixel indices (x, y) per part of an HW bool mask, each with
+    its own holes joined in by zero-width bridges (see :func:`_bridge`): filling each and
+    OR-ing them gives the mask back, holes included (a bridge to a hole runs over the part's
+    own pixels, so it costs nothing). Contours of 1-2 points (a part one pixel thick) are
+    repeated to 3, as readers drop shorter polygons."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    hierarchy = hierarchy.reshape(-1, 4)  # next, previous, first child, parent
+    out = []
+    for k, c in enumerate(contours):
+        if hierarchy[k][3] != -1:
+            continue  # a hole: joined into its part below
+        holes = [contours[j].reshape(-1, 2) for j in range(len(contours)) if hierarchy[j][3] == k]
+        poly = _bridge([c.reshape(-1, 2), *holes])
+        if len(poly) < 3:
+            poly = np.concatenate([poly] * 3)[:3]
+        out.append(poly)
+    return sorted(out, key=lambda p: -len(p))
+
+
 def mask_to_polygon(mask: np.ndarray) -> tuple[np.ndarray | None, float]:
     """One polygon (N, 2) of pixel indices for ``mask`` and the IoU with which it fills back
     (``polygon_to_mask``); (None, 0.0) for an empty mask.

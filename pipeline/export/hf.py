@@ -32,12 +32,14 @@ def features(categories: Sequence[str]):
     return datasets.Features({
         "image": datasets.Image(),
         "mask": datasets.Image(),
-        "objects": datasets.Sequence({
-            "mask": datasets.Image(),
-            "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-            "category": datasets.ClassLabel(names=names),
-            "source": datasets.Value("string"),
-            "iscrowd": datasets.Value("bool")}),
+        # a dict of lists; bbox an (n, 4) array: a list of fixed-length lists made datasets 5.2's numpy and
+        # torch formats fail ("truth value of an array ... is ambiguous") on every row with an object
+        "objects": {
+            "mask": datasets.List(datasets.Image()),
+            "bbox": datasets.Array2D(shape=(None, 4), dtype="float32"),
+            "category": datasets.List(datasets.ClassLabel(names=names)),
+            "source": datasets.List(datasets.Value("string")),
+            "iscrowd": datasets.List(datasets.Value("bool"))},
         "label": datasets.ClassLabel(names=names),
         "classes": datasets.Sequence(datasets.ClassLabel(names=names)),
         "prompt": datasets.Value("string"), "seed": datasets.Value("int64"), "model": datasets.Value("string"),
