@@ -246,6 +246,44 @@ def test_coco_mini_round_trip_keeps_photo_provenance_and_crowd(tmp_path):
     assert_same_records(s, back_hf, import_hf(back_hf, tmp_path / "hf"))
 
 
+@pytest.mark.slow
+def test_coco_category_ids_and_supercategories_survive_a_round_trip(gen_store, tmp_path):
+    """#27.3: a COCO photo's category ids and supercategories are kept (dog stays 18, animal);
+    generated classes get ids after them; an import of the export keeps them again."""
+    from pycocotools.coco import COCO
+
+    src = SHARED / "coco-mini"
+    if not src.exists():
+        pytest.skip("shared coco-mini not found")
+    orig = json.loads((src / "instances.json").read_text())
+    cats = {c["id"]: c for c in orig["categories"]}
+    dog_imgs = sorted({a["image_id"] for a in orig["annotations"] if a["category_id"] == 18})[:2]
+    sub = dict(orig, images=[i for i in orig["images"] if i["id"] in dog_imgs],
+               annotations=[a for a in orig["annotations"] if a["image_id"] in dog_imgs])
+    (tmp_path / "dogs.json").write_text(json.dumps(sub))
+    import_coco(gen_store, tmp_path / "dogs.json", src / "images")
+    used = {a["category_id"] for a in sub["annotations"]}
+    export(gen_store, "coco", tmp_path / "out")
+    doc = json.loads((tmp_path / "out/annotations/instances_train.json").read_text())
+    got = {c["name"]: (c["id"], c["supercategory"]) for c in doc["categories"]}
+    for cid in used:
+        assert got[cats[cid]["name"]] == (cid, cats[cid]["supercategory"])
+    assert got["dog"] == (18, "animal")
+    top = max(used)
+    assert [got[c] for c in ("ball", "kite", "star")] == [(top + 1, "object"), (top + 2, "object"), (top + 3, "object")]
+    with quiet():
+        new = COCO(str(tmp_path / "out/annotations/instances_train.json"))
+    for img_id in new.getImgIds():
+        for a in new.loadAnns(new.getAnnIds(imgIds=img_id)):
+            assert new.loadCats(a["category_id"])[0]["name"] in got
+    # and again after our own import of the export
+    back = Store(tmp_path / "back")
+    import_coco(back, tmp_path / "out/annotations/instances_train.json")
+    export(back, "coco", tmp_path / "again")
+    again = json.loads((tmp_path / "again/annotations/instances_train.json").read_text())
+    assert {c["name"]: (c["id"], c["supercategory"]) for c in again["categories"]} == got
+
+
 def test_store_keeps_crowd_flags(tmp_path):
     s = Store(tmp_path / "s")
     m = np.zeros((8, 8), bool)
@@ -333,6 +371,7 @@ def test_a_composite_keeps_its_background_photos_licence_in_every_format(tmp_pat
     assert {back.get(i).meta["background_provenance"]["uid"] for i in ids} == {photo.uid}
 
 
+@pytest.mark.slow
 def test_provenance_threshold_follows_a_curate_change(gen_store, tmp_path):
     """#24: a per-sample threshold set in Curate (Store.set_threshold) is the one every
     export's provenance names (it said the old 0.40)."""
@@ -572,6 +611,32 @@ def test_yolo_val_names_a_validation_split_or_is_absent(store, tmp_path):
     text = (tmp_path / "b/data.yaml").read_text()
     data = yaml.safe_load(text)
     assert "val" not in data and data["train"] == "images/train" and "--val" in text
+
+
+@pytest.mark.slow
+def test_every_export_variant_imports_or_says_what_it_cannot_hold(gen_store, tmp_path):
+    """#27.4: import reads every variant the export writes (each format with and without a
+    validation split, VOC with a void border); YOLO detect is refused whole, saying why."""
+    variants = [(fmt, val, {}) for fmt in FORMATS for val in (0.0, 0.5)] + [("voc", 0.0, {"void_border": 2}),
+                                                                             ("yolo", 0.5, {"yolo_task": "detect"})]
+    want = sorted(r.uid for r in gen_store.query(status="accepted"))
+    for k, (fmt, val, opts) in enumerate(variants):
+        out = tmp_path / f"{fmt}-{k}"
+        rep = export(gen_store, fmt, out, val_fraction=val, **opts)
+        back = Store(tmp_path / f"back-{k}")
+        if opts.get("yolo_task") == "detect":
+            with pytest.raises(StoreError, match="detection box.*cannot be imported.*segment"):
+                import_yolo(back, out)
+            assert back.count() == 0
+            continue
+        if fmt == "coco":
+            ids = [i for split in rep.splits for i in import_coco(back, out / f"annotations/instances_{split}.json")]
+        else:
+            ids = {"voc": import_voc, "yolo": import_yolo, "hf": import_hf}[fmt](back, out)
+        assert sorted(back.get(i).uid for i in ids) == want, (fmt, val, opts)
+        if opts.get("void_border"):  # the border is void in the class map, not part of any object
+            assert all(back.mask(i.mask).sum() < gen_store.mask(gen_store.get_by_uid(back.get(rid).uid).instances[j].mask).sum()
+                       for rid in ids for j, i in enumerate(back.get(rid).instances))
 
 
 @pytest.mark.slow

@@ -6,7 +6,10 @@ Datumaro/CVAT ``coco_instances``)::
     annotations/instances_<split>.json
     images/<split>/<sample id>.png
 
-Boxes and areas are computed from the final masks. Each image carries its provenance
+Category ids: a class that came with imported COCO photos keeps its original id and
+supercategory (``category_id`` 18 stays "dog"); other classes get ids after the largest kept
+one, in name order, supercategory "object" (see ``category_ids``); with no COCO photo, 1..K by
+name. Boxes and areas are computed from the final masks. Each image carries its provenance
 (``provenance``: a photo's licence, original id and file name; a generated image's prompt,
 seed, model, threshold and refiner) and each annotation its ``source``; crowd regions from
 an import stay crowd annotations (``iscrowd: 1``).
@@ -26,10 +29,40 @@ from ..dataset import Store, load_image_file
 from .common import SYNTHETIC_LICENSE, confined, inside, iter_progress, json_dump, restore_kwargs
 
 
+def category_ids(records, categories) -> dict[str, tuple[int, str]]:
+    """{class name: (COCO category id, supercategory)} for an export.
+
+    A class that comes with an imported COCO photo keeps that dataset's id and supercategory
+    (``meta["photo"]["categories"]``, recorded at import), so ``category_id`` 18 is "dog" in
+    and out; where photos disagree, the id most of them give wins and the others' names are
+    treated as new. Every other class (generated, or whose id another class holds) gets an id
+    after the largest kept one, in name order, and supercategory "object"."""
+    from collections import Counter
+
+    votes: dict[str, Counter] = {}
+    for rec in records:
+        for name, (cid, sup) in (rec.meta.get("photo", {}).get("categories") or {}).items():
+            if name in categories and isinstance(cid, int) and cid > 0:
+                votes.setdefault(name, Counter())[(cid, sup or "object")] += 1
+    out, taken = {}, set()
+    for name in sorted(votes, key=lambda n: (-votes[n].most_common(1)[0][1], n)):
+        (cid, sup), _ = votes[name].most_common(1)[0]
+        if cid not in taken:
+            out[name] = (cid, sup)
+            taken.add(cid)
+    nxt = max(taken, default=0) + 1
+    for name in categories:
+        if name not in out:
+            out[name] = (nxt, "object")
+            nxt += 1
+    return out
+
+
 def write(ctx) -> int:
     from pycocotools import mask as mask_utils
 
-    cat_id = {c: i + 1 for i, c in enumerate(ctx.categories)}
+    ids = category_ids([r for recs in ctx.splits.values() for r in recs], ctx.categories)
+    cat_id = {c: i for c, (i, _) in ids.items()}
     n_ann = 0
     for split in ctx.splits:
         images, anns, licenses = [], [], {}
@@ -95,10 +128,21 @@ def write(ctx) -> int:
                         "contributor": "DiffuMask-Editor Studio",
                         "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat()},
                "licenses": [{"id": i, "name": n, "url": u} for (n, u), i in licenses.items()],
-               "categories": [{"id": i, "name": c, "supercategory": "object"} for c, i in cat_id.items()],
+               "categories": [{"id": i, "name": c, "supercategory": sup}
+                              for c, (i, sup) in sorted(ids.items(), key=lambda kv: kv[1][0])],
                "images": images, "annotations": anns}
         inside(ctx.root, f"annotations/instances_{split}.json").write_text(json_dump(doc))
     return n_ann
+
+
+def _original_categories(coco, anns) -> dict[str, list]:
+    """{name: [original category id, supercategory]} of the categories an image's annotations
+    use, kept with the photo so an export gives them the same ids (see category_ids)."""
+    out = {}
+    for a in anns:
+        cat = coco.loadCats(a["category_id"])[0]
+        out[cat["name"]] = [int(cat["id"]), cat.get("supercategory")]
+    return out
 
 
 def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
@@ -138,6 +182,7 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
         else:
             photo = {"dataset": "coco", "source_id": img_id, "file_name": info["file_name"],
                      "license": licenses.get(info.get("license")),
+                     "categories": _original_categories(coco, anns),
                      **{k: info[k] for k in ("coco_url", "flickr_url", "date_captured") if info.get(k)}}
             kwargs = dict(uid=f"coco:{info['file_name']}", model="real (COCO)", tags=tags,
                           meta={"origin": "photo", "photo": photo, "coco_image_id": img_id,

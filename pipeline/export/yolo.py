@@ -88,6 +88,19 @@ def write(ctx) -> int:
     return n_inst
 
 
+DETECT_REFUSAL = ("a detection box (class cx cy w h): the store holds instance masks and a box is not a mask, "
+                  "so a YOLO detect dataset cannot be imported; nothing was imported. Import the segment export "
+                  "(--yolo-task segment) or the COCO/VOC/HF export of the same store instead")
+
+
+def _refuse_detection(root: Path) -> None:
+    """A detect dataset (``task: detect`` in data.yaml) is refused whole, before any image."""
+    import yaml
+
+    if yaml.safe_load((root / "data.yaml").read_text()).get("task") == "detect":
+        raise StoreError(f"{root / 'data.yaml'} says task: detect, {DETECT_REFUSAL}")
+
+
 def _read_names(data_yaml: Path) -> list[str]:
     import yaml
 
@@ -98,12 +111,14 @@ def _read_names(data_yaml: Path) -> list[str]:
 def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepted", tags: Sequence[str] = ("imported",),
                 progress: bool = False) -> list[int]:
     """Add a YOLO segmentation dataset (data.yaml, images/<split>/, labels/<split>/): each
-    polygon becomes an instance mask (filled as Ultralytics does). Box-only lines (5 fields)
-    cannot give a mask and are refused. Returns the new sample ids."""
+    polygon becomes an instance mask (filled as Ultralytics does). A detect dataset (``task:
+    detect``, or box-only lines of 5 fields) cannot give masks and is refused with a message
+    saying so (nothing imported). Returns the new sample ids."""
     root = Path(root)
     if not (root / "data.yaml").exists():
         raise StoreError(f"no data.yaml in {root}")
     names = _read_names(root / "data.yaml")
+    _refuse_detection(root)
     prov_all = json.loads((root / "provenance.json").read_text()) if (root / "provenance.json").exists() else {}
     ids = []
     images = sorted(p for p in (root / "images").glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
@@ -119,6 +134,8 @@ def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepte
             parts = line.split()
             if not parts:
                 continue
+            if len(parts) == 5:
+                raise StoreError(f"{label}:{ln}: {DETECT_REFUSAL}")
             if len(parts) < 7 or len(parts) % 2 == 0:
                 raise StoreError(f"{label}:{ln}: not a segmentation polygon (class x1 y1 x2 y2 x3 y3 ...)")
             c = int(parts[0])
