@@ -3,13 +3,14 @@
 Layout (torchvision ``VOCSegmentation(root=out)``, supervision ``from_pascal_voc``,
 Datumaro/CVAT ``voc`` on ``out/VOCdevkit/VOC2012``)::
 
-    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg             re-encoded: JPEG quality 95, 4:4:4 (VOC is JPEG)
     VOCdevkit/VOC2012/Annotations/<id>.xml            objects in SegmentationObject order, boxes
                                                      (1-based, inclusive) and outline polygons
     VOCdevkit/VOC2012/SegmentationClass/<id>.png      P mode, class index per pixel, 255 = void
     VOCdevkit/VOC2012/SegmentationObject/<id>.png     P mode, object k (1-based) per pixel
     VOCdevkit/VOC2012/ImageSets/{Segmentation,Main}/<split>.txt
-    VOCdevkit/VOC2012/labelmap.txt                    name:r,g,b:parts:actions, line i = index i
+    VOCdevkit/VOC2012/labelmap.txt                    name:r,g,b:parts:actions, line i = index i, then
+                                                     "ignored" (Datumaro's name for void, 255)
     VOCdevkit/VOC2012/class_ids.json, provenance.json
 
 One object map per image cannot hold overlapping objects: a later object hides what it
@@ -105,7 +106,9 @@ def write(ctx) -> int:
             rec = s.rec
             name = f"{rec.id:08d}"
             names.append(name)
-            Image.fromarray(s.image).save(inside(root, f"{BASE}/JPEGImages/{name}.jpg"), quality=95)
+            # VOC readers (torchvision) want .jpg: quality 95 without chroma subsampling (4:4:4) keeps
+            # PSNR >= 40 dB on coco-mini and the generated samples (26 dB with the default 4:2:0)
+            Image.fromarray(s.image).save(inside(root, f"{BASE}/JPEGImages/{name}.jpg"), quality=95, subsampling=0)
             inst = [i for i in s.instances if i.mask.any()]
             objs = [i for i in inst if not i.iscrowd]
             crowd = [i for i in inst if i.iscrowd]
