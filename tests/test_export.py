@@ -853,7 +853,7 @@ def test_force_refuses_edited_added_and_hand_made_and_lists_the_differences(stor
         export(store, "yolo", out, force=True)
     msg = str(e.value)
     assert "added: labels/train.cache (an Ultralytics label cache)" in msg
-    assert f"edited: labels/train/{label.name}" in msg and "Delete" in msg and "--out" in msg
+    assert f"edited: labels/train/{label.name}" in msg and "delete them" in msg and "--out" in msg
     assert (out / "labels/train.cache").read_bytes() == b"ultralytics cache" and "0 0.1 0.1" in label.read_text()
     # the way forward works: delete the cache, restore the label
     (out / "labels/train.cache").unlink()

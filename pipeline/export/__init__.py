@@ -164,9 +164,9 @@ def _refusal(out: Path, diffs: list[str]) -> ExportError:
     return ExportError(
         f"refusing to replace {out}: it is not the export its manifest.json describes "
         f"({len(diffs)} difference{'s' * (len(diffs) != 1)}):\n  " + "\n  ".join(shown) +
-        "\n--force only replaces a previous export unchanged, so nothing of yours is lost. Delete "
-        + ("those files (reader caches are rebuilt by the reader on its next run)" if caches else "or move those files")
-        + f", or export with --out to another folder.")
+        "\n--force only replaces a previous export unchanged, so nothing of yours is lost. Move those files "
+        "elsewhere or delete them" + (" (reader caches are rebuilt by the reader on its next run)" if caches else "")
+        + ", or export with --out to another folder.")
 
 
 def check_out(store: Store, out: Path, force: bool) -> None:
