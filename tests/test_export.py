@@ -873,6 +873,11 @@ def test_force_refuses_edited_added_and_hand_made_and_lists_the_differences(stor
     with pytest.raises(ExportError, match="not an export manifest"):
         export(store, "coco", mine, force=True)
     assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "photo.jpg"]
+    # a link to a previous export is not replaced (the export it points at stays)
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(ExportError, match="is a link"):
+        export(store, "coco", tmp_path / "link", force=True)
+    assert (out / "data.yaml").exists()
 
 
 def test_force_keeps_a_file_written_into_out_while_the_export_ran(store, tmp_path, monkeypatch):

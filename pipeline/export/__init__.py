@@ -187,8 +187,8 @@ def check_out(store: Store, out: Path, force: bool) -> None:
         return
     if not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    if not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder (or is a link); refusing to replace it")
     if any(out.iterdir()):
         diffs = export_differences(out)
         if diffs:
