@@ -281,18 +281,36 @@ def png_bytes(arr: np.ndarray) -> bytes:
 
 
 # -- polygons -----------------------------------------------------------------------------
-def _bridge(parts: list[np.ndarray]) -> np.ndarray:
+def _bridge(parts: list[np.ndarray], inside: np.ndarray | None = None) -> np.ndarray:
     """Join closed contours into one polygon by zero-width bridges between their closest
     points (as Ultralytics merges multi-part COCO polygons), so a format with one polygon per
     object keeps every part. Hole contours run the other way round (OpenCV's RETR_CCOMP), so
-    filling the joined polygon leaves the holes empty."""
+    filling the joined polygon leaves the holes empty.
+
+    ``inside`` (HW bool): take, of the closest pairs, the first whose bridge line lies on
+    these pixels only (a bridge from a part to its own hole need not cross background)."""
     poly = parts[0]
     for seg in parts[1:]:
         d = ((poly[:, None, :].astype(np.int64) - seg[None, :, :]) ** 2).sum(-1)
         i, j = np.unravel_index(int(d.argmin()), d.shape)
+        if inside is not None and not _on(inside, poly[i], seg[j]):
+            for flat in np.argsort(d, axis=None, kind="stable")[:2000]:
+                a, b = np.unravel_index(int(flat), d.shape)
+                if _on(inside, poly[a], seg[b]):
+                    i, j = a, b
+                    break
         seg = np.roll(seg, -j, axis=0)
         poly = np.concatenate([poly[:i + 1], seg, seg[:1], poly[i:]])
     return poly
+
+
+def _on(mask: np.ndarray, p: np.ndarray, q: np.ndarray) -> bool:
+    """Whether the pixels of the line p -> q (x, y) all lie on ``mask``."""
+    x0, y0 = int(min(p[0], q[0])), int(min(p[1], q[1]))
+    x1, y1 = int(max(p[0], q[0])), int(max(p[1], q[1]))
+    canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    cv2.line(canvas, (int(p[0]) - x0, int(p[1]) - y0), (int(q[0]) - x0, int(q[1]) - y0), 1)
+    return bool(mask[y0:y1 + 1, x0:x1 + 1][canvas > 0].all())
 
 
 def mask_to_polygons(mask: np.ndarray, holes: bool = True) -> list[np.ndarray]:
@@ -311,6 +329,7 @@ def part_polygons(mask: np.ndarray) -> list[np.ndarray]:
     OR-ing them gives the mask back, holes included (a bridge to a hole runs over the part's
     own pixels, so it costs nothing). Contours of 1-2 points (a part one pixel thick) are
     repeated to 3, as readers drop shorter polygons."""
+    mask = np.asarray(mask, bool)
     contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return []
@@ -320,7 +339,7 @@ def part_polygons(mask: np.ndarray) -> list[np.ndarray]:
         if hierarchy[k][3] != -1:
             continue  # a hole: joined into its part below
         holes = [contours[j].reshape(-1, 2) for j in range(len(contours)) if hierarchy[j][3] == k]
-        poly = _bridge([c.reshape(-1, 2), *holes])
+        poly = _bridge([c.reshape(-1, 2), *holes], inside=mask)
         if len(poly) < 3:
             poly = np.concatenate([poly] * 3)[:3]
         out.append(poly)
