@@ -356,6 +356,10 @@ class InsertSession:
     composite_sources: list = field(default_factory=list)
     crowd: list = field(default_factory=list)  # per background instance: a COCO crowd region?
     composite_crowd: list = field(default_factory=list)
+    # who made the background and the object, and under what licence (see
+    # pipeline.export.common.source_provenance): the composite's exports carry both
+    background_provenance: dict | None = None
+    fg_provenance: dict | None = None
 
     def __post_init__(self):
         from .images import check_image
@@ -376,10 +380,17 @@ class InsertSession:
     @classmethod
     def from_record(cls, store, rec) -> "InsertSession":
         """A stored sample as the background, with its masks exactly as stored."""
-        return cls(store.load_image(rec), store.masks(rec), [i.source for i in rec.instances], list(rec.classes),
-                   f"sample #{rec.id}", crowd=[i.iscrowd for i in rec.instances])
+        from .export.common import source_provenance
 
-    def set_object(self, fg: np.ndarray, fg_mask: np.ndarray, class_name: str, origin: str = "generated") -> None:
+        return cls(store.load_image(rec), store.masks(rec), [i.source for i in rec.instances], list(rec.classes),
+                   f"sample #{rec.id}", crowd=[i.iscrowd for i in rec.instances],
+                   background_provenance=source_provenance(rec))
+
+    def set_object(self, fg: np.ndarray, fg_mask: np.ndarray, class_name: str, origin: str = "generated",
+                   provenance: dict | None = None) -> None:
+        """The object to insert: HWC uint8 image, (h, w) bool mask, its class, ``origin`` (how
+        it was made, in words) and ``provenance`` (who made it, under what licence: see
+        pipeline.export.common.source_provenance), which the composite's exports carry."""
         from .images import check_image
 
         fg = check_image(fg)
@@ -391,6 +402,7 @@ class InsertSession:
         if not str(class_name or "").strip():
             raise SessionError("the object needs a class name")
         self.fg, self.fg_mask, self.fg_class, self.fg_origin = fg, fg_mask, class_name.strip(), origin
+        self.fg_provenance = provenance
         self.placement = self.composite = None
 
     def _need_object(self):
@@ -462,6 +474,8 @@ class InsertSession:
         self.composite_sources = [s for s, k in zip(self.sources, kept) if k] + ["inserted"]
         self.composite_crowd = [c for c, k in zip(self.crowd, kept) if k] + [False]
         comp.record["object_origin"] = self.fg_origin
+        if self.fg_provenance is not None:
+            comp.record["object_provenance"] = self.fg_provenance
         self.composite = comp
         return comp
 
@@ -476,7 +490,9 @@ class InsertSession:
                                                    zip(comp.instances, self.composite_sources, self.composite_crowd)],
                                comp.record, uid=uid, status=status, tags=tags, model=model, seed=seed,
                                prompt=prompt if prompt is not None else f"{self.origin} + {self.fg_class}",
-                               meta={"background": self.origin, "object": self.fg_origin, **(meta or {})})
+                               meta={"background": self.origin, "object": self.fg_origin,
+                                     "background_provenance": self.background_provenance
+                                     or {"origin": self.origin, "license": None}, **(meta or {})})
 
 
 def store_composite(store, image: np.ndarray, instances, record: dict, *, uid: str | None = None,

@@ -25,6 +25,7 @@ from pipeline.harmonize import HARMONIZERS, HarmonizeError, default_method
 from pipeline.placement import DEFAULT_SCORER, SCORERS, PlacementError
 from pipeline.presets import resolve_checkpoint
 from pipeline.refine import DEFAULT_REFINER, RefinementError, get_refiner, refine_and_choose
+from pipeline.export.common import SYNTHETIC_LICENSE, source_provenance
 from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
@@ -171,7 +172,8 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
                     if class_name in bank:
                         obj = bank.pick(class_name, seed=int(seed or 0))
                         fg, fg_mask = bank.cut_out(obj)
-                        ses.set_object(fg, fg_mask, class_name, f"{label}: sample #{obj.sample_id} instance {obj.index}")
+                        ses.set_object(fg, fg_mask, class_name, f"{label}: sample #{obj.sample_id} instance {obj.index}",
+                                       provenance=source_provenance(store.get(obj.sample_id)))
                         return ses, viz.upscale_for_display(viz.overlay_mask(fg, fg_mask), 160)
             have = ", ".join(sorted(_bank_classes())) or "none"
             raise user_error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
@@ -185,7 +187,9 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             ch = refine_and_choose(s.image, s.heat_map, get_refiner(DEFAULT_REFINER), s.attention)
         except RefinementError as e:
             raise user_error(str(e))
-        ses.set_object(s.image, ch.mask(s.heat_map), class_name, f"generated ({s.prompt!r}, seed {int(seed or 0)})")
+        ses.set_object(s.image, ch.mask(s.heat_map), class_name, f"generated ({s.prompt!r}, seed {int(seed or 0)})",
+                       provenance={"origin": "generated", "prompt": s.prompt, "seed": int(seed or 0),
+                                   "model": model or "embedded", "license": SYNTHETIC_LICENSE})
         return ses, viz.upscale_for_display(viz.overlay_mask(s.image, ses.fg_mask))
 
     def place(ses: InsertSession | None, scorer=DEFAULT_SCORER, scorer_weights="", progress=gr.Progress()):

@@ -337,6 +337,13 @@ def test_insert_from_the_bank_records_provenance_and_resumes_exactly(tmp_path):
         assert [n for n, _ in masks] == [n for n, _ in again.instances]
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(masks, again.instances))
         assert [i.source for i in comp.instances][-1] == "inserted"
+        # every export says where the background and the object come from, with their licences
+        from pipeline.export.common import provenance
+        exported = provenance(comp, store)
+        assert exported["origin"] == "composite" and exported["background"]["uid"] == base.uid
+        assert exported["background"]["origin"] == "generated"
+        assert exported["inserted"][0]["uid"] == src.uid and exported["inserted"][0]["origin"] == "photo"
+        assert exported["inserted"][0]["license"] == src.meta["photo"]["license"]
     # resume: candidates already made (a run without --insert), then the same run with it
     other = _photo_store(tmp_path / "b")
     run_batch(replace(spec, insertion=replace(spec.insertion, objects=0)), other)

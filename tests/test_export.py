@@ -247,6 +247,44 @@ def test_coco_mini_round_trip_keeps_photo_provenance_and_crowd(tmp_path):
     assert_same_records(s, back_hf, import_hf(back_hf, tmp_path / "hf"))
 
 
+@pytest.mark.slow
+def test_coco_category_ids_and_supercategories_survive_a_round_trip(gen_store, tmp_path):
+    """#27.3: a COCO photo's category ids and supercategories are kept (dog stays 18, animal);
+    generated classes get ids after them; an import of the export keeps them again."""
+    from pycocotools.coco import COCO
+
+    src = SHARED / "coco-mini"
+    if not src.exists():
+        pytest.skip("shared coco-mini not found")
+    orig = json.loads((src / "instances.json").read_text())
+    cats = {c["id"]: c for c in orig["categories"]}
+    dog_imgs = sorted({a["image_id"] for a in orig["annotations"] if a["category_id"] == 18})[:2]
+    sub = dict(orig, images=[i for i in orig["images"] if i["id"] in dog_imgs],
+               annotations=[a for a in orig["annotations"] if a["image_id"] in dog_imgs])
+    (tmp_path / "dogs.json").write_text(json.dumps(sub))
+    import_coco(gen_store, tmp_path / "dogs.json", src / "images")
+    used = {a["category_id"] for a in sub["annotations"]}
+    export(gen_store, "coco", tmp_path / "out")
+    doc = json.loads((tmp_path / "out/annotations/instances_train.json").read_text())
+    got = {c["name"]: (c["id"], c["supercategory"]) for c in doc["categories"]}
+    for cid in used:
+        assert got[cats[cid]["name"]] == (cid, cats[cid]["supercategory"])
+    assert got["dog"] == (18, "animal")
+    top = max(used)
+    assert [got[c] for c in ("ball", "kite", "star")] == [(top + 1, "object"), (top + 2, "object"), (top + 3, "object")]
+    with quiet():
+        new = COCO(str(tmp_path / "out/annotations/instances_train.json"))
+    for img_id in new.getImgIds():
+        for a in new.loadAnns(new.getAnnIds(imgIds=img_id)):
+            assert new.loadCats(a["category_id"])[0]["name"] in got
+    # and again after our own import of the export
+    back = Store(tmp_path / "back")
+    import_coco(back, tmp_path / "out/annotations/instances_train.json")
+    export(back, "coco", tmp_path / "again")
+    again = json.loads((tmp_path / "again/annotations/instances_train.json").read_text())
+    assert {c["name"]: (c["id"], c["supercategory"]) for c in again["categories"]} == got
+
+
 def test_store_keeps_crowd_flags(tmp_path):
     s = Store(tmp_path / "s")
     m = np.zeros((8, 8), bool)
@@ -260,6 +298,114 @@ def test_store_keeps_crowd_flags(tmp_path):
         s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m)], instance_crowd=[True, False])
 
 
+@pytest.mark.slow
+def test_a_composite_keeps_its_background_photos_licence_in_every_format(tmp_path):
+    """#24: a composite made on a shipped CC BY 2.0 photo carries that photo's licence and
+    attribution, and each pasted object's origin and licence beside it, in COCO, VOC, YOLO
+    and HF (it said "Synthetic data", n_photos 0, origin "generated")."""
+    import datasets
+    import yaml  # noqa: F401  (the YOLO provenance is JSON; yaml only to be sure data.yaml parses)
+    from pipeline.bank import ObjectBank, import_examples
+    from pipeline.export.common import SYNTHETIC_LICENSE, source_provenance
+    from pipeline.session import InsertSession
+
+    s = Store(tmp_path / "s")
+    photo_id = import_examples(s)[0]
+    photo = s.get(photo_id)
+    want = photo.meta["photo"]
+    assert want["license"]["url"] == "http://creativecommons.org/licenses/by/2.0/"
+    bank = ObjectBank(s)
+    cls = sorted(bank.classes())[0]
+    obj = bank.pick(cls, seed=0)
+    fg, fg_mask = bank.cut_out(obj)
+    gen_fg = np.zeros((32, 32, 3), np.uint8) + 200
+    gen_mask = np.zeros((32, 32), bool)
+    gen_mask[4:28, 6:26] = True
+    made = {}
+    for kind, args in (("bank", (fg, fg_mask, cls, f"bank: sample #{obj.sample_id}",
+                                 source_provenance(s.get(obj.sample_id)))),
+                       ("generated", (gen_fg, gen_mask, "star", "generated ('a star', seed 3)",
+                                      {"origin": "generated", "prompt": "a star", "seed": 3, "model": "embedded",
+                                       "license": SYNTHETIC_LICENSE}))):
+        ses = InsertSession.from_record(s, photo)
+        ses.set_object(*args[:4], provenance=args[4])
+        ses.scale, ses.centre = 0.2, (100, 100)
+        ses.compose()
+        made[kind] = ses.to_store(s, status="accepted", uid=f"comp-{kind}")
+    s.set_status([photo_id], "rejected")  # export the composites only
+    s.set_status([r.id for r in s.query() if r.id not in made.values()], "rejected")
+
+    def check(prov, rid):
+        assert prov["origin"] == "composite" and prov["license"] == want["license"]
+        assert prov["source_id"] == want["source_id"] and prov["file_name"] == want["file_name"]
+        assert prov["flickr_url"] == want["flickr_url"]
+        assert prov["background"]["origin"] == "photo" and prov["background"]["uid"] == photo.uid
+        (o,) = prov["inserted"]
+        if rid == made["bank"]:
+            assert o["origin"] == "photo" and o["license"]["url"].startswith("http://creativecommons.org/")
+            assert o["uid"] == s.get(obj.sample_id).uid and o["class"] == cls
+        else:
+            assert o["origin"] == "generated" and o["license"] == SYNTHETIC_LICENSE and o["prompt"] == "a star"
+
+    export(s, "coco", tmp_path / "coco")
+    doc = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())
+    lic = {x["id"]: x for x in doc["licenses"]}
+    assert len(doc["images"]) == 2 and doc["info"]["synthetic"] is False
+    assert doc["info"]["n_composites_on_photos"] == 2
+    for im in doc["images"]:
+        assert lic[im["license"]]["name"] == "Attribution License" and im["flickr_url"] == want["flickr_url"]
+        check(im["provenance"], im["id"])
+    export(s, "voc", tmp_path / "voc")
+    for name, prov in json.loads((tmp_path / "voc" / VOC / "provenance.json").read_text()).items():
+        check(prov, int(name))
+    export(s, "yolo", tmp_path / "yolo")
+    for name, prov in json.loads((tmp_path / "yolo/provenance.json").read_text()).items():
+        check(prov, int(name.split("/")[1]))
+    export(s, "hf", tmp_path / "hf")
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))["train"]
+    for row in ds:
+        assert json.loads(row["license"]) == want["license"] and row["origin"] == "composite"
+        check(json.loads(row["provenance"]), row["sample_id"])
+    # and back: the import restores the composite's record, provenance included
+    back = Store(tmp_path / "back")
+    ids = import_coco(back, tmp_path / "coco/annotations/instances_train.json")
+    assert {back.get(i).meta["background_provenance"]["uid"] for i in ids} == {photo.uid}
+
+
+@pytest.mark.slow
+def test_provenance_threshold_follows_a_curate_change(gen_store, tmp_path):
+    """#24: a per-sample threshold set in Curate (Store.set_threshold) is the one every
+    export's provenance names (it said the old 0.40)."""
+    from pipeline.curation import Curation
+
+    from pipeline.session import InspectSession
+
+    rng = np.random.default_rng(1)
+    heat = rng.random((64, 80)).astype(np.float32)
+    ses = InspectSession(np.zeros((64, 80, 3), np.uint8), "ball", heat, prompt="a ball", seed=1, model="embedded")
+    ses.set_threshold(0.4)
+    rid = ses.to_store(gen_store, "accepted")  # as Accept saves it: its note says "threshold 0.40"
+    assert gen_store.get(rid).meta["mask"] == "attention heat map at threshold 0.40"
+    Curation(gen_store.root).save_details(rid, "", 0.3)
+    assert gen_store.get(rid).effective_threshold == pytest.approx(0.3)
+    for fmt in FORMATS:
+        export(gen_store, fmt, tmp_path / fmt)
+    coco = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())
+    (im,) = [i for i in coco["images"] if i["id"] == rid]
+    assert im["provenance"]["threshold"] == pytest.approx(0.3)
+    assert im["provenance"]["meta"]["mask"] == "attention heat map at threshold 0.30"
+    assert json.loads((tmp_path / "voc" / VOC / "provenance.json").read_text())[f"{rid:08d}"]["threshold"] == \
+        pytest.approx(0.3)
+    assert json.loads((tmp_path / "yolo/provenance.json").read_text())[f"train/{rid:08d}"]["threshold"] == \
+        pytest.approx(0.3)
+    import pyarrow.parquet as pq
+    t = pq.read_table(next((tmp_path / "hf/data").glob("train-*.parquet")), columns=["sample_id", "threshold"])
+    row = t.to_pylist()[[r["sample_id"] for r in t.to_pylist()].index(rid)]
+    assert row["threshold"] == pytest.approx(0.3)
+    rec = gen_store.get(rid)
+    assert np.array_equal(gen_store.masks(rec)[0][1], gen_store.heat(rec) >= 0.3)  # the masks followed too
+
+
 # -- VOC ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
@@ -271,7 +417,7 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     root = tmp_path / "voc" / VOC
     labels = ["background", "ball", "kite", "star"]
     assert (root / "labelmap.txt").read_text().splitlines()[1:] == \
-        [f"{c}:{','.join(map(str, voc_palette()[i]))}::" for i, c in enumerate(labels)]
+        [f"{c}:{','.join(map(str, voc_palette()[i]))}::" for i, c in enumerate(labels)] + ["ignored:224,224,192::"]
     want = accepted_masks(gen_store)
     for split in ("train", "val"):
         tv = torchvision.datasets.VOCSegmentation(str(tmp_path / "voc"), year="2012", image_set=split)
@@ -290,8 +436,9 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
     for path, _, det in ds:
         rid = int(os.path.basename(path)[:8])
         assert [ds.classes[c] for c in det.class_id] == [c for c, _ in want[rid]]
-        for m, (_, w) in zip(det.mask, want[rid]):  # VOC XML outlines have no holes
-            assert np.array_equal(m, binary_fill_holes(w))
+        for m, (_, w) in zip(det.mask, want[rid]):  # one outline per part, holes bridged in: exact
+            assert np.array_equal(m, w)
+        assert not np.array_equal(want[rid][0][1], binary_fill_holes(want[rid][0][1]))  # the ring has its hole
         boxes = [[*np.argwhere(w.any(0))[[0, -1], 0], *np.argwhere(w.any(1))[[0, -1], 0]] for _, w in want[rid]]
         assert np.array_equal(det.xyxy, [[b[0], b[2], b[1] + 1, b[3] + 1] for b in boxes])
 
@@ -300,7 +447,7 @@ def test_voc_torchvision_supervision_datumaro(gen_store, tmp_path):
         warnings.simplefilter("ignore")
         dds = dm.Dataset.import_from(str(root), "voc")
     dlabels = [c.name for c in dds.categories()[dm.AnnotationType.label]]
-    assert dlabels == labels and len(dds) == 6 and set(dds.subsets()) == {"train", "val"}
+    assert dlabels == labels + ["ignored"] and len(dds) == 6 and set(dds.subsets()) == {"train", "val"}
     for item in dds:
         rid = int(item.id)
         masks = [a for a in item.annotations if isinstance(a, dm.Mask)]
@@ -453,6 +600,46 @@ def test_yolo_supervision_datumaro_and_round_trip(gen_store, tmp_path):
             assert np.allclose(a.points, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1e-3)
 
 
+def test_yolo_val_names_a_validation_split_or_is_absent(store, tmp_path):
+    """#24: data.yaml's `val:` is the exported validation split; without --val there is none, and
+    `val:` is left out with a comment saying why (it used to name the training images)."""
+    import yaml
+
+    export(store, "yolo", tmp_path / "a", val_fraction=0.25)
+    assert yaml.safe_load((tmp_path / "a/data.yaml").read_text())["val"] == "images/val"
+    assert len(list((tmp_path / "a/images/val").iterdir())) == 1
+    export(store, "yolo", tmp_path / "b")
+    text = (tmp_path / "b/data.yaml").read_text()
+    data = yaml.safe_load(text)
+    assert "val" not in data and data["train"] == "images/train" and "--val" in text
+
+
+@pytest.mark.slow
+def test_every_export_variant_imports_or_says_what_it_cannot_hold(gen_store, tmp_path):
+    """#27.4: import reads every variant the export writes (each format with and without a
+    validation split, VOC with a void border); YOLO detect is refused whole, saying why."""
+    variants = [(fmt, val, {}) for fmt in FORMATS for val in (0.0, 0.5)] + [("voc", 0.0, {"void_border": 2}),
+                                                                             ("yolo", 0.5, {"yolo_task": "detect"})]
+    want = sorted(r.uid for r in gen_store.query(status="accepted"))
+    for k, (fmt, val, opts) in enumerate(variants):
+        out = tmp_path / f"{fmt}-{k}"
+        rep = export(gen_store, fmt, out, val_fraction=val, **opts)
+        back = Store(tmp_path / f"back-{k}")
+        if opts.get("yolo_task") == "detect":
+            with pytest.raises(StoreError, match="detection box.*cannot be imported.*segment"):
+                import_yolo(back, out)
+            assert back.count() == 0
+            continue
+        if fmt == "coco":
+            ids = [i for split in rep.splits for i in import_coco(back, out / f"annotations/instances_{split}.json")]
+        else:
+            ids = {"voc": import_voc, "yolo": import_yolo, "hf": import_hf}[fmt](back, out)
+        assert sorted(back.get(i).uid for i in ids) == want, (fmt, val, opts)
+        if opts.get("void_border"):  # the border is void in the class map, not part of any object
+            assert all(back.mask(i.mask).sum() < gen_store.mask(gen_store.get_by_uid(back.get(rid).uid).instances[j].mask).sum()
+                       for rid in ids for j, i in enumerate(back.get(rid).instances))
+
+
 @pytest.mark.slow
 def test_yolo_coco_mini_instances_fill_back(tmp_path):
     src = SHARED / "coco-mini"
@@ -507,6 +694,36 @@ def test_hf_export_loads_with_datasets(store, tmp_path):
     assert sorted(seen) == [r.id for r in store.query(status="accepted")]
     card = (tmp_path / "hf/README.md").read_text()
     assert "load_dataset(" in card and "load_from_disk" in card and "names[k-1]" not in card
+
+
+@pytest.mark.slow
+def test_hf_rows_load_with_numpy_and_torch_formats(gen_store, tmp_path):
+    """#27.6: the formats training code uses; with_format("numpy")[0] raised ValueError in
+    datasets 5.2 (a list of fixed-length bbox lists). Rows with 2 objects and with none."""
+    import datasets
+    import torch
+
+    rng = np.random.default_rng(0)
+    empty = gen_store.add((rng.random((64, 80, 3)) * 255).astype(np.uint8), ["ball"], status="accepted")
+    export(gen_store, "hf", tmp_path / "hf")
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))["train"]
+    want = accepted_masks(gen_store)
+    for k in range(len(ds)):
+        rid = ds[k]["sample_id"]
+        n = len(want[rid])
+        row = ds.with_format("numpy")[k]
+        assert row["image"].shape == (64, 80, 3) and row["mask"].shape == (64, 80)
+        assert row["objects"]["bbox"].shape == ((n, 4) if n else (0,))
+        if n:
+            assert row["objects"]["mask"].shape == (n, 64, 80)
+            assert all(np.array_equal(m > 127, w) for m, (_, w) in zip(row["objects"]["mask"], want[rid]))
+        t = ds.with_format("torch")[k]
+        assert isinstance(t["image"], torch.Tensor) and tuple(t["image"].shape) == (3, 64, 80)
+        if n:
+            assert tuple(t["objects"]["mask"].shape) == (n, 1, 64, 80) and tuple(t["objects"]["bbox"].shape) == (n, 4)
+            ys, xs = np.nonzero(want[rid][0][1])
+            assert t["objects"]["bbox"][0].tolist() == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+    assert empty in ds["sample_id"]
 
 
 @pytest.mark.slow
@@ -621,6 +838,81 @@ def test_force_replaces_only_a_previous_export(store, tmp_path):
     (tmp_path / "empty").mkdir()
     export(store, "coco", tmp_path / "empty", force=True)  # an empty folder holds nothing to lose
     assert (tmp_path / "empty/manifest.json").exists()
+
+
+def test_force_refuses_edited_added_and_hand_made_and_lists_the_differences(store, tmp_path):
+    """#23.8 / #27.7: --force replaces only its own unchanged work; the message lists every
+    difference and the way forward, and the folder is left exactly as it was."""
+    out = tmp_path / "e"
+    export(store, "yolo", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # a reader's cache (what Ultralytics writes beside labels/<split>/) and a hand-edited label
+    (out / "labels/train.cache").write_bytes(b"ultralytics cache")
+    label = sorted((out / "labels/train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "0 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    with pytest.raises(ExportError) as e:
+        export(store, "yolo", out, force=True)
+    msg = str(e.value)
+    assert "added: labels/train.cache (an Ultralytics label cache)" in msg
+    assert f"edited: labels/train/{label.name}" in msg and "delete them" in msg and "--out" in msg
+    assert (out / "labels/train.cache").read_bytes() == b"ultralytics cache" and "0 0.1 0.1" in label.read_text()
+    # the way forward works: delete the cache, restore the label
+    (out / "labels/train.cache").unlink()
+    label.write_bytes(before[label])
+    export(store, "yolo", out, force=True, classes=["dog"])
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 2
+
+    # a hand-made manifest that lists the user's files (with made-up hashes) is not an export
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"my photo")
+    (mine / "manifest.json").write_text(json.dumps({"format": "coco", "sha256": {"photo.jpg": "0" * 64}}))
+    with pytest.raises(ExportError, match="edited: photo.jpg"):
+        export(store, "coco", mine, force=True)
+    assert (mine / "photo.jpg").read_bytes() == b"my photo"
+    (mine / "manifest.json").write_text(json.dumps({"format": "coco", "sha256": []}))
+    with pytest.raises(ExportError, match="not an export manifest"):
+        export(store, "coco", mine, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "photo.jpg"]
+    # a link to a previous export is not replaced (the export it points at stays)
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(ExportError, match="is a link"):
+        export(store, "coco", tmp_path / "link", force=True)
+    assert (out / "data.yaml").exists()
+
+
+def test_force_keeps_a_file_written_into_out_while_the_export_ran(store, tmp_path, monkeypatch):
+    """A file put into ``out`` after the first check is found by the second one, made on the
+    old folder moved aside once the new export is complete: it goes back in place whole."""
+    import pipeline.export as ex
+
+    out = tmp_path / "e"
+    export(store, "coco", out)
+    stamp = (out / "manifest.json").read_bytes()
+    real = ex._WRITERS["coco"]
+
+    def writer_and_user(ctx):
+        n = real(ctx)
+        (out / "notes.txt").write_text("written while the export ran")
+        return n
+
+    monkeypatch.setitem(ex._WRITERS, "coco", writer_and_user)
+    with pytest.raises(ExportError, match="added: notes.txt"):
+        export(store, "coco", out, force=True)
+    assert (out / "notes.txt").read_text() == "written while the export ran"
+    assert (out / "manifest.json").read_bytes() == stamp
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial, no old copy left
+
+
+def test_a_killed_force_leaves_a_changed_old_export_in_place(store, tmp_path):
+    """Killed after moving the old export aside and before checking it: the next run puts a
+    changed one back (an unchanged one is deleted, see the test below) and refuses to replace it."""
+    export(store, "coco", tmp_path / "exp")
+    (tmp_path / "exp/edited.txt").write_text("mine")
+    (tmp_path / "exp").rename(tmp_path / ".exp.old-1-0badf00d")
+    with pytest.raises(ExportError, match="added: edited.txt"):
+        export(store, "coco", tmp_path / "exp", force=True)
+    assert (tmp_path / "exp/edited.txt").read_text() == "mine" and not list(tmp_path.glob(".exp.*"))
 
 
 def test_export_refuses_overwrite_bad_format_and_empty_selection(store, tmp_path):

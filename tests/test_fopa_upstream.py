@@ -3,10 +3,15 @@ random weights: libcom's FOPAHeatMapModel (prepare_multi_fg_scales -> generate_h
 generate_bounding_box) and RainNet's test.py (TestDataset -> processImage -> tensor2im),
 vendored in tests/upstream_ref/ (Apache-2.0 / MIT, see the NOTICE there).
 
-Targets: heat maps within 1e-3 of upstream's, composites within 1 level. Upstream runs on
-its own files (it reads paths and caches JPEGs); this project's code gets the same images
-as arrays. Fewer scales than the default 16 keep the CPU time down: upstream's
+Targets: heat maps within 1e-6 of upstream's at all 16 scales (the largest difference
+measured is 0.0; at 2 scales and 1e-3, rounding the scaled sizes instead of truncating them
+passed), composites within 1 level for binary masks. Upstream runs on its own files (it reads
+paths and caches JPEGs); this project's code gets the same images as arrays. Upstream's
 ``fg_scale_num=n`` means the scales i / (n + 2), which are passed to the scorer as such.
+
+Boxes are compared on the float heat maps: upstream ranks the 8-bit JPEG maps it saved,
+where many pixels tie at the maximum and its order among them is arbitrary, so the test
+re-saves its float maps under the same names before its ranking code runs.
 """
 import shutil
 
@@ -26,7 +31,8 @@ from upstream_ref import rainnet_junleen as up_rain  # noqa: E402
 
 FOPA_DIR = SHARED / "libcom" / "tests" / "fopa_heat_map"
 IHARMONY = SHARED / "iHarmony4" / "data"
-N_SCALES = 2  # upstream's fg_scale_num: scales 1/4 and 2/4
+N_SCALES = 16  # upstream's default fg_scale_num: scales i / 18
+HEAT_TOL = 1e-6
 
 
 def _need(*paths):
@@ -84,7 +90,7 @@ def _check_fopa(nets, fg_path, mask_path, bg_path, fg, fg_mask, bg, tmp_path):
     scales = tuple(i / (N_SCALES + 2) for i in range(1, N_SCALES + 1))
     r = scorer(bg, fg, fg_mask, scales=scales, top_k=4)
     assert r.heat.shape == up_heat.shape == (N_SCALES, 256, 256)
-    assert np.abs(r.heat - up_heat).max() < 1e-3
+    assert np.abs(r.heat - up_heat).max() <= HEAT_TOL
     # upstream's top 50 placements (x, y, w, h of the whole scaled foreground), same arithmetic
     ours = {b[1:5] for b in r.upstream_boxes(50)}
     assert ours == up_boxes

@@ -200,6 +200,12 @@ def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
         masks = s.masks(rec)
         assert rec.instances[-1].source == "inserted" and masks[-1][0] == banked[0]
         assert rec.meta["object"].startswith("your dataset: sample #")
+        # #24: the composite's exports carry the example photo's licence, the object's beside it
+        from pipeline.export.common import provenance
+        prov = provenance(rec, s)
+        assert prov["origin"] == "composite" and prov["license"] == bg_rec.meta["photo"]["license"]
+        assert prov["background"]["uid"] == bg_rec.uid and prov["inserted"][0]["origin"] == "photo"
+        assert prov["inserted"][0]["license"]["name"]
         new = masks[-1][1]
         kept = [(c_, m & ~new) for c_, m in bg_masks if (m & ~new).any()]
         assert [c_ for c_, _ in kept] == [c_ for c_, _ in masks[:-1]]

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..export.common import source_provenance
 from ..session import store_composite
 from ..errors import PipelineError
 from ..masks import DEFAULT_THRESHOLDS, ThresholdCalibrator
@@ -358,7 +359,7 @@ class BatchRun:
         src = self.store.get(pick.sample_id)
         return {"class": obj, "image": crop, "mask": mask,
                 "bank": {"sample": src.id, "uid": src.uid, "instance": pick.index, "source": pick.source,
-                         "box": list(pick.bbox)}}
+                         "box": list(pick.bbox), "provenance": source_provenance(src)}}
 
     def _compose(self) -> None:
         spec = self.spec
@@ -385,7 +386,8 @@ class BatchRun:
                                 prompt=base.prompt, seed=base.seed, model=base.model, status="accepted",
                                 tags=["batch", self.tag, "composite"],
                                 meta={"batch": {"role": "composite", "base": comp.base_uid, "run": self.key,
-                                                "class": base.run_class}})
+                                                "class": base.run_class},
+                                      "background_provenance": source_provenance(base)})
             self._tell("insert")
 
 

@@ -5,8 +5,11 @@ One module per format (coco, voc, yolo, hf), each with its writer and importer. 
 is written into a hidden temporary folder beside ``out`` and renamed into place when
 complete, so a killed export leaves no partial ``out``. ``out`` may not be, contain or lie
 inside the store (nor be the filesystem root, home or the current directory), and
-``force=True`` only ever replaces a previous export: a folder whose ``manifest.json`` lists
-every file in it. A sample whose image or masks cannot be read is skipped and listed (id and
+``force=True`` only ever replaces a previous export unchanged: every file in the folder is
+listed in its ``manifest.json`` with the same sha256 (checked before the export and again,
+on the folder moved aside, once the new export is complete); anything else (a file added,
+edited, a reader's cache, a hand-made manifest) is refused with the list of differences,
+and nothing in ``out`` is touched before the new export is complete. A sample whose image or masks cannot be read is skipped and listed (id and
 reason) in the report and the manifest. File names inside an export come from sample ids,
 never from user text, and every path is checked to stay inside the export folder.
 """
@@ -81,7 +84,8 @@ def _split(records: list[Record], val_fraction: float, seed: int) -> dict[str, l
 def _clean_stale(out: Path) -> None:
     """Remove what killed exports to ``out`` left beside it: ``.<out>.partial-<pid>-*`` (an
     unfinished export; kept while process <pid> still runs) and ``.<out>.old-*`` (a replaced
-    export that was about to be deleted: always garbage, whoever made it)."""
+    export that was about to be checked and deleted: deleted if unchanged, else put back as
+    ``out`` where that is free, else left alone)."""
     for p in out.parent.glob(f".{out.name}.partial-*"):
         try:
             pid = int(p.name.rsplit("-", 2)[-2])
@@ -90,24 +94,79 @@ def _clean_stale(out: Path) -> None:
         if not process_alive(pid):  # while its writer runs, the partial export is left alone
             shutil.rmtree(p, ignore_errors=True)
     for p in out.parent.glob(f".{out.name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if not p.is_dir() or p.is_symlink():
+            continue
+        if not export_differences(p):  # the unchanged previous export: garbage
+            shutil.rmtree(p, ignore_errors=True)
+        elif not out.exists() and not out.is_symlink():  # killed before its check: it goes back in place
+            p.rename(out)
 
 
-def _is_previous_export(path: Path) -> tuple[bool, str]:
-    """Whether ``path`` is an export this module wrote: a manifest.json naming a format and
-    listing every file in the folder (so nothing the user put there is lost)."""
+# files that readers write into a dataset folder they read (glob under the export, what it is)
+READER_CACHES = (("labels/*.cache", "an Ultralytics label cache"),
+                 ("images/*/*.npy", "an Ultralytics image cache (cache=disk)"))
+MAX_LISTED = 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reader_cache(path: Path, rel: str) -> str | None:
+    for pattern, what in READER_CACHES:
+        if rel in {p.relative_to(path).as_posix() for p in path.glob(pattern)}:
+            return what
+    return None
+
+
+def export_differences(path: Path) -> list[str]:
+    """How the folder ``path`` differs from the export its ``manifest.json`` describes: one
+    line per file added (reader caches named as such), edited (sha256 differs) or not a plain
+    file; an empty list when every file is one the export wrote, unchanged. A folder without
+    a readable export manifest gives one line saying so. Files the manifest lists that are
+    gone are no difference: nothing would be lost by replacing the folder."""
     try:
         man = json.loads((path / "manifest.json").read_text())
-        listed = set(man["sha256"])
-        if man["format"] not in FORMATS:
-            return False, "its manifest.json names no export format"
+        listed = man["sha256"]
+        if man["format"] not in FORMATS or not isinstance(listed, dict) \
+                or not all(isinstance(v, str) for v in listed.values()):
+            return ["its manifest.json is not an export manifest (no export format or no sha256 per file)"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False, "it has no readable export manifest.json"
-    extra = [p.relative_to(path).as_posix() for p in path.rglob("*")
-             if not p.is_dir() and p.relative_to(path).as_posix() not in listed | {"manifest.json"}]
-    if extra:
-        return False, f"it holds files the export did not write: {', '.join(sorted(extra)[:5])}"
-    return True, ""
+        return ["it has no readable export manifest.json"]
+    diffs = []
+    for dirpath, dirnames, filenames in os.walk(path):  # links are not followed: a link is itself a difference
+        here = Path(dirpath)
+        for name in sorted(filenames) + sorted(d for d in dirnames if (here / d).is_symlink()):
+            f = here / name
+            rel = f.relative_to(path).as_posix()
+            if rel == "manifest.json":
+                continue
+            if f.is_symlink() or not f.is_file():
+                diffs.append(f"not a plain file: {rel}")
+            elif rel not in listed:
+                what = _reader_cache(path, rel)
+                diffs.append(f"added: {rel}" + (f" ({what})" if what else ""))
+            elif _sha256(f) != listed[rel]:
+                diffs.append(f"edited: {rel} (its sha256 differs from the manifest's)")
+    return diffs
+
+
+def _refusal(out: Path, diffs: list[str]) -> ExportError:
+    shown = diffs[:MAX_LISTED] + ([f"... and {len(diffs) - MAX_LISTED} more"] if len(diffs) > MAX_LISTED else [])
+    if diffs == ["it has no readable export manifest.json"] or diffs[0].startswith("its manifest.json"):
+        return ExportError(f"refusing to replace {out}: {diffs[0]}. --force only replaces a previous export; "
+                           "choose another --out")
+    caches = any("cache" in d for d in diffs)
+    return ExportError(
+        f"refusing to replace {out}: it is not the export its manifest.json describes "
+        f"({len(diffs)} difference{'s' * (len(diffs) != 1)}):\n  " + "\n  ".join(shown) +
+        "\n--force only replaces a previous export unchanged, so nothing of yours is lost. Move those files "
+        "elsewhere or delete them" + (" (reader caches are rebuilt by the reader on its next run)" if caches else "")
+        + ", or export with --out to another folder.")
 
 
 def check_out(store: Store, out: Path, force: bool) -> None:
@@ -122,16 +181,18 @@ def check_out(store: Store, out: Path, force: bool) -> None:
                           (Path.cwd(), "the current folder")):
         if o == special.resolve():
             raise ExportError(f"refusing to export to {out}: it is {what}; name a new folder")
+    if out.parent.is_dir():
+        _clean_stale(out)  # first: a killed --force may put a changed previous export back as `out`
     if not out.exists() and not out.is_symlink():
         return
     if not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    if not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder (or is a link); refusing to replace it")
     if any(out.iterdir()):
-        ok, why = _is_previous_export(out)
-        if not ok:
-            raise ExportError(f"refusing to replace {out}: {why}. --force only replaces a previous export")
+        diffs = export_differences(out)
+        if diffs:
+            raise _refusal(out, diffs)
 
 
 def export(store: Store, fmt: str, out: str | os.PathLike, *, status: str | Sequence[str] | None = "accepted",
@@ -161,7 +222,7 @@ def export(store: Store, fmt: str, out: str | os.PathLike, *, status: str | Sequ
     try:
         return _write(store, fmt, out, records, splits, categories, status=status, classes=classes, tags=tags,
                       seed=seed, val_fraction=val_fraction, void_border=void_border, yolo_task=yolo_task,
-                      progress=progress)
+                      progress=progress, force=force)
     except OSError as e:  # disk full, a read-only or forbidden target: the user can act on it
         why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EROFS: "the target is on a read-only file system",
@@ -171,7 +232,7 @@ def export(store: Store, fmt: str, out: str | os.PathLike, *, status: str | Sequ
 
 
 def _write(store, fmt, out, records, splits, categories, *, status, classes, tags, seed, val_fraction,
-           void_border, yolo_task, progress) -> ExportReport:
+           void_border, yolo_task, progress, force) -> ExportReport:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -184,11 +245,11 @@ def _write(store, fmt, out, records, splits, categories, *, status, classes, tag
                               damaged=ctx.damaged, lost=ctx.lost)
         report.files = _manifest(tmp, report, status=status, classes=classes, tags=tags, seed=seed,
                                  val_fraction=val_fraction, **({"yolo_task": yolo_task} if fmt == "yolo" else {}))
-        if out.exists():  # force (a previous export, checked above): swap in the new one, then drop the old
-            trash = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
+        if out.exists() or out.is_symlink():  # force: swap in the new one, then drop the old
+            if not force:  # made while this export ran
+                raise ExportError(f"{out} appeared while the export ran; nothing was replaced (pass --force to "
+                                  "replace a previous export)")
+            _swap(out, tmp)
         else:
             tmp.rename(out)
     except BaseException:
@@ -198,15 +259,32 @@ def _write(store, fmt, out, records, splits, categories, *, status, classes, tag
     return report
 
 
+def _swap(out: Path, new: Path) -> None:
+    """Put the complete export ``new`` in place of the previous export ``out``. The old one is
+    first moved aside (one rename), then checked again against its manifest: a file written
+    or edited in it while the new export was being made is found there, the old folder goes
+    back in place untouched and the export is refused (ExportError, ``new`` left for the
+    caller to remove). Only an unchanged old export is deleted."""
+    trash = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not out.is_dir() or out.is_symlink():
+        raise ExportError(f"{out} changed while the export ran (it is no longer a folder); nothing was replaced")
+    out.rename(trash)
+    diffs = export_differences(trash) if any(trash.iterdir()) else []
+    if diffs:
+        try:
+            trash.rename(out)
+        except OSError:  # something made a new `out` meanwhile: keep both, say where the old one is
+            kept = out.parent / f"{out.name}.previous-{uuid.uuid4().hex[:8]}"
+            trash.rename(kept)
+            raise ExportError(f"{out} changed while the export ran; the previous folder is kept as {kept}, "
+                              "nothing was deleted") from None
+        raise _refusal(out, diffs)
+    new.rename(out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _manifest(root: Path, report: ExportReport, **filters) -> dict[str, str]:
-    files = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            files[p.relative_to(root).as_posix()] = h.hexdigest()
+    files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {"format": report.format, "n_images": report.n_images, "n_instances": report.n_instances,
                 "splits": report.splits, "categories": report.categories, "damaged": report.damaged,
                 "lost": report.lost, "filters": dict(filters),

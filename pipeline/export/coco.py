@@ -6,7 +6,10 @@ Datumaro/CVAT ``coco_instances``)::
     annotations/instances_<split>.json
     images/<split>/<sample id>.png
 
-Boxes and areas are computed from the final masks. Each image carries its provenance
+Category ids: a class that came with imported COCO photos keeps its original id and
+supercategory (``category_id`` 18 stays "dog"); other classes get ids after the largest kept
+one, in name order, supercategory "object" (see ``category_ids``); with no COCO photo, 1..K by
+name. Boxes and areas are computed from the final masks. Each image carries its provenance
 (``provenance``: a photo's licence, original id and file name; a generated image's prompt,
 seed, model, threshold and refiner) and each annotation its ``source``; crowd regions from
 an import stay crowd annotations (``iscrowd: 1``).
@@ -22,16 +25,44 @@ import numpy as np
 
 from ..dataset import Store, load_image_file
 from ..limits import check_whole
-from .common import inside, iter_progress, json_dump, restore_kwargs
-from .validate import DatasetFileError, image_header, is_int, read_coco
+from .common import SYNTHETIC_LICENSE, inside, iter_progress, json_dump, restore_kwargs
+from .validate import CocoFile, DatasetFileError, image_header, is_int, read_coco
 
-SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
+
+def category_ids(records, categories) -> dict[str, tuple[int, str]]:
+    """{class name: (COCO category id, supercategory)} for an export.
+
+    A class that comes with an imported COCO photo keeps that dataset's id and supercategory
+    (``meta["photo"]["categories"]``, recorded at import), so ``category_id`` 18 is "dog" in
+    and out; where photos disagree, the id most of them give wins and the others' names are
+    treated as new. Every other class (generated, or whose id another class holds) gets an id
+    after the largest kept one, in name order, and supercategory "object"."""
+    from collections import Counter
+
+    votes: dict[str, Counter] = {}
+    for rec in records:
+        for name, (cid, sup) in (rec.meta.get("photo", {}).get("categories") or {}).items():
+            if name in categories and isinstance(cid, int) and cid > 0:
+                votes.setdefault(name, Counter())[(cid, sup or "object")] += 1
+    out, taken = {}, set()
+    for name in sorted(votes, key=lambda n: (-votes[n].most_common(1)[0][1], n)):
+        (cid, sup), _ = votes[name].most_common(1)[0]
+        if cid not in taken:
+            out[name] = (cid, sup)
+            taken.add(cid)
+    nxt = max(taken, default=0) + 1
+    for name in categories:
+        if name not in out:
+            out[name] = (nxt, "object")
+            nxt += 1
+    return out
 
 
 def write(ctx) -> int:
     from pycocotools import mask as mask_utils
 
-    cat_id = {c: i + 1 for i, c in enumerate(ctx.categories)}
+    ids = category_ids([r for recs in ctx.splits.values() for r in recs], ctx.categories)
+    cat_id = {c: i for c, (i, _) in ids.items()}
     n_ann = 0
     for split in ctx.splits:
         images, anns, licenses = [], [], {}
@@ -42,7 +73,7 @@ def write(ctx) -> int:
                 licenses[key] = len(licenses) + 1
             return licenses[key]
 
-        n_photo = n_gen = 0
+        n_photo = n_gen = n_comp = n_on_photo = 0
         models = set()
         for s in ctx.samples(split):
             rec = s.rec
@@ -53,15 +84,23 @@ def write(ctx) -> int:
             if prov["origin"] == "photo":
                 n_photo += 1
                 lic = prov.get("license") or {"name": "unknown (not recorded at import)", "url": ""}
-                entry["license"] = license_id(lic)
                 photo = rec.meta.get("photo", {})
                 for k in ("coco_url", "flickr_url", "date_captured"):
                     if photo.get(k):
                         entry[k] = photo[k]
+            elif prov["origin"] == "composite":  # a derivative of its background: that one's licence and URLs
+                n_comp += 1
+                models.add(rec.model or "unknown")
+                lic = prov.get("license") or {"name": "unknown (the background's licence was not recorded)", "url": ""}
+                n_on_photo += prov["background"].get("origin") == "photo"
+                for k in ("coco_url", "flickr_url", "date_captured"):
+                    if prov.get(k):
+                        entry[k] = prov[k]
             else:
                 n_gen += 1
                 models.add(rec.model or "unknown")
-                entry["license"] = license_id(SYNTHETIC_LICENSE)
+                lic = SYNTHETIC_LICENSE
+            entry["license"] = license_id(lic)
             entry["provenance"] = prov
             images.append(entry)
             for inst in s.instances:
@@ -79,16 +118,28 @@ def write(ctx) -> int:
                          "masks from cross-attention")
         if n_photo:
             parts.append(f"{n_photo} real photographs with their imported masks (licence per image)")
+        if n_comp:
+            parts.append(f"{n_comp} composites ({n_on_photo} on real photographs) with objects pasted in: "
+                         "each under its background's licence, its objects' origins and licences in provenance")
         doc = {"info": {"description": "Segmentation data made with DiffuMask-Editor Studio: " + "; ".join(parts) + ".",
-                        "synthetic": n_photo == 0, "n_generated": n_gen, "n_photos": n_photo,
+                        "synthetic": n_photo + n_on_photo == 0, "n_generated": n_gen, "n_photos": n_photo,
+                        "n_composites": n_comp, "n_composites_on_photos": n_on_photo,
                         "models": sorted(models), "version": "1.0", "year": datetime.date.today().year,
                         "contributor": "DiffuMask-Editor Studio",
                         "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat()},
                "licenses": [{"id": i, "name": n, "url": u} for (n, u), i in licenses.items()],
-               "categories": [{"id": i, "name": c, "supercategory": "object"} for c, i in cat_id.items()],
+               "categories": [{"id": i, "name": c, "supercategory": sup}
+                              for c, (i, sup) in sorted(ids.items(), key=lambda kv: kv[1][0])],
                "images": images, "annotations": anns}
         inside(ctx.root, f"annotations/instances_{split}.json").write_text(json_dump(doc))
     return n_ann
+
+
+def _original_categories(coco: CocoFile, anns) -> dict[str, list]:
+    """{name: [original category id, supercategory]} of the categories an image's annotations
+    use, kept with the photo so an export gives them the same ids (see category_ids)."""
+    return {coco.categories[a.category_id]: [int(a.category_id), coco.supercategories.get(a.category_id)]
+            for a in anns}
 
 
 def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str | os.PathLike | None = None, *,
@@ -129,6 +180,7 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
         else:
             photo = {"dataset": "coco", "source_id": img_id, "file_name": info["file_name"],
                      "license": coco.licenses.get(info["license"]) if is_int(info.get("license")) else None,
+                     "categories": _original_categories(coco, anns),
                      **{k: info[k] for k in ("coco_url", "flickr_url", "date_captured") if info.get(k)}}
             kwargs = dict(model="real (COCO)", tags=tags,
                           meta={"origin": "photo", "photo": photo, "coco_image_id": img_id,

@@ -118,9 +118,63 @@ def load_sample(store: Store, rec: Record) -> Sample:
     return Sample(rec, data, inst, provenance(rec, store))
 
 
+SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
+UPLOAD_LICENSE = {"name": "unknown (uploaded by the user; not recorded)", "url": ""}
+_PHOTO_KEYS = ("source_id", "file_name", "dataset", "coco_url", "flickr_url", "date_captured")
+
+
 def is_photo(rec: Record) -> bool:
     """Real photographs imported from a dataset (as opposed to generated images)."""
     return rec.meta.get("origin") == "photo" or rec.model.startswith("real") or "coco_image_id" in rec.meta
+
+
+def is_composite(rec: Record) -> bool:
+    """A sample made by pasting objects into a background (the Insert tab, batch insertion)."""
+    return bool(rec.inserted)
+
+
+def source_provenance(rec: Record) -> dict:
+    """Who made the image of ``rec`` and under what licence, in a few keys: what a composite
+    records of its background and of each object pasted into it (JSON-serialisable).
+
+    A photo: origin "photo", its licence, original id, file name, dataset and URLs; a
+    generated image: origin "generated", prompt, seed, model and the synthetic-data licence;
+    a composite: origin "composite" with its own background's and objects' provenance."""
+    if is_composite(rec):
+        return {"origin": "composite", "uid": rec.uid, **composite_provenance(rec)}
+    if is_photo(rec):
+        photo = rec.meta.get("photo", {})
+        return {"origin": "photo", "uid": rec.uid, "license": photo.get("license"),
+                **{k: photo.get(k, rec.meta.get("coco_image_id") if k == "source_id" else None)
+                   for k in _PHOTO_KEYS if photo.get(k) is not None or k == "source_id"}}
+    return {"origin": "generated", "uid": rec.uid, "prompt": rec.prompt, "seed": rec.seed, "model": rec.model,
+            "license": SYNTHETIC_LICENSE}
+
+
+def composite_provenance(rec: Record) -> dict:
+    """A composite's ``background`` (the provenance recorded when it was made: see
+    :func:`source_provenance`; an upload's licence is unknown) and ``inserted`` (per pasted
+    object: class, how it was made, and its own provenance and licence), and, at the top,
+    the background's licence: the composite is a derivative of the background photo, so it
+    carries that photo's licence and attribution, the objects' beside it."""
+    bg = rec.meta.get("background_provenance")
+    if bg is None:  # made before composites recorded their background, or from an upload
+        bg = {"origin": "unknown (not recorded when the composite was made)", "license": None}
+    objects = []
+    for r in rec.inserted:
+        o = r.get("object_provenance") or (r.get("bank") or {}).get("provenance")
+        if o is None and r.get("object_source") == "generated":  # a batch's generated object
+            o = {"origin": "generated", "prompt": r.get("object_prompt"), "seed": r.get("object_seed"),
+                 "model": rec.model, "license": SYNTHETIC_LICENSE}
+        o = dict(o or {"origin": "unknown (not recorded when the composite was made)", "license": None})
+        objects.append({"class": r.get("class"), "made": r.get("object_origin") or r.get("object_source"), **o})
+    out = {"background": bg, "inserted": objects, "license": bg.get("license")}
+    if bg.get("origin") == "upload" and out["license"] is None:
+        out["license"] = UPLOAD_LICENSE
+    for k in _PHOTO_KEYS:
+        if bg.get(k) is not None:
+            out[k] = bg[k]
+    return out
 
 
 def provenance(rec: Record, store: Store | None = None) -> dict:
@@ -128,22 +182,44 @@ def provenance(rec: Record, store: Store | None = None) -> dict:
 
     Photos keep their licence, original id and file name; generated images their prompt,
     seed, model, threshold and refiner (a batch sample's refiner is in its run's
-    ``batch-<run>.json`` beside the store). ``meta`` is the record's own, so an import of the
-    export restores the record as it was."""
-    p = {"uid": rec.uid, "origin": "photo" if is_photo(rec) else "generated", "classes": list(rec.classes),
-         "prompt": rec.prompt,
+    ``batch-<run>.json`` beside the store); composites (origin "composite") their
+    background's licence and attribution at the top level and, beside it, ``background`` and
+    ``inserted`` (each pasted object's origin and licence, see :func:`composite_provenance`).
+    ``threshold`` is the one the masks were made with (a Curate change included). ``meta``
+    is the record's own, so an import of the export restores the record as it was."""
+    origin = "composite" if is_composite(rec) else "photo" if is_photo(rec) else "generated"
+    p = {"uid": rec.uid, "origin": origin, "classes": list(rec.classes), "prompt": rec.prompt,
          "seed": rec.seed, "model": rec.model, "threshold": rec.effective_threshold, "tags": list(rec.tags),
-         "meta": rec.meta}
-    if p["origin"] == "photo":
+         "meta": _current_meta(rec)}
+    if origin == "photo":
         photo = rec.meta.get("photo", {})
         p.update(license=photo.get("license"), source_id=photo.get("source_id", rec.meta.get("coco_image_id")),
                  file_name=photo.get("file_name"), dataset=photo.get("dataset"))
-    else:
+    elif origin == "composite":
+        p.update(composite_provenance(rec))
+    if origin != "photo":
         run = rec.meta.get("batch", {}).get("run")
         spec = _batch_spec(str(store.root), run) if store is not None and run else {}
         # the run's spec keeps the refiner in its generation settings (flat in older runs)
         p["refiner"] = rec.meta.get("refiner") or spec.get("generation", {}).get("refiner") or spec.get("refiner")
     return p
+
+
+HEAT_MASK_NOTE = "attention heat map at threshold"  # how InspectSession.describe() names a threshold mask
+
+
+def _current_meta(rec: Record) -> dict:
+    """``rec.meta`` with its note on the mask (``meta["mask"]``, written when the sample was
+    saved) brought up to date: a threshold changed later in Curate (Store.set_threshold)
+    re-derives the threshold masks, so the note names the threshold they have now."""
+    note = rec.meta.get("mask")
+    t = rec.effective_threshold
+    if isinstance(note, str) and note.startswith(HEAT_MASK_NOTE) and t is not None \
+            and any(i.source == "generated" for i in rec.instances):
+        current = f"{HEAT_MASK_NOTE} {t:.2f}"
+        if note != current:
+            return {**rec.meta, "mask": current}
+    return rec.meta
 
 
 _SPECS: dict[tuple[str, str], dict] = {}
@@ -205,18 +281,36 @@ def png_bytes(arr: np.ndarray) -> bytes:
 
 
 # -- polygons -----------------------------------------------------------------------------
-def _bridge(parts: list[np.ndarray]) -> np.ndarray:
+def _bridge(parts: list[np.ndarray], inside: np.ndarray | None = None) -> np.ndarray:
     """Join closed contours into one polygon by zero-width bridges between their closest
     points (as Ultralytics merges multi-part COCO polygons), so a format with one polygon per
     object keeps every part. Hole contours run the other way round (OpenCV's RETR_CCOMP), so
-    filling the joined polygon leaves the holes empty."""
+    filling the joined polygon leaves the holes empty.
+
+    ``inside`` (HW bool): take, of the closest pairs, the first whose bridge line lies on
+    these pixels only (a bridge from a part to its own hole need not cross background)."""
     poly = parts[0]
     for seg in parts[1:]:
         d = ((poly[:, None, :].astype(np.int64) - seg[None, :, :]) ** 2).sum(-1)
         i, j = np.unravel_index(int(d.argmin()), d.shape)
+        if inside is not None and not _on(inside, poly[i], seg[j]):
+            for flat in np.argsort(d, axis=None, kind="stable")[:2000]:
+                a, b = np.unravel_index(int(flat), d.shape)
+                if _on(inside, poly[a], seg[b]):
+                    i, j = a, b
+                    break
         seg = np.roll(seg, -j, axis=0)
         poly = np.concatenate([poly[:i + 1], seg, seg[:1], poly[i:]])
     return poly
+
+
+def _on(mask: np.ndarray, p: np.ndarray, q: np.ndarray) -> bool:
+    """Whether the pixels of the line p -> q (x, y) all lie on ``mask``."""
+    x0, y0 = int(min(p[0], q[0])), int(min(p[1], q[1]))
+    x1, y1 = int(max(p[0], q[0])), int(max(p[1], q[1]))
+    canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    cv2.line(canvas, (int(p[0]) - x0, int(p[1]) - y0), (int(q[0]) - x0, int(q[1]) - y0), 1)
+    return bool(mask[y0:y1 + 1, x0:x1 + 1][canvas > 0].all())
 
 
 def mask_to_polygons(mask: np.ndarray, holes: bool = True) -> list[np.ndarray]:
@@ -227,6 +321,29 @@ def mask_to_polygons(mask: np.ndarray, holes: bool = True) -> list[np.ndarray]:
     contours, _ = cv2.findContours(mask.astype(np.uint8), mode, cv2.CHAIN_APPROX_SIMPLE)
     # largest first, so the bridging starts from the main part
     return sorted((c.reshape(-1, 2) for c in contours), key=lambda c: -cv2.contourArea(c))
+
+
+def part_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """One polygon (N >= 3, 2) of pixel indices (x, y) per part of an HW bool mask, each with
+    its own holes joined in by zero-width bridges (see :func:`_bridge`): filling each and
+    OR-ing them gives the mask back, holes included (a bridge to a hole runs over the part's
+    own pixels, so it costs nothing). Contours of 1-2 points (a part one pixel thick) are
+    repeated to 3, as readers drop shorter polygons."""
+    mask = np.asarray(mask, bool)
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    hierarchy = hierarchy.reshape(-1, 4)  # next, previous, first child, parent
+    out = []
+    for k, c in enumerate(contours):
+        if hierarchy[k][3] != -1:
+            continue  # a hole: joined into its part below
+        holes = [contours[j].reshape(-1, 2) for j in range(len(contours)) if hierarchy[j][3] == k]
+        poly = _bridge([c.reshape(-1, 2), *holes], inside=mask)
+        if len(poly) < 3:
+            poly = np.concatenate([poly] * 3)[:3]
+        out.append(poly)
+    return sorted(out, key=lambda p: -len(p))
 
 
 def mask_to_polygon(mask: np.ndarray) -> tuple[np.ndarray | None, float]:

@@ -33,12 +33,14 @@ def features(categories: Sequence[str]):
     return datasets.Features({
         "image": datasets.Image(),
         "mask": datasets.Image(),
-        "objects": datasets.Sequence({
-            "mask": datasets.Image(),
-            "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-            "category": datasets.ClassLabel(names=names),
-            "source": datasets.Value("string"),
-            "iscrowd": datasets.Value("bool")}),
+        # a dict of lists; bbox an (n, 4) array: a list of fixed-length lists made datasets 5.2's numpy and
+        # torch formats fail ("truth value of an array ... is ambiguous") on every row with an object
+        "objects": {
+            "mask": datasets.List(datasets.Image()),
+            "bbox": datasets.Array2D(shape=(None, 4), dtype="float32"),
+            "category": datasets.List(datasets.ClassLabel(names=names)),
+            "source": datasets.List(datasets.Value("string")),
+            "iscrowd": datasets.List(datasets.Value("bool"))},
         "label": datasets.ClassLabel(names=names),
         "classes": datasets.Sequence(datasets.ClassLabel(names=names)),
         "prompt": datasets.Value("string"), "seed": datasets.Value("int64"), "model": datasets.Value("string"),
@@ -121,7 +123,8 @@ tags:
 {', '.join(cats)}.
 
 Load it with `datasets.load_dataset("path/to/this/folder")` (it is a folder of parquet files with this
-card, not a `save_to_disk` folder, so `load_from_disk` does not apply).
+card, not a `save_to_disk` folder, so `load_from_disk` does not apply). Rows load as Python objects, or
+with `.with_format("numpy")` / `.with_format("torch")` as arrays / tensors.
 
 Generated images ({', '.join(sorted(models)) or 'none here'}) come from a text-to-image diffusion model; their
 masks from its cross-attention maps, thresholded and curated by hand. Check them before use and follow
@@ -132,7 +135,7 @@ Columns:
 - `image`: RGB image.
 - `mask`: semantic mask, mode L: 0 = background, v > 0 = class `v - 1` of the class list below (where
   objects overlap, the later one).
-- `objects`: one entry per instance: `mask` (L, 255 = object), `bbox` (x, y, width, height in pixels),
+- `objects`: per instance, lists of: `mask` (L, 255 = object), `bbox` (an (n, 4) array: x, y, width, height in pixels),
   `category` (class id), `source` (generated, inserted, imported, user), `iscrowd`.
 - `label` (main class id), `classes` (class ids of the sample), `prompt`, `seed` (-1: none), `model`,
   `threshold`, `origin` (generated or photo), `license`, `source_id`, `file_name`, `sample_id`, `uid`,

@@ -251,6 +251,7 @@ class CocoFile:
     categories: dict[int, str]  # category id -> name
     licenses: dict
     annotations: dict[int, list[CocoAnnotation]]  # image id -> its annotations, by annotation id
+    supercategories: dict[int, str | None] = field(default_factory=dict)  # category id -> supercategory
 
 
 # Files up to this size are parsed by the json module at once (about 6x their size in memory,
@@ -358,7 +359,7 @@ def read_coco(path: Path) -> CocoFile:
     dup = _duplicates(im["file_name"] for im in images)
     if dup:
         raise DatasetFileError(f"{path}: duplicate image file names {_listed(dup)}: each image is listed once")
-    cats = {}
+    cats, supers = {}, {}
     for k, c in enumerate(categories):
         if not (isinstance(c, dict) and is_int(c.get("id")) and isinstance(c.get("name"), str)):
             raise DatasetFileError(f"{path}: category #{k} needs a whole-number id and a name, got {c!r}")
@@ -368,6 +369,8 @@ def read_coco(path: Path) -> CocoFile:
             cats[c["id"]] = check_class(c["name"])
         except StoreError as e:
             raise DatasetFileError(f"{path}: category id {c['id']!r}: {e}") from e
+        sup = c.get("supercategory")
+        supers[c["id"]] = sup if isinstance(sup, str) and len(sup) <= 200 else None
     lic = {}
     for c in licenses:  # (a licence id that is not a whole number matches no image: none recorded)
         if isinstance(c, dict) and is_int(c.get("id")):
@@ -389,4 +392,4 @@ def read_coco(path: Path) -> CocoFile:
                 raise DatasetFileError(f"{where}: category id {ann.category_id!r} is not in 'categories'")
             check_coco_geometry(ann, size, hw, where)
         out[image_id] = sorted((ann for ann, _ in group), key=lambda a: a.id)
-    return CocoFile(by_id, cats, lic, out)
+    return CocoFile(by_id, cats, lic, out, supers)

@@ -76,13 +76,31 @@ def write(ctx) -> int:
     splits = list(ctx.splits)
     names = "\n".join(f"  {i}: {json.dumps(c)}" for c, i in cid.items())
     # no `path:` key: Ultralytics then resolves the folders beside this file (a relative `path` would be
-    # taken under its own datasets folder). `val` is required; without a val split it names train.
+    # taken under its own datasets folder). `val:` names the validation split; without one (no --val)
+    # it is left out rather than pointed at the training images, which would score a model on what it
+    # was trained on: Ultralytics then asks for it, and the comment says how to get one.
+    val = (f"val: images/val\n" if "val" in splits else
+           "# no validation split was exported: re-export with --val 0.2 (or add `val:` naming your own\n"
+           "# validation images) before training; Ultralytics requires one\n")
     yaml = (f"# YOLO {task} dataset written by DiffuMask-Editor Studio\n"
-            f"train: images/{splits[0]}\nval: images/{'val' if 'val' in splits else splits[0]}\n"
+            f"train: images/{splits[0]}\n{val}"
             f"task: {task}\nnc: {len(cid)}\nnames:\n{names}\n")
     inside(ctx.root, "data.yaml").write_text(yaml)
     inside(ctx.root, "provenance.json").write_text(json_dump(prov_all))
     return n_inst
+
+
+DETECT_REFUSAL = ("a detection box (class cx cy w h): the store holds instance masks and a box is not a mask, "
+                  "so a YOLO detect dataset cannot be imported; nothing was imported. Import the segment export "
+                  "(--yolo-task segment) or the COCO/VOC/HF export of the same store instead")
+
+
+def _refuse_detection(root: Path) -> None:
+    """A detect dataset (``task: detect`` in data.yaml) is refused whole, before any image."""
+    import yaml
+
+    if yaml.safe_load((root / "data.yaml").read_text()).get("task") == "detect":
+        raise StoreError(f"{root / 'data.yaml'} says task: detect, {DETECT_REFUSAL}")
 
 
 def _read_names(data_yaml: Path) -> list[str]:
@@ -120,6 +138,8 @@ def read_label_file(label: Path, names: list[str], hw: tuple[int, int]) -> list[
         parts = line.split()
         if not parts:
             continue
+        if len(parts) == 5:
+            raise DatasetFileError(f"{label}:{ln}: {DETECT_REFUSAL}")
         if len(parts) < 7 or len(parts) % 2 == 0:
             raise DatasetFileError(f"{label}:{ln}: not a segmentation polygon (class x1 y1 x2 y2 x3 y3 ...)")
         try:
@@ -140,8 +160,9 @@ def read_label_file(label: Path, names: list[str], hw: tuple[int, int]) -> list[
 def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepted", tags: Sequence[str] = ("imported",),
                 progress: bool = False) -> list[int]:
     """Add a YOLO segmentation dataset (data.yaml, images/<split>/, labels/<split>/): each
-    polygon becomes an instance mask (filled as Ultralytics does). Box-only lines (5 fields)
-    cannot give a mask and are refused. Returns the sample ids.
+    polygon becomes an instance mask (filled as Ultralytics does). A detect dataset (``task:
+    detect``, or box-only lines of 5 fields) cannot give masks and is refused with a message
+    saying so (nothing imported). Returns the sample ids.
 
     Every image (inside the folder, symlinks resolved; size from its header) and label file
     is checked first, then the samples are written, each with a uid from its split and name:
@@ -150,6 +171,7 @@ def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepte
     if not (root / "data.yaml").exists():
         raise StoreError(f"no data.yaml in {root}")
     names = _read_names(root / "data.yaml")
+    _refuse_detection(root)
     prov_all = {}
     if (root / "provenance.json").exists():
         try:
