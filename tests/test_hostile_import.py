@@ -375,7 +375,7 @@ def test_yolo_image_symlink_out_of_the_folder_is_refused(yolo_dir, store_with_on
     ("0 nan 0.1 0.5 0.1 0.5 0.6", "finite numbers in 0..1"), ("0 1e300 0.1 0.5 0.1 0.5 0.6", "finite numbers in 0..1"),
     ("0 0.1 0.1 1.5 0.1 0.5 0.6", "finite numbers in 0..1"), ("0 -3 0.1 0.5 0.1 0.5 0.6", "finite numbers in 0..1"),
     ("0 inf 0.1 0.5 0.1 0.5 0.6", "finite numbers in 0..1"), ("x 0.1 0.1 0.5 0.1 0.5 0.6", "a class index"),
-    ("7 0.1 0.1 0.5 0.1 0.5 0.6", "class 7"), ("0 0.5 0.5 0.2 0.2", "not a segmentation polygon")])
+    ("7 0.1 0.1 0.5 0.1 0.5 0.6", "class 7"), ("0 0.5 0.5 0.2 0.2", "a box is not a mask")])
 def test_yolo_bad_values_name_the_file_and_line(line, words, yolo_dir, store_with_one):
     (yolo_dir / "labels/train/a.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.6\n" + line + "\n")
     before = snapshot(store_with_one)
