@@ -2,13 +2,19 @@
 
 A store is a folder::
 
-    store.sqlite          samples, one row each (WAL mode; several processes may write)
-    blobs/ab/<sha256>.png images and masks (PNG), heat maps (.npy), by content hash
+    store.sqlite           samples, one row each (WAL mode; several processes may write)
+    blobs/ab/<sha256>.png  images and masks (PNG), heat maps (.npy), by content hash
+    blobs/ab/<sha256>.json each sample's record, its journal (pipeline.store.journal)
+    owners/<token>.lock    one per open store, locked while it is open (pipeline.store.owners)
 
-Files are written first (to a temporary name, fsynced, then renamed into place) and the
-row that refers to them is committed after, in one transaction: a sample is either fully
-there or not visible at all, whatever moment a process is killed. Adding a sample with a
-``uid`` that is already present returns the existing row (idempotent retries).
+A write first records its intent (the blob keys it will put down) in the database, then
+writes the files (to a temporary name, fsynced, then renamed into place), then commits the
+row that refers to them, with the sample's journal file, in one transaction: a sample is
+either fully there or not visible at all, whatever moment a process is killed, and no
+repair or cleaner beside it takes its files for orphans. Adding a sample with a ``uid``
+that is already present returns the existing row (idempotent retries). A store whose
+database is gone is not an empty store: ``python -m pipeline check --rebuild`` restores
+every sample from its journal.
 
 Images are HWC uint8 RGB; masks are HW bool; heat maps HW float in [0, 1].
 
@@ -28,6 +34,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -38,63 +45,20 @@ import numpy as np
 from PIL import Image
 
 from .masks import HEAT_DTYPE, HeatMapError, check_heat, quantize_heat
-from .errors import ConfigError, PipelineError, check_seed
+from .errors import ConfigError, check_seed
+from .store import journal, owners
+from .store.errors import DamagedSampleError, StoreError, StoreLostError  # noqa: F401 (re-exported)
+from .store.schema import DB_NAME, SCHEMA, SCHEMA_VERSION, add_columns, next_revision
+from .store.schema import ADDED_COLUMNS as RUN_COLUMNS, RUN_INDEX  # noqa: F401 (re-exported: older imports)
 from .images import ImageError, check_image, load_image_file  # noqa: F401 (re-exported: older imports use this module)
 
 STATUSES = ("pending", "accepted", "rejected")
 # Where an instance mask came from. Only "generated" masks (the heat map at the sample's
 # threshold) are re-derived when the threshold changes; the others are kept as stored.
 SOURCES = ("generated", "refined", "user", "inserted", "imported")
-_BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy)")
+_BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy|json)")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _CLASS = re.compile(r"^[^\x00-\x1f/\\:,]{1,64}$")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    uid TEXT NOT NULL UNIQUE,
-    image TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    classes TEXT NOT NULL,
-    prompt TEXT NOT NULL DEFAULT '',
-    seed INTEGER,
-    model TEXT NOT NULL DEFAULT '',
-    heat_map TEXT,
-    threshold REAL,
-    user_threshold REAL,
-    refined_mask TEXT,
-    instances TEXT NOT NULL DEFAULT '[]',
-    inserted TEXT NOT NULL DEFAULT '[]',
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'accepted', 'rejected')),
-    tags TEXT NOT NULL DEFAULT '[]',
-    notes TEXT NOT NULL DEFAULT '',
-    meta TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    run TEXT,
-    run_class TEXT,
-    run_k INTEGER
-);
-CREATE INDEX IF NOT EXISTS samples_status ON samples(status);
-"""
-# batch runs (pipeline.batch) file each candidate under (run, run_class, run_k): indexed, so a
-# resumed run finds what is done, and counts what it kept, in SQL instead of decoding every row
-RUN_COLUMNS = {"run": "TEXT", "run_class": "TEXT", "run_k": "INTEGER"}
-RUN_INDEX = "CREATE INDEX IF NOT EXISTS samples_run ON samples(run, run_class, run_k)"
-
-
-class StoreError(PipelineError, ValueError):
-    """Bad input for the store; nothing was written."""
-
-
-class DamagedSampleError(StoreError):
-    """One sample's files are missing or do not match their hash; the rest of the store is fine."""
-
-    def __init__(self, sample_id: int, reason: str):
-        super().__init__(f"sample #{sample_id} is damaged: {reason} (run `python -m pipeline check --store ...`)")
-        self.sample_id, self.reason = sample_id, reason
-
 
 
 
@@ -165,19 +129,56 @@ def _encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class Store:
-    """Open (creating if asked) a store folder. Safe to use from several processes.
+def _encode_mask(mask: np.ndarray) -> bytes:
+    return _encode_png(np.asarray(mask).astype(bool).astype(np.uint8) * 255)
 
-    Every read-modify-write (:meth:`update`, :meth:`set_threshold`, :meth:`save`) runs in
-    one ``BEGIN IMMEDIATE`` transaction, so concurrent writers never lose each other's
-    changes. A damaged ``store.sqlite`` raises :class:`StoreError` naming the file and what
-    to do; a damaged sample raises :class:`DamagedSampleError` naming the sample only.
+
+def _encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _key(data: bytes, ext: str) -> str:
+    return hashlib.sha256(data).hexdigest() + "." + ext
+
+
+# a temporary blob file: ".<key>.<intent>.tmp" (the intent of the write putting it down)
+_TMP = re.compile(r"\.([0-9a-f]{64}\.(?:png|npy|json))\.([0-9a-f]{32})\.tmp")
+
+
+@dataclass(frozen=True)
+class StatusAnswer:
+    """What a status change left stored, read in the transaction that decided it: the
+    sample's ``status`` after the call, whether this call ``changed`` it, and how many status
+    changes its history holds then (``history_len``: this change's place in the history)."""
+
+    sample_id: int
+    status: str
+    changed: bool
+    history_len: int
+
+
+class Store:
+    """Open (creating if asked) a store folder. Safe to use from several processes and threads.
+
+    Every read-modify-write (:meth:`update`, :meth:`set_threshold`, :meth:`set_status` ...)
+    runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent writers never lose each
+    other's changes. Each open store is an *owner* (:mod:`pipeline.store.owners`): a write
+    records its intent (the blob keys it will put down) in the database before its first
+    file, so a repair or a cleaner beside it never takes those files for orphans or
+    leftovers. A damaged ``store.sqlite`` raises :class:`StoreError` naming the file and what
+    to do; a missing or empty one beside the store's files raises :class:`StoreLostError`
+    (``check --rebuild`` restores it); a damaged sample raises :class:`DamagedSampleError`.
     """
 
-    SCHEMA_VERSION = 1  # 1: generated instance masks are materialised at the user's threshold
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = Path(root)
+        self._db = None
+        self._owner = None
+        self._lock = threading.RLock()
         if not self.root.exists():
             if not create:
                 raise StoreError(f"no store at {self.root}")
@@ -187,33 +188,76 @@ class Store:
                 raise StoreError(f"cannot create the store folder {self.root}: {e.strerror}") from e
         elif not self.root.is_dir():
             raise StoreError(f"{self.root} is a file, not a store folder")
-        self.db_path = self.root / "store.sqlite"
+        self.db_path = self.root / DB_NAME
         if self.db_path.is_dir():
             raise StoreError(f"{self.db_path} is a folder; it must be the store's SQLite file")
+        lost = self._lost_database()  # before SQLite creates an empty file in its place
+        if lost:
+            raise StoreLostError(lost)
         try:
             (self.root / "blobs").mkdir(exist_ok=True)
+            self._owner = owners.Owner(self.root)
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
             self._db.execute("PRAGMA busy_timeout=60000")
             self._db.executescript(SCHEMA)
             self._migrate()
+            self._refuse_forgotten_samples()
+            self.clean_leftovers()
         except sqlite3.DatabaseError as e:
+            self.close()
             raise StoreError(self._db_problem(e)) from e
         except OSError as e:
+            self.close()
             raise StoreError(f"cannot use the store folder {self.root}: {e}") from e
-        self.clean_leftovers()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- a database that is gone is not an empty store -------------------------------------
+    def _lost_database(self) -> str | None:
+        if self.db_path.exists() and self.db_path.stat().st_size > 0:
+            return None
+        blobs = self.root / "blobs"
+        files = [p for p in blobs.glob("*/*") if not p.name.startswith(".")] if blobs.is_dir() else []
+        if not files:
+            return None
+        n_records = sum(p.suffix == ".json" for p in files)
+        state = "is missing" if not self.db_path.exists() else "is empty (0 bytes)"
+        return (f"{self.db_path} {state}, but {blobs} holds {len(files)} files ({n_records} sample records): "
+                f"this is not an empty store, and nothing was changed. Restore every sample from those files with "
+                f"`python -m pipeline check --store {self.root} --rebuild` (or put back store.sqlite from a backup)")
+
+    def _refuse_forgotten_samples(self) -> None:
+        """A readable database that holds no sample while the journal records some (a fresh
+        file put in place of the old one) is refused like a missing one."""
+        if self._db.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0]:
+            return
+        if not journal.files(self.root / "blobs"):
+            return
+        with self._tx():  # under the write lock: a first sample being added is committed, or not journaled yet
+            if self._db.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0]:
+                return
+            entries, _ = journal.read_all(self.root / "blobs")
+        forgotten = [e for e in journal.latest(entries).values() if e.row is not None]
+        if forgotten:
+            raise StoreLostError(
+                f"{self.db_path} holds no sample, but {len(forgotten)} samples are recorded under "
+                f"{self.root / 'blobs'}: this database is not the store's, and nothing was changed. Move it aside "
+                f"and restore the samples with `python -m pipeline check --store {self.root} --rebuild`")
 
     def _db_problem(self, e: Exception) -> str:
         text = str(e).lower()
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return (f"cannot open or write {self.db_path} ({e}): check that the folder and the file are writable "
                     "by this user and the disk is not full or mounted read-only")
-        return (f"{self.db_path} is damaged ({e}). Restore it from a backup; or move it aside (the images and "
-                f"masks under {self.root / 'blobs'} stay) and `python -m pipeline import` the data again")
+        return (f"{self.db_path} is damaged ({e}). Restore it from a backup, or rebuild it from the sample records "
+                f"beside the images and masks under {self.root / 'blobs'} (nothing there is lost): "
+                f"`python -m pipeline check --store {self.root} --rebuild` (the damaged file is moved aside)")
 
     def _migrate(self) -> None:
-        self._migrate_columns()
+        add_columns(self._db)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version >= self.SCHEMA_VERSION:
             return
@@ -221,38 +265,33 @@ class Store:
             # Stores written before version 1 re-derived generated masks at export time from
             # a user threshold the row did not materialise: materialise them once.
             rows = self._db.execute("SELECT id FROM samples WHERE user_threshold IS NOT NULL AND heat_map IS NOT NULL")
-            pending = [r[0] for r in rows]
+            rederive = [r[0] for r in rows] if version < 1 else []
             self._db.execute(f"PRAGMA user_version={self.SCHEMA_VERSION}")
-        for sid in pending:
+        for sid in rederive:
             try:
                 rec = self.get(sid)
                 self.set_threshold(sid, rec.user_threshold)
             except StoreError:
                 pass  # a damaged or hand-edited sample keeps what it has
-
-    def _migrate_columns(self) -> None:
-        """Bring a store made by an older version up to this schema (idempotent)."""
-        have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
-        if any(c not in have for c in RUN_COLUMNS):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}  # another process may have won
-                for c, kind in RUN_COLUMNS.items():
-                    if c not in have:
-                        self._db.execute(f"ALTER TABLE samples ADD COLUMN {c} {kind}")
-                # older batch runs kept run/class/k in meta only: copy them into the columns
-                self._db.execute("UPDATE samples SET run = json_extract(meta, '$.batch.run'), "
-                                 "run_class = json_extract(meta, '$.batch.class'), "
-                                 "run_k = json_extract(meta, '$.batch.k') "
-                                 "WHERE run IS NULL AND json_extract(meta, '$.batch.role') = 'candidate'")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        self._db.execute(RUN_INDEX)
+        # version 2: every sample gets its journal file (written in batches, each in its transaction)
+        while True:
+            with self._tx():
+                ids = [r[0] for r in self._db.execute("SELECT id FROM samples WHERE journal IS NULL LIMIT 500")]
+                for sid in ids:
+                    self._journal(sid)
+            if not ids:
+                break
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if self._owner is not None:  # intents this store never finished (its writers were stopped)
+                    self._db.execute("DELETE FROM pending WHERE owner = ?", (self._owner.token,))
+            self._db.close()
+            self._db = None
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
 
     def __enter__(self):
         return self
@@ -262,14 +301,31 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self):
-        """One write transaction, taken before the first read (no lost updates)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        """One write transaction, taken before the first read (no lost updates). The
+        connection may be shared by threads: one transaction at a time."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as e:
+                if self._user_error(e) is e:
+                    raise
+                raise self._user_error(e) from e
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.DatabaseError) and self._user_error(e) is not e:
+                    raise self._user_error(e) from e
+                raise
+
+    def _user_error(self, e: sqlite3.DatabaseError) -> Exception:
+        """A database error as the user should see it: read-only, disk full, damaged file, with
+        what to do (a lock timeout stays what it is)."""
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            return e
+        return StoreError(self._db_problem(e))
 
     def _execute(self, sql: str, args=()) -> sqlite3.Cursor:
         cur = self._db.cursor()
@@ -287,14 +343,14 @@ class Store:
             raise StoreError(f"bad blob key {key!r}")
         return self.root / "blobs" / key[:2] / key
 
-    def put_bytes(self, data: bytes, ext: str) -> str:
-        key = hashlib.sha256(data).hexdigest() + "." + ext
+    def _write_blob(self, key: str, data: bytes, intent: str) -> None:
+        """Put one blob down (temporary name, fsync, atomic rename). Call only with ``intent``
+        pending, or inside a write transaction: that is what keeps cleaners off it."""
         path = self._blob_path(key)
         if path.exists():
-            return key
+            return
         path.parent.mkdir(exist_ok=True)
-        # the writer's pid in the name lets a later process remove it if this one is killed
-        tmp = path.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = path.with_name(f".{key}.{intent}.tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -304,22 +360,58 @@ class Store:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write to the store {self.root}: {e.strerror or e}") from e
+
+    @contextlib.contextmanager
+    def _intent(self, blobs: dict[str, bytes]):
+        """Record the intent to write ``blobs`` (key -> bytes), committed before the first file
+        is put down, then write them. Inside the block, commit the row that refers to them;
+        the intent is dropped on leaving. Until then no repair or cleaner touches those keys."""
+        intent = uuid.uuid4().hex
+        if not blobs:
+            yield intent
+            return
+        now = time.time()
+        with self._tx():
+            self._db.executemany("INSERT INTO pending (intent, owner, key, created) VALUES (?, ?, ?, ?)",
+                                 [(intent, self._owner.token, k, now) for k in blobs])
+        try:
+            for key, data in blobs.items():
+                self._write_blob(key, data, intent)
+            yield intent
+        finally:
+            with self._lock, contextlib.suppress(sqlite3.Error):  # else dropped when this store closes
+                self._db.execute("DELETE FROM pending WHERE intent = ?", (intent,))
+
+    def put_bytes(self, data: bytes, ext: str) -> str:
+        """Write one blob; returns its key. No row refers to it: it is an orphan until a
+        sample does (add and update write their blobs themselves, under their intent)."""
+        key = _key(data, ext)
+        with self._intent({key: data}):
+            pass
         return key
 
     def put_image(self, image: np.ndarray) -> str:
-        image = _store_image(image)
-        return self.put_bytes(_encode_png(image), "png")
+        return self.put_bytes(_encode_png(_store_image(image)), "png")
 
     def put_mask(self, mask: np.ndarray) -> str:
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise StoreError(f"a mask must be HW, got shape {mask.shape}")
-        return self.put_bytes(_encode_png(mask.astype(bool).astype(np.uint8) * 255), "png")
+        return self.put_bytes(_encode_mask(mask), "png")
 
     def put_array(self, array: np.ndarray) -> str:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(array), allow_pickle=False)
-        return self.put_bytes(buf.getvalue(), "npy")
+        return self.put_bytes(_encode_npy(array), "npy")
+
+    def _journal(self, sample_id: int) -> None:
+        """Inside a write transaction: give the sample the next revision and write its whole
+        row as its journal file (content-addressed, beside its blobs), pointed at by the row."""
+        revision = next_revision(self._db)
+        self._db.execute("UPDATE samples SET revision = ? WHERE id = ?", (revision, sample_id))
+        row = self._execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        data = journal.encode(dict(row))
+        key = _key(data, "json")
+        self._write_blob(key, data, uuid.uuid4().hex)  # under the write lock: no cleaner runs meanwhile
+        self._db.execute("UPDATE samples SET journal = ? WHERE id = ?", (key, sample_id))
 
     def blob_bytes(self, key: str) -> bytes:
         return self._blob_path(key).read_bytes()
@@ -405,7 +497,10 @@ class Store:
         store says is threshold-derived can always be re-derived. Everything is validated
         before anything is written. With a ``uid`` already in the store, nothing is written
         and the existing id is returned, unless ``replace``: then that row's content and
-        status are replaced (one inspected sample stays one row however often it is saved)."""
+        status are replaced (one inspected sample stays one row however often it is saved).
+        Whether the uid is there is decided in the transaction that writes the row, so of
+        two callers saving one uid at once, the later replaces the earlier's save (and its
+        status change is in the history) instead of being silently ignored."""
         image = _store_image(image)
         h, w = image.shape[:2]
         classes = [check_class(c) for c in classes]
@@ -449,32 +544,41 @@ class Store:
                 if derived[k] is not None and not np.array_equal(derived[k], m):
                     raise StoreError(f"instance {k} ({name!r}) is marked 'generated' but is not the heat map at "
                                      f"threshold {effective}; store an edited or refined mask as 'user' or 'refined'")
-        uid = uid or uuid.uuid4().hex
-        existing = self._execute("SELECT id, status FROM samples WHERE uid=?", (uid,)).fetchone()
-        if existing and not replace:
-            return existing[0]
-        from .masks import bbox
-
         crowd = [bool(c) for c in (instance_crowd or [False] * len(masks))]
         if len(crowd) != len(masks):
             raise StoreError(f"{len(crowd)} crowd flags for {len(masks)} instances")
-        inst = [asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
+        uid = uid or uuid.uuid4().hex
+        existing = self._execute("SELECT id FROM samples WHERE uid=?", (uid,)).fetchone()
+        if existing and not replace:
+            return existing[0]  # an idempotent retry: nothing to write (checked again in the transaction)
+        from .masks import bbox
+
+        blobs: dict[str, bytes] = {}
+
+        def put(data: bytes, ext: str) -> str:
+            key = _key(data, ext)
+            blobs[key] = data
+            return key
+
+        inst = [asdict(Instance(n, put(_encode_mask(m), "png"), list(bbox(m) or (0, 0, 0, 0)), s, c))
                 for (n, m), s, c in zip(masks, sources, crowd)]
         now = time.time()
-        row = dict(uid=uid, image=self.put_image(image), width=w, height=h, classes=json.dumps(classes),
+        row = dict(uid=uid, image=put(_encode_png(image), "png"), width=w, height=h, classes=json.dumps(classes),
                    prompt=prompt, seed=seed, model=model,
-                   heat_map=None if heat is None else self.put_array(heat.astype(HEAT_DTYPE)),
+                   heat_map=None if heat is None else put(_encode_npy(heat.astype(HEAT_DTYPE)), "npy"),
                    threshold=threshold, user_threshold=user_threshold,
-                   refined_mask=None if refined_mask is None else self.put_mask(refined_mask),
+                   refined_mask=None if refined_mask is None else put(_encode_mask(refined_mask), "png"),
                    instances=json.dumps(inst), inserted=json.dumps(list(inserted)), status=status,
                    tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=now, updated=now)
         if run is not None:
             row.update(run=str(run[0]), run_class=str(run[1]), run_k=int(run[2]))
-        if existing:
-            # The same inspected sample saved again (accept, then reject...): one row, its
-            # content and status replaced in one transaction; id, creation time and notes stay.
-            with self._tx():
-                cur = self._execute("SELECT id, status, meta FROM samples WHERE uid=?", (uid,)).fetchone()
+        with self._intent(blobs), self._tx():
+            cur = self._execute("SELECT id, status, meta FROM samples WHERE uid=?", (uid,)).fetchone()
+            if cur is not None and not replace:
+                return cur["id"]
+            if cur is not None:
+                # The same inspected sample saved again (accept, then reject...): one row, its
+                # content and status replaced in one transaction; id, creation time and notes stay.
                 old_meta = json.loads(cur["meta"])
                 merged = {**old_meta, **(meta or {})}
                 if cur["status"] != status:
@@ -484,14 +588,15 @@ class Store:
                 sets = {k: v for k, v in row.items() if k not in keep}
                 self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
                               (*sets.values(), cur["id"]))
-            return cur["id"]
-        if status != "pending" and "history" not in (meta or {}):  # a given history is a restore (import)
-            row["meta"] = json.dumps({**(meta or {}), "history": [_history("new", status, "save")]})
-        cols = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        # INSERT OR IGNORE + re-read: two processes racing on one uid both get the same id.
-        self._execute(f"INSERT OR IGNORE INTO samples ({cols}) VALUES ({marks})", tuple(row.values()))
-        return self._execute("SELECT id FROM samples WHERE uid=?", (uid,)).fetchone()[0]
+                sid = cur["id"]
+            else:
+                if status != "pending" and "history" not in (meta or {}):  # a given history is a restore (import)
+                    row["meta"] = json.dumps({**(meta or {}), "history": [_history("new", status, "save")]})
+                cols = ", ".join(row)
+                marks = ", ".join("?" * len(row))
+                sid = self._execute(f"INSERT INTO samples ({cols}) VALUES ({marks})", tuple(row.values())).lastrowid
+            self._journal(sid)
+        return sid
 
     def _record(self, row: sqlite3.Row) -> Record:
         d = dict(row)
@@ -576,15 +681,14 @@ class Store:
         """Change a sample; validated first, then one transaction. Returns the new record.
 
         ``meta`` is merged into the sample's meta (top-level keys replaced) inside the
-        transaction, so concurrent merges of different keys all survive. Instances given
-        here are stored as they are: give a ``generated`` one only if it is the heat map at
-        the sample's threshold (use :meth:`set_threshold` to change the threshold)."""
+        transaction, so concurrent merges of different keys all survive. A ``status`` that
+        differs from the stored one (read in that transaction) is recorded in the history.
+        Instances given here are stored as they are: give a ``generated`` one only if it is
+        the heat map at the sample's threshold (use :meth:`set_threshold` to change it)."""
         rec = self.get(sample_id)
         sets: dict = {}
-        if status is not None:
-            if status not in STATUSES:
-                raise StoreError(f"bad status {status!r}; one of {STATUSES}")
-            sets["status"] = status
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"bad status {status!r}; one of {STATUSES}")
         if tags is not None:
             sets["tags"] = json.dumps(sorted({check_tag(t) for t in tags}))
         if notes is not None:
@@ -596,6 +700,7 @@ class Store:
             image = _store_image(image)
             if image.shape[:2] != (h, w):
                 raise StoreError(f"new image is {image.shape[:2]}, the sample is {(h, w)}")
+        blobs: dict[str, bytes] = {}
         if instances is not None:
             from .masks import bbox
 
@@ -607,27 +712,41 @@ class Store:
                 if source not in SOURCES:
                     raise StoreError(f"bad instance source {source!r}; one of {SOURCES}")
                 checked.append((check_class(name), m, source, bool(crowd and crowd[0])))
-            sets["instances"] = json.dumps([asdict(Instance(n, self.put_mask(m), list(bbox(m) or (0, 0, 0, 0)), s, c))
-                                            for n, m, s, c in checked])
+            insts = []
+            for n, m, s, c in checked:
+                data = _encode_mask(m)
+                blobs[_key(data, "png")] = data
+                insts.append(asdict(Instance(n, _key(data, "png"), list(bbox(m) or (0, 0, 0, 0)), s, c)))
+            sets["instances"] = json.dumps(insts)
         if inserted is not None:
             sets["inserted"] = json.dumps(list(inserted))
         if image is not None:
-            sets["image"] = self.put_image(image)
-        if not sets and meta is None and append_history is None:
+            data = _encode_png(image)
+            blobs[_key(data, "png")] = data
+            sets["image"] = _key(data, "png")
+        if not sets and status is None and meta is None and append_history is None:
             return rec
-        with self._tx():
+        with self._intent(blobs), self._tx():
             row = self._execute("SELECT meta, status FROM samples WHERE id=?", (rec.id,)).fetchone()
             if row is None:
                 raise StoreError(f"sample #{rec.id} was deleted meanwhile")
-            if meta is not None or append_history is not None:
+            history = []
+            if status is not None and status != row["status"]:
+                sets["status"] = status
+                history.append(_history(row["status"], status, "update"))
+            if append_history is not None:
+                history.append(append_history)
+            if meta is not None or history:
                 current = json.loads(row["meta"])
                 merged = {**current, **(meta or {})}
-                if append_history is not None:
-                    merged["history"] = list(current.get("history", [])) + [append_history]
+                if history:
+                    merged["history"] = list(current.get("history", [])) + history
                 sets["meta"] = json.dumps(merged)
-            sets["updated"] = time.time()
-            self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
-                          (*sets.values(), rec.id))
+            if sets:
+                sets["updated"] = time.time()
+                self._execute(f"UPDATE samples SET {', '.join(k + '=?' for k in sets)} WHERE id=?",
+                              (*sets.values(), rec.id))
+                self._journal(rec.id)
         return self.get(rec.id)
 
     def set_threshold(self, sample_id: int, threshold: float | None) -> Record:
@@ -651,104 +770,199 @@ class Store:
             derived = _derive_generated(heat, effective, [m for _, m in current], [i.source for i in rec.instances])
             from .masks import bbox
 
-            new = []
+            new, blobs = [], {}
             for inst, d in zip(rec.instances, derived):
                 if d is None:
                     new.append(asdict(inst))
                 else:
-                    new.append(asdict(Instance(inst.class_name, self.put_mask(d), list(bbox(d) or (0, 0, 0, 0)),
+                    data = _encode_mask(d)
+                    blobs[_key(data, "png")] = data
+                    new.append(asdict(Instance(inst.class_name, _key(data, "png"), list(bbox(d) or (0, 0, 0, 0)),
                                                inst.source)))
-            old_json = json.dumps([asdict(i) for i in rec.instances])
-            with self._tx():
+            old = [asdict(i) for i in rec.instances]
+            with self._intent(blobs), self._tx():
                 row = self._execute("SELECT instances FROM samples WHERE id=?", (rec.id,)).fetchone()
                 if row is None:
                     raise StoreError(f"sample #{rec.id} was deleted meanwhile")
-                if json.loads(row["instances"]) != json.loads(old_json):
+                if json.loads(row["instances"]) != old:
                     continue
                 self._execute("UPDATE samples SET user_threshold=?, instances=?, updated=? WHERE id=?",
                               (threshold, json.dumps(new), time.time(), rec.id))
+                self._journal(rec.id)
             return self.get(rec.id)
         raise StoreError(f"sample #{sample_id} kept changing while its threshold was set; try again")
 
+    # -- status: compare-and-set, one transaction per decision -------------------------------
+    def _set_status_in_tx(self, sample_id: int, status: str, by: str, expect: str | None = None) -> StatusAnswer:
+        row = self._execute("SELECT status, meta FROM samples WHERE id=?", (int(sample_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"no sample #{sample_id} in {self.root}")
+        meta = json.loads(row["meta"])
+        history = list(meta.get("history", []))
+        if row["status"] == status or (expect is not None and row["status"] != expect):
+            return StatusAnswer(int(sample_id), row["status"], False, len(history))
+        history.append(_history(row["status"], status, by))
+        meta["history"] = history
+        self._execute("UPDATE samples SET status=?, meta=?, updated=? WHERE id=?",
+                      (status, json.dumps(meta), time.time(), int(sample_id)))
+        self._journal(int(sample_id))
+        return StatusAnswer(int(sample_id), status, True, len(history))
+
+    def change_status(self, sample_id: int, status: str, by: str = "curate",
+                      expect: str | None = None) -> StatusAnswer:
+        """Set one sample's status, compare-and-set: read, decide and write in one transaction.
+        With ``expect``, only a sample whose status is ``expect`` changes. The answer is what is
+        stored when the transaction commits, so of two callers racing (accept vs reject) each
+        learns the state its call left, and the history holds exactly the changes that took effect."""
+        if status not in STATUSES:
+            raise StoreError(f"bad status {status!r}; one of {STATUSES}")
+        with self._tx():
+            return self._set_status_in_tx(sample_id, status, by, expect)
+
     def set_status(self, ids: Iterable[int], status: str, by: str = "curate") -> int:
-        """Bulk accept/reject, each change recorded in the sample's history; returns how
-        many rows changed (rows already in that status are left alone)."""
+        """Bulk accept/reject in one transaction, each change recorded in the sample's history;
+        returns how many rows changed (rows already in that status are left alone)."""
         if status not in STATUSES:
             raise StoreError(f"bad status {status!r}; one of {STATUSES}")
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        changed = 0
         with self._tx():
             marks = ",".join("?" * len(ids))
-            rows = self._execute(f"SELECT id, status FROM samples WHERE id IN ({marks}) AND status != ?",
-                                 (*ids, status)).fetchall()
-            for row in rows:
-                # the history lives in meta: json_insert '$[#]' appends inside SQLite, atomically
-                self._execute("UPDATE samples SET status=?, updated=?, meta=json_set(meta, '$.history', "
-                              "json_insert(coalesce(json_extract(meta, '$.history'), json('[]')), '$[#]', json(?))) "
-                              "WHERE id=?", (status, time.time(), json.dumps(_history(row["status"], status, by)),
-                                             row["id"]))
-                changed += 1
-        return changed
+            present = [r[0] for r in self._execute(f"SELECT id FROM samples WHERE id IN ({marks})", ids)]
+            return sum(self._set_status_in_tx(i, status, by).changed for i in present)
+
+    def undo_status(self, sample_id: int, by: str = "undo") -> StatusAnswer:
+        """Put back the status a sample had before its last status change, in one transaction
+        (the undo is itself a change in the history). StoreError if there is none to undo."""
+        with self._tx():
+            row = self._execute("SELECT status, meta FROM samples WHERE id=?", (int(sample_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"no sample #{sample_id} in {self.root}")
+            history = json.loads(row["meta"]).get("history", [])
+            if not history or history[-1].get("from") not in STATUSES:
+                raise StoreError(f"#{sample_id} has no status change to undo")
+            return self._set_status_in_tx(sample_id, history[-1]["from"], by, expect=row["status"])
 
     def status_history(self, sample_id: int) -> list[dict]:
         """Status changes of a sample, oldest first: {"from", "to", "by", "time"}."""
         return list(self.get(sample_id).meta.get("history", []))
 
     def delete(self, sample_id: int) -> None:
-        """Remove a sample's row (its blobs stay until `check --repair --orphans`)."""
-        self._execute("DELETE FROM samples WHERE id=?", (int(sample_id),))
+        """Remove a sample's row (its blobs stay until `check --repair --remove-orphans`). Its
+        journal gets a tombstone, so a rebuild does not bring it back."""
+        with self._tx():
+            row = self._execute("SELECT uid FROM samples WHERE id=?", (int(sample_id),)).fetchone()
+            if row is None:
+                return
+            self._execute("DELETE FROM samples WHERE id=?", (int(sample_id),))
+            data = journal.tombstone(row["uid"], int(sample_id), next_revision(self._db), time.time())
+            self._write_blob(_key(data, "json"), data, uuid.uuid4().hex)
 
     def classes(self) -> list[str]:
         rows = self._execute("SELECT DISTINCT value FROM samples, json_each(samples.classes) ORDER BY value")
         return [r[0] for r in rows]
 
     # -- health ----------------------------------------------------------------------------
-    def clean_leftovers(self) -> list[Path]:
-        """Remove temporary blob files whose writing process is gone (a killed import or
-        batch leaves them); returns what was removed."""
+    def _drop_dead_intents(self) -> None:
+        """Inside a write transaction: forget the intents of owners that are gone (a killed
+        writer's). A live owner's, in any process or thread, stay."""
+        for (owner,) in self._db.execute("SELECT DISTINCT owner FROM pending").fetchall():
+            if owner != self._owner.token and not owners.alive(self.root, owner):
+                self._db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
+
+    def _remove_dead_temporaries(self, legacy: bool = False) -> list[Path]:
+        """Inside a write transaction: remove temporary blob files whose write's intent is no
+        longer pending (its writer was killed, or gave up). ``legacy``: also the files older
+        versions named by process id (only ``check --repair`` asks: no live writer uses that name)."""
+        live = {i for (i,) in self._db.execute("SELECT DISTINCT intent FROM pending")}
         removed = []
         for p in (self.root / "blobs").glob("*/.*.tmp"):
-            parts = p.name.split(".")
-            pid = int(parts[3]) if len(parts) >= 6 and parts[3].isdigit() else None
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            m = _TMP.fullmatch(p.name)
+            if (m and m.group(2) in live) or (not m and not legacy):
                 continue
-            if pid is None and time.time() - p.stat().st_mtime < 3600:
-                continue  # an older-style name: only once it is clearly stale
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed.append(p)
-            except FileNotFoundError:
-                pass
         return removed
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what writers that are gone left behind (a killed import or batch): their
+        temporary blob files and their unfinished intents; returns the files removed. Never
+        a live writer's, in this process or another: the decision is taken under the write
+        lock, from the ``pending`` table and the owners' locks (:mod:`pipeline.store.owners`)."""
+        owners.remove_dead(self.root, keep=self._owner.token)
+        has_tmp = next((self.root / "blobs").glob("*/.*.tmp"), None) is not None
+        stale = [o for (o,) in self._db.execute("SELECT DISTINCT owner FROM pending").fetchall()
+                 if o != self._owner.token and not owners.alive(self.root, o)]
+        if not has_tmp and not stale:
+            return []  # the usual open: nothing to clean, no write lock taken
+        with self._tx():
+            self._drop_dead_intents()
+            return self._remove_dead_temporaries()
 
     def check(self, repair: bool = False, remove_orphans: bool = False) -> "CheckReport":
         """Verify every referenced blob against its hash, find orphan blobs (referenced by no
-        sample) and leftovers. ``repair`` removes leftovers (and, with ``remove_orphans``,
-        orphans); damaged samples are reported, never deleted."""
+        sample, no pending write and no lost sample's record) and leftovers. ``repair``
+        removes leftovers (and, with ``remove_orphans``, orphans) under the write lock, so a
+        writer beside it loses nothing; damaged samples are reported, never deleted."""
         report = CheckReport()
-        referenced = set()
         for rec in self.query():
             report.samples += 1
-            keys = [rec.image] + [i.mask for i in rec.instances] + [k for k in (rec.heat_map, rec.refined_mask) if k]
-            referenced.update(keys)
-            probs = [p for p in (self.blob_problem(k, verify_hash=True) for k in keys) if p]
+            probs = self.problems(rec, verify_hash=True)
             if probs:
                 report.damaged[rec.id] = probs
-        for p in (self.root / "blobs").glob("*/*"):
-            if p.name.endswith(".tmp"):
-                report.leftovers.append(p)
-            elif p.name not in referenced:
-                report.orphans.append(p)
         if repair:
-            self.clean_leftovers()
-            report.leftovers = [p for p in report.leftovers if p.exists()]
-            if remove_orphans:
-                for p in report.orphans:
-                    p.unlink(missing_ok=True)
-                report.removed_orphans = len(report.orphans)
+            with self._tx():
+                self._drop_dead_intents()
+                self._remove_dead_temporaries(legacy=True)
+                self._find_orphans(report)
+                if remove_orphans and report.orphans:
+                    if report.samples == 0 or not self._db.execute("SELECT EXISTS (SELECT 1 FROM samples)").fetchone()[0]:
+                        raise StoreError(
+                            f"{self.db_path} refers to no file, but {len(report.orphans)} files are under "
+                            f"{self.root / 'blobs'}: refusing to delete them (if the database was replaced or "
+                            f"emptied, rebuild it: `python -m pipeline check --store {self.root} --rebuild`)")
+                    # journal records last, tombstones very last: a repair stopped half way never
+                    # leaves a deleted sample's record without its tombstone
+                    def order(p):
+                        return (p.suffix == ".json", p.name in report.tombstones)
+                    for p in sorted(report.orphans, key=order):
+                        p.unlink(missing_ok=True)
+                    report.removed_orphans = len(report.orphans)
+        else:
+            with self._lock:
+                self._db.execute("BEGIN")  # one snapshot: rows, pending writes
+                try:
+                    self._find_orphans(report)
+                finally:
+                    self._db.execute("COMMIT")
+        report.leftovers = sorted((self.root / "blobs").glob("*/.*.tmp"))
+        report.unjournaled = [r[0] for r in self._db.execute(
+            "SELECT id FROM samples WHERE journal IS NULL ORDER BY id")]
         return report
+
+    def _find_orphans(self, report: "CheckReport") -> None:
+        referenced, uids = set(), set()
+        for row in self._execute("SELECT uid, image, instances, heat_map, refined_mask, journal FROM samples"):
+            referenced.update(journal.blob_keys(dict(row)))
+            if row["journal"]:
+                referenced.add(row["journal"])
+            uids.add(row["uid"])
+        referenced.update(k for (k,) in self._db.execute("SELECT key FROM pending"))
+        candidates = [p for p in (self.root / "blobs").glob("*/*")
+                      if not p.name.startswith(".") and p.name not in referenced]
+        # journal records nobody points at: an older version of a sample (removable), a deleted
+        # sample's (removable), or the newest record of a sample the database does not hold:
+        # a lost sample, kept with its files until a rebuild brings it back
+        entries, _ = journal.read_all(self.root / "blobs", only={p.name for p in candidates if p.suffix == ".json"})
+        report.tombstones = {e.key for e in entries if e.row is None}
+        for uid, e in journal.latest([e for e in entries if e.uid not in uids]).items():
+            if e.row is not None:
+                report.lost.append((e.id, uid))
+                referenced.update(journal.blob_keys(e.row))
+                referenced.update(x.key for x in entries if x.uid == uid)
+        report.orphans = [p for p in candidates if p.name not in referenced]
 
 
 @dataclass
@@ -758,10 +972,13 @@ class CheckReport:
     orphans: list = field(default_factory=list)
     leftovers: list = field(default_factory=list)
     removed_orphans: int = 0
+    lost: list = field(default_factory=list)  # (id, uid) recorded in the journal, not in the database
+    unjournaled: list = field(default_factory=list)  # sample ids without a journal file
+    tombstones: set = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
-        return not self.damaged and not self.leftovers
+        return not self.damaged and not self.leftovers and not self.lost
 
 
 def _check_threshold(t, label: str) -> float | None:
@@ -778,16 +995,6 @@ def _check_threshold(t, label: str) -> float | None:
 
 def _history(old: str, new: str, by: str) -> dict:
     return {"from": old, "to": new, "by": by, "time": round(time.time(), 3)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _derive_generated(heat: np.ndarray, threshold: float, masks: list[np.ndarray],

@@ -46,7 +46,9 @@ def test_store_round_trip_and_filters(store, tmp_path):
     r2 = store.set_threshold(r.id, 0.3)
     assert (r2.status, r2.tags, r2.notes, r2.effective_threshold) == ("rejected", ["x", "y"], "blurry", 0.3)
     assert store.set_status([1, 2], "accepted") == 1  # #2 was accepted already: one change
-    assert [(h["from"], h["to"]) for h in store.status_history(1)] == [("new", "accepted"), ("rejected", "accepted")]
+    # every status change that took effect is in the history, update's too
+    assert [(h["from"], h["to"]) for h in store.status_history(1)] == [("new", "accepted"), ("accepted", "rejected"),
+                                                                      ("rejected", "accepted")]
     # re-opening shows exactly what was committed
     store.close()
     again = Store(tmp_path / "store", create=False)

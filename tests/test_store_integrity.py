@@ -140,33 +140,66 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
     assert out.returncode == 1 and f"sample #{ids[1]}" in out.stdout and "Traceback" not in out.stderr
 
 
+# A writer that puts its first blob down and then stops between the temporary file and its
+# rename (killed there, or still alive and slow): os.replace never returns.
+_STUCK_WRITER = """
+import os, sys, time
+import numpy as np
+from pipeline.dataset import Store
+s = Store(sys.argv[1])
+os.replace = lambda *a: (print("stuck", flush=True), time.sleep(600))
+rng = np.random.default_rng(int(sys.argv[2]))
+s.add((rng.random((32, 32, 3)) * 255).astype(np.uint8), ["dog"])
+"""
+
+
+def _stuck_writer(root, seed):
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, str(root), str(seed)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "stuck"
+    return proc
+
+
+def _temporaries(root):
+    return sorted((root / "blobs").glob("*/.*.tmp"))
+
+
 @pytest.mark.slow
-def test_leftover_temporary_blobs_are_cleaned(tmp_path):
+def test_leftover_temporary_blobs_are_cleaned_only_when_their_writer_is_gone(tmp_path):
+    root = tmp_path / "s"
     rng = np.random.default_rng(5)
     img, heat = _sample(rng)
-    with Store(tmp_path / "s") as s:
+    with Store(root) as s:
         s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
-    # a writer killed mid-blob (kill -9) leaves its temporary file, named with its pid
-    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead_pid = victim.pid
-    victim.kill()
-    victim.wait()
-    blobs = tmp_path / "s" / "blobs" / "ab"
-    blobs.mkdir(exist_ok=True)
-    dead = blobs / f".{'ab' * 32}.png.{dead_pid}.deadbeef.tmp"
-    dead.write_bytes(b"half a png")
-    alive = blobs / f".{'ab' * 32}.png.{os.getppid()}.cafebabe.tmp"  # a live writer's: kept
-    alive.write_bytes(b"being written")
-    old_style = blobs / f".{'cd' * 32}.png.0123456789abcdef.tmp"
-    old_style.write_bytes(b"x")
-    with Store(tmp_path / "s") as s:  # the next run cleans up after the killed one
-        assert not dead.exists() and alive.exists()
-        rep = s.check()
-        assert old_style in rep.leftovers and not rep.ok
-    out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--store", str(tmp_path / "s"), "--repair"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert alive.exists()  # still a live writer's
-    assert "leftover" in out.stdout
+    killed = _stuck_writer(root, 1)
+    dead_tmp = _temporaries(root)
+    assert len(dead_tmp) == 1
+    killed.kill()  # kill -9 between the temporary file and its rename
+    killed.wait()
+    alive = _stuck_writer(root, 2)  # a live writer at the same point: its file is never touched
+    try:
+        live_tmp = [p for p in _temporaries(root) if p not in dead_tmp]
+        assert len(live_tmp) == 1
+        with Store(root) as s:  # the next open cleans up after the killed one only
+            assert not dead_tmp[0].exists() and live_tmp[0].exists()
+            assert s._db.execute("SELECT COUNT(DISTINCT owner) FROM pending").fetchone()[0] == 1  # the live one's
+        # an older version's name (by process id) is a leftover: reported, removed by --repair
+        old_style = root / "blobs" / "cd" / f".{'cd' * 32}.png.12345.0123abcd.tmp"
+        old_style.parent.mkdir(exist_ok=True)
+        old_style.write_bytes(b"x")
+        with Store(root) as s:
+            rep = s.check()
+            assert old_style in rep.leftovers and live_tmp[0] in rep.leftovers and not rep.ok
+        out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--store", str(root), "--repair",
+                              "--remove-orphans"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "leftover" in out.stdout and "Traceback" not in out.stderr
+        assert live_tmp[0].exists() and not old_style.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    with Store(root) as s:  # now that writer is gone too: nothing of it is left, the first sample is whole
+        assert not _temporaries(root) and s.count() == 1 and s.check().ok
+        assert s._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
 
 
 def _make_store(path):
