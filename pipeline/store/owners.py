@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import uuid
+import weakref
 from pathlib import Path
 
 OWNERS_DIR = "owners"
@@ -37,7 +38,10 @@ class Owner:
             # the lock counts only if the path still names the file we locked
             try:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    self.token, self.path, self._fd = token, path, fd
+                    self.token, self.path = token, path
+                    # released on close, when the store is collected, or when the interpreter exits
+                    # (a CLI that stops on an error leaves no lock file behind)
+                    self._release = weakref.finalize(self, _release, path, fd)
                     return
             except FileNotFoundError:
                 pass
@@ -45,12 +49,14 @@ class Owner:
         raise OSError(errno.EAGAIN, f"cannot register a writer under {folder}")
 
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                self.path.unlink(missing_ok=True)  # unlinked while still locked: no one can take it meanwhile
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        self._release()
+
+
+def _release(path: Path, fd: int) -> None:
+    try:
+        path.unlink(missing_ok=True)  # unlinked while still locked: no one can take it meanwhile
+    finally:
+        os.close(fd)
 
 
 def alive(root: Path, token: str) -> bool:
