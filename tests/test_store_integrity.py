@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.dataset import DamagedSampleError, Store, StoreError
+from pipeline.dataset import DamagedSampleError, NewSample, Store, StoreError
 
 
 def _sample(rng, size=40):
@@ -36,7 +36,7 @@ def test_concurrent_meta_merges_from_two_processes_lose_nothing(tmp_path):
     rng = np.random.default_rng(0)
     img, heat = _sample(rng)
     with Store(tmp_path / "s") as s:
-        sid = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        sid = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
     n = 150
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -55,10 +55,10 @@ def test_set_threshold_rederives_generated_masks_only(tmp_path):
     rng = np.random.default_rng(1)
     img, heat = _sample(rng)
     with Store(tmp_path / "s") as s:
-        gen = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        gen = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
         edited = heat >= 0.5
         edited[:5] = True
-        user = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)], instance_sources=["user"])
+        user = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)], instance_sources=["user"]))
         rec = s.set_threshold(gen, 0.2)
         assert rec.user_threshold == pytest.approx(0.2)
         assert np.array_equal(s.masks(rec)[0][1], s.heat(rec) >= 0.2)
@@ -70,7 +70,7 @@ def test_set_threshold_rederives_generated_masks_only(tmp_path):
         assert np.array_equal(s.masks(s.set_threshold(gen, None))[0][1], heat >= 0.5)
         # a 'generated' mask that is not the heat map at the threshold is refused
         with pytest.raises(StoreError, match="marked 'generated'"):
-            s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)])
+            s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)]))
         for bad in (float("nan"), 1.5, -0.1, "x"):
             with pytest.raises(StoreError):
                 s.set_threshold(gen, bad)
@@ -83,8 +83,8 @@ def test_generated_masks_under_an_inserted_object_stay_occluded(tmp_path):
     star[15:25, 15:25] = True
     base = (heat >= 0.5) & ~star
     with Store(tmp_path / "s") as s:
-        sid = s.add(img, ["dog", "star"], heat_map=heat, threshold=0.5, instances=[("dog", base), ("star", star)],
-                    instance_sources=["generated", "inserted"])
+        sid = s.add(NewSample(img, ["dog", "star"], heat_map=heat, threshold=0.5, instances=[("dog", base), ("star", star)],
+                              instance_sources=["generated", "inserted"]))
         rec = s.set_threshold(sid, 0.1)
         dog, star_after = [m for _, m in s.masks(rec)]
         assert not (dog & star_after).any() and np.array_equal(star_after, star)
@@ -115,8 +115,8 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
         ids = []
         for _ in range(3):
             img, heat = _sample(rng)
-            ids.append(s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
-                             status="accepted"))
+            ids.append(s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
+                                       status="accepted")))
         victim = s.get(ids[1])
         s.blob_path(victim.image).unlink()
         s.blob_path(victim.instances[0].mask).write_bytes(b"\x89PNG truncated")
@@ -145,11 +145,11 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
 _STUCK_WRITER = """
 import os, sys, time
 import numpy as np
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 s = Store(sys.argv[1])
 os.replace = lambda *a: (print("stuck", flush=True), time.sleep(600))
 rng = np.random.default_rng(int(sys.argv[2]))
-s.add((rng.random((32, 32, 3)) * 255).astype(np.uint8), ["dog"])
+s.add(NewSample((rng.random((32, 32, 3)) * 255).astype(np.uint8), ["dog"]))
 """
 
 
@@ -170,7 +170,7 @@ def test_leftover_temporary_blobs_are_cleaned_only_when_their_writer_is_gone(tmp
     rng = np.random.default_rng(5)
     img, heat = _sample(rng)
     with Store(root) as s:
-        s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
     killed = _stuck_writer(root, 1)
     dead_tmp = _temporaries(root)
     assert len(dead_tmp) == 1
@@ -206,7 +206,7 @@ def _make_store(path):
     rng = np.random.default_rng(6)
     img, heat = _sample(rng)
     with Store(path) as s:
-        s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
 
 
 @pytest.mark.slow
@@ -254,7 +254,7 @@ def test_a_read_only_database_is_explained(tmp_path):
         with pytest.raises(StoreError) as e:
             s = Store(root)
             img, heat = _sample(np.random.default_rng(7))
-            s.add(img, ["cat"], heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)])
+            s.add(NewSample(img, ["cat"], heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)]))
         assert str(db) in str(e.value) and "writable" in str(e.value)
     finally:
         if os.geteuid() == 0:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 
 RACE_SECONDS = 10.0
 
@@ -20,7 +20,7 @@ RACE_SECONDS = 10.0
 _WRITER = """
 import json, sys, time
 import numpy as np
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 import os
 root, stop_file, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = np.random.default_rng(seed)
@@ -31,7 +31,7 @@ with Store(root) as s:
         heat = (rng.integers(0, 9, (32, 32)) / 8).astype(np.float32)  # exact in the stored float16
         uid = f"p{seed}-{len(added) + len(failed)}"
         try:
-            s.add(img, ["dog"], uid=uid, heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+            s.add(NewSample(img, ["dog"], uid=uid, heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
             added.append(uid)
         except Exception as e:
             failed.append(f"{uid}: {type(e).__name__}: {e}")
@@ -53,7 +53,7 @@ def _thread_writer(root, seconds, seed, added, failed, stop=None):
             img, heat = _sample(rng)
             uid = f"t{seed}-{len(added) + len(failed)}"
             try:
-                s.add(img, ["cat"], uid=uid, heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)])
+                s.add(NewSample(img, ["cat"], uid=uid, heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)]))
                 added.append(uid)
             except Exception as e:  # noqa: BLE001 (every failure is what the test counts)
                 failed.append(f"{uid}: {type(e).__name__}: {e}")
@@ -178,7 +178,7 @@ def test_accept_and_reject_at_once_answer_what_is_stored(tmp_path, via):
     rng = np.random.default_rng(4)
     with Store(root) as s:
         img, heat = _sample(rng)
-        sid = s.add(img, ["dog"])
+        sid = s.add(NewSample(img, ["dog"]))
     answers, errors = [], []
     end = time.monotonic() + RACE_SECONDS / 2
 
@@ -234,8 +234,8 @@ def test_saving_one_new_sample_from_two_sessions_at_once(tmp_path):
             with Store(root) as s:
                 barrier.wait()
                 try:
-                    got[status] = s.add(img, ["dog"], uid=uid, heat_map=heat, threshold=0.5,
-                                        instances=[("dog", heat >= 0.5)], status=status, replace=True)
+                    got[status] = s.add(NewSample(img, ["dog"], uid=uid, heat_map=heat, threshold=0.5,
+                                                            instances=[("dog", heat >= 0.5)], status=status), replace=True)
                 except Exception as e:  # noqa: BLE001
                     errors.append(f"{type(e).__name__}: {e}")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, shared
-from pipeline.dataset import Store, StoreError, StoreLostError
+from pipeline.dataset import NewSample, Store, StoreError, StoreLostError
 from pipeline.store.schema import SCHEMA
 
 FORMATS = ("coco", "voc", "yolo", "hf")
@@ -86,8 +86,8 @@ def _coco_mini_store(root):
         gen = []
         for k in range(2):
             img, heat = _generated(rng)
-            gen.append(s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
-                             prompt="a photograph of a dog", seed=k, model="tiny", status="accepted"))
+            gen.append(s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
+                                       prompt="a photograph of a dog", seed=k, model="tiny", status="accepted")))
         s.set_status(ids[:3], "rejected")
         s.change_status(ids[3], "pending")
         s.undo_status(ids[0])
@@ -129,7 +129,7 @@ def test_coco_mini_store_rebuilt_from_its_files_exports_byte_identical(tmp_path,
         rows_after = [dict(r) for r in s._execute("SELECT * FROM samples ORDER BY id")]
         assert rows_after == rows_before  # every column of every row: instances, history, tags, notes...
         assert s.check().ok
-        new_id = s.add(*_generated(np.random.default_rng(9))[:1], ["cat"])
+        new_id = s.add(NewSample(*_generated(np.random.default_rng(9))[:1], ["cat"]))
         assert new_id > max(ids)  # ids are never reused, the deleted one's neither
         s.delete(new_id)
     after = _export_all(root, tmp_path / "after", monkeypatch)
@@ -142,7 +142,7 @@ def _small_store(root, n=3):
     with Store(root) as s:
         for k in range(n):
             img, heat = _generated(rng)
-            s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)], status="accepted")
+            s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)], status="accepted"))
         s.change_status(1, "rejected")
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, load_image_file
+from ..dataset import NewSample, Store, load_image_file
 from .common import confined, inside, iter_progress, json_dump, restore_kwargs
 
 SYNTHETIC_LICENSE = {"name": "Synthetic data; subject to the licence of the generating model", "url": ""}
@@ -134,6 +134,6 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
                                 "source": str(instances_json)})
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, instance_crowd=crowd,
-                             status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources, instance_crowd=crowd,
+                                       status=status, **kwargs)))
     return ids

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, StoreError
+from ..dataset import NewSample, Store, StoreError
 from ..masks import bbox
 from .common import SPLIT_NAMES, ExportError, inside, png_bytes, restore_kwargs
 
@@ -170,7 +170,7 @@ def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepte
                 prov = json.loads(row["provenance"]) if row.get("provenance") else {}
                 kwargs = restore_kwargs(prov) if prov else dict(uid=row.get("uid"), tags=tags)
                 classes = prov.get("classes") or [names[c] for c in row["classes"]] or ["background"]
-                ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
-                                     instance_crowd=list(obj["iscrowd"]), status=status, **kwargs))
+                ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=list(obj["source"]),
+                                               instance_crowd=list(obj["iscrowd"]), status=status, **kwargs)))
         del ds  # release the memory-mapped cache files before the folder goes
     return ids

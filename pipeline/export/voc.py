@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..dataset import Store, StoreError, load_image_file
+from ..dataset import NewSample, Store, StoreError, load_image_file
 from ..masks import bbox
 from .common import (VOC_CLASSES, ExportError, confined, inside, iter_progress, json_dump, mask_to_polygons,
                      restore_kwargs, voc_palette)
@@ -228,5 +228,6 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
                                                              "file_name": f"{name}.jpg", "license": None}})
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources, status=status,
+                                       **kwargs)))
     return ids

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, StoreError, load_image_file
+from ..dataset import NewSample, Store, StoreError, load_image_file
 from ..masks import bbox
 from .common import inside, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
 
@@ -133,5 +133,6 @@ def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepte
                                                              "file_name": img_path.name, "license": None}})
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources, status=status,
+                                       **kwargs)))
     return ids
