@@ -21,38 +21,41 @@ from .errors import DamagedSampleError, StoreError
 from .records import Record, store_image
 from .schema import next_revision
 
-_BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy|json)")
+BLOB_KEY = re.compile(r"[0-9a-f]{64}\.(png|npy|json)")
 
 
-def _encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray) -> bytes:
+    """HWC uint8 RGB (or HW uint8) as PNG bytes (fast compression: blobs are written often)."""
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def _encode_mask(mask: np.ndarray) -> bytes:
-    return _encode_png(np.asarray(mask).astype(bool).astype(np.uint8) * 255)
+def encode_mask(mask: np.ndarray) -> bytes:
+    """HW bool as a 0/255 PNG."""
+    return encode_png(np.asarray(mask).astype(bool).astype(np.uint8) * 255)
 
 
-def _encode_npy(array: np.ndarray) -> bytes:
+def encode_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
-def _key(data: bytes, ext: str) -> str:
+def blob_key(data: bytes, ext: str) -> str:
+    """A blob's name: the SHA-256 of its bytes and its kind (png, npy, json)."""
     return hashlib.sha256(data).hexdigest() + "." + ext
 
 
 # a temporary blob file: ".<key>.<intent>.tmp" (the intent of the write putting it down)
-_TMP = re.compile(r"\.([0-9a-f]{64}\.(?:png|npy|json))\.([0-9a-f]{32})\.tmp")
+TEMPORARY_NAME = re.compile(r"\.([0-9a-f]{64}\.(?:png|npy|json))\.([0-9a-f]{32})\.tmp")
 
 
 class BlobsMixin:
     """The blob half of :class:`pipeline.store.database.Store` (uses its ``root``, ``_db``, ``_tx``, ``_owner``)."""
 
     def _blob_path(self, key: str) -> Path:
-        if not isinstance(key, str) or not _BLOB_KEY.fullmatch(key):
+        if not isinstance(key, str) or not BLOB_KEY.fullmatch(key):
             raise StoreError(f"bad blob key {key!r}")
         return self.root / "blobs" / key[:2] / key
 
@@ -98,22 +101,22 @@ class BlobsMixin:
     def put_bytes(self, data: bytes, ext: str) -> str:
         """Write one blob; returns its key. No row refers to it: it is an orphan until a
         sample does (add and update write their blobs themselves, under their intent)."""
-        key = _key(data, ext)
+        key = blob_key(data, ext)
         with self._intent({key: data}):
             pass
         return key
 
     def put_image(self, image: np.ndarray) -> str:
-        return self.put_bytes(_encode_png(store_image(image)), "png")
+        return self.put_bytes(encode_png(store_image(image)), "png")
 
     def put_mask(self, mask: np.ndarray) -> str:
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise StoreError(f"a mask must be HW, got shape {mask.shape}")
-        return self.put_bytes(_encode_mask(mask), "png")
+        return self.put_bytes(encode_mask(mask), "png")
 
     def put_array(self, array: np.ndarray) -> str:
-        return self.put_bytes(_encode_npy(array), "npy")
+        return self.put_bytes(encode_npy(array), "npy")
 
     def _journal(self, sample_id: int) -> None:
         """Inside a write transaction: give the sample the next revision and write its whole
@@ -122,7 +125,7 @@ class BlobsMixin:
         self._db.execute("UPDATE samples SET revision = ? WHERE id = ?", (revision, sample_id))
         row = self._execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
         data = journal.encode(dict(row))
-        key = _key(data, "json")
+        key = blob_key(data, "json")
         self._write_blob(key, data, uuid.uuid4().hex)  # under the write lock: no cleaner runs meanwhile
         self._db.execute("UPDATE samples SET journal = ? WHERE id = ?", (key, sample_id))
 

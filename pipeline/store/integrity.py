@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import journal, owners
-from .blobs import _TMP
+from .blobs import TEMPORARY_NAME
 from .errors import StoreError
 
 
@@ -29,7 +29,7 @@ class IntegrityMixin:
         live = {i for (i,) in self._db.execute("SELECT DISTINCT intent FROM pending")}
         removed = []
         for p in (self.root / "blobs").glob("*/.*.tmp"):
-            m = _TMP.fullmatch(p.name)
+            m = TEMPORARY_NAME.fullmatch(p.name)
             if (m and m.group(2) in live) or (not m and not legacy):
                 continue
             with contextlib.suppress(FileNotFoundError):

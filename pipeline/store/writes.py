@@ -14,10 +14,10 @@ import numpy as np
 from ..errors import ConfigError, check_seed
 from ..masks import HEAT_DTYPE, HeatMapError, bbox, check_heat, derive_generated, quantize_heat
 from . import journal
-from .blobs import _encode_mask, _encode_npy, _encode_png, _key
+from .blobs import blob_key, encode_mask, encode_npy, encode_png
 from .errors import StoreError
-from .records import (SOURCES, STATUSES, Instance, NewSample, Record, StatusAnswer, check_class, check_tag, check_threshold,
-                      history_entry, store_image)
+from .records import (SOURCES, STATUSES, Instance, NewSample, Record, StatusAnswer, check_class, check_tag,
+                      check_threshold, history_entry, store_image)
 from .schema import next_revision
 
 
@@ -98,18 +98,18 @@ class WritesMixin:
         blobs: dict[str, bytes] = {}
 
         def put(data: bytes, ext: str) -> str:
-            key = _key(data, ext)
+            key = blob_key(data, ext)
             blobs[key] = data
             return key
 
-        inst = [asdict(Instance(n, put(_encode_mask(m), "png"), list(bbox(m) or (0, 0, 0, 0)), s, c))
+        inst = [asdict(Instance(n, put(encode_mask(m), "png"), list(bbox(m) or (0, 0, 0, 0)), s, c))
                 for (n, m), s, c in zip(masks, sources, crowd)]
         now = time.time()
-        row = dict(uid=uid, image=put(_encode_png(image), "png"), width=w, height=h, classes=json.dumps(classes),
+        row = dict(uid=uid, image=put(encode_png(image), "png"), width=w, height=h, classes=json.dumps(classes),
                    prompt=prompt, seed=seed, model=model,
-                   heat_map=None if heat is None else put(_encode_npy(heat.astype(HEAT_DTYPE)), "npy"),
+                   heat_map=None if heat is None else put(encode_npy(heat.astype(HEAT_DTYPE)), "npy"),
                    threshold=threshold, user_threshold=user_threshold,
-                   refined_mask=None if refined_mask is None else put(_encode_mask(refined_mask), "png"),
+                   refined_mask=None if refined_mask is None else put(encode_mask(refined_mask), "png"),
                    instances=json.dumps(inst), inserted=json.dumps(list(inserted)), status=status,
                    tags=json.dumps(tags), notes=notes, meta=json.dumps(meta or {}), created=now, updated=now)
         if run is not None:
@@ -180,16 +180,16 @@ class WritesMixin:
                 checked.append((check_class(name), m, source, bool(crowd and crowd[0])))
             insts = []
             for n, m, s, c in checked:
-                data = _encode_mask(m)
-                blobs[_key(data, "png")] = data
-                insts.append(asdict(Instance(n, _key(data, "png"), list(bbox(m) or (0, 0, 0, 0)), s, c)))
+                data = encode_mask(m)
+                blobs[blob_key(data, "png")] = data
+                insts.append(asdict(Instance(n, blob_key(data, "png"), list(bbox(m) or (0, 0, 0, 0)), s, c)))
             sets["instances"] = json.dumps(insts)
         if inserted is not None:
             sets["inserted"] = json.dumps(list(inserted))
         if image is not None:
-            data = _encode_png(image)
-            blobs[_key(data, "png")] = data
-            sets["image"] = _key(data, "png")
+            data = encode_png(image)
+            blobs[blob_key(data, "png")] = data
+            sets["image"] = blob_key(data, "png")
         if not sets and status is None and meta is None and append_history is None:
             return rec
         with self._intent(blobs), self._tx():
@@ -239,9 +239,9 @@ class WritesMixin:
                 if d is None:
                     new.append(asdict(inst))
                 else:
-                    data = _encode_mask(d)
-                    blobs[_key(data, "png")] = data
-                    new.append(asdict(Instance(inst.class_name, _key(data, "png"), list(bbox(d) or (0, 0, 0, 0)),
+                    data = encode_mask(d)
+                    blobs[blob_key(data, "png")] = data
+                    new.append(asdict(Instance(inst.class_name, blob_key(data, "png"), list(bbox(d) or (0, 0, 0, 0)),
                                                inst.source)))
             old = [asdict(i) for i in rec.instances]
             with self._intent(blobs), self._tx():
@@ -321,4 +321,4 @@ class WritesMixin:
                 return
             self._execute("DELETE FROM samples WHERE id=?", (int(sample_id),))
             data = journal.tombstone(row["uid"], int(sample_id), next_revision(self._db), time.time())
-            self._write_blob(_key(data, "json"), data, uuid.uuid4().hex)
+            self._write_blob(blob_key(data, "json"), data, uuid.uuid4().hex)
