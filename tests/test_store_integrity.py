@@ -278,3 +278,26 @@ def test_bad_blob_keys_and_missing_samples_are_store_errors(tmp_path):
     with pytest.raises(StoreError, match="no store"):
         Store(tmp_path / "nowhere", create=False)
     assert sqlite3.sqlite_version_info >= (3, 31)  # json_insert '$[#]' (status history) needs it
+
+
+def test_owner_locks_live_exactly_as_long_as_their_store(tmp_path):
+    import gc
+
+    from pipeline.store import owners
+
+    root = tmp_path / "s"
+    s = Store(root)
+    token = s._owner.token
+    assert owners.alive(root, token) and owners.live_owners(root) == [token]
+    other = Store(root)  # another store in this process (another thread's): a second owner, seen alive
+    assert set(owners.live_owners(root)) == {token, other._owner.token}
+    other.close()
+    pid = os.fork()
+    if pid == 0:  # a forked child that releases its copy (as its exit would) leaves its parent's lock
+        s._owner.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert owners.alive(root, token)
+    del s
+    gc.collect()  # a store collected without close() releases its lock and its file
+    assert owners.live_owners(root) == [] and not list((root / "owners").iterdir())

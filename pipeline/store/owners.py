@@ -41,7 +41,7 @@ class Owner:
                     self.token, self.path = token, path
                     # released on close, when the store is collected, or when the interpreter exits
                     # (a CLI that stops on an error leaves no lock file behind)
-                    self._release = weakref.finalize(self, _release, path, fd)
+                    self._release = weakref.finalize(self, _release, path, fd, os.getpid())
                     return
             except FileNotFoundError:
                 pass
@@ -52,9 +52,12 @@ class Owner:
         self._release()
 
 
-def _release(path: Path, fd: int) -> None:
+def _release(path: Path, fd: int, creator: int) -> None:
     try:
-        path.unlink(missing_ok=True)  # unlinked while still locked: no one can take it meanwhile
+        # unlinked while still locked: no one can take it meanwhile. A forked child closes its
+        # copy only: the lock file is its parent's, which holds the lock on
+        if os.getpid() == creator:
+            path.unlink(missing_ok=True)
     finally:
         os.close(fd)
 
