@@ -28,7 +28,7 @@ def main(n: int) -> None:
     import cv2
     from PIL import Image
 
-    from pipeline.dataset import Store
+    from pipeline.dataset import NewSample, Store
     from pipeline.export import export
 
     photos = sorted((ROOT.parent / "shared" / "data" / "coco-mini" / "images").glob("*.jpg"))
@@ -45,10 +45,10 @@ def main(n: int) -> None:
             cy, cx = rng.integers(128, 384, 2)
             m = ((yy - cy) / rng.uniform(60, 120)) ** 2 + ((xx - cx) / rng.uniform(60, 120)) ** 2 <= 1
             heat = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 12)
-            store.add(img, ["dog" if k % 2 else "cat"], instances=[("dog" if k % 2 else "cat", m)],
-                      instance_sources=["refined"], heat_map=heat / heat.max(), threshold=0.5,
-                      refined_mask=m, status="accepted", seed=k,
-                      model="bench")
+            store.add(NewSample(img, ["dog" if k % 2 else "cat"], instances=[("dog" if k % 2 else "cat", m)],
+                                instance_sources=["refined"], heat_map=heat / heat.max(), threshold=0.5,
+                                refined_mask=m, status="accepted", seed=k,
+                                model="bench"))
         fill = time.perf_counter() - t
         rows = []
         load0 = os.getloadavg()[0]

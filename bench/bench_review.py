@@ -46,7 +46,7 @@ STEP_JS = """async () => {
 
 def make_store(store_dir: Path) -> None:
     """N_SAMPLES rows: 8 generated images, each stored at 5 thresholds (distinct masks)."""
-    from pipeline.dataset import Store
+    from pipeline.dataset import NewSample, Store
     from pipeline.generate import generate, load_pipeline
     from pipeline.masks import mask_at
 
@@ -56,9 +56,9 @@ def make_store(store_dir: Path) -> None:
         for k in range(N_SAMPLES):
             s = samples[k % len(samples)]
             t = 0.3 + 0.1 * (k // len(samples))
-            store.add(s.image, [s.class_name], instances=[(s.class_name, mask_at(s.heat_map, t))],
-                      prompt=s.prompt, seed=s.seed, model="embedded", heat_map=s.heat_map, threshold=t,
-                      status="accepted" if k % 3 else "pending")
+            store.add(NewSample(s.image, [s.class_name], instances=[(s.class_name, mask_at(s.heat_map, t))],
+                                prompt=s.prompt, seed=s.seed, model="embedded", heat_map=s.heat_map, threshold=t,
+                                status="accepted" if k % 3 else "pending"))
 
 
 def review_steps(url: str, n: int) -> list[float]:

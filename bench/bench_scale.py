@@ -78,7 +78,7 @@ def scale_rows(sizes) -> list[str]:
 
 
 def gallery_rows(n: int) -> list[str]:
-    from pipeline.dataset import Store
+    from pipeline.dataset import NewSample, Store
     from pipeline.curation import PAGE_SIZE, Curation, SampleFilter, clear_thumbnails
 
     coco, coco_image = _coco()
@@ -94,8 +94,8 @@ def gallery_rows(n: int) -> list[str]:
                 img = p[y : y + 96, x : x + 96]
                 m = np.zeros((96, 96), bool)
                 m[20:70, 10 + k % 20 : 60 + k % 20] = True
-                store.add(img, ["dog"], instances=[("dog", m)], instance_sources=["user"],
-                          status="accepted" if k % 2 else "pending")
+                store.add(NewSample(img, ["dog"], instances=[("dog", m)], instance_sources=["user"],
+                                    status="accepted" if k % 2 else "pending"))
         t_fill = time.perf_counter() - t
         curation = Curation(store_dir)
         clear_thumbnails()

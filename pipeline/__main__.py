@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--store", required=True)
     k.add_argument("--repair", action="store_true", help="remove leftovers of killed writers (.tmp files)")
     k.add_argument("--remove-orphans", action="store_true",
-                   help="with --repair: also delete files no sample refers to")
+                   help="with --repair: also delete files no sample refers to (never those of a write under way)")
+    k.add_argument("--rebuild", action="store_true",
+                   help="restore a missing, empty or damaged store.sqlite from the sample records beside the blobs "
+                        "(the old file is moved aside), then check")
     k.set_defaults(func=cmd_check)
     return ap
 
@@ -318,9 +321,25 @@ def cmd_check(args) -> int:
     """Exit 0 when the store is healthy (orphans alone are only reported), 1 otherwise."""
     from .dataset import Store
 
+    if args.rebuild:
+        from .store.rebuild import rebuild
+
+        rb = rebuild(args.store)
+        print(f"rebuilt {Path(args.store) / 'store.sqlite'}: {rb.restored} samples restored from their records"
+              + (f", {rb.deleted} deleted samples left out" if rb.deleted else "")
+              + "".join(f"; moved aside: {p.name}" for p in rb.moved_aside))
+        for key, why in sorted(rb.unreadable.items()):
+            print(f"unreadable record {key}: {why}")
+        for uid, new_id in sorted(rb.renumbered.items()):
+            print(f"sample {uid} claimed an id another sample has: restored as #{new_id}")
     with Store(args.store, create=False) as store:
         rep = store.check(repair=args.repair, remove_orphans=args.remove_orphans)
     print(f"{rep.samples} samples checked in {args.store}")
+    if rep.lost:
+        print(f"{len(rep.lost)} samples are recorded beside the blobs but missing from the database "
+              f"(#{', #'.join(str(i) for i, _ in rep.lost[:10])}); their files are kept")
+        print(f"-> move {Path(args.store) / 'store.sqlite'} aside and run `python -m pipeline check --store "
+              f"{args.store} --rebuild` to restore them")
     for sid, problems in sorted(rep.damaged.items()):
         print(f"damaged: sample #{sid}: " + "; ".join(problems))
     print(f"{len(rep.damaged)} damaged samples, {len(rep.orphans)} orphan files"

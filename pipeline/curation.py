@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from . import viz
-from .dataset import STATUSES, DamagedSampleError, Record, Store, StoreError
+from .dataset import STATUSES, DamagedSampleError, Record, StatusAnswer, Store, StoreError
 from .errors import PipelineError
 from .export import ExportReport, export
 
@@ -193,14 +193,25 @@ class Curation:
         with self._store() as store:
             return store.set_status(ids, status, by=by)
 
-    def undo_status(self, sample_id: int) -> str:
-        """Put back the status a sample had before its last change; returns that status."""
+    def change_status(self, sample_id: int, status: str, by: str = "curate") -> StatusAnswer:
+        """Set one sample's status, compare-and-set in one transaction; the answer is what is
+        stored at its commit (another session's change may have come first)."""
         with self._store() as store:
-            history = store.status_history(sample_id)
-            if not history or history[-1]["from"] not in STATUSES:
-                raise CurationError(f"#{sample_id} has no status change to undo")
-            store.set_status([sample_id], history[-1]["from"], by="undo")
-            return history[-1]["from"]
+            return store.change_status(int(sample_id), status, by=by)
+
+    def undo(self, sample_id: int) -> StatusAnswer:
+        """Put back the status a sample had before its last change, in one transaction; the answer is what is stored."""
+        with self._store() as store:
+            try:
+                return store.undo_status(int(sample_id))
+            except StoreError as e:
+                if "no status change to undo" in str(e):
+                    raise CurationError(str(e)) from None
+                raise
+
+    def undo_status(self, sample_id: int) -> str:
+        """Put back the status a sample had before its last change; returns the status stored after it."""
+        return self.undo(sample_id).status
 
     def save_details(self, sample_id: int, notes: str, threshold: float | None = None) -> bool:
         """Save the notes and, when ``threshold`` differs from the sample's, re-derive its masks

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Store
+from .dataset import NewSample, Store
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 GENERATED = EXAMPLES / "generated.npz"
@@ -62,10 +62,11 @@ def add_generated(store: Store, path: Path = GENERATED, status: str = "accepted"
     with np.load(path, allow_pickle=False) as z:
         for i, c in enumerate(z["classes"]):
             c, seed, heat, t = str(c), int(z["seeds"][i]), z["heat"][i].astype(np.float32), float(z["thresholds"][i])
-            ids.append(store.add(z["images"][i], [c], instances=[(c, heat >= t)], uid=f"example-embedded-{c}-{seed}",
-                                 prompt=str(z["prompts"][i]), seed=seed, model="embedded", heat_map=heat, threshold=t,
-                                 refined_mask=z["refined"][i], status=status, tags=[EXAMPLE_TAG],
-                                 meta={"origin": "example", "steps": int(z["steps"]), "refiner": "grabcut"}))
+            sample = NewSample(z["images"][i], [c], instances=[(c, heat >= t)], uid=f"example-embedded-{c}-{seed}",
+                               prompt=str(z["prompts"][i]), seed=seed, model="embedded", heat_map=heat, threshold=t,
+                               refined_mask=z["refined"][i], status=status, tags=[EXAMPLE_TAG],
+                               meta={"origin": "example", "steps": int(z["steps"]), "refiner": "grabcut"})
+            ids.append(store.add(sample))
     return ids
 
 
@@ -87,13 +88,14 @@ def copy_examples(src: Store, dst: Store, status: str = "accepted") -> list[int]
     Masks, crowd flags, heat maps and thresholds are copied as they are. Returns the ids in ``dst``."""
     ids = []
     for rec in src.query():
-        ids.append(dst.add(src.load_image(rec), rec.classes, instances=src.masks(rec),
+        sample = NewSample(src.load_image(rec), rec.classes, instances=src.masks(rec),
                            instance_sources=[i.source for i in rec.instances],
                            instance_crowd=[i.iscrowd for i in rec.instances], uid=rec.uid, prompt=rec.prompt,
                            seed=rec.seed, model=rec.model, heat_map=src.heat(rec), threshold=rec.threshold,
                            user_threshold=rec.user_threshold,
                            refined_mask=src.mask(rec.refined_mask) if rec.refined_mask else None, status=status,
-                           tags=sorted(set(rec.tags) | {EXAMPLE_TAG}), meta=rec.meta))
+                           tags=sorted(set(rec.tags) | {EXAMPLE_TAG}), meta=rec.meta)
+        ids.append(dst.add(sample))
     return ids
 
 

@@ -166,3 +166,23 @@ def otsu_threshold(heat: np.ndarray) -> float:
 
     t, _ = cv2.threshold((np.clip(heat, 0, 1) * 255).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return float(t) / 255.0
+
+
+def derive_generated(heat: np.ndarray, threshold: float, masks: list[np.ndarray],
+                     sources: list[str]) -> list[np.ndarray | None]:
+    """The rule the store keeps its ``generated`` masks to (on add, and when a threshold
+    changes): for each instance (``masks`` HW bool, back to front, with their ``sources``),
+    its mask re-derived from ``heat`` (HW float, the stored float16-rounded heat) if it is
+    ``generated``: ``heat >= threshold`` minus every later ``inserted`` instance, which lies
+    on top; else None (kept as stored)."""
+    out: list[np.ndarray | None] = []
+    for k, source in enumerate(sources):
+        if source != "generated":
+            out.append(None)
+            continue
+        m = mask_at(heat, threshold)
+        for later, s in zip(masks[k + 1:], sources[k + 1:]):
+            if s == "inserted":
+                m = m & ~later
+        out.append(m)
+    return out

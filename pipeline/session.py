@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .dataset import NewSample
 from .errors import PipelineError
 from .limits import MAX_SCALE, MIN_SCALE, check_box, check_click, check_point, check_threshold
 from .masks import mask_at, quantize_heat
@@ -318,12 +319,12 @@ class InspectSession:
             user_t = self.threshold
         base = {"refiner": self.choice.refiner if self.choice is not None else None, "mask": self.describe(),
                 "clicks": [list(c) for c in self.clicks]}
-        sid = store.add(self.image, [self.class_name], instances=[(self.class_name, self.current_mask())],
-                        instance_sources=[kind], uid=self.uid, prompt=self.prompt, seed=self.seed, model=self.model,
-                        heat_map=self.heat, threshold=chosen,
-                        user_threshold=user_t,
-                        refined_mask=self.choice.refined if self.choice is not None else None,
-                        status=status, tags=list(tags), meta={**base, **(meta or {})}, replace=True)
+        sample = NewSample(self.image, [self.class_name], instances=[(self.class_name, self.current_mask())],
+                           instance_sources=[kind], uid=self.uid, prompt=self.prompt, seed=self.seed, model=self.model,
+                           heat_map=self.heat, threshold=chosen, user_threshold=user_t,
+                           refined_mask=self.choice.refined if self.choice is not None else None,
+                           status=status, tags=list(tags), meta={**base, **(meta or {})})
+        sid = store.add(sample, replace=True)
         self.stored_id = sid
         return sid
 
@@ -503,7 +504,8 @@ def store_composite(store, image: np.ndarray, instances, record: dict, *, uid: s
     keeping their kinds and crowd flags and the pasted object ``inserted``; ``record`` the
     paste's description."""
     instances = [tuple(i) if len(i) == 4 else (*i, False) for i in instances]
-    return store.add(image, list(dict.fromkeys(i[0] for i in instances)), instances=[(i[0], i[1]) for i in instances],
-                     instance_sources=[i[2] for i in instances], instance_crowd=[bool(i[3]) for i in instances],
-                     uid=uid, prompt=prompt, seed=seed, model=model, status=status, tags=list(tags),
-                     inserted=[record], meta=meta or {})
+    return store.add(NewSample(image, list(dict.fromkeys(i[0] for i in instances)),
+                               instances=[(i[0], i[1]) for i in instances],
+                               instance_sources=[i[2] for i in instances], instance_crowd=[bool(i[3]) for i in instances],
+                               uid=uid, prompt=prompt, seed=seed, model=model, status=status, tags=list(tags),
+                               inserted=[record], meta=meta or {}))

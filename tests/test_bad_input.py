@@ -114,7 +114,7 @@ def _heat_with(value, shape):
 
 @pytest.mark.parametrize("heat_kind", ["nan", "inf", "above", "uint8"])
 def test_bad_heat_maps_are_refused_by_store_and_refiners(tmp_path, photo, heat_kind):
-    from pipeline.dataset import Store, StoreError
+    from pipeline.dataset import NewSample, Store, StoreError
     from pipeline.refine import RefinementError, get_refiner
 
     shape = photo.shape[:2]
@@ -122,7 +122,7 @@ def test_bad_heat_maps_are_refused_by_store_and_refiners(tmp_path, photo, heat_k
             "uint8": (_heat_with(0, shape) * 255).astype(np.uint8)}[heat_kind]
     store = Store(tmp_path / "s")
     with pytest.raises(StoreError):
-        store.add(photo, ["dog"], heat_map=heat, threshold=0.5)
+        store.add(NewSample(photo, ["dog"], heat_map=heat, threshold=0.5))
     assert store.query() == []
     for name in ("grabcut", "otsu"):
         with pytest.raises(RefinementError):
@@ -199,12 +199,12 @@ def test_oversized_array_is_refused():
 # -- export targets ----------------------------------------------------------------------------
 @pytest.fixture()
 def accepted_store(tmp_path, photo):
-    from pipeline.dataset import Store
+    from pipeline.dataset import NewSample, Store
 
     store = Store(tmp_path / "s")
     m = np.zeros(photo.shape[:2], bool)
     m[20:80, 30:120] = True
-    store.add(photo, ["dog"], instances=[("dog", m)], instance_sources=["user"], status="accepted")
+    store.add(NewSample(photo, ["dog"], instances=[("dog", m)], instance_sources=["user"], status="accepted"))
     return store
 
 
@@ -237,10 +237,10 @@ def test_disk_full_is_a_clear_error(accepted_store, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["a:b", "a,b"])
 def test_class_names_with_separators_are_refused(tmp_path, photo, name):
-    from pipeline.dataset import Store, StoreError
+    from pipeline.dataset import NewSample, Store, StoreError
 
     with pytest.raises(StoreError, match="':'"):
-        Store(tmp_path / "s").add(photo, [name])
+        Store(tmp_path / "s").add(NewSample(photo, [name]))
 
 
 def _pipeline_modules() -> list[str]:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from conftest import ROOT
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 from studio_server import running_studio
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -32,9 +32,9 @@ def seed_store(store_dir):
     for s in generate(load_pipeline(None, device="cpu"), ["ball", "kite"], [5, 6], steps=10):
         choice = refine_and_choose(s.image, s.heat_map, get_refiner("grabcut"), s.attention)
         with Store(store_dir) as store:
-            store.add(s.image, [s.class_name], instances=[(s.class_name, choice.mask(s.heat_map))], prompt=s.prompt,
-                      seed=s.seed, model="embedded", heat_map=s.heat_map, threshold=choice.threshold,
-                      status="accepted")
+            store.add(NewSample(s.image, [s.class_name], instances=[(s.class_name, choice.mask(s.heat_map))], prompt=s.prompt,
+                                seed=s.seed, model="embedded", heat_map=s.heat_map, threshold=choice.threshold,
+                                status="accepted"))
 
 
 def wait_until(page, condition, what: str, timeout: float = 60):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.curation import Curation, CurationError, SampleFilter, describe_export, thumbnail
-from pipeline.dataset import Store, StoreError
+from pipeline.dataset import NewSample, Store, StoreError
 from pipeline.export import ExportError
 
 
@@ -22,8 +22,8 @@ def _add(store, rng, status="accepted", source="generated"):
     if source == "user":
         mask = mask.copy()
         mask[:3] = True
-    return store.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", mask)],
-                     instance_sources=[source], status=status)
+    return store.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", mask)],
+                               instance_sources=[source], status=status))
 
 
 @pytest.fixture()

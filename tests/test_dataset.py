@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.dataset import Store, StoreError, load_image_file
+from pipeline.dataset import NewSample, Store, StoreError, load_image_file
 from pipeline.images import ImageError
 
 
@@ -28,9 +28,9 @@ def store(tmp_path):
         img, m = synthetic_sample(rng)
         cls = ["dog", "cat"][k % 2]
         heat = m.astype(np.float32) * 0.9
-        s.add(img, [cls], instances=[(cls, m)], prompt=f"a photograph of a {cls}", seed=k, model="tiny",
-              heat_map=heat, threshold=0.5, refined_mask=m, status="accepted" if k < 4 else "rejected",
-              tags=["batch1"] if k < 3 else [])
+        s.add(NewSample(img, [cls], instances=[(cls, m)], prompt=f"a photograph of a {cls}", seed=k, model="tiny",
+                        heat_map=heat, threshold=0.5, refined_mask=m, status="accepted" if k < 4 else "rejected",
+                        tags=["batch1"] if k < 3 else []))
     return s
 
 
@@ -46,7 +46,9 @@ def test_store_round_trip_and_filters(store, tmp_path):
     r2 = store.set_threshold(r.id, 0.3)
     assert (r2.status, r2.tags, r2.notes, r2.effective_threshold) == ("rejected", ["x", "y"], "blurry", 0.3)
     assert store.set_status([1, 2], "accepted") == 1  # #2 was accepted already: one change
-    assert [(h["from"], h["to"]) for h in store.status_history(1)] == [("new", "accepted"), ("rejected", "accepted")]
+    # every status change that took effect is in the history, update's too
+    assert [(h["from"], h["to"]) for h in store.status_history(1)] == [("new", "accepted"), ("accepted", "rejected"),
+                                                                      ("rejected", "accepted")]
     # re-opening shows exactly what was committed
     store.close()
     again = Store(tmp_path / "store", create=False)
@@ -55,8 +57,8 @@ def test_store_round_trip_and_filters(store, tmp_path):
 
 def test_uid_makes_add_idempotent(store):
     img, m = synthetic_sample(np.random.default_rng(1))
-    a = store.add(img, ["dog"], uid="batch:dog:7")
-    b = store.add(img, ["dog"], uid="batch:dog:7")
+    a = store.add(NewSample(img, ["dog"], uid="batch:dog:7"))
+    b = store.add(NewSample(img, ["dog"], uid="batch:dog:7"))
     assert a == b and store.count() == 7
 
 
@@ -79,7 +81,7 @@ def test_bad_input_is_refused_and_store_untouched(store, kwargs, match):
     args.update(kwargs)
     image, classes = args.pop("image"), args.pop("classes")
     with pytest.raises(StoreError, match=match):
-        store.add(image, classes, **args)
+        store.add(NewSample(image, classes, **args))
     assert store.count() == before
     assert sorted(p.name for p in (store.root / "blobs").rglob("*")) == blobs
 
@@ -88,7 +90,7 @@ def test_image_kinds_are_normalised(store):
     gray16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
     rgba = np.zeros((10, 10, 4), np.uint8)
     for img in (gray16, rgba):
-        rec = store.get(store.add(img, ["dog"]))
+        rec = store.get(store.add(NewSample(img, ["dog"])))
         assert store.image(rec.image).shape == (10, 10, 3)
 
 
@@ -102,13 +104,13 @@ def test_corrupt_image_file_is_clear(tmp_path):
 WRITER = r"""
 import sys, numpy as np
 sys.path.insert(0, {root!r})
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 s = Store(sys.argv[1])
 rng = np.random.default_rng(int(sys.argv[2]))
 for k in range(int(sys.argv[3])):
     img = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
     m = rng.random((32, 32)) > 0.5
-    s.add(img, ["dog"], instances=[("dog", m)], uid=f"w{{sys.argv[2]}}:{{k}}", heat_map=m * 1.0, refined_mask=m)
+    s.add(NewSample(img, ["dog"], instances=[("dog", m)], uid=f"w{{sys.argv[2]}}:{{k}}", heat_map=m * 1.0, refined_mask=m))
     print(k, flush=True)
 """
 
@@ -154,3 +156,27 @@ def test_kill_9_while_writing_loses_nothing_committed(tmp_path):
         assert s.image(r.image).shape == (32, 32, 3)
         assert s.mask(r.instances[0].mask).shape == (32, 32) and s.array(r.heat_map).shape == (32, 32)
     assert {r.uid for r in recs} == {f"w7:{k}" for k in range(len(recs))}
+
+
+def test_query_methods_answer_the_batch_drivers_questions(tmp_path):
+    """ids / uids / group_count: what the batch driver used to ask in raw SQL."""
+    rng = np.random.default_rng(3)
+    with Store(tmp_path / "s") as s:
+        for k in range(4):
+            img, m = synthetic_sample(rng)
+            s.add(NewSample(img, ["dog"], uid=f"batch-r1-dog-{k}", run=("r1", "dog", 3 - k),
+                            status="accepted" if k % 2 else "rejected", notes="small" if k < 2 else "blurry",
+                            meta={"batch": {"role": "candidate", "decided": "x" if k else "y"}}))
+        img, m = synthetic_sample(rng)
+        s.add(NewSample(img, ["dog"], uid="batch-r1-dog-0+insert", meta={"batch": {"role": "composite", "class": "dog"}}))
+        s.add(NewSample(img, ["cat"], uid="batch_r1-other"))  # '_' is no wildcard here
+        assert s.ids(run="r1", run_class="dog", status="accepted", order="run_k") == [4, 2]
+        assert s.ids(run="r1", run_class="dog", meta_not=("batch.decided", "x")) == [1]
+        assert s.ids(uid_prefix="batch-r1-") == [1, 2, 3, 4, 5]
+        assert s.uids(uid_prefix="batch-r1-", uid_suffix="+insert") == {"batch-r1-dog-0+insert"}
+        assert s.group_count("notes", run="r1", run_class="dog", status="rejected") == {"small": 1, "blurry": 1}
+        assert s.group_count("meta.batch.class", uid_suffix="+insert", meta_is=("batch.role", "composite")) == {"dog": 1}
+        with pytest.raises(StoreError, match="cannot group"):
+            s.group_count("meta; DROP TABLE samples")
+        with pytest.raises(StoreError, match="bad meta path"):
+            s.ids(meta_is=("batch') OR 1=1 --", 1))

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SHARED
-from pipeline.dataset import Store, StoreError
+from pipeline.dataset import NewSample, Store, StoreError
 from pipeline.export import (FORMATS, VOC_CLASSES, ExportError, export, import_coco, import_hf, import_voc, import_yolo,
                              mask_to_polygon, polygon_to_mask, voc_palette)
 from pipeline.export.yolo import LOW_IOU
@@ -51,9 +51,9 @@ def gen_store(tmp_path):
         img = np.stack([xx * 3 + k * 10, yy * 3, (xx + yy) * 2 + k], -1).clip(0, 255).astype(np.uint8)
         ring, two = shapes(rng)
         a, b = names[k % 3], names[(k + 1) % 3]
-        s.add(img, [a, b], instances=[(a, ring), (b, two)], instance_sources=["generated", "inserted"],
-              prompt=f"a photograph of a {a}", seed=100 + k, model="embedded", threshold=0.4 + 0.01 * k,
-              status="accepted" if k < 6 else "rejected", tags=["t1"], meta={"refiner": "grabcut"})
+        s.add(NewSample(img, [a, b], instances=[(a, ring), (b, two)], instance_sources=["generated", "inserted"],
+                        prompt=f"a photograph of a {a}", seed=100 + k, model="embedded", threshold=0.4 + 0.01 * k,
+                        status="accepted" if k < 6 else "rejected", tags=["t1"], meta={"refiner": "grabcut"}))
     return s
 
 
@@ -68,9 +68,9 @@ def store(tmp_path):
         cy, cx, r = rng.integers(12, 36, 2).tolist() + [int(rng.integers(5, 11))]
         m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         cls = ["dog", "cat"][k % 2]
-        s.add(img, [cls], instances=[(cls, m)], prompt=f"a photograph of a {cls}", seed=k, model="tiny",
-              heat_map=m.astype(np.float32) * 0.9, threshold=0.5, refined_mask=m,
-              status="accepted" if k < 4 else "rejected", tags=["batch1"] if k < 3 else [])
+        s.add(NewSample(img, [cls], instances=[(cls, m)], prompt=f"a photograph of a {cls}", seed=k, model="tiny",
+                        heat_map=m.astype(np.float32) * 0.9, threshold=0.5, refined_mask=m,
+                        status="accepted" if k < 4 else "rejected", tags=["batch1"] if k < 3 else []))
     return s
 
 
@@ -289,13 +289,13 @@ def test_store_keeps_crowd_flags(tmp_path):
     s = Store(tmp_path / "s")
     m = np.zeros((8, 8), bool)
     m[2:5, 2:5] = True
-    rid = s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m), ("person", ~m)],
-                instance_sources=["imported"] * 2, instance_crowd=[False, True])
+    rid = s.add(NewSample(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m), ("person", ~m)],
+                          instance_sources=["imported"] * 2, instance_crowd=[False, True]))
     assert [i.iscrowd for i in s.get(rid).instances] == [False, True]
     r = s.update(rid, instances=[("person", m, "user"), ("person", ~m, "imported", True)])
     assert [(i.source, i.iscrowd) for i in r.instances] == [("user", False), ("imported", True)]
     with pytest.raises(StoreError, match="crowd flags"):
-        s.add(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m)], instance_crowd=[True, False])
+        s.add(NewSample(np.zeros((8, 8, 3), np.uint8), ["person"], instances=[("person", m)], instance_crowd=[True, False]))
 
 
 @pytest.mark.slow
@@ -470,7 +470,7 @@ def test_voc_more_than_20_classes_and_voc_class_ids(tmp_path):
     for k, c in enumerate(names):
         m = np.zeros((24, 24), bool)
         m[4:4 + k % 10 + 3, 5:15] = True
-        s.add((rng.random((24, 24, 3)) * 255).astype(np.uint8), [c], instances=[(c, m)], status="accepted")
+        s.add(NewSample((rng.random((24, 24, 3)) * 255).astype(np.uint8), [c], instances=[(c, m)], status="accepted"))
     export(s, "voc", tmp_path / "voc")
     back = Store(tmp_path / "back")
     ids = import_voc(back, tmp_path / "voc")
@@ -479,7 +479,7 @@ def test_voc_more_than_20_classes_and_voc_class_ids(tmp_path):
     s2 = Store(tmp_path / "s2")
     m = np.zeros((24, 24), bool)
     m[3:9, 3:9] = True
-    s2.add(np.zeros((24, 24, 3), np.uint8), ["dog"], instances=[("dog", m)], status="accepted")
+    s2.add(NewSample(np.zeros((24, 24, 3), np.uint8), ["dog"], instances=[("dog", m)], status="accepted"))
     export(s2, "voc", tmp_path / "voc2", void_border=1)
     cls = np.asarray(Image.open(next((tmp_path / "voc2" / VOC / "SegmentationClass").glob("*.png"))))
     assert set(np.unique(cls)) == {0, VOC_CLASSES.index("dog"), 255}
@@ -496,8 +496,8 @@ def test_voc_reports_objects_its_object_map_cannot_hold(tmp_path):
     half = np.zeros((32, 32), bool)
     half[0:10, 0:10] = True
     # small first, then big on top: small fully hidden; half partly hidden by big
-    s.add(np.zeros((32, 32, 3), np.uint8), ["cat"], instances=[("cat", small), ("dog", half), ("cat", big)],
-          status="accepted")
+    s.add(NewSample(np.zeros((32, 32, 3), np.uint8), ["cat"], instances=[("cat", small), ("dog", half), ("cat", big)],
+                    status="accepted"))
     rep = export(s, "voc", tmp_path / "voc")
     assert rep.lost == {"objects fully hidden in SegmentationObject": 1,
                         "objects partly hidden in SegmentationObject": 1}
@@ -704,7 +704,7 @@ def test_hf_rows_load_with_numpy_and_torch_formats(gen_store, tmp_path):
     import torch
 
     rng = np.random.default_rng(0)
-    empty = gen_store.add((rng.random((64, 80, 3)) * 255).astype(np.uint8), ["ball"], status="accepted")
+    empty = gen_store.add(NewSample((rng.random((64, 80, 3)) * 255).astype(np.uint8), ["ball"], status="accepted"))
     export(gen_store, "hf", tmp_path / "hf")
     ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))["train"]
     want = accepted_masks(gen_store)
@@ -965,7 +965,7 @@ def test_kill_9_during_export_leaves_no_partial_folder(tmp_path):
         img = (rng.random((96, 96, 3)) * 255).astype(np.uint8)
         m = np.zeros((96, 96), bool)
         m[10:40 + k % 40, 20:60] = True
-        s.add(img, ["dog"], instances=[("dog", m)], status="accepted")
+        s.add(NewSample(img, ["dog"], instances=[("dog", m)], status="accepted"))
     out = tmp_path / "exp"
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "export", "--store", str(d), "--format", "voc",
                           "--out", str(out)], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),

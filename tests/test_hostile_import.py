@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 from pipeline.errors import PipelineError
 from pipeline.export import import_coco, import_hf, import_voc, import_yolo
 from pipeline.export.common import ExportError
@@ -67,7 +67,7 @@ def store_with_one(tmp_path):
     img = np.asarray(Image.open(next(shared("coco-mini", "images").iterdir())).convert("RGB"))
     m = np.zeros(img.shape[:2], bool)
     m[5:20, 5:30] = True
-    s.add(img, ["dog"], instances=[("dog", m)], instance_sources=["user"], status="accepted", uid="mine")
+    s.add(NewSample(img, ["dog"], instances=[("dog", m)], instance_sources=["user"], status="accepted", uid="mine"))
     s.close()
     return path
 

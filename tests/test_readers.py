@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 from pipeline.export import export, import_coco
 
 pytestmark = pytest.mark.slow
@@ -62,8 +62,8 @@ def world(tmp_path_factory):
     for k in range(6):
         img = np.stack([xx * 3 + k * 10, yy * 3, (xx + yy) * 2 + k], -1).clip(0, 255).astype(np.uint8)
         objs = generated_objects(rng)
-        s.add(img, sorted({c for c, _ in objs}), instances=objs, instance_sources=["generated"] * len(objs),
-              prompt="a photograph of a ball", seed=k, model="embedded", status="accepted")
+        s.add(NewSample(img, sorted({c for c, _ in objs}), instances=objs, instance_sources=["generated"] * len(objs),
+              prompt="a photograph of a ball", seed=k, model="embedded", status="accepted"))
     for fmt in ("coco", "voc", "yolo", "hf"):
         export(s, fmt, root / fmt, val_fraction=0.2, seed=0)
     export(s, "yolo", root / "yolo_det", val_fraction=0.2, seed=0, yolo_task="detect")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.dataset import Store
+from pipeline.dataset import NewSample, Store
 from pipeline.refine import get_refiner
 from pipeline.session import InspectSession, SessionError
 
@@ -127,8 +127,8 @@ def test_composite_keeps_the_crowd_flags_of_the_background(tmp_path):
     hidden = np.zeros((80, 100), bool)
     hidden[42:46, 32:36] = True  # a small object the paste covers completely
     store = Store(tmp_path / "s")
-    sid = store.add(bg, ["person", "cup"], instances=[("person", crowd), ("person", person), ("cup", hidden)],
-                    instance_sources=["imported"] * 3, instance_crowd=[True, False, False], status="accepted")
+    sid = store.add(NewSample(bg, ["person", "cup"], instances=[("person", crowd), ("person", person), ("cup", hidden)],
+                              instance_sources=["imported"] * 3, instance_crowd=[True, False, False], status="accepted"))
     ses = InsertSession.from_record(store, store.get(sid))
     assert ses.crowd == [True, False, False]
     fg = np.full((30, 30, 3), (200, 40, 40), np.uint8)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.dataset import DamagedSampleError, Store, StoreError
+from pipeline.dataset import DamagedSampleError, NewSample, Store, StoreError
 
 
 def _sample(rng, size=40):
@@ -36,7 +36,7 @@ def test_concurrent_meta_merges_from_two_processes_lose_nothing(tmp_path):
     rng = np.random.default_rng(0)
     img, heat = _sample(rng)
     with Store(tmp_path / "s") as s:
-        sid = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        sid = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
     n = 150
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -55,10 +55,10 @@ def test_set_threshold_rederives_generated_masks_only(tmp_path):
     rng = np.random.default_rng(1)
     img, heat = _sample(rng)
     with Store(tmp_path / "s") as s:
-        gen = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        gen = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
         edited = heat >= 0.5
         edited[:5] = True
-        user = s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)], instance_sources=["user"])
+        user = s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)], instance_sources=["user"]))
         rec = s.set_threshold(gen, 0.2)
         assert rec.user_threshold == pytest.approx(0.2)
         assert np.array_equal(s.masks(rec)[0][1], s.heat(rec) >= 0.2)
@@ -70,7 +70,7 @@ def test_set_threshold_rederives_generated_masks_only(tmp_path):
         assert np.array_equal(s.masks(s.set_threshold(gen, None))[0][1], heat >= 0.5)
         # a 'generated' mask that is not the heat map at the threshold is refused
         with pytest.raises(StoreError, match="marked 'generated'"):
-            s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)])
+            s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", edited)]))
         for bad in (float("nan"), 1.5, -0.1, "x"):
             with pytest.raises(StoreError):
                 s.set_threshold(gen, bad)
@@ -83,8 +83,8 @@ def test_generated_masks_under_an_inserted_object_stay_occluded(tmp_path):
     star[15:25, 15:25] = True
     base = (heat >= 0.5) & ~star
     with Store(tmp_path / "s") as s:
-        sid = s.add(img, ["dog", "star"], heat_map=heat, threshold=0.5, instances=[("dog", base), ("star", star)],
-                    instance_sources=["generated", "inserted"])
+        sid = s.add(NewSample(img, ["dog", "star"], heat_map=heat, threshold=0.5, instances=[("dog", base), ("star", star)],
+                              instance_sources=["generated", "inserted"]))
         rec = s.set_threshold(sid, 0.1)
         dog, star_after = [m for _, m in s.masks(rec)]
         assert not (dog & star_after).any() and np.array_equal(star_after, star)
@@ -115,8 +115,8 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
         ids = []
         for _ in range(3):
             img, heat = _sample(rng)
-            ids.append(s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
-                             status="accepted"))
+            ids.append(s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)],
+                                       status="accepted")))
         victim = s.get(ids[1])
         s.blob_path(victim.image).unlink()
         s.blob_path(victim.instances[0].mask).write_bytes(b"\x89PNG truncated")
@@ -140,40 +140,73 @@ def test_a_damaged_sample_is_named_and_the_rest_still_reads(tmp_path):
     assert out.returncode == 1 and f"sample #{ids[1]}" in out.stdout and "Traceback" not in out.stderr
 
 
+# A writer that puts its first blob down and then stops between the temporary file and its
+# rename (killed there, or still alive and slow): os.replace never returns.
+_STUCK_WRITER = """
+import os, sys, time
+import numpy as np
+from pipeline.dataset import NewSample, Store
+s = Store(sys.argv[1])
+os.replace = lambda *a: (print("stuck", flush=True), time.sleep(600))
+rng = np.random.default_rng(int(sys.argv[2]))
+s.add(NewSample((rng.random((32, 32, 3)) * 255).astype(np.uint8), ["dog"]))
+"""
+
+
+def _stuck_writer(root, seed):
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_WRITER, str(root), str(seed)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "stuck"
+    return proc
+
+
+def _temporaries(root):
+    return sorted((root / "blobs").glob("*/.*.tmp"))
+
+
 @pytest.mark.slow
-def test_leftover_temporary_blobs_are_cleaned(tmp_path):
+def test_leftover_temporary_blobs_are_cleaned_only_when_their_writer_is_gone(tmp_path):
+    root = tmp_path / "s"
     rng = np.random.default_rng(5)
     img, heat = _sample(rng)
-    with Store(tmp_path / "s") as s:
-        s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
-    # a writer killed mid-blob (kill -9) leaves its temporary file, named with its pid
-    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead_pid = victim.pid
-    victim.kill()
-    victim.wait()
-    blobs = tmp_path / "s" / "blobs" / "ab"
-    blobs.mkdir(exist_ok=True)
-    dead = blobs / f".{'ab' * 32}.png.{dead_pid}.deadbeef.tmp"
-    dead.write_bytes(b"half a png")
-    alive = blobs / f".{'ab' * 32}.png.{os.getppid()}.cafebabe.tmp"  # a live writer's: kept
-    alive.write_bytes(b"being written")
-    old_style = blobs / f".{'cd' * 32}.png.0123456789abcdef.tmp"
-    old_style.write_bytes(b"x")
-    with Store(tmp_path / "s") as s:  # the next run cleans up after the killed one
-        assert not dead.exists() and alive.exists()
-        rep = s.check()
-        assert old_style in rep.leftovers and not rep.ok
-    out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--store", str(tmp_path / "s"), "--repair"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert alive.exists()  # still a live writer's
-    assert "leftover" in out.stdout
+    with Store(root) as s:
+        s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
+    killed = _stuck_writer(root, 1)
+    dead_tmp = _temporaries(root)
+    assert len(dead_tmp) == 1
+    killed.kill()  # kill -9 between the temporary file and its rename
+    killed.wait()
+    alive = _stuck_writer(root, 2)  # a live writer at the same point: its file is never touched
+    try:
+        live_tmp = [p for p in _temporaries(root) if p not in dead_tmp]
+        assert len(live_tmp) == 1
+        with Store(root) as s:  # the next open cleans up after the killed one only
+            assert not dead_tmp[0].exists() and live_tmp[0].exists()
+            assert s._db.execute("SELECT COUNT(DISTINCT owner) FROM pending").fetchone()[0] == 1  # the live one's
+        # an older version's name (by process id) is a leftover: reported, removed by --repair
+        old_style = root / "blobs" / "cd" / f".{'cd' * 32}.png.12345.0123abcd.tmp"
+        old_style.parent.mkdir(exist_ok=True)
+        old_style.write_bytes(b"x")
+        with Store(root) as s:
+            rep = s.check()
+            assert old_style in rep.leftovers and live_tmp[0] in rep.leftovers and not rep.ok
+        out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--store", str(root), "--repair",
+                              "--remove-orphans"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "leftover" in out.stdout and "Traceback" not in out.stderr
+        assert live_tmp[0].exists() and not old_style.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    with Store(root) as s:  # now that writer is gone too: nothing of it is left, the first sample is whole
+        assert not _temporaries(root) and s.count() == 1 and s.check().ok
+        assert s._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
 
 
 def _make_store(path):
     rng = np.random.default_rng(6)
     img, heat = _sample(rng)
     with Store(path) as s:
-        s.add(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)])
+        s.add(NewSample(img, ["dog"], heat_map=heat, threshold=0.5, instances=[("dog", heat >= 0.5)]))
 
 
 @pytest.mark.slow
@@ -221,7 +254,7 @@ def test_a_read_only_database_is_explained(tmp_path):
         with pytest.raises(StoreError) as e:
             s = Store(root)
             img, heat = _sample(np.random.default_rng(7))
-            s.add(img, ["cat"], heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)])
+            s.add(NewSample(img, ["cat"], heat_map=heat, threshold=0.5, instances=[("cat", heat >= 0.5)]))
         assert str(db) in str(e.value) and "writable" in str(e.value)
     finally:
         if os.geteuid() == 0:
@@ -245,3 +278,26 @@ def test_bad_blob_keys_and_missing_samples_are_store_errors(tmp_path):
     with pytest.raises(StoreError, match="no store"):
         Store(tmp_path / "nowhere", create=False)
     assert sqlite3.sqlite_version_info >= (3, 31)  # json_insert '$[#]' (status history) needs it
+
+
+def test_owner_locks_live_exactly_as_long_as_their_store(tmp_path):
+    import gc
+
+    from pipeline.store import owners
+
+    root = tmp_path / "s"
+    s = Store(root)
+    token = s._owner.token
+    assert owners.alive(root, token) and owners.live_owners(root) == [token]
+    other = Store(root)  # another store in this process (another thread's): a second owner, seen alive
+    assert set(owners.live_owners(root)) == {token, other._owner.token}
+    other.close()
+    pid = os.fork()
+    if pid == 0:  # a forked child that releases its copy (as its exit would) leaves its parent's lock
+        s._owner.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert owners.alive(root, token)
+    del s
+    gc.collect()  # a store collected without close() releases its lock and its file
+    assert owners.live_owners(root) == [] and not list((root / "owners").iterdir())

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..dataset import NewSample
 from ..export.common import source_provenance
 from ..session import store_composite
 from ..errors import PipelineError
@@ -187,9 +188,7 @@ class BatchRun:
         changed = 0
         for c in self.spec.classes:
             key = self.decision_key(c)
-            ids = [r[0] for r in self.store.sql(
-                "SELECT id FROM samples WHERE run = ? AND run_class = ? "
-                "AND COALESCE(json_extract(meta, '$.batch.decided'), '') != ?", (self.key, c, key))]
+            ids = self.store.ids(run=self.key, run_class=c, meta_not=("batch.decided", key))
             for i in ids:
                 rec = self.store.get(i)
                 b = rec.meta["batch"]
@@ -227,12 +226,12 @@ class BatchRun:
                           "metrics": cand.metrics, "image_threshold": cand.threshold,
                           "verdict": reasons or ["kept"], "threshold_mode": spec.policy.threshold_mode,
                           "decided": self.decision_key(cand.class_name)}}
-        self.store.add(cand.image, [cand.class_name], instances=instances,
-                       uid=candidate_uid(self.key, cand.class_name, cand.k), prompt=cand.prompt,
-                       seed=cand.seed, model=spec.model.label, heat_map=heat, threshold=t,
-                       refined_mask=cand.refined, status="rejected" if reasons else "accepted",
-                       tags=["batch", self.tag], notes="; ".join(reasons), meta=meta,
-                       run=(self.key, cand.class_name, cand.k))
+        self.store.add(NewSample(cand.image, [cand.class_name], instances=instances,
+                                 uid=candidate_uid(self.key, cand.class_name, cand.k), prompt=cand.prompt,
+                                 seed=cand.seed, model=spec.model.label, heat_map=heat, threshold=t,
+                                 refined_mask=cand.refined, status="rejected" if reasons else "accepted",
+                                 tags=["batch", self.tag], notes="; ".join(reasons), meta=meta,
+                                 run=(self.key, cand.class_name, cand.k)))
         return reasons
 
     # -- phases ------------------------------------------------------------------------------------
@@ -301,16 +300,12 @@ class BatchRun:
         spec = self.spec
         for c in spec.classes:
             r = self.report.classes[c]
-            accepted = [i for i, in self.store.sql(
-                "SELECT id FROM samples WHERE run = ? AND run_class = ? AND status = 'accepted' ORDER BY run_k",
-                (self.key, c))]
+            accepted = self.store.ids(run=self.key, run_class=c, status="accepted", order="run_k")
             for i in accepted[spec.per_class:]:
                 b = self.store.get(i).meta["batch"]
                 self.store.update(i, status="rejected", notes="surplus", meta={"batch": dict(b, verdict=["surplus"])})
             r.reasons.clear()
-            for notes, n in self.store.sql(
-                    "SELECT notes, COUNT(*) FROM samples WHERE run = ? AND run_class = ? AND status = 'rejected' "
-                    "GROUP BY notes", (self.key, c)):
+            for notes, n in self.store.group_count("notes", run=self.key, run_class=c, status="rejected").items():
                 for reason in notes.split("; "):
                     r.reasons[reason] += n
             r.kept = self.store.count(run=self.key, run_class=c, status="accepted")
@@ -321,9 +316,8 @@ class BatchRun:
         if spec.insertion.objects:
             for c in spec.classes:
                 self.report.classes[c].composites = 0
-            for c, n in self.store.sql(
-                    "SELECT json_extract(meta, '$.batch.class'), COUNT(*) FROM samples WHERE uid LIKE ? "
-                    "AND json_extract(meta, '$.batch.role') = 'composite' GROUP BY 1", (f"batch-{self.key}-%+insert",)):
+            for c, n in self.store.group_count("meta.batch.class", uid_prefix=f"batch-{self.key}-", uid_suffix="+insert",
+                                               meta_is=("batch.role", "composite")).items():
                 if c in self.report.classes:
                     self.report.classes[c].composites = n
 
@@ -336,8 +330,7 @@ class BatchRun:
         from ..bank import ObjectBank
         from .worker import load_thesaurus
 
-        own = [i for i, in self.store.sql("SELECT id FROM samples WHERE run = ? OR uid LIKE ?",
-                                          (self.key, f"batch-{self.key}-%"))]
+        own = sorted(set(self.store.ids(run=self.key)) | set(self.store.ids(uid_prefix=f"batch-{self.key}-")))
         return load_thesaurus(self.spec), ObjectBank(self.store, exclude_ids=own)
 
     def _bank_job_object(self, thesaurus, bank, scene: str, seed: int) -> dict:
@@ -363,7 +356,7 @@ class BatchRun:
 
     def _compose(self) -> None:
         spec = self.spec
-        have = {u for u, in self.store.sql("SELECT uid FROM samples WHERE uid LIKE ?", (f"batch-{self.key}-%+insert",))}
+        have = self.store.uids(uid_prefix=f"batch-{self.key}-", uid_suffix="+insert")
         thesaurus, bank = self._bank_objects()
         jobs = []
         for c in spec.classes:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, load_image_file
+from ..dataset import NewSample, Store, load_image_file
 from ..limits import check_whole
 from .common import SYNTHETIC_LICENSE, inside, iter_progress, json_dump, restore_kwargs
 from .validate import CocoFile, DatasetFileError, image_header, is_int, read_coco
@@ -201,6 +201,6 @@ def import_coco(store: Store, instances_json: str | os.PathLike, images_dir: str
             continue
         image = load_image_file(path, f"COCO image id {img_id} ({path})")
         inst = [(coco.categories[a.category_id], a.mask(*hw)) for a in anns]
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources,
-                             instance_crowd=[a.iscrowd for a in anns], status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources,
+                                       instance_crowd=[a.iscrowd for a in anns], status=status, **kwargs)))
     return ids

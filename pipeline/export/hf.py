@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import SOURCES, Store, StoreError
+from ..dataset import NewSample, SOURCES, Store, StoreError
 from ..masks import bbox
 from .common import SPLIT_NAMES, ExportError, inside, iter_progress, png_bytes, restore_kwargs
 from .validate import DatasetFileError, check_masks_fit, check_provenance
@@ -286,7 +286,8 @@ def import_hf(store: Store, folder: str | os.PathLike, *, status: str = "accepte
                 with Image.open(io.BytesIO(m["bytes"])) as im:  # its size was checked from the header
                     inst.append((names[c], np.asarray(im.convert("L")) > 127))
             classes = prov.get("classes") or [class_names[c] for c in row["classes"]] or ["background"]
-            ids.append(store.add(image, classes, instances=inst, instance_sources=list(obj["source"]),
-                                 instance_crowd=[bool(c) for c in obj["iscrowd"]], status=status, **kwargs))
+            ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=list(obj["source"]),
+                                           instance_crowd=[bool(c) for c in obj["iscrowd"]], status=status,
+                                           **kwargs)))
         del ds  # release the memory-mapped cache files before the folder goes
     return ids

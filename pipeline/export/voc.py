@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..dataset import Store, StoreError, check_class
+from ..dataset import NewSample, Store, StoreError, check_class
 from ..images import ImageError, image_size, load_image_file, load_label_map
 from ..masks import bbox
 from .common import (VOC_CLASSES, ExportError, confined, inside, iter_progress, json_dump, part_polygons,
@@ -304,5 +304,6 @@ def import_voc(store: Store, voc_root: str | os.PathLike, *, split: str | None =
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
         kwargs["uid"] = uid
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources, status=status,
+                                       **kwargs)))
     return ids

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dataset import Store, StoreError, check_class
+from ..dataset import NewSample, Store, StoreError, check_class
 from ..images import image_size, load_image_file
 from ..masks import bbox
 from .common import confined, inside, iter_progress, json_dump, mask_to_polygon, polygon_to_mask, restore_kwargs
@@ -217,5 +217,6 @@ def import_yolo(store: Store, root: str | os.PathLike, *, status: str = "accepte
             sources = ["imported"] * len(inst)
             classes = sorted({c for c, _ in inst}) or ["background"]
         kwargs["uid"] = uid
-        ids.append(store.add(image, classes, instances=inst, instance_sources=sources, status=status, **kwargs))
+        ids.append(store.add(NewSample(image, classes, instances=inst, instance_sources=sources, status=status,
+                                       **kwargs)))
     return ids
