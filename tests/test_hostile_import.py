@@ -38,13 +38,15 @@ def _timeless(meta: dict) -> dict:
 
 def snapshot(store_dir: Path) -> tuple:
     """Everything a store holds: its records (less the times of their history) and every file
-    under its folder."""
+    under its folder (less the journal's record files, which carry those times too, and the
+    owner locks of open stores)."""
     store = Store(store_dir)
     recs = [(r.id, r.uid, r.image, r.classes, r.status, r.tags, _timeless(r.meta),
              [(i.class_name, i.mask, i.bbox, i.source, i.iscrowd) for i in r.instances]) for r in store.query()]
     store.close()
     files = sorted(str(p.relative_to(store_dir)) for p in store_dir.rglob("*")
-                   if p.is_file() and not p.name.startswith("store.sqlite"))
+                   if p.is_file() and not p.name.startswith("store.sqlite") and p.suffix != ".json"
+                   and "owners" not in p.relative_to(store_dir).parts)
     return recs, files
 
 
