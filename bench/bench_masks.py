@@ -238,7 +238,8 @@ def main() -> None:
         from pipeline.clicks import ClickRefiner
         from pipeline.refine import GrabCutRefiner, get_refiner
 
-        out = clicks_bench({"clicks": ClickRefiner()}, a.click_objects)
+        out = clicks_bench({"clicks": ClickRefiner(), "clicks without the colour channel (colour=0)": ClickRefiner(colour=0)},
+                           a.click_objects)
         out.update(clicks_bench({"grabcut": GrabCutRefiner()}, a.grabcut_click_objects))
         sam = "not run (no SAM checkpoint given: pass --sam-checkpoint)"
         if a.sam_checkpoint:
