@@ -8,10 +8,10 @@ that wrong side into l, and only inside a disc around the click whose radius gro
 deep the click lies in the wrong region (``reach`` x that depth, at least ``min_radius`` and
 at most ``max_radius`` of the image's shorter side). Which of them turn is decided by a
 random walk on the image's colours (scikit-image's ``random_walker``) over the wrong side
-of the disc, from two kinds of seeds (its features: the pixels' colours and, weighted by
-``colour``, how much more a pixel's Lab colour is found on the click's side of the mask around
-the disc than on the other side, so the walk also stops where that colour likelihood changes): the click (a small core around it) is l; the
-wrong-side pixels on the disc's rim, those where the heat map is sure of the other side, and
+of the disc. Its features are the pixels' colours and, weighted by ``colour``, how much more
+a pixel's Lab colour is found on the click's side of the mask around the disc than on the
+other side (so the walk also stops where that colour likelihood changes). Two kinds of seeds:
+the click (a small core around it) is l; the wrong-side pixels on the disc's rim, those where the heat map is sure of the other side, and
 every click of the other label, are not l. Only the part connected to the click turns. So:
 
 - the clicked pixel is always on the clicked side (it is forced, and no later click can undo
@@ -232,8 +232,9 @@ def colour_likelihood(image: np.ndarray, mask: np.ndarray, side: bool, box: tupl
                       undecided: np.ndarray, clicked: np.ndarray, bins: int = 12) -> np.ndarray:
     """P(the click's side | Lab colour) in [0, 1] for each pixel of ``box`` = (x0, x1, y0, y1),
     an (y1 - y0, x1 - x0) float32 array. Learned from a window twice the box's size: the click's
-    side = the mask's pixels on ``side`` and the box's ``clicked`` pixels (the click's core); the other side = the rest, less the ``undecided``
-    pixels of the box (the disc being decided). Each side's Lab histogram (``bins`` per axis) is
+    side = the mask's pixels on ``side`` and the box's ``clicked`` pixels (the click's core);
+    the other side = the rest, less the ``undecided`` pixels of the box (the disc being
+    decided). Each side's Lab histogram (``bins`` per axis) is
     normalised, so the two sides weigh the same whatever their areas."""
     x0, x1, y0, y1 = box
     h, w = mask.shape
