@@ -8,8 +8,10 @@ that wrong side into l, and only inside a disc around the click whose radius gro
 deep the click lies in the wrong region (``reach`` x that depth, at least ``min_radius`` and
 at most ``max_radius`` of the image's shorter side). Which of them turn is decided by a
 random walk on the image's colours (scikit-image's ``random_walker``) over the wrong side
-of the disc, from two kinds of seeds: the click (a small core around it) is l; the
-wrong-side pixels on the disc's rim, those where the heat map is sure of the other side, and
+of the disc. Its features are the pixels' colours and, weighted by ``colour``, how much more
+a pixel's Lab colour is found on the click's side of the mask around the disc than on the
+other side (so the walk also stops where that colour likelihood changes). Two kinds of seeds:
+the click (a small core around it) is l; the wrong-side pixels on the disc's rim, those where the heat map is sure of the other side, and
 every click of the other label, are not l. Only the part connected to the click turns. So:
 
 - the clicked pixel is always on the clicked side (it is forced, and no later click can undo
@@ -55,7 +57,9 @@ class ClickRefiner(BaseRefiner):
     already on the click's side take part in the walk as its seeds (measured worse: their large
     area pulls the disc over); ``sure``: wrong-side pixels where the heat map is sure of the
     other side (below ``sure`` x t for an object click, above t + (1 - ``sure``)(1 - t) for a
-    background click) are kept as they are (None: only the rim is kept); ``work_side``: discs larger than this many pixels
+    background click) are kept as they are (None: only the rim is kept); ``colour``: weight of
+    the colour-likelihood channel in the walk's features (0: colours only; ``colour_bins``: Lab
+    histogram bins per axis); ``work_side``: discs larger than this many pixels
     across are decided on a downscaled copy (time per click stays bounded on big images)."""
 
     name = "clicks"
@@ -63,7 +67,8 @@ class ClickRefiner(BaseRefiner):
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
                  max_radius: float = 0.35, beta: float = 130.0, work_side: int = 96, cache_size: int = 64,
-                 method: str = "walker", side_seeds: bool = False, sure: float | None = 0.35):
+                 method: str = "walker", side_seeds: bool = False, sure: float | None = 0.35,
+                 colour: float = 0.5, colour_bins: int = 12):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
         self.selector_name = selector
@@ -72,6 +77,7 @@ class ClickRefiner(BaseRefiner):
         if method not in ("walker", "grabcut"):
             raise ValueError(f"method is 'walker' or 'grabcut', not {method!r}")
         self.method, self.side_seeds, self.sure = method, side_seeds, sure
+        self.colour, self.colour_bins = colour, colour_bins
         self._selector = None
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
@@ -175,9 +181,16 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
     if not (small_seeds == 0).any() or not (small_seeds == 2).any():
         turn_small = small_seeds == 1
     elif cfg.method == "walker" and not cfg.side_seeds:
+        feat = small.astype(np.float32) / 255.0
+        if cfg.colour > 0:
+            post = colour_likelihood(image, mask, side, (x0, x1, y0, y1), disc & (seeds != 2),
+                                     seeds == 1, cfg.colour_bins)
+            if f < 1:
+                post = cv2.resize(post, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+            feat = np.concatenate([feat, cfg.colour * post[..., None]], -1)
         with warnings.catch_warnings():  # "probability range outside [0, 1] given the tolerance": cg's rounding
             warnings.simplefilter("ignore", UserWarning)
-            labels = _random_walker()(small.astype(np.float32) / 255.0, small_seeds, beta=cfg.beta, mode="cg_j",
+            labels = _random_walker()(feat, small_seeds, beta=cfg.beta, mode="cg_j",
                                       tol=1e-3, channel_axis=-1)
         turn_small = labels == 1
     elif cfg.method == "grabcut":
@@ -213,6 +226,33 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
     turn = comp == comp[y - y0, x - x0]
     mask[y0:y1, x0:x1][turn] = side
     return mask, radius
+
+
+def colour_likelihood(image: np.ndarray, mask: np.ndarray, side: bool, box: tuple[int, int, int, int],
+                      undecided: np.ndarray, clicked: np.ndarray, bins: int = 12) -> np.ndarray:
+    """P(the click's side | Lab colour) in [0, 1] for each pixel of ``box`` = (x0, x1, y0, y1),
+    an (y1 - y0, x1 - x0) float32 array. Learned from a window twice the box's size: the click's
+    side = the mask's pixels on ``side`` and the box's ``clicked`` pixels (the click's core);
+    the other side = the rest, less the ``undecided`` pixels of the box (the disc being
+    decided). Each side's Lab histogram (``bins`` per axis) is
+    normalised, so the two sides weigh the same whatever their areas."""
+    x0, x1, y0, y1 = box
+    h, w = mask.shape
+    r = max(x1 - x0, y1 - y0) // 2
+    X0, X1, Y0, Y1 = max(0, x0 - r), min(w, x1 + r), max(0, y0 - r), min(h, y1 + r)
+    q = cv2.cvtColor(np.ascontiguousarray(image[Y0:Y1, X0:X1]), cv2.COLOR_RGB2LAB).astype(np.int32) * bins // 256
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    pos = mask[Y0:Y1, X0:X1] == side
+    inner = np.zeros(pos.shape, bool)
+    win = (slice(y0 - Y0, y1 - Y0), slice(x0 - X0, x1 - X0))
+    inner[win] = undecided
+    pos[win] |= clicked
+    hp = np.bincount(idx[pos], minlength=bins ** 3).astype(np.float32)
+    hn = np.bincount(idx[~pos & ~inner], minlength=bins ** 3).astype(np.float32)
+    hp /= max(hp.sum(), 1.0)
+    hn /= max(hn.sum(), 1.0)
+    p, n = hp[idx[win]] + 1e-4, hn[idx[win]] + 1e-4
+    return (p / (p + n)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
