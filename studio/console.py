@@ -103,3 +103,69 @@ def atomic_image_cache() -> None:
 
     save_pil_to_cache._diffumask_atomic = True
     pu.save_pil_to_cache = save_pil_to_cache
+
+
+# -- one-way data flow: handler -> session -> render --------------------------------------------
+GENERIC_ERROR = "Something went wrong on the server (it is logged there); what you see is unchanged."
+
+
+def tell_user(e: BaseException) -> None:
+    """The one error policy of every tab: a mistake the user can fix (a PipelineError) is a
+    warning toast with its message and one log line; a stop is an info toast; anything else
+    (a bug, a third-party ValueError) is logged with its traceback and shown as a generic
+    toast, never as the user's mistake. Never a red error badge over the views."""
+    from pipeline.errors import Cancelled, PipelineError
+
+    if isinstance(e, Cancelled):
+        print(f"studio: {e}", file=sys.stderr, flush=True)
+        gr.Info(str(e))
+    elif isinstance(e, gr.Error):  # made by user_error from a PipelineError (logged there)
+        gr.Warning(e.message)
+    elif isinstance(e, PipelineError):
+        LOG.warning("user error: %s", e)  # one line, no traceback: not a bug
+        gr.Warning(str(e))
+    else:
+        LOG.error("unexpected error", exc_info=e)
+        gr.Warning(GENERIC_ERROR)
+
+
+def handler(render):
+    """Wire ``fn(session, *inputs) -> session`` as an event handler returning
+    ``(session, *render(session))``: every output of the tab, drawn from the session the
+    handler left (on an error: the session as it was, see :func:`tell_user`), so no view can
+    show a state the session does not hold."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(ses, *args, **kwargs):
+            try:
+                ses = fn(ses, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 -- sorted by tell_user; the views stay the session's
+                tell_user(e)
+            return (ses, *render(ses))
+        return wrapper
+    return deco
+
+
+_UNSET = object()
+
+
+def view(ses, name: str, key, draw):
+    """One view of ``render(ses)``: ``gr.skip()`` when the view last rendered for this session
+    was drawn from an equal ``key`` (the page already shows it: no bytes re-encoded or sent),
+    else ``draw()``, remembered in ``ses.shown``. ``ses`` None: always drawn."""
+    if ses is None:
+        return draw()
+    if ses.shown.get(name, _UNSET) == key:
+        return gr.skip()
+    value = draw()
+    ses.shown[name] = key
+    return value
+
+
+def screen_shows(ses, name: str, key) -> None:
+    """An input widget reported what it shows (the user moved it): render then sends it only
+    when the session differs from that."""
+    if ses is not None:
+        ses.shown[name] = key

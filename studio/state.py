@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 from pipeline.gpu import gpu
 
@@ -12,6 +13,20 @@ MODEL_LOCK = threading.Lock()
 
 
 _MODEL_OPTIONS = {"device": "auto", "dtype": None}
+_STORE = {"dir": Path("studio_data")}
+
+
+def set_store_dir(path) -> Path:
+    """The studio's dataset folder (app.py's --store)."""
+    _STORE["dir"] = Path(path)
+    return _STORE["dir"]
+
+
+def store_dir_for(request=None) -> Path:
+    """The one place every handler gets the dataset folder it reads and writes, from its
+    ``gr.Request`` (today the studio's one store; a public deployment gives each visitor
+    their own folder here)."""
+    return _STORE["dir"]
 
 
 def set_model_options(device: str = "auto", dtype: str | None = None) -> None:
@@ -147,7 +162,7 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     except Cancelled as e:  # the caller leaves its views as they were (see stopped())
         log_cancelled(e)
         raise
-    except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
+    except (ModelLoadError, PresetUnavailable, PipelineError) as e:  # not a third party's ValueError: a bug
         raise user_error(str(e))
 
 
