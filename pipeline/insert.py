@@ -11,11 +11,11 @@ Arrays: images HWC uint8 RGB; masks (H, W) bool; boxes XYXY background pixels (x
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from .errors import PipelineError, SessionError
+from .errors import SessionError
 
 __all__ = ["InsertSession", "OBJECT_REFINER", "SessionError", "check_drawable", "model_vocabulary",
            "object_from_sample", "store_composite", "suggest_objects"]

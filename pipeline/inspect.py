@@ -28,7 +28,7 @@ SOURCES = ("threshold", "refined")
 # Where an inspection starts when no refiner chose a threshold (refinement unavailable or failed).
 DEFAULT_THRESHOLD = 0.5
 
-__all__ = ["DEFAULT_THRESHOLD", "SOURCES", "InspectSession", "MaskState", "SessionError"]
+__all__ = ["DEFAULT_THRESHOLD", "SOURCES", "InspectSession", "MaskState", "SessionError", "strokes_from_layers"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,3 +360,20 @@ class InspectSession:
         if self.unsaved:
             return f"● unsaved changes: #{self.stored_id} holds the mask as it was when {status}"
         return f"saved as #{self.stored_id} ({status}): {self.describe()}"
+
+
+def strokes_from_layers(layers, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The touch-up rule: (added, erased) (H, W) bool at image size from a mask editor's RGBA
+    layers (HWC uint8, any size: the editor shows the image enlarged; nearest sampling).
+    White strokes add to the mask, black strokes erase it."""
+    import cv2
+
+    add, erase = np.zeros(shape, bool), np.zeros(shape, bool)
+    for layer in layers or []:
+        arr = np.asarray(layer)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            alpha = cv2.resize(arr[..., 3], shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            bright = cv2.resize(arr[..., :3].mean(2), shape[::-1], interpolation=cv2.INTER_NEAREST)
+            add |= alpha & (bright >= 128)
+            erase |= alpha & (bright < 128)
+    return add, erase

@@ -169,3 +169,64 @@ def screen_shows(ses, name: str, key) -> None:
     when the session differs from that."""
     if ses is not None:
         ses.shown[name] = key
+
+
+# -- tests: what the server holds, to compare with what the page shows ---------------------------
+DEBUG_ENV = "DIFFUMASK_STUDIO_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether the test-only session readers are on (the environment variable set to 1)."""
+    import os
+
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def describe_render(ses, render, names) -> str:
+    """JSON of a full ``render(ses)`` (nothing skipped) by view name: pictures as their shape and
+    the SHA-256 of their pixels, texts and widget values as they are. The session's memo of
+    what the page shows is left as it was."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    _READS.append(None)
+    if ses is None:
+        return json.dumps({"read": len(_READS), "views": None})
+    memo = ses.shown
+    ses.shown = {k: v for k, v in memo.items() if k == "editor_open"}
+    try:
+        out = render(ses)
+    finally:
+        ses.shown = memo
+
+    def plain(v):
+        if isinstance(v, dict) and "__type__" in v:
+            v = {k: plain(x) for k, x in v.items() if k != "__type__"}
+            return v
+        if isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            return {"picture": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+    return json.dumps({"read": len(_READS), "views": {name: plain(v) for name, v in zip(names, out)}})
+
+
+_READS: list = []  # one entry per reading (numbers them)
+
+
+def add_debug_reader(tab: str, state, render, names) -> None:
+    """Test-only (``DIFFUMASK_STUDIO_DEBUG=1``): a hidden button ``#debug-<tab>`` whose click
+    writes :func:`describe_render` of this browser session's ``<tab>`` session into the hidden
+    box ``#debug-<tab>-out``. Nothing is added otherwise."""
+    if not debug_enabled():
+        return
+    out = gr.Textbox(elem_id=f"debug-{tab}-out", elem_classes=["dm-debug"], show_label=False, container=False)
+    button = gr.Button(f"debug {tab}", elem_id=f"debug-{tab}", elem_classes=["dm-debug"])
+    button.click(lambda s: describe_render(s, render, names), state, out, queue=False, show_progress="hidden")

@@ -19,7 +19,7 @@ from pipeline.dataset import STATUSES, Store, StoreError
 from pipeline.export import FORMATS
 from pipeline.inspect import DEFAULT_THRESHOLD
 
-from .console import VIEW_FORMAT, handler, screen_shows, view
+from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
 from .state import store_dir_for
 
 EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
@@ -346,11 +346,13 @@ def build_curate_tab(store_dir: Path, tab: gr.Tab):
         exp_info = gr.Markdown(elem_id="export-info")
     outputs = [state, gallery, count, review_img, detail_md, notes, user_t, exp_scope, exp_file, exp_info, message]
     assert len(outputs) == 1 + len(OUTPUTS)
+    add_debug_reader("curate", state, render, OUTPUTS)
     quiet = dict(show_progress="hidden")
     refresh_btn.click(on_refresh, state, outputs, api_name="refresh", **quiet)
     tab.select(on_refresh, state, outputs, **quiet)
     for comp in (f_status, f_class, f_tag):
-        comp.change(on_filter, [state, f_status, f_class, f_tag], outputs, **quiet)
+        comp.change(on_filter, [state, f_status, f_class, f_tag], outputs, **quiet,
+                    api_name="filter" if comp is f_status else None)
     prev_page.click(_with(on_page, -1), state, outputs, **quiet)
     next_page.click(_with(on_page, 1), state, outputs, **quiet)
     gallery.select(on_select, state, outputs, **quiet)

@@ -5,26 +5,22 @@ One-way: every handler changes the session (or makes a new one) and returns
 whose content is what the page already shows (``console.view``)."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 import cv2
 import gradio as gr
 import numpy as np
 
 from pipeline import presets, viz
-from pipeline.access import check_user_path
 from pipeline.attention import capture_for
 from pipeline.dataset import Store, check_class
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.errors import PipelineError, SessionError, check_stop
 from pipeline.generate import DEFAULTS
-from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession
-from pipeline.presets import resolve_checkpoint
-from pipeline.refine import DEFAULT_REFINER, REFINERS, get_refiner
+from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, strokes_from_layers
+from pipeline.refine import DEFAULT_REFINER, REFINERS
 from pipeline.curation import parse_tags
 
-from .console import VIEW_FORMAT, handler, screen_shows, view
-from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, press_stop, size_info,
+from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
+from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, size_info,
                     store_dir_for)
 
 CLICK_MODES = ["do nothing", "add object (+)", "mark background (-)"]
@@ -34,35 +30,6 @@ BRUSH_SIZE = 12  # the touch-up brush's starting radius in editor pixels; [ and 
 GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
 **z** undo · **y** redo · **1** threshold mask · **2** refined mask · **o** mask overlay on/off ·
 touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
-
-
-class LockedRefiner:
-    """A refiner that holds MODEL_LOCK while it runs: SAM keeps one image embedding per
-    predictor, so one session at a time may use it."""
-
-    def __init__(self, refiner):
-        self.refiner, self.name = refiner, refiner.name
-        self.takes_points = getattr(refiner, "takes_points", False)
-        self.needs_self_attention = getattr(refiner, "needs_self_attention", False)
-        self.stateful = True
-
-    def __call__(self, *args, **kwargs):
-        with MODEL_LOCK:
-            return self.refiner(*args, **kwargs)
-
-
-def make_refiner(name: str, checkpoint: str | None):
-    """The named refiner (from the registry; SAM's weights from the 'SAM weights' box, a path,
-    hub id or preset name), the same object for the same choice (sessions compare them)."""
-    checkpoint = check_user_path((checkpoint or "").strip() or None, "SAM checkpoint")  # public mode: allow-list
-    return _cached_refiner(name, resolve_checkpoint(checkpoint))
-
-
-@lru_cache(maxsize=4)
-def _cached_refiner(name: str, checkpoint):
-    # SAM's predictor keeps the image embedding: reusing it makes each extra click cheap
-    refiner = get_refiner(name, checkpoint=checkpoint)
-    return LockedRefiner(refiner) if getattr(refiner, "stateful", False) else refiner
 
 
 def user_words(text: str) -> str:
@@ -281,25 +248,11 @@ def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt):
     return ses
 
 
-def strokes_from_editor(editor, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(added, erased) (H, W) bool at image size from the editor's layers: white strokes
-    add, black strokes erase (the editor shows the image enlarged; nearest sampling)."""
-    add, erase = np.zeros(shape, bool), np.zeros(shape, bool)
-    for layer in (editor or {}).get("layers") or []:
-        arr = np.asarray(layer)
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            alpha = cv2.resize(arr[..., 3], shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-            bright = cv2.resize(arr[..., :3].mean(2), shape[::-1], interpolation=cv2.INTER_NEAREST)
-            add |= alpha & (bright >= 128)
-            erase |= alpha & (bright < 128)
-    return add, erase
-
-
 @handler(render)
 def on_edit_mask(ses, editor):
     """Brush strokes on the editor's layer add to the mask (white) or erase it (black)."""
     _need(ses)
-    add, erase = strokes_from_editor(editor, ses.image.shape[:2])
+    add, erase = strokes_from_layers((editor or {}).get("layers"), ses.image.shape[:2])
     if not (add.any() or erase.any()):
         raise SessionError("Draw on the mask first: white adds to it, black erases.")
     ses.apply_strokes(add, erase)
@@ -426,6 +379,7 @@ def build_generate_tab(model: str):
     outputs = [ses_state, image_out, heat_out, mask_out, thr_out, curve_out, refined_out, choice_info, mask_label_md,
                threshold, source, editor, store_info, gen_info, seed, res_in]
     assert len(outputs) == 1 + len(OUTPUTS)
+    add_debug_reader("generate", ses_state, render, OUTPUTS)
     gen_inputs = [ses_state, class_in, template, seed, steps, guidance, model_in, refiner, sam_ckpt, res_in, t_lo,
                   t_hi, height_in, width_in]
     quiet = dict(show_progress="hidden")

@@ -18,26 +18,23 @@ from pipeline import viz
 from pipeline.access import check_user_path
 from pipeline.bank import ObjectBank
 from pipeline.curation import parse_tags
-from pipeline.dataset import Store, StoreError
+from pipeline.dataset import Store
 from pipeline.errors import SessionError
 from pipeline.harmonize import HARMONIZERS, default_method
 from pipeline.images import load_image_file
 from pipeline.insert import InsertSession, check_drawable, model_vocabulary, object_from_sample, suggest_objects
 from pipeline.placement import DEFAULT_SCORER, SCORERS
 from pipeline.presets import resolve_checkpoint
-from pipeline.thesaurus import Thesaurus
 
-from .console import VIEW_FORMAT, handler, screen_shows, view
-from .state import MODEL_LOCK, client_gone_hook, generate_one, store_dir_for
+from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
+from .state import (EXAMPLES, MINE, MODEL_LOCK, background_choices, bank_classes, client_gone_hook, examples_store_dir,  # noqa: F401
+                    generate_one, object_sources, store_dir_for, thesaurus)
 
-THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 INSERT_KEYS_HELP = ("**Keys** (not while typing): **l** load · **m** make object · **p** propose placement · "
                     "**v** preview · **a** accept")
 OBJECT_SOURCES = ["generate with the model", "cut from a photo (object bank)"]
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-# dropdown values of the background list: (store, sample id), carried as "<store>:<id>"
-MINE, EXAMPLES = "dataset", "examples"
 
 
 def instance_map(shape, instances) -> np.ndarray:
@@ -67,54 +64,6 @@ def _cached_plugin(registry, name: str, weights: str | None):
         return registry.create(name)
     weights = check_user_path(weights, f"{name} weights")  # public mode: presets, hub ids and allowed folders only
     return registry.create(name, checkpoint=resolve_checkpoint(weights))  # a path or a preset name
-
-
-@lru_cache(maxsize=1)
-def examples_store_dir() -> Path:
-    """The examples (the shipped CC BY COCO photos and embedded-model samples, see
-    pipeline.examples) in a store of their own, so the demo has real backgrounds, objects and
-    samples to curate without adding anything to the user's dataset."""
-    import tempfile
-
-    from pipeline.examples import build_examples_store
-
-    # versioned: uids stay the same when assets/examples change, so a changed set needs a new folder
-    return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
-
-
-def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
-    sources = [("your dataset", Path(store_dir))]
-    try:
-        sources.append(("example photos", examples_store_dir()))
-    except (StoreError, OSError):
-        pass
-    return sources
-
-
-def background_choices(store_dir: Path) -> list[tuple[str, str]]:
-    """(label, value) of every background to pick: the user's accepted samples, then the examples."""
-    with Store(store_dir) as store:
-        out = [(f"#{r.id} {', '.join(r.classes)}", f"{MINE}:{r.id}") for r in store.query(status="accepted")]
-    try:
-        with Store(examples_store_dir()) as ex:
-            out += [(f"example: #{r.id} {', '.join(r.classes[:4])}", f"{EXAMPLES}:{r.id}") for r in ex.query()]
-    except (StoreError, OSError):
-        pass
-    return out
-
-
-def bank_classes(store_dir: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _, root in object_sources(store_dir):
-        with Store(root) as store:
-            for c, n in ObjectBank(store).classes().items():
-                counts[c] = counts.get(c, 0) + n
-    return counts
-
-
-@lru_cache(maxsize=1)
-def thesaurus():
-    return Thesaurus.load(THESAURUS) if THESAURUS.exists() else None
 
 
 # -- render ----------------------------------------------------------------------------------
@@ -391,6 +340,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Dropdown):
     outputs = [state, place_img, suggestions, obj_class, bg_info, obj_img, scale, place_info, box_edit, comp_img,
                mask_img, comp_info, accept_info]
     assert len(outputs) == 1 + len(OUTPUTS)
+    add_debug_reader("insert", state, render, OUTPUTS)
     quiet = dict(show_progress="hidden")
     load_btn.click(load_background, [state, bg_choice, bg_upload, caption, model_box], outputs, api_name="insert_load",
                    show_progress_on=[place_img])

@@ -54,6 +54,7 @@ STUDIO_CSS = """
 #insert-box { flex: 1 1 0% !important; min-width: 200px !important; }
 #insert-box canvas { max-width: 100%; }
 #store-info p, #insert-accept-info p { margin: 0; }
+.dm-debug { position: absolute !important; left: -10000px !important; width: 10px !important; }
 """
 
 SHORTCUTS_JS = """

@@ -709,7 +709,7 @@ def test_a_fresh_studio_shows_examples_in_curate(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "5-curate-examples-fresh.png"), full_page=True)
         assert page.locator("#curate-gallery img").count() == 0
         page.click("#curate-examples-copy")
-        wait_text(page, "#curate-examples-info", "examples are in your dataset")
+        wait_text(page, "#curate-message", "examples are in your dataset")
         wait_text(page, "#curate-count", f"{n} samples")
         wait_text(page, "#export-scope", f"include {n} accepted samples")  # what Export will write follows
         page.screenshot(path=str(ARTIFACTS / "5b-curate-examples-added.png"), full_page=True)
