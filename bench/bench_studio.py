@@ -132,9 +132,9 @@ def main(n: int = 30) -> None:
             t = time.perf_counter()
             c.predict(threshold=0.1 + 0.8 * k / n, api_name="/threshold")
             slider.append(time.perf_counter() - t)
-        saved = c.predict("", api_name="/accept")  # "saved as #<id> (accepted): ..."
+        saved = c.predict("", api_name="/accept")[11]  # the save line: "saved as #<id> (accepted): ..."
         sid = int(saved.split("#")[1].split()[0])
-        c.predict(f"#{sid} ball", None, "", "embedded", api_name="/insert_load")
+        c.predict(f"dataset:{sid}", None, "", "embedded", api_name="/insert_load")
         c.predict("star", 2, "embedded", OBJECT_SOURCES[0], api_name="/insert_object")
         t = time.perf_counter()
         c.predict(DEFAULT_SCORER, "", api_name="/insert_place")

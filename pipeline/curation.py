@@ -260,14 +260,6 @@ class Curation:
 
 # -- one browser session's curation ------------------------------------------------------------
 @dataclass
-class Change:
-    """One status change the user made: the samples and the status each had before."""
-
-    before: dict  # sample id -> status before the change
-    status: str
-
-
-@dataclass
 class CurateSession:
     """What one user's Curate & Export tab holds: the filter and page, the highlighted sample,
     the status changes this user made (undo takes back the last one, wherever the highlight
@@ -280,7 +272,7 @@ class CurateSession:
     index: int | None = None
     show_heat: bool = False
     preview: float | None = None  # a threshold shown for the highlighted sample, not saved yet
-    changes: list = field(default_factory=list)  # [Change], newest last
+    changes: list = field(default_factory=list)  # the user's status changes, newest last: {id: status before}
     export_status: str = "accepted"  # which samples an export takes (with the gallery's classes and tags)
     last_export: tuple | None = None  # (zip path, description) of the last export that worked
     message: str = ""  # the last action's outcome, in the user's words
@@ -372,7 +364,7 @@ class CurateSession:
         sid = self._need_current()
         before = self._statuses([sid])
         self.curation.set_status(sid, status)
-        self.changes.append(Change(before, status))
+        self.changes.append(before)
         self.refresh()
         if self.ids:
             self.index, self.preview = min((self.index or 0) + 1, len(self.ids) - 1), None
@@ -384,7 +376,7 @@ class CurateSession:
         before = self._statuses(ids)
         n = self.curation.set_status(ids, status)
         if ids:
-            self.changes.append(Change(before, status))
+            self.changes.append(before)
         self.refresh()
         self._touch(f"{n} samples {status}")
         return n
@@ -394,20 +386,20 @@ class CurateSession:
         highlight is now; the highlight goes to the sample it changed. Returns what was done."""
         if not self.changes:
             raise CurationError("Nothing to undo: you have not changed a status here yet.")
-        change = self.changes.pop()
+        before = self.changes.pop()
         by_status: dict[str, list[int]] = {}
-        for sid, status in change.before.items():
+        for sid, status in before.items():
             by_status.setdefault(status, []).append(sid)
         for status, ids in by_status.items():
             self.curation.set_status(ids, status, by="undo")
         self.refresh()
-        if len(change.before) == 1:
-            sid = next(iter(change.before))
+        if len(before) == 1:
+            sid = next(iter(before))
             if sid in self.ids:
                 self.index, self.preview = self.ids.index(sid), None
-            text = f"#{sid} back to {change.before[sid]}"
+            text = f"#{sid} back to {before[sid]}"
         else:
-            text = f"{len(change.before)} samples back to their status before"
+            text = f"{len(before)} samples back to their status before"
         self._touch(text)
         return text
 

@@ -147,6 +147,16 @@ class InspectSession:
         self._choices.clear()
         self.refine()
 
+    def heat_for(self, resolution: str | int | None = "all", t_lo: int = 0, t_hi: int = 999) -> np.ndarray:
+        """The heat map from the captured attention at one resolution (``"all"``: every one) over
+        the timesteps t_lo..t_hi; (H, W) float32 in [0, 1]. Refused when the range is empty."""
+        if t_lo > t_hi:
+            raise SessionError("the timestep range is empty: 'timesteps from' is above 'timesteps to'")
+        if self.attention is None:
+            raise SessionError("this sample has no captured attention: only its stored heat map can be shown")
+        res = None if resolution in (None, "", "all") else [int(resolution)]
+        return self.attention.heat_map(resolutions=res, timesteps=(t_lo, t_hi))
+
     def set_heat(self, heat: np.ndarray, view: tuple = (None, None)) -> None:
         """Another heat view (resolutions / timesteps): the threshold mask follows it and
         the refinement is recomputed from it."""

@@ -105,6 +105,12 @@ def atomic_image_cache() -> None:
     pu.save_pil_to_cache = save_pil_to_cache
 
 
+def user_words(text: str) -> str:
+    """Point programmer-facing hints at the widget a studio user has."""
+    return (text.replace("pass it with --sam-checkpoint", "put its path in the 'SAM weights' box")
+                .replace("--sam-checkpoint", "the 'SAM weights' box"))
+
+
 # -- one-way data flow: handler -> session -> render --------------------------------------------
 GENERIC_ERROR = "Something went wrong on the server (it is logged there); what you see is unchanged."
 

@@ -5,7 +5,6 @@ One-way: every handler changes the session (or makes a new one) and returns
 whose content is what the page already shows (``console.view``)."""
 from __future__ import annotations
 
-import cv2
 import gradio as gr
 import numpy as np
 
@@ -19,7 +18,7 @@ from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, strokes_from_lay
 from pipeline.refine import DEFAULT_REFINER, REFINERS
 from pipeline.curation import parse_tags
 
-from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
+from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, user_words, view
 from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, size_info,
                     store_dir_for)
 
@@ -32,37 +31,14 @@ GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** nex
 touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
 
 
-def user_words(text: str) -> str:
-    """Point programmer-facing hints at the widget a studio user has."""
-    return (text.replace("pass it with --sam-checkpoint", "put its path in the 'SAM weights' box")
-                .replace("--sam-checkpoint", "the 'SAM weights' box"))
-
-
-def heat_view(ses: InspectSession, resolution: str, t_lo: int, t_hi: int) -> np.ndarray:
-    if t_lo > t_hi:
-        raise SessionError("the timestep range is empty: 'timesteps from' is above 'timesteps to'")
-    res = None if resolution in (None, "", "all") else [int(resolution)]
-    return ses.attention.heat_map(resolutions=res, timesteps=(t_lo, t_hi))
-
-
 # -- render ----------------------------------------------------------------------------------
-def image_with_clicks(ses: InspectSession) -> np.ndarray:
-    shown = viz.upscale_for_display(ses.image)
-    k = viz.display_scale(ses.image.shape[:2])
-    for x, y, label in ses.clicks:
-        centre = (int((x + 0.5) * k), int((y + 0.5) * k))
-        cv2.circle(shown, centre, max(4, int(k * 1.5)), (40, 220, 60) if label else (235, 40, 40), -1)
-        cv2.circle(shown, centre, max(4, int(k * 1.5)), (255, 255, 255), 1)
-    return shown
-
-
 def current_view(ses: InspectSession, overlay: bool | None = None) -> np.ndarray:
-    """(H*k, W*k, 3) uint8: the current mask over the image, or (overlay off) the mask alone,
-    white on black: the panel is labelled 'current mask', so it always shows the mask."""
+    """(H, W, 3) uint8 at the image's own size (the page enlarges it, pixelated: STUDIO_CSS): the
+    current mask over the image, or (overlay off) the mask alone, white on black: the panel is
+    labelled 'current mask', so it always shows the mask."""
     overlay = ses.overlay if overlay is None else overlay
     mask = ses.current_mask()
-    shown = viz.overlay_mask(ses.image, mask) if overlay else np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
-    return viz.upscale_for_display(shown)
+    return viz.overlay_mask(ses.image, mask) if overlay else np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
 
 
 def mask_label(ses: InspectSession) -> str:
@@ -92,6 +68,8 @@ def render(ses: InspectSession | None) -> tuple:
         return (None, None, None, None, None, None, "", "", gr.update(value=DEFAULT_THRESHOLD),
                 gr.update(value=SOURCE_LABELS["threshold"]), None, "", "", gr.skip(), gr.skip())
     disp = viz.upscale_for_display
+    # the views drawn from the threshold go at the image's own size (64x64 for the embedded model:
+    # 25x fewer pixels to encode and send per slider step); the page enlarges them (STUDIO_CSS)
     mask_bits = _bits(ses.current_mask())
     choice_id = id(ses.choice)
     curve_key = (choice_id, ses.threshold)
@@ -101,22 +79,22 @@ def render(ses: InspectSession | None) -> tuple:
     res_choices = ["all"] + [str(r) for r in getattr(ses.attention, "resolutions", ())]
     resolution = str(ses.view[0]) if ses.view and ses.view[0] not in (None, "") else "all"
     return (
-        view(ses, "image", ses.clicks, lambda: image_with_clicks(ses)),
-        view(ses, "heat", ses.view, lambda: disp(viz.overlay_heat(ses.image, ses.heat))),
+        view(ses, "image", ses.clicks, lambda: viz.draw_clicks(ses.image, ses.clicks)),
+        view(ses, "heat", ses.view, lambda: viz.overlay_heat(ses.image, ses.heat)),
         view(ses, "mask", (ses.overlay, mask_bits), lambda: current_view(ses)),
         view(ses, "thr", (ses.threshold, ses.view),
-             lambda: disp(viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0)))),
+             lambda: viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0))),
         view(ses, "curve", curve_key, lambda: None if ses.choice is None else viz.iou_curve_image(
             ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold)),
-        view(ses, "refined", choice_id, lambda: None if ses.choice is None else disp(
-            viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200)))),
+        view(ses, "refined", choice_id, lambda: None if ses.choice is None else
+             viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200))),
         *(view(ses, k, text[k], lambda k=k: text[k]) for k in ("choice_info", "mask_label")),
         view(ses, "threshold", ses.threshold, lambda: gr.update(value=ses.threshold)),
         view(ses, "source", ses.source, lambda: gr.update(value=SOURCE_LABELS[ses.source])),
         # the editor is drawn while its accordion is open (and when it opens): always over the
         # current mask, emptied of strokes after every change of the mask state
         view(ses, "editor", (mask_bits, id(ses.state)) if editor_open else "closed",
-             lambda: {"background": current_view(ses, overlay=True), "layers": [], "composite": None}
+             lambda: {"background": disp(current_view(ses, overlay=True)), "layers": [], "composite": None}
              if editor_open else None),
         *(view(ses, k, text[k], lambda k=k: text[k]) for k in ("store_info", "gen_info")),
         view(ses, "seed", ses.seed, lambda: gr.update(value=ses.seed)),
@@ -158,7 +136,7 @@ def on_generate(ses, class_name, template, seed, steps, guidance, model, refiner
     new = InspectSession.from_sample(sample, refiner=refiner, model=model or "embedded", refiner_problem=problem)
     new.seed = int(seed)
     if (resolution, t_lo, t_hi) != ("all", 0, 999):
-        new.set_heat(heat_view(new, resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
+        new.set_heat(new.heat_for(resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
         new.start()
     if ses is not None:
         new.overlay = ses.overlay
@@ -187,10 +165,19 @@ def on_click(ses, mode, evt: gr.SelectData):
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
+    # queued clicks' answers can reach the page out of order: each one carries every view whole,
+    # so whichever lands last shows one consistent state (tests/test_browser.py, quick clicks)
+    ses.shown = {k: v for k, v in ses.shown.items() if k == "editor_open"}
     ses.add_click(int(evt.index[0] // k), int(evt.index[1] // k), 1 if mode == CLICK_MODES[1] else 0)
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
+
+
+def on_click_views(ses, mode, evt: gr.SelectData):
+    """on_click without the session among its outputs: the session is changed in place, and an
+    event that writes the State lets Gradio apply quick clicks' answers out of order."""
+    return on_click(ses, mode, evt)[1:]
 
 
 @handler(render)
@@ -236,7 +223,7 @@ def on_editor_open(ses, is_open: bool):
 def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt):
     if ses is None:
         return ses
-    heat = heat_view(ses, resolution, t_lo, t_hi)  # checks the range before anything changes
+    heat = ses.heat_for(resolution, t_lo, t_hi)  # checks the range before anything changes
     refiner = make_refiner(refiner_name, sam_ckpt)
     screen_shows(ses, "resolution", (ses.shown.get("resolution", (None,))[0], resolution))
     if (resolution, t_lo, t_hi) != (ses.view if ses.view != (None, None) else ("all", 0, 999)):
@@ -403,7 +390,7 @@ def build_generate_tab(model: str):
         comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
     # clicks queue one after another (never dropped); no progress overlay: it covers the image,
     # so a quick second click landed on the overlay and was lost (4 quick clicks -> 1 point)
-    image_out.select(on_click, [ses_state, click_mode], outputs, concurrency_limit=1, concurrency_id="clicks",
+    image_out.select(on_click_views, [ses_state, click_mode], outputs[1:], concurrency_limit=1, concurrency_id="clicks",
                      trigger_mode="multiple", **quiet)
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)
     touch_up.expand(lambda s: on_editor_open(s, True), ses_state, outputs, **quiet)

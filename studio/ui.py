@@ -54,6 +54,10 @@ STUDIO_CSS = """
 #insert-box { flex: 1 1 0% !important; min-width: 200px !important; }
 #insert-box canvas { max-width: 100%; }
 #store-info p, #insert-accept-info p { margin: 0; }
+/* views sent at the image's own size (64x64 for the embedded model) fill their panel, enlarged
+   without smoothing: a pixel stays a sharp square, as upscale_for_display would draw it */
+#heat-view img, #mask-view img, #threshold-view img, #refined-view img {
+  width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 .dm-debug { position: absolute !important; left: -10000px !important; width: 10px !important; }
 """
 
