@@ -123,7 +123,8 @@ def tell_user(e: BaseException) -> None:
     from pipeline.errors import Cancelled, PipelineError
 
     if isinstance(e, Cancelled):
-        print(f"studio: {e}", file=sys.stderr, flush=True)
+        if not getattr(e, "logged", False):  # generate_one logs the stops it sees
+            print(f"studio: {e}", file=sys.stderr, flush=True)
         gr.Info(str(e))
     elif isinstance(e, gr.Error):  # made by user_error from a PipelineError (logged there)
         gr.Warning(e.message)

@@ -185,6 +185,7 @@ def log_cancelled(e: Exception) -> None:
     import sys
 
     print(f"studio: {e}", file=sys.stderr, flush=True)
+    e.logged = True  # console.tell_user does not print it again
 
 
 # -- refiners and the examples store: made once, shared by every session ---------------------------
