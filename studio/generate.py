@@ -72,9 +72,8 @@ def render(ses: InspectSession | None) -> tuple:
     # 25x fewer pixels to encode and send per slider step); the page enlarges them (STUDIO_CSS)
     mask_bits = _bits(ses.current_mask())
     choice_id = id(ses.choice)
-    curve_key = (choice_id, ses.threshold)
     text = {"choice_info": choice_text(ses), "mask_label": mask_label(ses), "store_info": ses.save_line(),
-            "gen_info": f"prompt: “{ses.prompt}”, seed {ses.seed}  \nmodel: {describe_model(ses.model)}"}
+            "gen_info": (ses.prompt, ses.seed, ses.model)}
     editor_open = ses.shown.get("editor_open", False)
     res_choices = ["all"] + [str(r) for r in getattr(ses.attention, "resolutions", ())]
     resolution = str(ses.view[0]) if ses.view and ses.view[0] not in (None, "") else "all"
@@ -84,8 +83,10 @@ def render(ses: InspectSession | None) -> tuple:
         view(ses, "mask", (ses.overlay, mask_bits), lambda: current_view(ses)),
         view(ses, "thr", (ses.threshold, ses.view),
              lambda: viz.overlay_mask(ses.image, ses.threshold_mask(), (255, 140, 0))),
-        view(ses, "curve", curve_key, lambda: None if ses.choice is None else viz.iou_curve_image(
-            ses.choice.thresholds, ses.choice.ious, ses.choice.threshold, ses.threshold)),
+        # the curve and the refiner's choice; the slider itself shows the user's threshold, so a
+        # slider step re-sends no chart
+        view(ses, "curve", choice_id, lambda: None if ses.choice is None else viz.iou_curve_image(
+            ses.choice.thresholds, ses.choice.ious, ses.choice.threshold)),
         view(ses, "refined", choice_id, lambda: None if ses.choice is None else
              viz.overlay_mask(ses.image, ses.choice.refined, (255, 60, 200))),
         *(view(ses, k, text[k], lambda k=k: text[k]) for k in ("choice_info", "mask_label")),
@@ -96,7 +97,9 @@ def render(ses: InspectSession | None) -> tuple:
         view(ses, "editor", (mask_bits, id(ses.state)) if editor_open else "closed",
              lambda: {"background": disp(current_view(ses, overlay=True)), "layers": [], "composite": None}
              if editor_open else None),
-        *(view(ses, k, text[k], lambda k=k: text[k]) for k in ("store_info", "gen_info")),
+        view(ses, "store_info", text["store_info"], lambda: text["store_info"]),
+        view(ses, "gen_info", text["gen_info"],
+             lambda: f"prompt: “{ses.prompt}”, seed {ses.seed}  \nmodel: {describe_model(ses.model)}"),
         view(ses, "seed", ses.seed, lambda: gr.update(value=ses.seed)),
         view(ses, "resolution", (tuple(res_choices), resolution),
              lambda: gr.update(choices=res_choices, value=resolution if resolution in res_choices else "all")),

@@ -90,7 +90,9 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     assert 0 < threshold < 1 and "chose threshold" in out[G_CHOICE]
     m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[G_MASK]))
     m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[G_MASK]))
-    tint = lambda m: int((np.abs(m.astype(int) - image.astype(int)).sum(-1) > 30).sum())
+    assert m_lo.shape == (64, 64, 3)  # the threshold's views go at the image's own size (the page enlarges them)
+    native = image[::image.shape[0] // 64, ::image.shape[1] // 64]
+    tint = lambda m: int((np.abs(m.astype(int) - native.astype(int)).sum(-1) > 30).sum())
     assert tint(m_lo) > tint(m_hi)  # a lower threshold shows a bigger mask
     c.predict(threshold=threshold, api_name="/threshold")  # back to the refiner's choice
     msg = c.predict(tags="api", api_name="/accept")[G_STORE]
