@@ -136,17 +136,21 @@ def tell_user(e: BaseException) -> None:
         gr.Warning(GENERIC_ERROR)
 
 
-def handler(render):
+def handler(render, open_session=None):
     """Wire ``fn(session, *inputs) -> session`` as an event handler returning
     ``(session, *render(session))``: every output of the tab, drawn from the session the
     handler left (on an error: the session as it was, see :func:`tell_user`), so no view can
-    show a state the session does not hold."""
+    show a state the session does not hold. ``open_session(request)``: the tab's session
+    when the page has none yet (made before ``fn`` runs, so it is kept even if ``fn`` fails)."""
     import functools
 
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(ses, *args, **kwargs):
             try:
+                if ses is None and open_session is not None:
+                    request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+                    ses = open_session(request)
                 ses = fn(ses, *args, **kwargs)
             except Exception as e:  # noqa: BLE001 -- sorted by tell_user; the views stay the session's
                 tell_user(e)

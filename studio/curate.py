@@ -154,28 +154,32 @@ def _open(ses, request) -> CurateSession:
     return ses if ses is not None else CurateSession.open(store_dir_for(request))
 
 
-@handler(render)
+def _new_session(request) -> CurateSession:
+    return CurateSession.open(store_dir_for(request))
+
+
+@handler(render, _new_session)
 def on_refresh(ses, request: gr.Request = None):
     ses = _open(ses, request)
     ses.refresh()
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_filter(ses, status, classes, tag, request: gr.Request = None):
     ses = _open(ses, request)
     ses.set_filter(status, classes, tag)
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_page(ses, delta, request: gr.Request = None):
     ses = _open(ses, request)
     ses.turn_page(int(delta))
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_select(ses, evt: gr.SelectData, request: gr.Request = None):
     ses = _open(ses, request)
     screen_shows(ses, "gallery_index", evt.index)  # the gallery highlights it already
@@ -183,21 +187,21 @@ def on_select(ses, evt: gr.SelectData, request: gr.Request = None):
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_step(ses, delta, request: gr.Request = None):
     ses = _open(ses, request)
     ses.step(int(delta))
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_heat(ses, show, request: gr.Request = None):
     ses = _open(ses, request)
     ses.set_show_heat(bool(show))
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_status(ses, status, request: gr.Request = None):
     ses = _open(ses, request)
     ses.set_status(status)
@@ -205,7 +209,7 @@ def on_status(ses, status, request: gr.Request = None):
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_bulk(ses, status, request: gr.Request = None):
     ses = _open(ses, request)
     ses.bulk(status)
@@ -213,35 +217,35 @@ def on_bulk(ses, status, request: gr.Request = None):
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_undo(ses, request: gr.Request = None):
     ses = _open(ses, request)
     gr.Info(ses.undo())
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_preview(ses, threshold, request: gr.Request = None):
     ses = _open(ses, request)
     ses.preview_threshold(threshold)
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_save(ses, notes, threshold, request: gr.Request = None):
     ses = _open(ses, request)
     gr.Info(ses.save(notes, threshold))
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_export_status(ses, status, request: gr.Request = None):
     ses = _open(ses, request)
     ses.set_export_status(status)
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_export(ses, fmt, status, val, request: gr.Request = None, progress=gr.Progress()):
     ses = _open(ses, request)
     ses.set_export_status(status)
@@ -250,7 +254,7 @@ def on_export(ses, fmt, status, val, request: gr.Request = None, progress=gr.Pro
     return ses
 
 
-@handler(render)
+@handler(render, _new_session)
 def on_copy_examples(ses, request: gr.Request = None):
     from pipeline.examples import copy_examples
 
