@@ -319,8 +319,8 @@ def test_curate_keyboard_review_and_export(page):
     assert s.get(1).status == "rejected"
     page.keyboard.press("p")
     wait_text(page, "#curate-detail", "rejected")
-    page.keyboard.press("u")  # undo the last status change
-    wait_text(page, "#curate-detail", "accepted")
+    page.keyboard.press("u")  # undo the last status change (the history also says "accepted": wait for the undo)
+    wait_text(page, "#curate-message", "#1 back to accepted")
     assert s.get(1).status == "accepted"
     page.keyboard.press("r")
     wait_text(page, "#curate-gallery", "rejected")
