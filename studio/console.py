@@ -111,6 +111,12 @@ def user_words(text: str) -> str:
                 .replace("--sam-checkpoint", "the 'SAM weights' box"))
 
 
+# The keys of each tab (ui.SHORTCUTS_JS maps them), as the tabs list them.
+GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
+**z** undo · **y** redo · **1** threshold mask · **2** refined mask · **o** mask overlay on/off ·
+touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
+
+
 # -- one-way data flow: handler -> session -> render --------------------------------------------
 GENERIC_ERROR = "Something went wrong on the server (it is logged there); what you see is unchanged."
 

@@ -18,7 +18,7 @@ from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, strokes_from_lay
 from pipeline.refine import DEFAULT_REFINER, REFINERS
 from pipeline.curation import parse_tags
 
-from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, user_words, view
+from .console import GENERATE_KEYS_HELP, VIEW_FORMAT, add_debug_reader, handler, screen_shows, user_words, view
 from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, size_info,
                     store_dir_for)
 
@@ -26,11 +26,6 @@ CLICK_MODES = ["do nothing", "add object (+)", "mark background (-)"]
 SOURCE_CHOICES = {"use threshold mask": "threshold", "use refined mask": "refined"}
 SOURCE_LABELS = {v: k for k, v in SOURCE_CHOICES.items()}
 BRUSH_SIZE = 12  # the touch-up brush's starting radius in editor pixels; [ and ] change it
-GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
-**z** undo · **y** redo · **1** threshold mask · **2** refined mask · **o** mask overlay on/off ·
-touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
-
-
 # -- render ----------------------------------------------------------------------------------
 def current_view(ses: InspectSession, overlay: bool | None = None) -> np.ndarray:
     """(H, W, 3) uint8 at the image's own size (the page enlarges it, pixelated: STUDIO_CSS): the
@@ -177,9 +172,7 @@ def on_click(ses, mode, evt: gr.SelectData):
     return ses
 
 
-def on_click_views(ses, mode, evt: gr.SelectData):
-    """on_click without the session among its outputs: the session is changed in place, and an
-    event that writes the State lets Gradio apply quick clicks' answers out of order."""
+def on_click_views(ses, mode, evt: gr.SelectData):  # no State output: with it, quick clicks' answers land out of order
     return on_click(ses, mode, evt)[1:]
 
 
