@@ -1,8 +1,10 @@
 """Curation: page through a store's samples, review one at a time, change status (with a
 history and undo), notes and threshold, and export what was kept.
 
-The Curate & Export tab is a thin view over :class:`Curation` (as the Generate tab is over
-:class:`pipeline.session.InspectSession`); nothing here knows about widgets, so every rule
+The Curate & Export tab is a thin view over :class:`CurateSession` (one per browser session:
+filter, page, highlight, the user's own status changes to undo, a threshold being previewed,
+the last export) over :class:`Curation` (as the Generate tab is over
+:class:`pipeline.inspect.InspectSession`); nothing here knows about widgets, so every rule
 (what a page holds, what a review shows, which status an undo restores, when a threshold
 re-derives masks) is unit-tested without a browser. Pictures are numpy ``HWC uint8 RGB``
 drawn from :meth:`Store.masks`, the masks every exporter writes, so what the reviewer sees
@@ -24,6 +26,11 @@ from . import viz
 from .dataset import STATUSES, DamagedSampleError, Record, StatusAnswer, Store, StoreError
 from .errors import PipelineError
 from .export import ExportReport, export
+
+try:  # the store's rule for re-deriving threshold masks (moving from dataset.py to masks.py)
+    from .masks import derive_generated
+except ImportError:
+    from .dataset import _derive_generated as derive_generated
 
 PAGE_SIZE = 48
 THUMB_CACHE_SIZE = 4096
@@ -62,6 +69,12 @@ class SampleFilter:
         if self.tags:
             what += f" tagged {', '.join(self.tags)}"
         return what
+
+
+def parse_tags(text: str | Sequence[str] | None) -> list[str]:
+    """Tags (or classes) from a form's comma-separated text: stripped, empty ones dropped.
+    The one parser of the studio's tag and class boxes."""
+    return list(_words(text) or ())
 
 
 def _words(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -170,8 +183,10 @@ class Curation:
                     tiles.append(Tile(r.id, damaged_tile(), f"#{r.id} ⚠ damaged: {reason}", reason))
         return Page(tiles, total, page, pages)
 
-    def review(self, sample_id: int, show_heat: bool = False) -> Review:
-        """One sample's large view: its image with its masks (or its heat map, if it has one)."""
+    def review(self, sample_id: int, show_heat: bool = False, threshold: float | None = None) -> Review:
+        """One sample's large view: its image with its masks (or its heat map, if it has one).
+        ``threshold``: preview the masks as Save would re-derive them at that threshold (the
+        store's rule, nothing written)."""
         with self._store() as store:
             r = store.get(sample_id)
             try:
@@ -180,6 +195,10 @@ class Curation:
                     view = viz.overlay_heat(img, store.heat(r))
                 else:
                     masks = store.masks(r)
+                    if threshold is not None and r.heat_map and any(i.source == "generated" for i in r.instances):
+                        derived = derive_generated(store.heat(r), float(threshold), [m for _, m in masks],
+                                                   [i.source for i in r.instances])
+                        masks = [(c, m if d is None else d) for (c, m), d in zip(masks, derived)]
                     view = viz.overlay_instances(img, [m for _, m in masks]) if masks else img
             except DamagedSampleError as e:
                 return Review(r, None, damaged=e.reason)
@@ -248,6 +267,188 @@ class Curation:
         finally:
             shutil.rmtree(out, ignore_errors=True)
         return archive, rep
+
+
+# -- one browser session's curation ------------------------------------------------------------
+@dataclass
+class CurateSession:
+    """What one user's Curate & Export tab holds: the filter and page, the highlighted sample,
+    the status changes this user made (undo takes back the last one, wherever the highlight
+    went since), a threshold being previewed before Save, and the last export."""
+
+    curation: Curation
+    where: SampleFilter = field(default_factory=SampleFilter)
+    page_no: int = 0
+    page: Page | None = None
+    index: int | None = None
+    show_heat: bool = False
+    preview: float | None = None  # a threshold shown for the highlighted sample, not saved yet
+    changes: list = field(default_factory=list)  # the user's status changes, newest last: {id: status before}
+    export_status: str = "accepted"  # which samples an export takes (with the gallery's classes and tags)
+    last_export: tuple | None = None  # (zip path, description) of the last export that worked
+    message: str = ""  # the last action's outcome, in the user's words
+    revision: int = 0  # counts every change (a UI compares it to redraw)
+    shown: dict = field(default_factory=dict, repr=False, compare=False)  # a UI's memo of what it last drew
+
+    @classmethod
+    def open(cls, store_dir: str | Path, page_size: int = PAGE_SIZE) -> "CurateSession":
+        ses = cls(Curation(store_dir, page_size))
+        ses.refresh()
+        return ses
+
+    # -- what is shown ------------------------------------------------------------------------
+    @property
+    def ids(self) -> list[int]:
+        return self.page.ids if self.page is not None else []
+
+    @property
+    def current(self) -> int | None:
+        """The highlighted sample's id (None: nothing highlighted)."""
+        return self.ids[self.index] if self.index is not None and self.index < len(self.ids) else None
+
+    def review(self) -> Review | None:
+        """The highlighted sample's large view (at the previewed threshold, if any)."""
+        sid = self.current
+        return None if sid is None else self.curation.review(sid, self.show_heat, self.preview)
+
+    @property
+    def export_where(self) -> SampleFilter:
+        return SampleFilter(None if self.export_status == "any" else self.export_status, self.where.classes,
+                            self.where.tags)
+
+    def export_summary(self) -> str:
+        return self.curation.export_summary(self.export_where)
+
+    # -- navigation ---------------------------------------------------------------------------
+    def _touch(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        self.revision += 1
+
+    def refresh(self) -> None:
+        """Read the page again (the store may have changed); the highlight stays on its position."""
+        self.page = self.curation.page(self.where, self.page_no)
+        self.page_no = self.page.page
+        if self.index is not None:
+            self.index = min(self.index, len(self.ids) - 1) if self.ids else None
+        self._touch()
+
+    def set_filter(self, status: str | None, classes: str | None, tags: str | None) -> None:
+        where = SampleFilter.parse(status, classes, tags)  # refused before anything changes
+        self.where, self.page_no, self.index, self.preview = where, 0, None, None
+        self.refresh()
+
+    def turn_page(self, delta: int) -> None:
+        self.page_no, self.index, self.preview = max(0, self.page_no + int(delta)), None, None
+        self.refresh()
+
+    def select(self, index: int | None) -> None:
+        if index is not None and not 0 <= int(index) < len(self.ids):
+            raise CurationError(f"no sample at position {index} on this page")
+        if index != self.index:
+            self.index, self.preview = (None if index is None else int(index)), None
+        self._touch()
+
+    def step(self, delta: int) -> None:
+        """Highlight the next (+1) or previous (-1) sample of the page."""
+        if not self.ids:
+            raise CurationError("No samples on this page: change the filters or press Refresh.")
+        index = 0 if self.index is None else min(max(self.index + int(delta), 0), len(self.ids) - 1)
+        self.select(index)
+
+    def set_show_heat(self, show: bool) -> None:
+        self.show_heat = bool(show)
+        self._touch()
+
+    # -- changes ------------------------------------------------------------------------------
+    def _need_current(self) -> int:
+        if self.current is None:
+            raise CurationError("Select a sample in the gallery first.")
+        return self.current
+
+    def _statuses(self, ids) -> dict:
+        with self.curation._store() as store:
+            return {i: store.get(i).status for i in ids}
+
+    def set_status(self, status: str) -> None:
+        """The highlighted sample gets ``status``; the highlight moves on to the next one."""
+        sid = self._need_current()
+        before = self._statuses([sid])
+        self.curation.set_status(sid, status)
+        self.changes.append(before)
+        self.refresh()
+        if self.ids:
+            self.index, self.preview = min((self.index or 0) + 1, len(self.ids) - 1), None
+        self._touch(f"#{sid} {status}")
+
+    def bulk(self, status: str) -> int:
+        """Every sample on the page gets ``status`` (one change for undo)."""
+        ids = self.ids
+        before = self._statuses(ids)
+        n = self.curation.set_status(ids, status)
+        if ids:
+            self.changes.append(before)
+        self.refresh()
+        self._touch(f"{n} samples {status}")
+        return n
+
+    def undo(self) -> str:
+        """Take back this user's last status change (one sample or a page), wherever the
+        highlight is now; the highlight goes to the sample it changed. Returns what was done."""
+        if not self.changes:
+            raise CurationError("Nothing to undo: you have not changed a status here yet.")
+        before = self.changes.pop()
+        by_status: dict[str, list[int]] = {}
+        for sid, status in before.items():
+            by_status.setdefault(status, []).append(sid)
+        for status, ids in by_status.items():
+            self.curation.set_status(ids, status, by="undo")
+        self.refresh()
+        if len(before) == 1:
+            sid = next(iter(before))
+            if sid in self.ids:
+                self.index, self.preview = self.ids.index(sid), None
+            text = f"#{sid} back to {before[sid]}"
+        else:
+            text = f"{len(before)} samples back to their status before"
+        self._touch(text)
+        return text
+
+    def preview_threshold(self, threshold: float | None) -> None:
+        """Show the highlighted sample's masks re-derived at ``threshold`` (not saved)."""
+        sid = self._need_current()
+        rev = self.curation.review(sid)
+        if threshold is not None and not rev.threshold_applies:
+            raise CurationError(f"#{sid}'s mask is not a threshold mask (hand-edited, refined or imported): "
+                                "the threshold does not change it")
+        self.preview = None if threshold is None or (rev.threshold is not None and
+                                                     abs(float(threshold) - rev.threshold) < 1e-6) else float(threshold)
+        self._touch()
+
+    def save(self, notes: str, threshold: float | None) -> str:
+        """Save the notes and, for a threshold mask, the threshold shown (re-deriving its masks)."""
+        sid = self._need_current()
+        rev = self.curation.review(sid)
+        t = threshold if rev.threshold_applies else None
+        if self.curation.save_details(sid, notes, t):
+            text = f"#{sid}: notes saved, masks re-derived at threshold {float(t):.2f}"
+        elif rev.threshold_applies:
+            text = f"#{sid}: notes saved (threshold unchanged)"
+        else:
+            text = f"#{sid}: notes saved (its mask is not a threshold mask: no threshold to save)"
+        self.preview = None
+        self.refresh()
+        self._touch(text)
+        return text
+
+    def set_export_status(self, status: str | None) -> None:
+        SampleFilter.parse(status)  # refused before anything changes
+        self.export_status = status or "any"
+        self._touch()
+
+    def exported(self, path: str, description: str) -> None:
+        self.last_export = (str(path), description)
+        self._touch(description)
 
 
 def describe_export(rep: ExportReport) -> str:

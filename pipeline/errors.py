@@ -45,3 +45,8 @@ def check_stop(should_stop, what: str) -> None:
     between steps, so a stopped request costs at most one more step."""
     if should_stop is not None and should_stop():
         raise Cancelled(f"{what} stopped: the request was cancelled (Stop, or the page was closed)")
+
+
+class SessionError(PipelineError, ValueError):
+    """An action that does not apply in a session's current state (Inspect or Insert; the
+    message says what to do first)."""

@@ -74,6 +74,9 @@ class PlacementResult:
         return s, (x1 + x2) // 2, (y1 + y2) // 2
 
 
+GROUND = 0.85  # where a standing object's box bottom scores best, as a fraction of the height
+
+
 def box_size(scale: float, fg_hw: tuple[int, int], bg_hw: tuple[int, int]) -> tuple[int, int]:
     """(w, h) of the box for an object of size fg_hw at ``scale`` in a background bg_hw."""
     fh, fw = fg_hw
@@ -156,7 +159,10 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
         det = _box_mean(i_edges, bw, bh)
         ys = (np.arange(occ.shape[0]) + bh) / h  # box bottom, 0 top .. 1 bottom
         centre_y = (np.arange(occ.shape[0]) + bh / 2) / h
-        support = (1 - centre_y if flying else ys)[:, None]
+        # standing objects rest low in the picture, but not on its bottom edge (a box there is
+        # cut by the frame): support rises to 1 at 85 % of the height and falls below it
+        standing = np.where(ys <= GROUND, ys / GROUND, 1 - (ys - GROUND) / (1 - GROUND) * 0.5)
+        support = (1 - centre_y if flying else standing)[:, None]
         score = w_free * (1 - occ) + w_detail * (1 - det) + w_support * support
         if typical is not None:
             rel = (bw_full * bh_full) / (H * W) / max(typical, 1e-6)

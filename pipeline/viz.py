@@ -121,3 +121,17 @@ def iou_curve_image(thresholds, ious, chosen: float | None = None, current: floa
         cv2.putText(img, label, (x + 22, 19), font, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
         x += 30 + cv2.getTextSize(label, font, 0.45, 1)[0][0]
     return img
+
+
+def draw_clicks(image: np.ndarray, clicks, min_side: int = 320) -> np.ndarray:
+    """The image enlarged for display (upscale_for_display) with each click ((x, y, label) in
+    image pixels) as a dot: green for an object (1), red for background (0)."""
+    import cv2
+
+    shown = upscale_for_display(image, min_side)
+    k = display_scale(image.shape[:2], min_side)
+    for x, y, label in clicks:
+        centre = (int((x + 0.5) * k), int((y + 0.5) * k))
+        cv2.circle(shown, centre, max(4, int(k * 1.5)), (40, 220, 60) if label else (235, 40, 40), -1)
+        cv2.circle(shown, centre, max(4, int(k * 1.5)), (255, 255, 255), 1)
+    return shown

@@ -103,3 +103,147 @@ def atomic_image_cache() -> None:
 
     save_pil_to_cache._diffumask_atomic = True
     pu.save_pil_to_cache = save_pil_to_cache
+
+
+def user_words(text: str) -> str:
+    """Point programmer-facing hints at the widget a studio user has."""
+    return (text.replace("pass it with --sam-checkpoint", "put its path in the 'SAM weights' box")
+                .replace("--sam-checkpoint", "the 'SAM weights' box"))
+
+
+# The keys of each tab (ui.SHORTCUTS_JS maps them), as the tabs list them.
+GENERATE_KEYS_HELP = """**Keys** (not while typing): **g** generate · **s** next seed · **a** accept · **r** reject ·
+**z** undo · **y** redo · **1** threshold mask · **2** refined mask · **o** mask overlay on/off ·
+touch-up editor: **b** brush (adds) · **e** eraser (black brush) · **[** / **]** smaller / larger brush"""
+
+
+# -- one-way data flow: handler -> session -> render --------------------------------------------
+GENERIC_ERROR = "Something went wrong on the server (it is logged there); what you see is unchanged."
+
+
+def tell_user(e: BaseException) -> None:
+    """The one error policy of every tab: a mistake the user can fix (a PipelineError) is a
+    warning toast with its message and one log line; a stop is an info toast; anything else
+    (a bug, a third-party ValueError) is logged with its traceback and shown as a generic
+    toast, never as the user's mistake. Never a red error badge over the views."""
+    from pipeline.errors import Cancelled, PipelineError
+
+    if isinstance(e, Cancelled):
+        if not getattr(e, "logged", False):  # generate_one logs the stops it sees
+            print(f"studio: {e}", file=sys.stderr, flush=True)
+        gr.Info(str(e))
+    elif isinstance(e, gr.Error):  # made by user_error from a PipelineError (logged there)
+        gr.Warning(e.message)
+    elif isinstance(e, PipelineError):
+        LOG.warning("user error: %s", e)  # one line, no traceback: not a bug
+        gr.Warning(str(e))
+    else:
+        LOG.error("unexpected error", exc_info=e)
+        gr.Warning(GENERIC_ERROR)
+
+
+def handler(render, open_session=None):
+    """Wire ``fn(session, *inputs) -> session`` as an event handler returning
+    ``(session, *render(session))``: every output of the tab, drawn from the session the
+    handler left (on an error: the session as it was, see :func:`tell_user`), so no view can
+    show a state the session does not hold. ``open_session(request)``: the tab's session
+    when the page has none yet (made before ``fn`` runs, so it is kept even if ``fn`` fails)."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(ses, *args, **kwargs):
+            try:
+                if ses is None and open_session is not None:
+                    request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+                    ses = open_session(request)
+                ses = fn(ses, *args, **kwargs)
+            except Exception as e:  # noqa: BLE001 -- sorted by tell_user; the views stay the session's
+                tell_user(e)
+            return (ses, *render(ses))
+        return wrapper
+    return deco
+
+
+_UNSET = object()
+
+
+def view(ses, name: str, key, draw):
+    """One view of ``render(ses)``: ``gr.skip()`` when the view last rendered for this session
+    was drawn from an equal ``key`` (the page already shows it: no bytes re-encoded or sent),
+    else ``draw()``, remembered in ``ses.shown``. ``ses`` None: always drawn."""
+    if ses is None:
+        return draw()
+    if ses.shown.get(name, _UNSET) == key:
+        return gr.skip()
+    value = draw()
+    ses.shown[name] = key
+    return value
+
+
+def screen_shows(ses, name: str, key) -> None:
+    """An input widget reported what it shows (the user moved it): render then sends it only
+    when the session differs from that."""
+    if ses is not None:
+        ses.shown[name] = key
+
+
+# -- tests: what the server holds, to compare with what the page shows ---------------------------
+DEBUG_ENV = "DIFFUMASK_STUDIO_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether the test-only session readers are on (the environment variable set to 1)."""
+    import os
+
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def describe_render(ses, render, names) -> str:
+    """JSON of a full ``render(ses)`` (nothing skipped) by view name: pictures as their shape and
+    the SHA-256 of their pixels, texts and widget values as they are. The session's memo of
+    what the page shows is left as it was."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    _READS.append(None)
+    if ses is None:
+        return json.dumps({"read": len(_READS), "views": None})
+    memo = ses.shown
+    ses.shown = {k: v for k, v in memo.items() if k == "editor_open"}
+    try:
+        out = render(ses)
+    finally:
+        ses.shown = memo
+
+    def plain(v):
+        if isinstance(v, dict) and "__type__" in v:
+            v = {k: plain(x) for k, x in v.items() if k != "__type__"}
+            return v
+        if isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            return {"picture": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, (np.integer, np.floating)):
+            return v.item()
+        return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+    return json.dumps({"read": len(_READS), "views": {name: plain(v) for name, v in zip(names, out)}})
+
+
+_READS: list = []  # one entry per reading (numbers them)
+
+
+def add_debug_reader(tab: str, state, render, names) -> None:
+    """Test-only (``DIFFUMASK_STUDIO_DEBUG=1``): a hidden button ``#debug-<tab>`` whose click
+    writes :func:`describe_render` of this browser session's ``<tab>`` session into the hidden
+    box ``#debug-<tab>-out``. Nothing is added otherwise."""
+    if not debug_enabled():
+        return
+    out = gr.Textbox(elem_id=f"debug-{tab}-out", elem_classes=["dm-debug"], show_label=False, container=False)
+    button = gr.Button(f"debug {tab}", elem_id=f"debug-{tab}", elem_classes=["dm-debug"])
+    button.click(lambda s: describe_render(s, render, names), state, out, queue=False, show_progress="hidden")

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from pathlib import Path
 
+from pipeline.access import check_user_path
+from pipeline.bank import ObjectBank
+from pipeline.dataset import Store, StoreError
 from pipeline.gpu import gpu
+from pipeline.presets import resolve_checkpoint
+from pipeline.refine import get_refiner
 
 # One UNet is shared by every session; attention capture swaps its processors, so model
 # calls run one at a time (the Gradio queue also limits them; this lock makes sure).
@@ -12,6 +18,20 @@ MODEL_LOCK = threading.Lock()
 
 
 _MODEL_OPTIONS = {"device": "auto", "dtype": None}
+_STORE = {"dir": Path("studio_data")}
+
+
+def set_store_dir(path) -> Path:
+    """The studio's dataset folder (app.py's --store)."""
+    _STORE["dir"] = Path(path)
+    return _STORE["dir"]
+
+
+def store_dir_for(request=None) -> Path:
+    """The one place every handler gets the dataset folder it reads and writes, from its
+    ``gr.Request`` (today the studio's one store; a public deployment gives each visitor
+    their own folder here)."""
+    return _STORE["dir"]
 
 
 def set_model_options(device: str = "auto", dtype: str | None = None) -> None:
@@ -148,7 +168,7 @@ def generate_one(model: str | None, class_name: str, seed, **options):
     except Cancelled as e:  # the caller leaves its views as they were (see stopped())
         log_cancelled(e)
         raise
-    except (ModelLoadError, PresetUnavailable, PipelineError, ValueError) as e:
+    except (ModelLoadError, PresetUnavailable, PipelineError) as e:  # not a third party's ValueError: a bug
         raise user_error(str(e))
 
 
@@ -166,3 +186,91 @@ def log_cancelled(e: Exception) -> None:
     import sys
 
     print(f"studio: {e}", file=sys.stderr, flush=True)
+    e.logged = True  # console.tell_user does not print it again
+
+
+# -- refiners and the examples store: made once, shared by every session ---------------------------
+class LockedRefiner:
+    """A refiner that holds MODEL_LOCK while it runs: SAM keeps one image embedding per
+    predictor, so one session at a time may use it."""
+
+    def __init__(self, refiner):
+        self.refiner, self.name = refiner, refiner.name
+        self.takes_points = getattr(refiner, "takes_points", False)
+        self.needs_self_attention = getattr(refiner, "needs_self_attention", False)
+        self.stateful = True
+
+    def __call__(self, *args, **kwargs):
+        with MODEL_LOCK:
+            return self.refiner(*args, **kwargs)
+
+
+def make_refiner(name: str, checkpoint: str | None):
+    """The named refiner (from the registry; SAM's weights from the 'SAM weights' box, a path,
+    hub id or preset name), the same object for the same choice (sessions compare them)."""
+    checkpoint = check_user_path((checkpoint or "").strip() or None, "SAM checkpoint")  # public mode: allow-list
+    return _cached_refiner(name, resolve_checkpoint(checkpoint))
+
+
+@lru_cache(maxsize=4)
+def _cached_refiner(name: str, checkpoint):
+    # SAM's predictor keeps the image embedding: reusing it makes each extra click cheap
+    refiner = get_refiner(name, checkpoint=checkpoint)
+    return LockedRefiner(refiner) if getattr(refiner, "stateful", False) else refiner
+
+
+
+
+# dropdown values of the Insert tab's background list: (store, sample id), carried as "<store>:<id>"
+MINE, EXAMPLES = "dataset", "examples"
+THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
+
+
+@lru_cache(maxsize=1)
+def examples_store_dir() -> Path:
+    """The examples (the shipped CC BY COCO photos and embedded-model samples, see
+    pipeline.examples) in a store of their own, so the demo has real backgrounds, objects and
+    samples to curate without adding anything to the user's dataset."""
+    import tempfile
+
+    from pipeline.examples import build_examples_store
+
+    # versioned: uids stay the same when assets/examples change, so a changed set needs a new folder
+    return build_examples_store(Path(tempfile.gettempdir()) / "diffumask-examples-v2")
+
+
+def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
+    sources = [("your dataset", Path(store_dir))]
+    try:
+        sources.append(("example photos", examples_store_dir()))
+    except (StoreError, OSError):
+        pass
+    return sources
+
+
+def background_choices(store_dir: Path) -> list[tuple[str, str]]:
+    """(label, value) of every background to pick: the user's accepted samples, then the examples."""
+    with Store(store_dir) as store:
+        out = [(f"#{r.id} {', '.join(r.classes)}", f"{MINE}:{r.id}") for r in store.query(status="accepted")]
+    try:
+        with Store(examples_store_dir()) as ex:
+            out += [(f"example: #{r.id} {', '.join(r.classes[:4])}", f"{EXAMPLES}:{r.id}") for r in ex.query()]
+    except (StoreError, OSError):
+        pass
+    return out
+
+
+def bank_classes(store_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, root in object_sources(store_dir):
+        with Store(root) as store:
+            for c, n in ObjectBank(store).classes().items():
+                counts[c] = counts.get(c, 0) + n
+    return counts
+
+
+@lru_cache(maxsize=1)
+def thesaurus():
+    from pipeline.thesaurus import Thesaurus
+
+    return Thesaurus.load(THESAURUS) if THESAURUS.exists() else None

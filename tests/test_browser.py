@@ -225,7 +225,7 @@ def test_generate_click_undo_redo_accept(page):
     from pipeline import viz
     saved_image, saved_mask = s.image(recs[0].image), s.masks(recs[0])[0][1]
     shown = _fetch_picture(page, "#mask-view")
-    assert np.array_equal(shown, viz.upscale_for_display(viz.overlay_mask(saved_image, saved_mask)))
+    assert np.array_equal(shown, viz.overlay_mask(saved_image, saved_mask))  # sent at its own size
 
 
 def test_an_error_leaves_the_views_as_they_were(page):
@@ -333,8 +333,8 @@ def test_curate_keyboard_review_and_export(page):
     assert s.get(1).status == "rejected"
     page.keyboard.press("p")
     wait_text(page, "#curate-detail", "rejected")
-    page.keyboard.press("u")  # undo the last status change
-    wait_text(page, "#curate-detail", "accepted")
+    page.keyboard.press("u")  # undo the last status change (the history also says "accepted": wait for the undo)
+    wait_text(page, "#curate-message", "#1 back to accepted")
     assert s.get(1).status == "accepted"
     page.keyboard.press("r")
     wait_text(page, "#curate-gallery", "rejected")
@@ -723,7 +723,7 @@ def test_a_fresh_studio_shows_examples_in_curate(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "5-curate-examples-fresh.png"), full_page=True)
         assert page.locator("#curate-gallery img").count() == 0
         page.click("#curate-examples-copy")
-        wait_text(page, "#curate-examples-info", "examples are in your dataset")
+        wait_text(page, "#curate-message", "examples are in your dataset")
         wait_text(page, "#curate-count", f"{n} samples")
         wait_text(page, "#export-scope", f"include {n} accepted samples")  # what Export will write follows
         page.screenshot(path=str(ARTIFACTS / "5b-curate-examples-added.png"), full_page=True)

@@ -144,7 +144,7 @@ def _join(url, steps):
     config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
     session = uuid.uuid4().hex[:11]
-    data = ["ball", "a photograph of a {}", 0, steps, 5, "embedded", "grabcut", "", "all", 0, 999, None, None]
+    data = [None, "ball", "a photograph of a {}", 0, steps, 5, "embedded", "grabcut", "", "all", 0, 999, None, None]
     event_id = _post(url + "gradio_api/queue/join", {"data": data, "fn_index": fn_index, "session_hash": session,
                                                      "event_data": None, "trigger_id": None})["event_id"]
     stream = urllib.request.urlopen(url + f"gradio_api/queue/data?session_hash={session}", timeout=300)
@@ -278,9 +278,14 @@ def test_the_stop_button_stops_generating_and_completes_the_event(studio):
     done = _read_until_completed(stream)
     stream.close()
     assert done["success"] is True, done  # a finished event, not a failed or cancelled one
-    # the session state is never sent to a client (None); every view is a skip: kept as it was
+    # the session state is never sent to a client (None); the views are rendered from the
+    # session as it was: none yet, so no picture (and the seed box is left as it is)
+    from studio.generate import OUTPUTS
+
     state, *views = done["output"]["data"]
-    assert state is None and views and all(d == {"__type__": "update"} for d in views), done
+    shown = dict(zip(OUTPUTS, views))
+    assert state is None and len(views) == len(OUTPUTS), done
+    assert all(shown[k] is None for k in ("image", "heat", "mask")) and shown["seed"] == {"__type__": "update"}
     _assert_stops_computing(studio.pid, busy)
 
 

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.curation import Curation, CurationError, SampleFilter, describe_export, thumbnail
+from pipeline.curation import Curation, CurateSession, CurationError, SampleFilter, describe_export, thumbnail
 from pipeline.dataset import NewSample, Store, StoreError
 from pipeline.export import ExportError
 
@@ -36,8 +36,8 @@ def store_ids(tmp_path):
 
 @pytest.fixture()
 def curate(store_ids):
-    """The studio's handlers over the pipeline's Curation (what the Curate tab calls)."""
-    from studio.ui import CurateActions
+    """The studio's store-side helpers over the pipeline's Curation."""
+    from studio.curate import CurateActions
 
     root, ids = store_ids
     return CurateActions(root), ids, root
@@ -116,20 +116,64 @@ def test_export_archive_leaves_only_the_zip(store_ids, tmp_path):
     assert sorted(p.name for p in work.iterdir()) == ["dataset-coco.zip"]  # nothing half-written left
 
 
+def test_undo_takes_back_the_last_change_wherever_the_highlight_went(store_ids):
+    """a on #1 moves the highlight to #2; u then puts #1 back (not 'no change to undo' on #2)."""
+    root, ids = store_ids
+    ses = CurateSession.open(root)
+    ses.select(0)
+    ses.set_status("rejected")
+    assert ses.current == ids[1]  # the highlight moved on
+    assert ses.undo() == f"#{ids[0]} back to accepted"
+    assert ses.current == ids[0]  # and came back to what was undone
+    with Store(root) as s:
+        assert s.get(ids[0]).status == "accepted" and s.get(ids[1]).status == "rejected"
+    ses.select(3)
+    ses.bulk("rejected")
+    ses.undo()
+    with Store(root) as s:
+        assert [s.get(i).status for i in ids] == ["accepted", "rejected", "accepted", "pending"]
+    with pytest.raises(CurationError, match="Nothing to undo"):
+        ses.undo()
+
+
+def test_a_threshold_is_previewed_before_save_and_refused_with_a_reason(store_ids):
+    root, ids = store_ids
+    ses = CurateSession.open(root)
+    ses.select(0)
+    before = ses.review().picture
+    ses.preview_threshold(0.8)
+    with Store(root) as s:  # nothing written yet
+        rec = s.get(ids[0])
+        assert rec.user_threshold is None and np.array_equal(s.masks(rec)[0][1], s.heat(rec) >= 0.5)
+        expected = Curation(root).review(ids[0]).picture
+    shown = ses.review().picture
+    assert np.array_equal(before, expected) and not np.array_equal(shown, before)
+    assert "re-derived at threshold 0.80" in ses.save("", 0.8)
+    assert np.array_equal(ses.review().picture, shown)  # what was previewed is what was saved
+    ses.select(2)  # a hand-edited mask
+    with pytest.raises(CurationError, match="not a threshold mask"):
+        ses.preview_threshold(0.3)
+    assert "no threshold to save" in ses.save("note", 0.3)
+
+
 @pytest.mark.slow
-def test_studio_handlers_are_the_curation(curate):
-    cur, ids, root = curate
-    got, items, summary, page = cur.gallery("any", "", "", 0)
-    assert got == ids and "4 samples" in summary and page == 0
-    picture, text, notes, slider = cur.review(ids[2])
-    assert np.array_equal(picture, Curation(root).review(ids[2]).picture)
-    assert slider["interactive"] is False  # a hand-edited mask: its slider says the threshold does not apply
-    assert "re-derived" in cur.save_details(ids[0], "x", 0.3)
+def test_the_tab_renders_its_session(store_ids):
+    from studio.curate import OUTPUTS, render
+
+    root, ids = store_ids
+    ses = CurateSession.open(root)
+    ses.select(2)
+    out = dict(zip(OUTPUTS, render(ses)))
+    assert np.array_equal(out["review"], Curation(root).review(ids[2]).picture)
+    slider = out["threshold"]
+    assert slider["interactive"] is False and "does not apply" in slider["label"]  # and says why
+    again = dict(zip(OUTPUTS, render(ses)))  # nothing changed: nothing re-sent
+    assert all(v == {"__type__": "update"} for k, v in again.items() if k != "gallery"), again
 
 
 @pytest.mark.slow
 def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
-    import studio.ui as ui
+    import studio.curate as ui
 
     cur, ids, root = curate
     monkeypatch.setattr(ui, "EXPORTS_DIR", tmp_path / "exports")

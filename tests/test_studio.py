@@ -22,14 +22,62 @@ def studio(tmp_path_factory):
         yield url, store
 
 
-def client(url):
-    from gradio_client import Client
+class Screen:
+    """A gradio_client whose ``predict`` returns what the page shows after the event: every tab
+    event returns all of its tab's outputs, a view the page already shows as a skip (an empty
+    update), so each output is folded into the last value it had (per tab, told by the number
+    of outputs)."""
 
-    return Client(url, verbose=False)
+    def __init__(self, url):
+        from gradio_client import Client
+
+        self.client, self.tabs = Client(url, verbose=False), {}
+
+    def predict(self, *args, **kwargs):
+        out = self.client.predict(*args, **kwargs)
+        if not isinstance(out, tuple):
+            return out
+        shown = self.tabs.setdefault(len(out), [None] * len(out))
+        for i, v in enumerate(out):
+            if isinstance(v, dict) and v.get("__type__") == "update":
+                if "value" in v:
+                    shown[i] = v["value"]
+            else:
+                shown[i] = v
+        return tuple(shown)
+
+
+def client(url):
+    return Screen(url)
 
 
 def gen(c, cls, seed):
     return c.predict(class_name=cls, seed=seed, api_name="/generate", **GEN_ARGS)
+
+
+# Outputs of every Generate-tab event (studio.generate.render), Insert-tab event
+# (studio.insert.render) and Curate-tab event (studio.curate.render): the whole tab each time.
+G_MASK, G_CHOICE, G_THRESHOLD, G_STORE = 2, 6, 8, 11
+I_ROWS, I_BG_INFO, I_COMPOSITE, I_MASKS, I_COMP_INFO, I_ACCEPT = 1, 3, 8, 9, 10, 11
+C_FILE, C_EXPORT_INFO, C_MESSAGE = 7, 8, 9
+
+
+def said(url, text: str, timeout: float = 30) -> None:
+    """The studio told the user ``text`` (a toast; its console logs each user error in one line)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in url.log.read_text():
+        assert time.monotonic() < deadline, f"the studio never said {text!r}"
+        time.sleep(0.1)
+
+
+def saved_id(line: str) -> int:
+    return int(line.split("#")[1].split()[0])
+
+
+def file_path(value) -> str:
+    return value["path"] if isinstance(value, dict) and "path" in value else value
 
 
 def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
@@ -38,24 +86,31 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     out = gen(c, "ball", 5)
     image = np.asarray(Image.open(out[0]))
     assert image.shape[0] >= 320  # the 64x64 sample, enlarged for display
-    threshold = out[8]["value"] if isinstance(out[8], dict) else out[8]  # a gr.update
-    assert 0 < threshold < 1 and "chose threshold" in out[6]
-    m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[0]))
-    m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[0]))
-    tint = lambda m: int((np.abs(m.astype(int) - image.astype(int)).sum(-1) > 30).sum())
+    threshold = out[G_THRESHOLD]
+    assert 0 < threshold < 1 and "chose threshold" in out[G_CHOICE]
+    m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[G_MASK]))
+    m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[G_MASK]))
+    assert m_lo.shape == (64, 64, 3)  # the threshold's views go at the image's own size (the page enlarges them)
+    native = image[::image.shape[0] // 64, ::image.shape[1] // 64]
+    tint = lambda m: int((np.abs(m.astype(int) - native.astype(int)).sum(-1) > 30).sum())
     assert tint(m_lo) > tint(m_hi)  # a lower threshold shows a bigger mask
     c.predict(threshold=threshold, api_name="/threshold")  # back to the refiner's choice
-    msg = c.predict(tags="api", api_name="/accept")
-    assert "saved as #" in msg
-    sid = int(msg.split("#")[1].split()[0])
+    msg = c.predict(tags="api", api_name="/accept")[G_STORE]
+    assert msg.startswith("saved as #")
+    sid = saved_id(msg)
     s = Store(store_dir)
     rec = s.get(sid)
     assert rec.classes == ["ball"] and rec.seed == 5 and rec.status == "accepted" and rec.tags == ["api"]
     assert rec.threshold == pytest.approx(threshold)
     s.close()
-    c.predict(status="any", classes="", tag="", api_name="/refresh")
-    assert c.predict(tags="api", api_name="/accept") == msg  # accepting again: the same one row
-    zpath, info = c.predict(fmt="coco", status="accepted", classes="ball", tag="api", val=0, api_name="/export")
+    c.predict(api_name="/refresh")
+    assert c.predict(tags="api", api_name="/accept")[G_STORE] == msg  # accepting again: the same one row
+    c.predict(threshold=0.2, api_name="/threshold")
+    assert c.predict(threshold=0.2, api_name="/threshold")[G_STORE].startswith("● unsaved changes")
+    c.predict(threshold=threshold, api_name="/threshold")
+    assert c.predict(threshold=threshold, api_name="/threshold")[G_STORE] == msg  # back to what is saved
+    out = c.predict(fmt="coco", status="accepted", val=0, api_name="/export")
+    zpath = file_path(out[C_FILE])
     with zipfile.ZipFile(zpath) as z:
         z.extractall(tmp_path / "x")
     from pycocotools.coco import COCO
@@ -67,41 +122,44 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
 
 
 def test_bad_input_gives_clear_errors(studio):
-    from gradio_client.exceptions import AppError
-
+    """Each mistake is told (a toast; one console line) and changes nothing: the tab is
+    rendered from the session as it was (here: none yet)."""
     url, _ = studio
     c = client(url)
-    with pytest.raises(AppError, match="does not occur in the prompt"):
-        c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of {}s"})
-    with pytest.raises(AppError, match="template"):
-        c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of a cat"})
-    with pytest.raises(AppError, match="Generate an image first"):
-        c.predict(tags="", api_name="/accept")
-    with pytest.raises(AppError, match="no samples match"):
-        c.predict(fmt="voc", status="accepted", classes="zebra", tag="", val=0, api_name="/export")
+    out = c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of {}s"})
+    said(url, "does not occur in the prompt")
+    assert out[0] is None and out[G_STORE] == ""
+    c.predict(class_name="ball", seed=0, api_name="/generate", **{**GEN_ARGS, "template": "a photograph of a cat"})
+    said(url, "template")
+    c.predict(class_name="cat/dog", seed=0, api_name="/generate", **GEN_ARGS)
+    said(url, "bad class name 'cat/dog'")  # before generating, not at Accept
+    assert c.predict(tags="", api_name="/accept")[G_STORE] == ""
+    said(url, "Generate an image first")
+    c.predict(status="any", classes="zebra", tag="", api_name="/filter")
+    out = c.predict(fmt="voc", status="accepted", val=0, api_name="/export")
+    said(url, "no samples match")
+    assert "Traceback" not in url.log.read_text()
 
 
 def test_insert_objects_flow(studio):
-    from gradio_client.exceptions import AppError
-
     url, store_dir = studio
     c = client(url)
     gen(c, "kite", 11)
-    sid = int(c.predict(tags="", api_name="/accept").split("#")[1].split()[0])
-    bg_choice = f"#{sid} kite"
-    c.predict(choice=bg_choice, upload=None, caption="a kite in the sky", model="embedded", api_name="/insert_load")
+    sid = saved_id(c.predict(tags="", api_name="/accept")[G_STORE])
+    c.predict(choice=f"dataset:{sid}", upload=None, caption="a kite in the sky", model="embedded",
+              api_name="/insert_load")
     c.predict(class_name="star", seed=3, model="embedded", source="generate with the model", api_name="/insert_object")
     c.predict(api_name="/insert_place")
-    comp, masks, info = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
-    assert "star" in info and "kite" in info
-    with pytest.raises(AppError, match="'rainnet' needs its published weights"):
-        c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
-    with pytest.raises(AppError, match="'default' takes no weights"):
-        c.predict(scorer="default", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
-    with pytest.raises(AppError, match="does not exist"):
-        c.predict(scorer="fopa", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
-    msg = c.predict(tags="insert", api_name="/insert_accept")
-    new_id = int(msg.split("#")[1].split()[0])
+    out = c.predict(scale=0.4, method="learned", api_name="/insert_preview")
+    assert "star" in out[I_COMP_INFO] and "kite" in out[I_COMP_INFO] and out[I_ACCEPT].startswith("● not saved")
+    c.predict(scale=0.4, method="rainnet", api_name="/insert_preview")
+    said(url, "'rainnet' needs its published weights")
+    c.predict(scorer="default", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
+    said(url, "'default' takes no weights")
+    c.predict(scorer="fopa", scorer_weights="/nowhere/fopa.pth", api_name="/insert_place")
+    said(url, "does not exist")
+    msg = c.predict(tags="insert", api_name="/insert_accept")[I_ACCEPT]
+    new_id = saved_id(msg)
     s = Store(store_dir)
     rec = s.get(new_id)
     assert rec.classes == ["kite", "star"] and rec.inserted[0]["class"] == "star"
@@ -119,8 +177,8 @@ def test_eight_clients_never_see_each_others_work(studio):
         c = client(url)
         gen(c, cls, seed)
         c.predict(threshold=0.5, api_name="/threshold")
-        msg = c.predict(tags=f"client-{seed}", api_name="/accept")
-        return cls, seed, int(msg.split("#")[1].split()[0])
+        msg = c.predict(tags=f"client-{seed}", api_name="/accept")[G_STORE]
+        return cls, seed, saved_id(msg)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(work, jobs))
@@ -133,7 +191,7 @@ def test_eight_clients_never_see_each_others_work(studio):
 
 def test_dragged_box_sets_centre_and_the_largest_fitting_scale():
     from pipeline.placement import box_size
-    from pipeline.session import InsertSession, SessionError
+    from pipeline.insert import InsertSession, SessionError
 
     bg = np.zeros((240, 320, 3), np.uint8)
     fg_mask = np.zeros((64, 64), bool)
@@ -162,10 +220,11 @@ def test_sam_refiner_from_a_transformers_folder(studio, tmp_path):
     out = c.predict(class_name="ball", seed=7, api_name="/generate",
                     **{**GEN_ARGS, "refiner_name": "sam", "sam_ckpt": str(folder)})
     # random weights may find no object: then the refiner says so; either way SAM ran on the image
-    assert out[6].startswith("sam chose threshold") or "sam refiner found no object pixels" in out[6], out[6]
+    info = out[G_CHOICE]
+    assert info.startswith("sam chose threshold") or "sam refiner found no object pixels" in info, info
     out = c.predict(class_name="ball", seed=7, api_name="/generate",
                     **{**GEN_ARGS, "refiner_name": "sam", "sam_ckpt": "facebook/sam-vit-base"})
-    assert "hf download facebook/sam-vit-base" in out[6]
+    assert "hf download facebook/sam-vit-base" in out[G_CHOICE]
 
 
 def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
@@ -174,7 +233,7 @@ def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
     lose exactly the covered pixels."""
     from conftest import shared
     from pipeline.export import import_coco
-    from studio.insert import EXAMPLE_PREFIX, examples_store_dir
+    from studio.insert import examples_store_dir
 
     url, store_dir = studio
     mini = shared("coco-mini")
@@ -184,8 +243,9 @@ def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
     with Store(examples_store_dir()) as ex:
         bg_rec = ex.query()[0]
         bg_masks = ex.masks(bg_rec)
-    _, rows, classes, info = c.predict(choice=f"{EXAMPLE_PREFIX}#{bg_rec.id} x", upload=None, caption="",
-                                          model="embedded", api_name="/insert_load")
+    out = c.predict(choice=f"examples:{bg_rec.id}", upload=None, caption="", model="embedded",
+                    api_name="/insert_load")
+    rows, info = out[I_ROWS], out[I_BG_INFO]
     assert "example photo" in info
     who = {r[0]: r[2] for r in rows["data"]}
     banked = [name for name, sup in who.items() if "bank" in sup]
@@ -194,7 +254,7 @@ def test_insert_a_real_object_from_the_bank_into_a_real_photo(studio):
               api_name="/insert_object")
     c.predict(api_name="/insert_place")
     c.predict(scale=0.3, method="none", api_name="/insert_preview")
-    new_id = int(c.predict(tags="bank", api_name="/insert_accept").split("#")[1].split()[0])
+    new_id = saved_id(c.predict(tags="bank", api_name="/insert_accept")[I_ACCEPT])
     with Store(store_dir) as s:
         rec = s.get(new_id)
         masks = s.masks(rec)
@@ -237,14 +297,16 @@ def test_a_fresh_studio_shows_examples_in_curate_apart_from_the_users_dataset(tm
         with Store(store_dir) as s:
             assert s.count() == 0  # nothing was added to the user's dataset
         c = client(url)
-        with pytest.raises(Exception, match="no samples match"):
-            c.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
-        assert f"{n} examples" in c.predict(api_name="/examples_copy")  # the user asks for them
+        out = c.predict(fmt="coco", status="accepted", val=0, api_name="/export")
+        said(url, "no samples match")
+        assert out[C_EXPORT_INFO] == ""  # nothing exported
+        assert f"{n} examples" in c.predict(api_name="/examples_copy")[C_MESSAGE]  # the user asks for them
         with Store(store_dir) as s:
             recs = s.query()
             assert len(recs) == n and all("example" in r.tags for r in recs)
             assert sum(r.heat_map is not None for r in recs) == len(GENERATED_SAMPLES)
             shipped = json.loads((EXAMPLES / "instances.json").read_text())["annotations"]
             assert sum(i.iscrowd for r in recs for i in r.instances) == sum(a["iscrowd"] for a in shipped) > 0
-        zpath, info = c.predict(fmt="coco", status="accepted", classes="", tag="example", val=0, api_name="/export")
-        assert info.startswith(f"{n} images")
+        c.predict(status="any", classes="", tag="example", api_name="/filter")
+        out = c.predict(fmt="coco", status="accepted", val=0, api_name="/export")
+        assert out[C_EXPORT_INFO].startswith(f"{n} images") and file_path(out[C_FILE]).endswith(".zip")
