@@ -137,7 +137,11 @@ DEFAULTS = GenerationConfig()
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    """Only local files: HF_HUB_OFFLINE, or a public studio (a single-file checkpoint would
+    otherwise fetch its configs from the hub on a visitor's request; see pipeline.access)."""
+    from .presets import downloads_allowed
+
+    return not downloads_allowed()
 
 
 def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
