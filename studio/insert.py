@@ -28,7 +28,7 @@ from pipeline.session import InsertSession, SessionError
 from pipeline.thesaurus import Thesaurus
 
 from .console import VIEW_FORMAT, user_error
-from .state import MODEL_LOCK, client_gone_hook, generate_one, stopped
+from .state import MODEL_LOCK, client_gone_hook, generate_one, public_datasets, stopped, store_dir_for
 
 THESAURUS = Path(__file__).resolve().parents[1] / "assets" / "thesaurus_coco.npz"
 INSERT_KEYS_HELP = ("**Keys** (not while typing): **l** load · **m** make object · **p** propose placement · "
@@ -95,13 +95,17 @@ def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
     return sources
 
 
-def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
+def build_insert_tab(model_box: gr.Textbox):
+    """The tab's widgets and events. Every store access goes to the sender's dataset
+    (``store_dir_for``: the operator's one store, or in public mode the browser session's own)."""
     thesaurus = Thesaurus.load(THESAURUS) if THESAURUS.exists() else None
     state = gr.State(None)
 
-    def accepted_choices():
-        with Store(store_dir) as store:
-            mine = [f"#{r.id} {', '.join(r.classes)}" for r in store.query(status="accepted")]
+    def accepted_choices(mine_too: bool = True):
+        mine = []
+        if mine_too:
+            with store_dir_for() as store_dir, Store(store_dir) as store:
+                mine = [f"#{r.id} {', '.join(r.classes)}" for r in store.query(status="accepted")]
         try:
             with Store(examples_store_dir()) as ex:
                 mine += [f"{EXAMPLE_PREFIX}#{r.id} {', '.join(r.classes[:4])}" for r in ex.query()]
@@ -109,7 +113,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             pass
         return mine
 
-    def _bank_classes() -> dict[str, int]:
+    def _bank_classes(store_dir: Path) -> dict[str, int]:
         counts: dict[str, int] = {}
         for _, root in object_sources(store_dir):
             with Store(root) as store:
@@ -124,17 +128,17 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
             except (StoreError, ImageError, SessionError) as e:
                 raise user_error(str(e))
         elif choice:
-            root = examples_store_dir() if choice.startswith(EXAMPLE_PREFIX) else store_dir
+            example = choice.startswith(EXAMPLE_PREFIX)
             try:
                 sid = int(choice.removeprefix(EXAMPLE_PREFIX).split()[0].lstrip("#"))
             except (ValueError, IndexError):
                 raise user_error(f"no sample {choice!r}: pick one from the list")
-            with Store(root) as store:
+            with store_dir_for() as store_dir, Store(examples_store_dir() if example else store_dir) as store:
                 try:
                     ses = InsertSession.from_record(store, store.get(sid))
                 except StoreError as e:
                     raise user_error(str(e))
-            if root != store_dir:
+            if example:
                 ses.origin = f"example photo {ses.origin.split('#')[1]}"
         else:
             raise user_error("Choose a sample in 'accepted sample' or upload a photo.")
@@ -147,7 +151,8 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
                 ranked = []
                 gr.Warning(f"no COCO class found in {scene!r}: describe the scene in 'scene caption' for suggestions")
             vocab = CLASS_NAMES if (model or "embedded") in ("", "embedded") else None
-            bank = _bank_classes()
+            with store_dir_for() as store_dir:
+                bank = _bank_classes(store_dir)
             for sug in supply(ranked, vocabulary=vocab, bank=_Classes(bank)):
                 rows.append([sug.name, round(sug.score, 3), " + ".join(sug.suppliers) or "not available"])
         k = _display_scale(ses.background)
@@ -164,15 +169,17 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         if not class_name:
             raise user_error("Choose or type the object's class in 'object class'.")
         if source == "cut from a photo (object bank)":
-            for label, root in object_sources(store_dir):
-                with Store(root) as store:
-                    bank = ObjectBank(store)
-                    if class_name in bank:
-                        obj = bank.pick(class_name, seed=int(seed or 0))
-                        fg, fg_mask = bank.cut_out(obj)
-                        ses.set_object(fg, fg_mask, class_name, f"{label}: sample #{obj.sample_id} instance {obj.index}")
-                        return ses, viz.upscale_for_display(viz.overlay_mask(fg, fg_mask), 160)
-            have = ", ".join(sorted(_bank_classes())) or "none"
+            with store_dir_for() as store_dir:
+                for label, root in object_sources(store_dir):
+                    with Store(root) as store:
+                        bank = ObjectBank(store)
+                        if class_name in bank:
+                            obj = bank.pick(class_name, seed=int(seed or 0))
+                            fg, fg_mask = bank.cut_out(obj)
+                            ses.set_object(fg, fg_mask, class_name,
+                                           f"{label}: sample #{obj.sample_id} instance {obj.index}")
+                            return ses, viz.upscale_for_display(viz.overlay_mask(fg, fg_mask), 160)
+                have = ", ".join(sorted(_bank_classes(store_dir))) or "none"
             raise user_error(f"no {class_name!r} in the object bank (it has: {have}); generate one instead")
         progress(0.1, desc="generating the object")
         try:
@@ -266,7 +273,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
         if ses is None or ses.composite is None:
             raise user_error("Preview a composite first.")
         try:
-            with Store(store_dir) as store:
+            with store_dir_for() as store_dir, Store(store_dir) as store:
                 sid = ses.to_store(store, "accepted", [t.strip() for t in (tags or "").split(",") if t.strip()])
         except (StoreError, SessionError) as e:
             raise user_error(str(e))
@@ -281,7 +288,10 @@ def build_insert_tab(store_dir: Path, model_box: gr.Textbox):
     # whole loop fits a 1400x900 window without scrolling.
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            bg_choice = gr.Dropdown(accepted_choices(), label="accepted sample", allow_custom_value=True)
+            # built before any visitor: in public mode, only the examples (each visitor's own
+            # samples join the list when they open the tab)
+            bg_choice = gr.Dropdown(accepted_choices(mine_too=not public_datasets()), label="accepted sample",
+                                    allow_custom_value=True)
             bg_upload = gr.Image(label="or upload a photo", type="numpy", sources=["upload"], height=90)
             caption = gr.Textbox("", label="scene caption for suggestions (optional)", lines=1)
             load_btn = gr.Button("Load background", variant="primary", elem_id="insert-load", size="sm")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
 
 from pipeline.gpu import gpu
 
@@ -12,6 +15,44 @@ MODEL_LOCK = threading.Lock()
 
 
 _MODEL_OPTIONS = {"device": "auto", "dtype": None}
+
+# Whose dataset a request works in: the operator's one store (``shared``), or, in a public
+# studio, each browser session's own (``visitors``, a pipeline.visitors.VisitorStores).
+_STORES: dict = {"shared": None, "visitors": None}
+
+
+def set_stores(shared: str | Path | None, visitors=None) -> None:
+    """build_app's choice: one shared store folder, or a VisitorStores (public mode)."""
+    _STORES.update(shared=None if shared is None else Path(shared), visitors=visitors)
+
+
+def public_datasets() -> bool:
+    """Whether each browser session has a dataset of its own (a public studio)."""
+    return _STORES["visitors"] is not None
+
+
+@contextmanager
+def store_dir_for(request=None) -> Iterator[Path]:
+    """``with store_dir_for(request) as store_dir:`` the dataset folder the sender of
+    ``request`` (a gr.Request; default: the request of the event being handled) works in. Every
+    store access of Generate/Accept, Insert and Curate/Export goes through here.
+
+    Not public: the operator's one ``--store``, shared by every session as always. Public: the
+    browser session's own store (``request.session_hash``), made on its first use and leased
+    for the block, so the idle sweeper never removes it while it is in use
+    (pipeline.visitors.VisitorStores)."""
+    visitors = _STORES["visitors"]
+    if visitors is None:
+        if _STORES["shared"] is None:
+            raise RuntimeError("no store configured: build_app sets it")
+        yield _STORES["shared"]
+        return
+    if request is None:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    with visitors.lease(getattr(request, "session_hash", None) or "") as folder:
+        yield folder
 
 
 def set_model_options(device: str = "auto", dtype: str | None = None) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import gradio as gr
 import numpy as np
 
 from pipeline import presets, viz
-from pipeline.access import check_user_path
+from pipeline.access import check_user_path, is_public
 from pipeline.gpu import queue_settings
 from pipeline.attention import capture_for
 from pipeline.curation import Curation, SampleFilter, describe_export
@@ -30,7 +31,7 @@ from pipeline.presets import resolve_checkpoint
 from .console import LOG, VIEW_FORMAT, atomic_image_cache, setup_console, user_error
 from .insert import build_insert_tab
 from .state import (MODEL_LOCK, client_gone_hook, describe_model, generate_one, log_cancelled, press_stop,
-                    set_model_options, size_info, stopped)
+                    public_datasets, set_model_options, set_stores, size_info, stopped, store_dir_for)
 
 
 
@@ -327,13 +328,13 @@ def on_discard(ses: InspectSession | None):
     return (*_views(ses), editor_background(ses))
 
 
-def make_store_actions(store_dir: Path):
+def make_store_actions():
     def on_store(ses: InspectSession | None, status: str, tags: str):
         if ses is None:
             raise user_error("Generate an image first.")
         try:
             tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
-            with Store(store_dir) as store:
+            with store_dir_for() as store_dir, Store(store_dir) as store:  # this visitor's dataset (public mode)
                 sid = ses.to_store(store, status, tag_list)
         except StoreError as e:
             raise user_error(str(e))
@@ -355,19 +356,31 @@ EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
 
 class CurateActions:
     """The Curate & Export tab's handlers: :class:`pipeline.curation.Curation` (which holds
-    every rule) with its answers shaped for the widgets."""
+    every rule) with its answers shaped for the widgets. Over ``store_dir`` (the examples), or,
+    without one, over the dataset of whoever sent the request being handled (``store_dir_for``:
+    in public mode each browser session's own, leased for the call)."""
 
-    def __init__(self, store_dir: Path):
-        self.curation = Curation(store_dir)
+    def __init__(self, store_dir: Path | None = None):
+        self._fixed = None if store_dir is None else Curation(store_dir)
+
+    @contextmanager
+    def _curation(self):
+        if self._fixed is not None:
+            yield self._fixed
+            return
+        with store_dir_for() as store_dir:
+            yield Curation(store_dir)
 
     def gallery(self, status, classes, tag, page: int = 0):
         """(ids, [(picture, caption)], summary, page) for one page of matching samples."""
-        shown = self.curation.page(SampleFilter.parse(status, classes, tag), page)
+        with self._curation() as cur:
+            shown = cur.page(SampleFilter.parse(status, classes, tag), page)
         return shown.ids, [(t.picture, t.caption) for t in shown.tiles], shown.summary, shown.page
 
     def review(self, sample_id: int, show_heat: bool = False):
         """(picture, details, notes, threshold slider) of one sample."""
-        rev = self.curation.review(sample_id, show_heat)
+        with self._curation() as cur:
+            rev = cur.review(sample_id, show_heat)
         if rev.damaged:
             return None, rev.details()[0], rev.record.notes, gr.update()
         t = rev.threshold
@@ -375,34 +388,58 @@ class CurateActions:
                 gr.update(value=t if t is not None else 0.5, interactive=rev.threshold_applies))
 
     def set_status(self, sample_id: int, status: str) -> None:
-        self.curation.set_status(sample_id, status)
+        with self._curation() as cur:
+            cur.set_status(sample_id, status)
 
     def undo_status(self, sample_id: int) -> str:
-        return self.curation.undo_status(sample_id)
+        with self._curation() as cur:
+            return cur.undo_status(sample_id)
 
     def bulk(self, ids, status: str) -> int:
-        return self.curation.set_status(ids or [], status)
+        with self._curation() as cur:
+            return cur.set_status(ids or [], status)
 
     def save_details(self, sample_id: int, notes: str, threshold: float | None) -> str:
-        if self.curation.save_details(sample_id, notes, threshold):
+        with self._curation() as cur:
+            changed = cur.save_details(sample_id, notes, threshold)
+        if changed:
             return f"#{sample_id}: notes saved, masks re-derived at threshold {float(threshold):.2f}"
         return f"#{sample_id}: notes saved"
 
     def export_summary(self, status, classes, tag) -> str:
-        return self.curation.export_summary(SampleFilter.parse(status, classes, tag))
+        with self._curation() as cur:
+            return cur.export_summary(SampleFilter.parse(status, classes, tag))
 
     def export_zip(self, fmt, status, classes, tag, val) -> tuple[str, str]:
-        """Export into a fresh folder under :data:`EXPORTS_DIR` and zip it; only the newest zip
-        of this process is kept (older ones and those of dead processes are removed)."""
+        """Export into a fresh folder and zip it. The operator's studio: under
+        :data:`EXPORTS_DIR`, only the newest zip of this process kept (older ones and those of
+        dead processes are removed). Public: under this browser's own exports folder, which
+        only this browser may download from (studio.downloads), only its newest zip kept."""
         where = SampleFilter.parse(status, classes, tag)
-        clean_old_exports(keep=None)
-        work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=_mkdir(EXPORTS_DIR / str(os.getpid()))))
+        if public_datasets():
+            from gradio.context import LocalContext
+
+            from .downloads import export_parent
+
+            parent = export_parent(LocalContext.request.get(None))
+        else:
+            clean_old_exports(keep=None)
+            parent = _mkdir(EXPORTS_DIR / str(os.getpid()))
+        work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=parent))
         try:
-            archive, rep = self.curation.export_archive(fmt, where, work, val_fraction=float(val or 0))
+            with self._curation() as cur:
+                archive, rep = cur.export_archive(fmt, where, work, val_fraction=float(val or 0))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        clean_old_exports(keep=work)
+        if public_datasets():  # Gradio serves the zip in place (no copy): this browser's zips of
+            import time           # over ten minutes ago go (another of its tabs may still fetch a newer one)
+
+            for d in parent.iterdir():
+                if d != work and d.stat().st_mtime < time.time() - 600:
+                    shutil.rmtree(d, ignore_errors=True)
+        else:
+            clean_old_exports(keep=work)
         return str(archive), describe_export(rep)
 
 
@@ -436,11 +473,24 @@ def clean_old_exports(keep: Path | None) -> None:
 
 
 def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedded", device: str = "auto",
-              dtype: str | None = None) -> gr.Blocks:
+              dtype: str | None = None, visitor_idle_minutes: float | None = None) -> gr.Blocks:
+    """The studio over ``store_dir``: the operator's one shared dataset, or, in public mode
+    (pipeline.access.is_public), the folder under which each browser session gets its own
+    (``<store_dir>/visitors/<random token>``, removed after ``visitor_idle_minutes`` idle)."""
     store_dir = Path(store_dir)
     setup_console()
     atomic_image_cache()
-    Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
+    if is_public():
+        from pipeline.visitors import DEFAULT_IDLE_MINUTES, VisitorStores
+
+        idle = DEFAULT_IDLE_MINUTES if visitor_idle_minutes is None else float(visitor_idle_minutes)
+        visitors = VisitorStores(store_dir / "visitors", idle_seconds=idle * 60)
+        visitors.sweep()  # what a previous run left idle
+        visitors.start_sweeper()
+        set_stores(None, visitors)
+    else:
+        Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
+        set_stores(store_dir)
     clean_old_exports(keep=None)
     set_model_options(device, dtype)
     refiners = sorted(REFINERS)
@@ -563,15 +613,15 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             undo.click(on_undo, ses_state, [*views, editor], api_name="undo")
             redo.click(on_redo, ses_state, [*views, editor], api_name="redo")
             discard.click(on_discard, ses_state, [*views, editor], api_name="discard_edits")
-            on_accept, on_reject = make_store_actions(store_dir)
+            on_accept, on_reject = make_store_actions()
             accept_btn.click(on_accept, [ses_state, tags_in], store_info, api_name="accept")
             reject_btn.click(on_reject, [ses_state, tags_in], store_info, api_name="reject")
         with gr.Tab("Insert Objects", id="insert") as insert_tab:
-            refresh_insert = build_insert_tab(store_dir, model_in)
+            refresh_insert = build_insert_tab(model_in)
         with gr.Tab("Curate & Export", id="curate") as curate_tab:
-            cur = CurateActions(store_dir)
+            cur = CurateActions()  # over the sender's dataset (store_dir_for)
             ids_state, index_state, page_state = gr.State([]), gr.State(None), gr.State(0)
-            ex_gallery, ex_copy, ex_info = build_examples_box(store_dir)
+            ex_gallery, ex_copy, ex_info = build_examples_box(None if is_public() else store_dir)
             with gr.Row():
                 f_status = gr.Dropdown(["any", "accepted", "pending", "rejected"], value="any", label="status")
                 f_class = gr.Textbox("", label="classes (comma-separated)")
@@ -721,7 +771,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             curate_tab.select(cur.export_summary, [e_status, f_class, f_tag], exp_scope)
             exp_btn.click(do_export, [fmt, e_status, f_class, f_tag, val], [exp_file, exp_info], api_name="export").success(
                 lambda: gr.File(visible=True), None, exp_file, queue=False, show_progress="hidden")  # API keeps a plain path
-            ex_copy.click(lambda: copy_examples_into(store_dir), None, ex_info, api_name="examples_copy").then(
+            ex_copy.click(copy_examples_into, None, ex_info, api_name="examples_copy").then(
                 refresh, [*filters, page_state, index_state], page_outputs).then(
                 cur.export_summary, [e_status, f_class, f_tag], exp_scope)  # the export now includes them
         insert_tab.select(*refresh_insert)
@@ -733,14 +783,15 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
 
 EXAMPLES_NOTE = """**Examples**, to look at before your own data exists: {n} pre-made samples (the four CC BY 2.0
 COCO photos of `assets/examples` with their COCO masks, attribution in its `ATTRIBUTION.md`, and samples the
-embedded model generated). They are kept in a store of their own: **your dataset** (`{store}`) is what the
+embedded model generated). They are kept in a store of their own: **your dataset** ({store}) is what the
 gallery below shows and what Export writes; it holds no example unless you add them (tagged `example`)."""
 
 
-def build_examples_box(store_dir: Path):
+def build_examples_box(store_dir: Path | None):
     """The Curate tab's examples, shown at once on a fresh studio (open while the user's
-    dataset is empty): a read-only gallery of the examples store and a button that copies
-    them into the user's dataset. Returns (gallery, button, info)."""
+    dataset is empty; ``store_dir`` None: a public studio, where every visitor starts on an
+    empty dataset of their own): a read-only gallery of the examples store and a button that
+    copies them into the user's dataset. Returns (gallery, button, info)."""
     from .insert import examples_store_dir
 
     try:
@@ -749,11 +800,14 @@ def build_examples_box(store_dir: Path):
     except (StoreError, OSError) as e:  # a read-only temp dir: the studio works without examples
         ex_dir, items = None, []
         gr.Warning(f"examples unavailable: {e}")
-    with Store(store_dir) as store:
-        empty = store.count() == 0
+    empty = True
+    if store_dir is not None:
+        with Store(store_dir) as store:
+            empty = store.count() == 0
     with gr.Accordion(f"Examples ({len(items)} pre-made samples, not in your dataset)", open=empty and bool(items),
                       visible=bool(items), elem_id="curate-examples-box"):
-        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store=store_dir), elem_id="curate-examples-note")
+        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store="this browser session's own" if store_dir is None
+                                         else f"`{store_dir}`"), elem_id="curate-examples-note")
         gallery = gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
                              object_fit="contain", allow_preview=True, elem_id="curate-examples",
                              format=VIEW_FORMAT)
@@ -763,13 +817,13 @@ def build_examples_box(store_dir: Path):
     return gallery, copy, info
 
 
-def copy_examples_into(store_dir: Path) -> str:
+def copy_examples_into() -> str:
     from pipeline.examples import copy_examples
 
     from .insert import examples_store_dir
 
     try:
-        with Store(examples_store_dir()) as src, Store(store_dir) as dst:
+        with store_dir_for() as store_dir, Store(examples_store_dir()) as src, Store(store_dir) as dst:
             ids = copy_examples(src, dst)
     except (StoreError, OSError) as e:
         raise gr.Error(f"could not add the examples: {e}")

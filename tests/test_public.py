@@ -148,3 +148,115 @@ def test_public_mode_serves_a_preset_that_is_in_the_cache(public_online, no_netw
         state._load.cache_clear()
         insert._cached_plugin.cache_clear()
     assert no_network == []
+
+
+# -- one dataset per visitor -----------------------------------------------------------------------
+def test_each_session_gets_a_store_of_its_own(tmp_path):
+    from pipeline.visitors import DB_NAME, VisitorError, VisitorStores
+
+    stores = VisitorStores(tmp_path / "v", idle_seconds=60)
+    a, b = stores.store_dir("session-a"), stores.store_dir("session-b")
+    assert a != b and a.parent == b.parent == tmp_path / "v" and a.is_dir() and b.is_dir()
+    assert stores.store_dir("session-a") == a  # the same session: the same folder
+    # the folder's name is random, never made from what the client sent
+    hostile = stores.store_dir("../../etc")
+    assert hostile.parent == tmp_path / "v" and "etc" not in hostile.name and len(hostile.name) == 32
+    assert "session-a" not in (tmp_path / "v" / DB_NAME).read_bytes().decode("latin-1")  # kept as a digest
+    for bad in ("", None):
+        with pytest.raises(VisitorError, match="browser session"):
+            stores.store_dir(bad)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(VisitorError, match="idle time"):
+            VisitorStores(tmp_path / "w", idle_seconds=bad)
+
+
+def test_sweep_removes_idle_stores_and_never_one_in_use(tmp_path):
+    from pipeline.dataset import Store
+    from pipeline.visitors import VisitorStores
+
+    stores = VisitorStores(tmp_path / "v", idle_seconds=60, lease_seconds=3600)
+    t0 = 1_000_000.0
+    idle, busy, fresh = (stores.store_dir(k, now=t0) for k in ("idle", "busy", "fresh"))
+    stores.touch("fresh", now=t0 + 50)
+    Store(idle).close()
+    assert stores.sweep(now=t0 + 30) == []  # nobody idle for a minute yet
+    with stores.lease("busy", now=t0) as folder:
+        assert folder == busy
+        removed = stores.sweep(now=t0 + 100)  # "busy" is idle by its clock, but leased
+        assert removed == [idle] and not idle.exists() and busy.is_dir() and fresh.is_dir()
+        assert stores.sweep(now=t0 + 100 + 3000) == [fresh]  # the lease still holds
+    # the lease ended (and touched the store): removed only once idle again
+    assert busy.is_dir()
+    import time as _time
+
+    assert stores.sweep(now=_time.time() + 61) == [busy]
+    assert stores.count() == 0
+    # a removed store is never handed out again: the session gets a new, empty one
+    again = stores.store_dir("idle")
+    assert again != idle and again.is_dir() and list(again.iterdir()) == []
+    # a lease whose holder died protects for lease_seconds, then no longer
+    with stores.lease("crashed", now=t0):
+        pass
+    stores_of_dead = VisitorStores(tmp_path / "v", idle_seconds=60, lease_seconds=3600)
+    lease = stores_of_dead.lease("dead", now=t0)
+    dead = lease.__enter__()  # never left: as if the process were killed
+    assert dead not in stores.sweep(now=t0 + 1000) and dead.exists()
+    assert dead in stores.sweep(now=t0 + 3601)
+    # a folder named like a store with no row (a sweep stopped after its commit) is removed too
+    leftover = tmp_path / "v" / ("ab" * 16)
+    leftover.mkdir()
+    (tmp_path / "v" / "not-a-store").mkdir()
+    assert leftover in stores.sweep(now=t0) and (tmp_path / "v" / "not-a-store").is_dir()
+
+
+@pytest.mark.slow
+def test_sweeper_and_visitors_side_by_side_lose_nothing(tmp_path):
+    """Visitors write samples while a sweeper with a 0.2 s idle time sweeps as fast as it can,
+    for a bounded time: every write lands in a store that still exists, every sample written
+    in one lease is there at its end, and idle stores do get removed meanwhile."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.dataset import Store
+    from pipeline.visitors import VisitorStores
+
+    photo = sorted((Path(__file__).resolve().parents[1] / "assets" / "examples" / "images").iterdir())[0]
+    image = np.asarray(Image.open(photo).convert("RGB").resize((64, 48)))
+    mask = np.zeros(image.shape[:2], bool)
+    mask[10:30, 20:40] = True
+    stores = VisitorStores(tmp_path / "v", idle_seconds=0.2)
+    failures, written, removed, stop = [], [0], [], threading.Event()
+
+    def visitor(k: int):
+        n = 0
+        while not stop.is_set():
+            key = f"visitor-{k}-{n // 3}"  # a new visitor every third visit: the old ones go idle
+            try:
+                with stores.lease(key) as folder:
+                    with Store(folder) as store:
+                        before = store.count()
+                        store.add(image, ["dog"], instances=[("dog", mask)])
+                    time.sleep(0.3)  # longer than the idle time, inside the lease
+                    with Store(folder) as store:
+                        if store.count() != before + 1:
+                            failures.append((key, "sample lost"))
+                written[0] += 1
+            except Exception as e:  # noqa: BLE001  (any failure is what this test counts)
+                failures.append((key, repr(e)))
+            n += 1
+
+    def sweeper():
+        while not stop.is_set():
+            removed.extend(stores.sweep())
+
+    threads = [threading.Thread(target=visitor, args=(k,)) for k in range(3)] + [threading.Thread(target=sweeper)]
+    for t in threads:
+        t.start()
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    print(f"visitors/sweeper race: {written[0]} leased visits with a write, {len(removed)} stores swept, "
+          f"{len(failures)} failures")
+    assert failures == [] and written[0] >= 15, (failures, written)
+    assert removed  # idle visitors' stores were removed meanwhile
