@@ -260,3 +260,99 @@ def test_sweeper_and_visitors_side_by_side_lose_nothing(tmp_path):
           f"{len(failures)} failures")
     assert failures == [] and written[0] >= 15, (failures, written)
     assert removed  # idle visitors' stores were removed meanwhile
+
+
+# -- a real public server: two visitors --------------------------------------------------------------
+GEN_ARGS = dict(template="a photograph of a {}", steps=10, guidance=5, model="embedded", refiner_name="grabcut",
+                sam_ckpt="", resolution="all", t_lo=0, t_hi=999)
+
+
+def _client(url, **kw):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, **kw)
+
+
+def _gallery_len(refresh_out) -> int:
+    gallery = refresh_out[0]
+    gallery = gallery.get("value", gallery) if isinstance(gallery, dict) else gallery
+    return len(gallery or [])
+
+
+@pytest.mark.slow
+def test_public_studio_gives_each_visitor_their_own_dataset_and_downloads(tmp_path):
+    import tempfile
+    import zipfile
+
+    import httpx
+    from gradio_client.exceptions import AppError
+
+    from pipeline.dataset import Store
+    from studio.downloads import COOKIE, owner_of
+    from studio_server import running_studio
+
+    store = tmp_path / "data"
+    with running_studio(store, args=("--public", "--visitor-idle", "30")) as url:
+        a, b = _client(url, download_files=False), _client(url, download_files=False)
+        assert a.cookies.get(COOKIE) and b.cookies.get(COOKIE) and a.cookies[COOKIE] != b.cookies[COOKIE]
+        a.predict(class_name="ball", seed=5, api_name="/generate", **GEN_ARGS)
+        saved = a.predict(tags="mine", api_name="/accept")
+        assert "saved as #1 (accepted)" in saved
+        assert _gallery_len(a.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
+        # B sees nothing of A's: not in its gallery, not as an Insert background, not in an export
+        assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 0
+        with pytest.raises(AppError):
+            b.predict(choice="#1 ball", upload=None, caption="", model="embedded", api_name="/insert_load")
+        with pytest.raises(AppError, match="no samples match"):
+            b.predict(fmt="coco", status="any", classes="", tag="", val=0, api_name="/export")
+        with pytest.raises(AppError, match="Select a sample"):  # nothing of A's to accept or reject
+            b.predict("any", "", "", api_name="/curate_reject")
+        # A's export: A downloads it; B with its URL, a browser with no cookie, and a path that
+        # climbs out of B's own exports folder get nothing
+        zfile, info = a.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
+        assert "1 images" in info
+        zip_url = zfile["url"] if isinstance(zfile, dict) else zfile.url
+        zip_path = zfile["path"] if isinstance(zfile, dict) else zfile.path
+        zip_url = zip_url if zip_url.startswith("http") else url.rstrip("/") + zip_url
+        mine = httpx.get(zip_url, cookies=a.cookies, timeout=30)
+        assert mine.status_code == 200
+        (tmp_path / "a.zip").write_bytes(mine.content)
+        with zipfile.ZipFile(tmp_path / "a.zip") as z:
+            assert any(n.endswith("instances_train.json") for n in z.namelist())
+        assert httpx.get(zip_url, cookies=b.cookies, timeout=30).status_code == 404
+        assert httpx.get(zip_url, timeout=30).status_code == 404
+        root = Path(zip_path).parents[2]
+        climb = f"{url}gradio_api/file={root}/{owner_of(b.cookies[COOKIE])}/../{Path(zip_path).relative_to(root)}"
+        assert httpx.get(climb, cookies=b.cookies, timeout=30).status_code == 404
+        # a zip another studio process left in the machine's shared Gradio temp folder is not served
+        shared = Path(tempfile.gettempdir()) / "gradio" / f"other-process-{tmp_path.name}"
+        shared.mkdir(parents=True, exist_ok=True)
+        try:
+            (shared / "dataset-coco.zip").write_bytes(mine.content)
+            other = httpx.get(f"{url}gradio_api/file={shared / 'dataset-coco.zip'}", cookies=a.cookies, timeout=30)
+            assert other.status_code in (403, 404)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
+    # on disk: one store per visitor under <store>/visitors, A's with its sample, B's empty
+    folders = sorted((p for p in (store / "visitors").iterdir() if p.is_dir()), key=lambda p: p.name)
+    assert len(folders) == 2
+    counts = []
+    for f in folders:
+        with Store(f) as s:
+            counts.append(s.count())
+    assert sorted(counts) == [0, 1]
+    assert not (store / "store.sqlite").exists()  # no shared dataset in public mode
+
+
+@pytest.mark.slow
+def test_operator_studio_keeps_one_shared_dataset(tmp_path):
+    from studio_server import running_studio
+
+    with running_studio(tmp_path / "data") as url:
+        a, b = _client(url), _client(url)
+        a.predict(class_name="ball", seed=5, api_name="/generate", **GEN_ARGS)
+        assert "saved as #1" in a.predict(tags="", api_name="/accept")
+        assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
+        zpath, info = b.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
+        assert "1 images" in info and Path(zpath).is_file()  # another session downloads it, as before
+    assert not (tmp_path / "data" / "visitors").exists()
