@@ -73,6 +73,7 @@ class VisitorStores:
         self.root = Path(root)
         self.idle_seconds = float(idle_seconds)
         self.lease_seconds = float(lease_seconds)
+        self._local = threading.local()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._db() as db:
@@ -84,12 +85,16 @@ class VisitorStores:
     # -- the database ---------------------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.root / DB_NAME, timeout=60, isolation_level=None)
-        try:
+        """This thread's connection (kept open: closing the last one of a WAL database
+        checkpoints it, which cost most of a lease's time)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.root / DB_NAME, timeout=60, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        finally:
-            db.close()
+            # a lease record lost to a power cut costs nothing (leases expire): no fsync per commit
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        yield db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -38,9 +38,9 @@ def store_dir_for(request=None) -> Iterator[Path]:
     store access of Generate/Accept, Insert and Curate/Export goes through here.
 
     Not public: the operator's one ``--store``, shared by every session as always. Public: the
-    browser session's own store (``request.session_hash``), made on its first use and leased
-    for the block, so the idle sweeper never removes it while it is in use
-    (pipeline.visitors.VisitorStores)."""
+    browser session's own store (``request.session_hash`` with the browser's visitor cookie,
+    studio.downloads), made on its first use and leased for the block, so the idle sweeper
+    never removes it while it is in use (pipeline.visitors.VisitorStores)."""
     visitors = _STORES["visitors"]
     if visitors is None:
         if _STORES["shared"] is None:
@@ -51,7 +51,16 @@ def store_dir_for(request=None) -> Iterator[Path]:
         from gradio.context import LocalContext
 
         request = LocalContext.request.get(None)
-    with visitors.lease(getattr(request, "session_hash", None) or "") as folder:
+    from .downloads import COOKIE
+
+    session = getattr(request, "session_hash", None) or ""
+    try:
+        cookie = (getattr(request, "cookies", None) or {}).get(COOKIE, "")
+    except AttributeError:
+        cookie = ""
+    # the session hash travels in every request body; the browser's HttpOnly cookie too makes a
+    # copied session hash alone not enough to work in someone else's dataset
+    with visitors.lease(session and f"{session}\n{cookie}") as folder:
         yield folder
 
 
