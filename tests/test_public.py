@@ -359,3 +359,54 @@ def test_operator_studio_keeps_one_shared_dataset(tmp_path):
         zpath, info = b.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
         assert "1 images" in info and Path(zpath).is_file()  # another session downloads it, as before
     assert not (tmp_path / "data" / "visitors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_public_studio_in_two_browsers(tmp_path):
+    """Two browsers (two cookie jars) on a public studio: the first adds the examples to its
+    dataset, exports and downloads the zip by its link; the second sees an empty dataset and gets
+    404 for the first one's zip URL."""
+    import zipfile
+
+    from playwright.sync_api import sync_playwright
+
+    from studio_server import running_studio
+
+    with running_studio(tmp_path / "data", args=("--public",)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        try:
+            pages = []
+            for _ in range(2):
+                page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+                page.goto(url)
+                page.wait_for_selector("#generate-btn", timeout=120000)
+                page.get_by_role("tab", name="Curate & Export").click()
+                pages.append(page)
+            a, b = pages
+            a.click("#curate-examples-copy")
+            a.wait_for_function("() => document.querySelector('#curate-examples-info').innerText.includes('examples')",
+                                timeout=120000)
+            a.click("#export-btn")
+            a.wait_for_function("() => document.querySelector('#export-info').innerText.includes('images')",
+                                timeout=120000)
+            link = a.locator("#export-file a").first
+            link.wait_for(timeout=60000)
+            href = link.get_attribute("href")
+            with a.expect_download(timeout=60000) as download:
+                link.click()
+            download.value.save_as(tmp_path / "a.zip")
+            with zipfile.ZipFile(tmp_path / "a.zip") as z:
+                assert z.namelist()
+            zip_url = href if href.startswith("http") else url.rstrip("/") + href
+            assert a.request.get(zip_url).status == 200
+            assert b.request.get(zip_url).status == 404
+            a.wait_for_function("() => /^[1-9][0-9]* samples/.test(document.querySelector('#curate-count').innerText)",
+                                timeout=60000)
+            b.click("#curate-refresh")
+            b.wait_for_function("() => document.querySelector('#curate-count').innerText.includes('samples')",
+                                timeout=60000)
+            assert b.locator("#curate-count").inner_text().startswith("0 samples")
+        finally:
+            browser.close()
