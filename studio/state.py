@@ -38,9 +38,9 @@ def store_dir_for(request=None) -> Iterator[Path]:
     store access of Generate/Accept, Insert and Curate/Export goes through here.
 
     Not public: the operator's one ``--store``, shared by every session as always. Public: the
-    browser session's own store (``request.session_hash`` with the browser's visitor cookie,
-    studio.downloads), made on its first use and leased for the block, so the idle sweeper
-    never removes it while it is in use (pipeline.visitors.VisitorStores)."""
+    visitor's own store (their browser session's visitor cookie, studio.downloads; without one,
+    ``request.session_hash``), made on its first use and leased for the block, so the idle
+    sweeper never removes it while it is in use (pipeline.visitors.VisitorStores)."""
     visitors = _STORES["visitors"]
     if visitors is None:
         if _STORES["shared"] is None:
@@ -58,9 +58,12 @@ def store_dir_for(request=None) -> Iterator[Path]:
         cookie = (getattr(request, "cookies", None) or {}).get(COOKIE, "")
     except AttributeError:
         cookie = ""
-    # the session hash travels in every request body; the browser's HttpOnly cookie too makes a
-    # copied session hash alone not enough to work in someone else's dataset
-    with visitors.lease(session and f"{session}\n{cookie}") as folder:
+    # The browser's visitor cookie (HttpOnly, random, ends with the browser session) names the
+    # visitor: the dataset survives a page reload (a new session hash) and is shared by the
+    # browser's tabs, like the downloads it makes; a session hash, sent in every request body,
+    # is not enough to open it. A client without the cookie works per page load.
+    key = f"browser {cookie}" if cookie else f"session {session}" if session else ""
+    with visitors.lease(key) as folder:
         yield folder
 
 

@@ -324,9 +324,13 @@ def test_public_studio_gives_each_visitor_their_own_dataset_and_downloads(tmp_pa
         root = Path(zip_path).parents[2]
         climb = f"{url}gradio_api/file={root}/{owner_of(b.cookies[COOKIE])}/../{Path(zip_path).relative_to(root)}"
         assert httpx.get(climb, cookies=b.cookies, timeout=30).status_code == 404
-        # a copied session hash alone does not open A's dataset: the browser's cookie is needed too
+        # a copied session hash does not open A's dataset: the visitor is their browser's cookie
         b.session_hash = a.session_hash
         assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 0
+        # and A's dataset survives a page reload (a new session of the same browser)
+        a2 = _client(url, download_files=False, httpx_kwargs={"cookies": dict(a.cookies)})
+        assert a2.session_hash != a.session_hash
+        assert _gallery_len(a2.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
         # a zip another studio process left in the machine's shared Gradio temp folder is not served
         shared = Path(tempfile.gettempdir()) / "gradio" / f"other-process-{tmp_path.name}"
         shared.mkdir(parents=True, exist_ok=True)
@@ -338,12 +342,12 @@ def test_public_studio_gives_each_visitor_their_own_dataset_and_downloads(tmp_pa
             shutil.rmtree(shared, ignore_errors=True)
     # on disk: one store per visitor under <store>/visitors, A's with its sample, B's empty
     folders = sorted((p for p in (store / "visitors").iterdir() if p.is_dir()), key=lambda p: p.name)
-    assert len(folders) == 3  # A, B, and B with A's session hash
+    assert len(folders) == 2  # A's browser and B's
     counts = []
     for f in folders:
         with Store(f) as s:
             counts.append(s.count())
-    assert sorted(counts) == [0, 0, 1]
+    assert sorted(counts) == [0, 1]
     assert not (store / "store.sqlite").exists()  # no shared dataset in public mode
 
 
