@@ -414,3 +414,63 @@ def test_public_studio_in_two_browsers(tmp_path):
             assert b.locator("#curate-count").inner_text().startswith("0 samples")
         finally:
             browser.close()
+
+
+# -- the download guard, headless ---------------------------------------------------------------------
+def test_download_guard_answers_only_the_owner(tmp_path, monkeypatch):
+    """Every way of naming a file in the visitors' exports folder (directly, climbing out of
+    one's own folder with .., through a link) is served only with its owner's cookie; files
+    elsewhere are left to Gradio's own rules; each cookie-less response sets a new cookie."""
+    import asyncio
+
+    from studio import downloads
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    root = downloads.exports_root()
+    mine, theirs = downloads.owner_of("cookie-a"), downloads.owner_of("cookie-b")
+    zip_a = root / mine / "export-1" / "dataset-coco.zip"
+    zip_a.parent.mkdir(parents=True)
+    zip_a.write_bytes(b"PK")
+    (root / theirs).mkdir()
+    (root / theirs / "link").symlink_to(zip_a.parent, target_is_directory=True)
+    assert downloads.may_fetch(str(zip_a), "cookie-a")
+    for path in (str(zip_a), f"{root}/{theirs}/../{mine}/export-1/dataset-coco.zip",
+                 f"{root}/{theirs}/link/dataset-coco.zip", str(root), f"{root}/"):
+        assert not downloads.may_fetch(path, "cookie-b"), path
+        assert not downloads.may_fetch(path, None), path
+    assert downloads.may_fetch(str(tmp_path / "gradio" / "abc" / "image.png"), None)  # Gradio decides
+
+    class App:
+        def __init__(self):
+            self.calls = 0
+
+        async def __call__(self, scope, receive, send):
+            self.calls += 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    def request(path, cookie=None, headers=()):
+        app, sent = App(), []
+        hdrs = [(b"cookie", f"{downloads.COOKIE}={cookie}".encode())] if cookie else []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request"}
+
+        scope = {"type": "http", "path": path, "headers": hdrs + list(headers), "scheme": "http", "method": "GET"}
+        asyncio.run(downloads.VisitorDownloads(app)(scope, receive, send))
+        start = sent[0]
+        return start["status"], dict(start.get("headers", [])).get(b"set-cookie"), app.calls
+
+    assert request(f"/gradio_api/file={zip_a}", "cookie-a")[::2] == (200, 1)
+    assert request(f"/gradio_api/file={zip_a}", "cookie-b")[::2] == (404, 0)
+    status, set_cookie, calls = request(f"/gradio_api/file={zip_a}")
+    assert (status, calls) == (404, 0)
+    status, set_cookie, _ = request("/")
+    assert status == 200 and set_cookie.startswith(downloads.COOKIE.encode()) and b"HttpOnly" in set_cookie
+    assert request("/")[1] != set_cookie  # random per browser
+    assert request("/", "cookie-a")[1] is None  # a browser that has one keeps it
+    secure = request("/", headers=[(b"x-forwarded-proto", b"https")])[1]
+    assert b"Secure" in secure and b"SameSite=None" in secure  # a Space, in huggingface.co's iframe
