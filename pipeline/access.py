@@ -55,9 +55,9 @@ def allowed_roots() -> list[Path]:
 def served_presets() -> list[str]:
     """The preset names this server can load without the hub: those whose files are all in
     its hub cache (and ``embedded``, which ships with the project)."""
-    from .presets import cached, names
+    from .presets import cached, get, names
 
-    return [n for n in names() if cached(n) is not None]
+    return [n for n in names() if get(n).repo is None or cached(n) is not None]
 
 
 def _generic(what: str) -> AccessError:

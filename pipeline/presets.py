@@ -143,10 +143,10 @@ def cached(name: str) -> Path | None:
     ``try_to_load_from_cache``: the ``refs/main`` snapshot): never a network request."""
     from huggingface_hub import try_to_load_from_cache
 
-    from .generate import EMBEDDED_MODEL
-
     p = get(name)
     if p.repo is None:
+        from .generate import EMBEDDED_MODEL
+
         return EMBEDDED_MODEL
     folder = None
     for entry in p.files:
@@ -198,10 +198,10 @@ def _snapshot(p: Preset, patterns: list[str]) -> Path:
 def resolve(name: str) -> Path:
     """The local path of a preset's files: the snapshot folder in the HF cache (a file for
     single-file presets); downloads what is missing unless offline. Raises PresetUnavailable."""
-    from .generate import EMBEDDED_MODEL
-
     p = get(name)
     if p.repo is None:
+        from .generate import EMBEDDED_MODEL
+
         return EMBEDDED_MODEL
     firsts = [f.split("|")[0] for f in p.files]
     folder = None

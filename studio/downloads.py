@@ -135,9 +135,15 @@ def private_gradio_temp(environ=os.environ) -> str:
     files it serves are only its own. Call before gradio is imported."""
     import atexit
     import shutil
+    import signal
+    import sys
     import tempfile
 
     folder = tempfile.mkdtemp(prefix="diffumask-gradio-")
     environ["GRADIO_TEMP_DIR"] = folder
     atexit.register(shutil.rmtree, folder, True)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM (a stopped Space, a process manager) ends the process as an exit, so the folder
+        # goes too; by default it would end it with no exit handlers run
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return folder

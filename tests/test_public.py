@@ -73,9 +73,30 @@ def _assert_generic(text: str, cache: Path):
         assert leak not in text, (leak, text)
 
 
+@pytest.mark.slow  # imports torch (pipeline.devices)
 def test_public_mode_refuses_uncached_presets_without_a_network_call(public_online, no_network):
-    """Every preset name and hub id, in every field a visitor types weights into, is refused
-    with the one generic message before any network call."""
+    """Every preset name and hub id is refused with the one generic message before any network
+    call, and the preset loader itself does not download in public mode."""
+    values = [n for n in presets.names() if n != "embedded"] + ["stabilityai/sd-turbo", "facebook/sam-vit-base"]
+    for v in values:
+        for what in ("model", "SAM checkpoint", "fopa weights", "rainnet weights"):
+            with pytest.raises(access.AccessError) as e:
+                access.check_user_path(v, what)
+            _assert_generic(str(e.value), public_online)
+    for name in presets.names():
+        if name != "embedded":
+            with pytest.raises(presets.PresetUnavailable):
+                presets.resolve(name)
+    assert no_network == []
+    # the message offers what this server has: nothing but the embedded model here
+    with pytest.raises(access.AccessError, match=r"use a preset name it has \(embedded\)"):
+        access.check_user_path("sd15")
+
+
+@pytest.mark.slow
+def test_public_studio_fields_refuse_uncached_presets_without_a_network_call(public_online, no_network):
+    """Every preset name and hub id, typed in each field a visitor gives weights in (model,
+    SAM, FOPA, RainNet), gets the one generic toast before any network call."""
     import gradio as gr
 
     from pipeline.harmonize import HARMONIZERS
@@ -417,6 +438,7 @@ def test_public_studio_in_two_browsers(tmp_path):
 
 
 # -- the download guard, headless ---------------------------------------------------------------------
+@pytest.mark.slow  # imports gradio
 def test_download_guard_answers_only_the_owner(tmp_path, monkeypatch):
     """Every way of naming a file in the visitors' exports folder (directly, climbing out of
     one's own folder with .., through a link) is served only with its owner's cookie; files
