@@ -4,7 +4,9 @@ Options: ``--model`` (embedded, a diffusers folder, a .safetensors/.ckpt file or
 ``--device`` (auto, cpu, cuda), ``--dtype`` (float32, float16, bfloat16; default float16 on
 CUDA, float32 on CPU), ``--store`` (the dataset folder, default ./studio_data), ``--port``,
 ``--host``, ``--public`` (a shared deployment: weight fields limited to presets, hub ids and
-allowed folders; on by default on Hugging Face Spaces). On Hugging Face Spaces the defaults apply.
+allowed folders, no hub request on a visitor's input, a dataset per browser session under
+``<store>/visitors`` removed after ``--visitor-idle`` minutes, downloads only to the browser that
+made them; on by default on Hugging Face Spaces). On Hugging Face Spaces the defaults apply.
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a shared deployment: the model/SAM/FOPA/RainNet fields take only preset names, hub ids "
                          "and paths under the Hugging Face cache or ./models (default: on when SPACE_ID is set, "
                          "i.e. on Hugging Face Spaces)")
+    ap.add_argument("--visitor-idle", type=float, default=float(os.environ.get("DIFFUMASK_VISITOR_IDLE", 60)),
+                    metavar="MINUTES",
+                    help="public mode: a visitor's dataset is removed after this many minutes unused (default 60; "
+                         "env DIFFUMASK_VISITOR_IDLE)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     return ap
 
@@ -50,18 +56,40 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     configure_hub(args.model)
     from pipeline.access import public_default, set_public
+    from pipeline.errors import PipelineError
 
-    set_public(public_default() if args.public is None else args.public)
+    public = public_default() if args.public is None else args.public
+    if public:
+        from studio.downloads import private_gradio_temp
+
+        private_gradio_temp()  # before gradio is imported: this process serves only its own files
+        fetch_operator_preset(args.model)
+    set_public(public)
     from pipeline.dataset import StoreError
     from pipeline.generate import ModelLoadError
+    from studio.downloads import launch_options
     from studio.ui import SHORTCUTS_JS, STUDIO_CSS, build_app
 
     try:
-        demo = build_app(args.store, args.model, device=args.device, dtype=args.dtype)
-    except (StoreError, ModelLoadError) as e:
+        demo = build_app(args.store, args.model, device=args.device, dtype=args.dtype,
+                         visitor_idle_minutes=args.visitor_idle)
+    except (StoreError, ModelLoadError, PipelineError) as e:
         sys.exit(f"error: {e}")
     demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, css=STUDIO_CSS, max_file_size="20mb",
-                show_error=True)
+                show_error=True, **launch_options(public))
+
+
+def fetch_operator_preset(model: str) -> None:
+    """Public mode: the operator's own ``--model`` preset is fetched now, at start-up (a
+    download the operator asked for, where HF_HUB_OFFLINE allows); from then on no hub request
+    is made, so a preset not in the cache would be refused to every visitor."""
+    from pipeline import presets
+
+    if model in presets.names("diffusion"):
+        try:
+            presets.resolve(model)
+        except presets.PresetUnavailable as e:
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

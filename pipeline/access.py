@@ -3,12 +3,15 @@
 On a public deployment (``app.py --public``, or on Hugging Face Spaces, where ``SPACE_ID`` is
 set) the model / SAM / FOPA / RainNet fields are typed by strangers. Answering "does not exist"
 for one server path and "is a folder but not ..." for another would let them map the server's
-file system, so in public mode those fields accept only preset names, hub ids already in the
-server's hub cache, and paths inside an allow-list of folders (the Hugging Face hub cache and
-``./models``); anything else gets one generic message, decided before the path is looked at. A
-hub id is resolved to its snapshot folder in the cache and never read as a local path (``some/dir``
-answers the same whether or not such a folder exists beside the server); nothing is downloaded on
-a visitor's request. Off (the default, a local studio), every value passes unchanged.
+file system, so in public mode those fields accept only preset names and hub ids whose files are
+all in the server's hub cache, and paths inside an allow-list of folders (the Hugging Face hub
+cache and ``./models``); anything else gets one generic message, decided before the path is looked
+at, with no internal path or hub address in it. A hub id is resolved to its snapshot folder in the
+cache and never read as a local path (``some/dir`` answers the same whether or not such a folder
+exists beside the server). No hub request is ever made because of a visitor's input, whatever
+``HF_HUB_OFFLINE`` says: presets and hub ids are looked up with huggingface_hub's cache-only
+functions, and :func:`pipeline.presets.resolve` itself never downloads in public mode. Off (the
+default, a local studio), every value passes unchanged.
 """
 from __future__ import annotations
 
@@ -49,11 +52,17 @@ def allowed_roots() -> list[Path]:
             Path(os.path.realpath("models"))]
 
 
-def _generic(what: str) -> AccessError:
-    from .presets import names
+def served_presets() -> list[str]:
+    """The preset names this server can load without the hub: those whose files are all in
+    its hub cache (and ``embedded``, which ships with the project)."""
+    from .presets import cached, get, names
 
-    return AccessError(f"this public studio does not serve that {what}: use a preset name "
-                       f"({', '.join(['embedded'] + names())}), a hub id (owner/name) already in the server's "
+    return [n for n in names() if get(n).repo is None or cached(n) is not None]
+
+
+def _generic(what: str) -> AccessError:
+    return AccessError(f"this public studio does not serve that {what}: use a preset name it has "
+                       f"({', '.join(served_presets())}), a hub id (owner/name) already in the server's "
                        "hub cache, or a file under ./models")
 
 
@@ -68,7 +77,15 @@ def check_user_path(value: str | None, what: str = "model") -> str | None:
     from .presets import names
 
     v = str(value).strip()
-    if v in ("", "embedded") or v in names():
+    if v in ("", "embedded"):
+        return value
+    if v in names():
+        # a preset is served only when its files are all in the cache: the loaders would ask
+        # the hub for the rest (presets.resolve also refuses to, in public mode)
+        from .presets import cached
+
+        if cached(v) is None:
+            raise _generic(what)
         return value
     if "\x00" in v:
         raise _generic(what)

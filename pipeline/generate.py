@@ -171,12 +171,14 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str = "auto",
                 raise ModelLoadError(f"model file {path} does not exist")
             cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
             kwargs = {"config": config} if config else {}
-            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=offline(), **kwargs)
+            local_only = not presets.downloads_allowed()  # never a hub request in a public studio
+            pipe = cls.from_single_file(str(path), dtype=torch_dtype, local_files_only=local_only, **kwargs)
         elif looks_like_path(spec):
             raise ModelLoadError(f"model path {path} does not exist. Pass an existing diffusers folder, a "
                                  ".safetensors/.ckpt file, a hub id, or nothing for the embedded model")
         else:
-            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=offline())
+            local_only = not presets.downloads_allowed()  # never a hub request in a public studio
+            pipe = DiffusionPipeline.from_pretrained(spec, dtype=torch_dtype, local_files_only=local_only)
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises OSError/ValueError/HTTP errors with long texts

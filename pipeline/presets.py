@@ -4,8 +4,8 @@
 nothing. Every other preset names a Hugging Face hub repository and the exact files it
 needs; :func:`resolve` gets them through ``huggingface_hub.snapshot_download`` (the HF
 cache: ``HF_HUB_CACHE``, ``HF_HOME``/hub or ``~/.cache/huggingface/hub``), with
-huggingface_hub's progress bars when it downloads. With ``HF_HUB_OFFLINE=1`` only the cache
-is read; a preset whose files are not all there raises :class:`PresetUnavailable` naming
+huggingface_hub's progress bars when it downloads. With ``HF_HUB_OFFLINE=1``, and always in a
+public studio (:mod:`pipeline.access`), only the cache is read; a preset whose files are not all there raises :class:`PresetUnavailable` naming
 the preset, the repository, the missing files and the ``hf download`` command that fetches
 them. This module is data and file resolution only; :func:`pipeline.loading.load_preset`, above
 it, hands the local files to this project's own loaders (:func:`pipeline.generate.load_pipeline`,
@@ -132,6 +132,38 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def downloads_allowed() -> bool:
+    """Whether :func:`resolve` may ask the hub: not with HF_HUB_OFFLINE set, and never in a
+    public studio, where the request would be made because of a visitor's input (whatever
+    HF_HUB_OFFLINE says; see :mod:`pipeline.access`)."""
+    from .access import is_public
+
+    return not offline() and not is_public()
+
+
+def cached(name: str) -> Path | None:
+    """The local path of a preset's files when every one of them is already in the HF cache
+    (what :func:`resolve` would return), else None. Reads the cache only (huggingface_hub's
+    ``try_to_load_from_cache``: the ``refs/main`` snapshot): never a network request."""
+    from huggingface_hub import try_to_load_from_cache
+
+    p = get(name)
+    if p.repo is None:
+        return EMBEDDED_MODEL
+    folder = None
+    for entry in p.files:
+        found = None
+        for alt in entry.split("|"):
+            hit = try_to_load_from_cache(p.repo, alt, cache_dir=cache_dir())
+            if isinstance(hit, str) and Path(hit).is_file():
+                found = Path(hit)
+                break
+        if found is None:
+            return None
+        folder = found.parents[len(Path(alt).parts) - 1]
+    return folder / p.entry if p.entry else folder
+
+
 def download_command(preset: Preset | str, missing: list[str] | None = None) -> str:
     """The ``hf download`` command that puts ``preset``'s files into the HF cache."""
     p = get(preset) if isinstance(preset, str) else preset
@@ -162,7 +194,7 @@ def _snapshot(p: Preset, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(p.repo, allow_patterns=patterns, cache_dir=cache_dir(),
-                                  local_files_only=offline()))
+                                  local_files_only=not downloads_allowed()))
 
 
 def resolve(name: str) -> Path:
@@ -175,7 +207,7 @@ def resolve(name: str) -> Path:
     folder = None
     try:
         folder = _snapshot(p, firsts + list(p.optional))
-        if not offline():  # an alternative file name (e.g. pytorch_model.bin for model.safetensors)
+        if downloads_allowed():  # an alternative file name (e.g. pytorch_model.bin for model.safetensors)
             for entry in _missing(folder, p):
                 for alt in entry.split("|")[1:]:
                     folder = _snapshot(p, [alt])
@@ -185,7 +217,7 @@ def resolve(name: str) -> Path:
         raise _unavailable(p, _missing(folder, p), f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     missing = _missing(folder, p)
     if missing:
-        raise _unavailable(p, missing, "its files are only partly in the cache" if offline()
+        raise _unavailable(p, missing, "its files are only partly in the cache" if not downloads_allowed()
                            else "the repository lacks some of its files")
     return folder / p.entry if p.entry else folder
 

@@ -153,11 +153,14 @@ def handler(render, open_session=None):
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(ses, *args, **kwargs):
+            from .state import dataset_lease
+
+            request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
             try:
-                if ses is None and open_session is not None:
-                    request = next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
-                    ses = open_session(request)
-                ses = fn(ses, *args, **kwargs)
+                with dataset_lease(request):  # public mode: the visitor's store stays while this runs
+                    if ses is None and open_session is not None:
+                        ses = open_session(request)
+                    ses = fn(ses, *args, **kwargs)
             except Exception as e:  # noqa: BLE001 -- sorted by tell_user; the views stay the session's
                 tell_user(e)
             return (ses, *render(ses))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -21,14 +22,14 @@ from pipeline.inspect import DEFAULT_THRESHOLD
 from pipeline.processes import process_alive
 
 from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
-from .state import store_dir_for
+from .state import public_datasets, store_dir_for
 
 EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
 CURATE_KEYS_HELP = """**Keys** (not while typing): **n** next · **p** previous · **a** accept · **r** reject ·
 **u** undo your last status change · **h** heat map on/off"""
 EXAMPLES_NOTE = """**Examples**, to look at before your own data exists: {n} pre-made samples (the four CC BY 2.0
 COCO photos of `assets/examples` with their COCO masks, attribution in its `ATTRIBUTION.md`, and samples the
-embedded model generated). They are kept in a store of their own: **your dataset** (`{store}`) is what the
+embedded model generated). They are kept in a store of their own: **your dataset** ({store}) is what the
 gallery below shows and what Export writes; it holds no example unless you add them (tagged `example`)."""
 
 
@@ -59,16 +60,31 @@ def clean_old_exports(keep: Path | None) -> None:
 
 
 def export_zip(curation: Curation, fmt: str, where: SampleFilter, val) -> tuple[str, str]:
-    """Export into a fresh folder under :data:`EXPORTS_DIR` and zip it; only the newest zip
-    of this process is kept (older ones and those of dead processes are removed)."""
-    clean_old_exports(keep=None)
-    work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=_mkdir(EXPORTS_DIR / str(os.getpid()))))
+    """Export into a fresh folder and zip it. The operator's studio: under :data:`EXPORTS_DIR`,
+    only the newest zip of this process kept (older ones and those of dead processes are
+    removed). Public: under this browser's own exports folder, which only this browser may
+    download from (studio.downloads), its zips of over ten minutes ago removed."""
+    if public_datasets():
+        from gradio.context import LocalContext
+
+        from .downloads import export_parent
+
+        parent = export_parent(LocalContext.request.get(None))
+    else:
+        clean_old_exports(keep=None)
+        parent = _mkdir(EXPORTS_DIR / str(os.getpid()))
+    work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=parent))
     try:
         archive, rep = curation.export_archive(fmt, where, work, val_fraction=float(val or 0))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    clean_old_exports(keep=work)
+    if public_datasets():  # Gradio serves the zip in place (no copy): another tab of this browser
+        for d in parent.iterdir():  # may still fetch a newer one, so only old ones go
+            if d != work and d.stat().st_mtime < time.time() - 600:
+                shutil.rmtree(d, ignore_errors=True)
+    else:
+        clean_old_exports(keep=work)
     return str(archive), describe_export(rep)
 
 
@@ -148,7 +164,12 @@ def render(ses: CurateSession | None) -> tuple:
 
 # -- handlers ------------------------------------------------------------------------------------
 def _open(ses, request) -> CurateSession:
-    return ses if ses is not None else CurateSession.open(store_dir_for(request))
+    """The page's Curate session, over the sender's dataset (a public visitor's store that was
+    swept while idle is a new, empty one: the session follows it)."""
+    store_dir = store_dir_for(request)
+    if ses is None or Path(ses.curation.store_dir) != Path(store_dir):
+        return CurateSession.open(store_dir)
+    return ses
 
 
 def _new_session(request) -> CurateSession:
@@ -267,10 +288,11 @@ def on_copy_examples(ses, request: gr.Request = None):
 
 
 # -- layout and wiring ---------------------------------------------------------------------------
-def build_examples_box(store_dir: Path):
+def build_examples_box(store_dir: Path | None):
     """The tab's examples, shown at once on a fresh studio (open while the user's dataset is
-    empty): a read-only gallery of the examples store and a button that copies them into the
-    user's dataset. Returns the button."""
+    empty; ``store_dir`` None: a public studio, where each visitor has their own): a read-only
+    gallery of the examples store and a button that copies them into the user's dataset.
+    Returns the button."""
     from .insert import examples_store_dir
 
     try:
@@ -279,11 +301,14 @@ def build_examples_box(store_dir: Path):
     except (StoreError, OSError) as e:  # a read-only temp dir: the studio works without examples
         items = []
         gr.Warning(f"examples unavailable: {e}")
-    with Store(store_dir) as store:
-        empty = store.count() == 0
+    empty = True  # a public studio: every visitor starts on an empty dataset of their own
+    if store_dir is not None:
+        with Store(store_dir) as store:
+            empty = store.count() == 0
     with gr.Accordion(f"Examples ({len(items)} pre-made samples, not in your dataset)", open=empty and bool(items),
                       visible=bool(items), elem_id="curate-examples-box"):
-        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store=store_dir), elem_id="curate-examples-note")
+        gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store="this browser's own" if store_dir is None
+                                         else f"`{store_dir}`"), elem_id="curate-examples-note")
         gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
                    object_fit="contain", allow_preview=True, elem_id="curate-examples", format=VIEW_FORMAT)
         copy = gr.Button("Add the examples to my dataset", size="sm", elem_id="curate-examples-copy")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.access import check_user_path
 from pipeline.bank import ObjectBank
@@ -18,20 +20,70 @@ MODEL_LOCK = threading.Lock()
 
 
 _MODEL_OPTIONS = {"device": "auto", "dtype": None}
-_STORE = {"dir": Path("studio_data")}
+# Whose dataset a request works in: the operator's one store (``shared``), or, in a public
+# studio, each browser's own (``visitors``, a pipeline.visitors.VisitorStores).
+_STORES: dict = {"shared": Path("studio_data"), "visitors": None}
 
 
 def set_store_dir(path) -> Path:
-    """The studio's dataset folder (app.py's --store)."""
-    _STORE["dir"] = Path(path)
-    return _STORE["dir"]
+    """The studio's dataset folder (app.py's --store): one dataset every session shares."""
+    _STORES.update(shared=Path(path), visitors=None)
+    return _STORES["shared"]
+
+
+def set_visitor_stores(visitors) -> None:
+    """A public studio: each browser gets a dataset of its own (a VisitorStores)."""
+    _STORES.update(shared=None, visitors=visitors)
+
+
+def public_datasets() -> bool:
+    """Whether each browser has a dataset of its own (a public studio)."""
+    return _STORES["visitors"] is not None
+
+
+def _visitor_key(request) -> str:
+    """Who sent ``request`` (default: the request being handled): the browser's visitor cookie
+    (HttpOnly, random, studio.downloads), else the page's session hash. The cookie names the
+    visitor: the dataset survives a page reload (a new session hash) and is shared by the
+    browser's tabs, like the downloads it makes; a session hash, sent in every request body, is
+    not enough to open it. A client without the cookie works per page load."""
+    if request is None:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    from .downloads import COOKIE
+
+    session = getattr(request, "session_hash", None) or ""
+    try:
+        cookie = (getattr(request, "cookies", None) or {}).get(COOKIE, "")
+    except AttributeError:
+        cookie = ""
+    return f"browser {cookie}" if cookie else f"session {session}" if session else ""
+
+
+@contextmanager
+def dataset_lease(request=None) -> Iterator[None]:
+    """Hold the sender's dataset for the block: in a public studio the idle sweeper never
+    removes a store while a handler of its visitor runs (pipeline.visitors leases; every
+    handler runs inside one, see studio.console.handler). Not public: nothing to hold."""
+    visitors = _STORES["visitors"]
+    if visitors is None:
+        yield
+        return
+    with visitors.lease(_visitor_key(request)):
+        yield
 
 
 def store_dir_for(request=None) -> Path:
     """The one place every handler gets the dataset folder it reads and writes, from its
-    ``gr.Request`` (today the studio's one store; a public deployment gives each visitor
-    their own folder here)."""
-    return _STORE["dir"]
+    ``gr.Request`` (default: the request being handled). Not public: the operator's one
+    ``--store``, shared by every session as always. Public: the visitor's own store
+    (``<store>/visitors/<random token>``), made on its first use; handlers call this inside
+    :func:`dataset_lease`, so it is not swept while they use it."""
+    visitors = _STORES["visitors"]
+    if visitors is None:
+        return _STORES["shared"]
+    return visitors.store_dir(_visitor_key(request))
 
 
 def set_model_options(device: str = "auto", dtype: str | None = None) -> None:
@@ -248,10 +300,14 @@ def object_sources(store_dir: Path) -> list[tuple[str, Path]]:
     return sources
 
 
-def background_choices(store_dir: Path) -> list[tuple[str, str]]:
-    """(label, value) of every background to pick: the user's accepted samples, then the examples."""
-    with Store(store_dir) as store:
-        out = [(f"#{r.id} {', '.join(r.classes)}", f"{MINE}:{r.id}") for r in store.query(status="accepted")]
+def background_choices(store_dir: Path | None) -> list[tuple[str, str]]:
+    """(label, value) of every background to pick: the user's accepted samples, then the
+    examples (``store_dir`` None: the examples only, e.g. a public studio's page before any
+    visitor has a dataset)."""
+    out = []
+    if store_dir is not None:
+        with Store(store_dir) as store:
+            out = [(f"#{r.id} {', '.join(r.classes)}", f"{MINE}:{r.id}") for r in store.query(status="accepted")]
     try:
         with Store(examples_store_dir()) as ex:
             out += [(f"example: #{r.id} {', '.join(r.classes[:4])}", f"{EXAMPLES}:{r.id}") for r in ex.query()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipeline.access import is_public
 from pipeline.dataset import Store
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.gpu import queue_settings
@@ -15,15 +16,28 @@ from .console import atomic_image_cache, setup_console
 from .curate import EXPORTS_DIR, CurateActions, build_curate_tab, clean_old_exports  # noqa: F401 (scripts import them here)
 from .generate import build_generate_tab
 from .insert import background_choices, build_insert_tab
-from .state import set_model_options, set_store_dir, store_dir_for
+from .state import dataset_lease, set_model_options, set_store_dir, set_visitor_stores, store_dir_for
 
 
 def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedded", device: str = "auto",
-              dtype: str | None = None) -> gr.Blocks:
-    store_dir = set_store_dir(Path(store_dir))
+              dtype: str | None = None, visitor_idle_minutes: float | None = None) -> gr.Blocks:
+    """The studio over ``store_dir``: the operator's one shared dataset, or, in public mode
+    (pipeline.access.is_public), the folder under which each browser gets its own
+    (``<store_dir>/visitors/<random token>``, removed after ``visitor_idle_minutes`` idle)."""
     setup_console()
     atomic_image_cache()
-    Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
+    if is_public():
+        from pipeline.visitors import DEFAULT_IDLE_MINUTES, VisitorStores
+
+        idle = DEFAULT_IDLE_MINUTES if visitor_idle_minutes is None else float(visitor_idle_minutes)
+        visitors = VisitorStores(Path(store_dir) / "visitors", idle_seconds=idle * 60)
+        visitors.sweep()  # what a previous run left idle
+        visitors.start_sweeper()
+        set_visitor_stores(visitors)
+        store_dir = None  # no dataset is shared: each handler works in its sender's
+    else:
+        store_dir = set_store_dir(Path(store_dir))
+        Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
     clean_old_exports(keep=None)
     set_model_options(device, dtype)
     with gr.Blocks(title="DiffuMask-Editor Studio", delete_cache=(1800, 3600)) as demo:
@@ -37,7 +51,8 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
             build_curate_tab(store_dir, curate_tab)
 
         def refresh_backgrounds(request: gr.Request = None):
-            return gr.update(choices=background_choices(store_dir_for(request)))
+            with dataset_lease(request):
+                return gr.update(choices=background_choices(store_dir_for(request)))
 
         insert_tab.select(refresh_backgrounds, None, bg_choice, show_progress="hidden")
     # On a Space: sized for its hardware (CPU: one model call at a time; ZeroGPU: a GPU slice

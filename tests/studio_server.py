@@ -27,13 +27,14 @@ class StudioURL(str):
 
 
 @contextmanager
-def running_studio(store: Path, timeout: float = 180):
+def running_studio(store: Path, timeout: float = 180, args: tuple[str, ...] = ()):
+    """``app.py --store store`` on a free port (``args``: more of its options, e.g. --public)."""
     port = free_port()
     # unbuffered: the log file holds what the console would show, when it is shown (tests read it)
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2",
                PYTHONUNBUFFERED="1")
     log = open(store.parent / f"studio-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--store", str(store), "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py", "--store", str(store), "--port", str(port), *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

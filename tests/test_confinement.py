@@ -129,9 +129,21 @@ def test_public_mode_one_message_for_any_server_path(public, tmp_path):
             check_user_path(v, "model")
         messages.add(str(e.value))
     assert len(messages) == 1 and "public" in messages.pop()
-    # allowed: presets, paths inside the hub cache, hub ids in the cache (as their cached copy)
-    for v in ("embedded", "sd15", "sam-vit-b", "fopa", str(public / "models--a--b")):
+    # allowed: presets whose files are in the cache, paths inside the hub cache, hub ids in the
+    # cache (as their cached copy); a preset not in the cache is refused like the rest
+    # (tests/test_public.py: before any network call)
+    fopa = public / "models--BCMIZB--Libcom_pretrained_models"
+    (fopa / "snapshots" / "1").mkdir(parents=True)
+    (fopa / "snapshots" / "1" / "FOPA.pth").write_bytes(b"weights")
+    (fopa / "refs").mkdir()
+    (fopa / "refs" / "main").write_text("1")
+    for v in ("embedded", "fopa", str(public / "models--a--b")):
         assert check_user_path(v) == v
+    for v in ("sd15", "sam-vit-b"):
+        with pytest.raises(AccessError) as e:
+            check_user_path(v)
+        messages.add(str(e.value))
+    assert len(messages) == 1
     assert Path(check_user_path("a/b")) == public / "models--a--b" / "snapshots" / "1"
     link = public / "out"
     link.symlink_to("/etc")
