@@ -20,27 +20,12 @@ import re
 from pathlib import Path
 
 from .errors import PipelineError
+from .public import is_public, public_default, set_public  # noqa: F401 (the flag lives in a leaf module)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
-_PUBLIC = {"on": False}
-
-
 class AccessError(PipelineError, PermissionError):
     """A value names something a public studio does not serve."""
-
-
-def public_default(environ=os.environ) -> bool:
-    """Public mode is on by default on Hugging Face Spaces (SPACE_ID set)."""
-    return bool(environ.get("SPACE_ID"))
-
-
-def set_public(on: bool) -> None:
-    _PUBLIC["on"] = bool(on)
-
-
-def is_public() -> bool:
-    return _PUBLIC["on"]
 
 
 def allowed_roots() -> list[Path]:
@@ -71,7 +56,7 @@ def check_user_path(value: str | None, what: str = "model") -> str | None:
     name or a path inside an allowed folder; for a hub id, its snapshot folder in the hub cache.
     AccessError with the same generic text for every refused value, whether or not such a path
     (or such a folder beside the server, for a hub-id-shaped value) exists."""
-    if not _PUBLIC["on"] or value is None:
+    if not is_public() or value is None:
         return value
     from .devices import looks_like_path
     from .presets import names

@@ -136,7 +136,7 @@ def downloads_allowed() -> bool:
     """Whether :func:`resolve` may ask the hub: not with HF_HUB_OFFLINE set, and never in a
     public studio, where the request would be made because of a visitor's input (whatever
     HF_HUB_OFFLINE says; see :mod:`pipeline.access`)."""
-    from .access import is_public
+    from .public import is_public
 
     return not offline() and not is_public()
 
