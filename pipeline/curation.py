@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from . import viz
@@ -27,10 +26,7 @@ from .dataset import STATUSES, DamagedSampleError, Record, StatusAnswer, Store, 
 from .errors import PipelineError
 from .export import ExportReport, export
 
-try:  # the store's rule for re-deriving threshold masks (moving from dataset.py to masks.py)
-    from .masks import derive_generated
-except ImportError:
-    from .dataset import _derive_generated as derive_generated
+from .masks import derive_generated  # the store's rule for re-deriving threshold masks
 
 PAGE_SIZE = 48
 THUMB_CACHE_SIZE = 4096
@@ -180,7 +176,7 @@ class Curation:
                     tiles.append(Tile(r.id, thumbnail(store, r), caption(r)))
                 except StoreError as e:
                     reason = e.reason if isinstance(e, DamagedSampleError) else str(e)
-                    tiles.append(Tile(r.id, damaged_tile(), f"#{r.id} ⚠ damaged: {reason}", reason))
+                    tiles.append(Tile(r.id, viz.damaged_tile(), f"#{r.id} ⚠ damaged: {reason}", reason))
         return Page(tiles, total, page, pages)
 
     def review(self, sample_id: int, show_heat: bool = False, threshold: float | None = None) -> Review:
@@ -212,11 +208,11 @@ class Curation:
         with self._store() as store:
             return store.set_status(ids, status, by=by)
 
-    def change_status(self, sample_id: int, status: str, by: str = "curate") -> StatusAnswer:
-        """Set one sample's status, compare-and-set in one transaction; the answer is what is
-        stored at its commit (another session's change may have come first)."""
+    def change_status(self, sample_id: int, status: str, by: str = "curate", expect: str | None = None) -> StatusAnswer:
+        """Set one sample's status (only if it is ``expect``, when given), compare-and-set in one
+        transaction; the answer is what is stored at its commit (another session may have come first)."""
         with self._store() as store:
-            return store.change_status(int(sample_id), status, by=by)
+            return store.change_status(int(sample_id), status, by=by, expect=expect)
 
     def undo(self, sample_id: int) -> StatusAnswer:
         """Put back the status a sample had before its last change, in one transaction; the answer is what is stored."""
@@ -229,9 +225,7 @@ class Curation:
                 raise
 
     def undo_status(self, sample_id: int) -> str:
-        """Put back the status a sample had before its last change; returns the status stored after it."""
-        return self.undo(sample_id).status
-
+        return self.undo(sample_id).status  # the status stored after the undo
     def save_details(self, sample_id: int, notes: str, threshold: float | None = None) -> bool:
         """Save the notes and, when ``threshold`` differs from the sample's, re-derive its masks
         at that threshold (the store's one rule; a hand-edited mask refuses). Returns whether
@@ -371,15 +365,18 @@ class CurateSession:
             return {i: store.get(i).status for i in ids}
 
     def set_status(self, status: str) -> None:
-        """The highlighted sample gets ``status``; the highlight moves on to the next one."""
+        """The highlighted sample gets ``status`` (compare-and-set: the message says what is
+        stored, another session's change may have come first); the highlight moves on."""
         sid = self._need_current()
         before = self._statuses([sid])
-        self.curation.set_status(sid, status)
-        self.changes.append(before)
+        answer = self.curation.change_status(sid, status, expect=before[sid])
+        if answer.changed:
+            self.changes.append(before)
         self.refresh()
         if self.ids:
             self.index, self.preview = min((self.index or 0) + 1, len(self.ids) - 1), None
-        self._touch(f"#{sid} {status}")
+        self._touch(f"#{sid} {answer.status}" + ("" if answer.status == status else
+                                                  " (changed by someone else meanwhile: not set)"))
 
     def bulk(self, status: str) -> int:
         """Every sample on the page gets ``status`` (one change for undo)."""
@@ -495,11 +492,3 @@ def clear_thumbnails() -> None:
     """Forget every cached thumbnail (benchmarks measure a cold gallery with it)."""
     with _THUMBS_LOCK:
         _THUMBS.clear()
-
-
-def damaged_tile(size: int = 128) -> np.ndarray:
-    """A grey tile crossed in red: the gallery's picture for a sample that cannot be read."""
-    tile = np.full((size, size, 3), 70, np.uint8)
-    cv2.line(tile, (0, 0), (size - 1, size - 1), (200, 60, 60), 3)
-    cv2.line(tile, (size - 1, 0), (0, size - 1), (200, 60, 60), 3)
-    return tile

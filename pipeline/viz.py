@@ -135,3 +135,11 @@ def draw_clicks(image: np.ndarray, clicks, min_side: int = 320) -> np.ndarray:
         cv2.circle(shown, centre, max(4, int(k * 1.5)), (40, 220, 60) if label else (235, 40, 40), -1)
         cv2.circle(shown, centre, max(4, int(k * 1.5)), (255, 255, 255), 1)
     return shown
+
+
+def damaged_tile(size: int = 128) -> np.ndarray:
+    """A grey tile crossed in red (HWC uint8): the gallery's picture for a sample that cannot be read."""
+    tile = np.full((size, size, 3), 70, np.uint8)
+    cv2.line(tile, (0, 0), (size - 1, size - 1), (200, 60, 60), 3)
+    cv2.line(tile, (size - 1, 0), (0, size - 1), (200, 60, 60), 3)
+    return tile
