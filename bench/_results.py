@@ -19,10 +19,14 @@ def machine() -> str:
             f"torch {torch.__version__} on {device}")
 
 
-def write_section(name: str, body: str) -> None:
+def write_section(name: str, body: str, command: str | None = None) -> None:
+    """Replace (or append) section ``name`` of RESULTS.md; ``command`` is what measured it
+    (default ``python bench/<name>.py``)."""
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     stamp = datetime.date.today().isoformat()
-    block = f"<!-- {name}:start -->\n## {name}\n\n_Measured {stamp} on {machine()} by `python bench/{name}.py`._\n\n{body.strip()}\n<!-- {name}:end -->"
+    command = command or f"python bench/{name}.py"
+    block = (f"<!-- {name}:start -->\n## {name}\n\n_Measured {stamp} on {machine()} by `{command}`._\n\n"
+             f"{body.strip()}\n<!-- {name}:end -->")
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)

@@ -188,7 +188,7 @@ def main_browser_only(n: int = 20) -> None:
         f"{np.percentile(in_browser, 90) * 1000:.0f} ms |",
         f"| bare Gradio page: the same | {med(floor):.0f} ms | {np.percentile(floor, 90) * 1000:.0f} ms |", "",
         f"Ratio studio / bare: **{ratio:.2f}x** (target <= 1.3x: {'met' if ratio <= 1.3 else 'missed'})."])
-    write_section("bench_studio_browser", body)
+    write_section("bench_studio_browser", body, command="python bench/bench_studio.py --browser-only")
 
 
 if __name__ == "__main__":
