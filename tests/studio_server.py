@@ -58,3 +58,54 @@ def running_studio(store: Path, timeout: float = 180, args: tuple[str, ...] = ()
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# -- the studio's API as a page sees it (tests/test_studio.py, tests/test_public.py) -------------
+class Screen:
+    """A gradio_client whose ``predict`` returns what the page shows after the event: every tab
+    event returns all of its tab's outputs, a view the page already shows as a skip (an empty
+    update), so each output is folded into the last value it had (per tab, told by the number
+    of outputs)."""
+
+    def __init__(self, url, **client_options):
+        from gradio_client import Client
+
+        self.client, self.tabs = Client(url, verbose=False, **client_options), {}
+
+    def predict(self, *args, **kwargs):
+        out = self.client.predict(*args, **kwargs)
+        if not isinstance(out, tuple):
+            return out
+        shown = self.tabs.setdefault(len(out), [None] * len(out))
+        for i, v in enumerate(out):
+            if isinstance(v, dict) and v.get("__type__") == "update":
+                if "value" in v:
+                    shown[i] = v["value"]
+            else:
+                shown[i] = v
+        return tuple(shown)
+
+
+# Outputs of every Generate-tab event (studio.generate.render), Insert-tab event
+# (studio.insert.render) and Curate-tab event (studio.curate.render): the whole tab each time.
+G_MASK, G_CHOICE, G_THRESHOLD, G_STORE = 2, 6, 8, 11
+I_ROWS, I_BG_INFO, I_COMPOSITE, I_MASKS, I_COMP_INFO, I_ACCEPT = 1, 3, 8, 9, 10, 11
+C_FILE, C_EXPORT_INFO, C_MESSAGE = 7, 8, 9
+
+
+def said(url, text: str, timeout: float = 30) -> None:
+    """The studio told the user ``text`` (a toast; its console logs each user error in one line)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in url.log.read_text():
+        assert time.monotonic() < deadline, f"the studio never said {text!r}"
+        time.sleep(0.1)
+
+
+def saved_id(line: str) -> int:
+    return int(line.split("#")[1].split()[0])
+
+
+def file_path(value) -> str:
+    return value["path"] if isinstance(value, dict) and "path" in value else value

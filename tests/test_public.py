@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import access, presets
+from pipeline.dataset import NewSample
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -102,8 +103,7 @@ def test_public_studio_fields_refuse_uncached_presets_without_a_network_call(pub
     from pipeline.harmonize import HARMONIZERS
     from pipeline.placement import SCORERS
     from studio import insert
-    from studio.state import generate_one, size_info
-    from studio.ui import make_refiner
+    from studio.state import generate_one, make_refiner, size_info
 
     values = [n for n in presets.names() if n != "embedded"] + ["stabilityai/sd-turbo", "facebook/sam-vit-base"]
     for v in values:
@@ -256,7 +256,7 @@ def test_sweeper_and_visitors_side_by_side_lose_nothing(tmp_path):
                 with stores.lease(key) as folder:
                     with Store(folder) as store:
                         before = store.count()
-                        store.add(image, ["dog"], instances=[("dog", mask)])
+                        store.add(NewSample(image, ["dog"], instances=[("dog", mask)]))
                     time.sleep(0.3)  # longer than the idle time, inside the lease
                     with Store(folder) as store:
                         if store.count() != before + 1:
@@ -288,16 +288,19 @@ GEN_ARGS = dict(template="a photograph of a {}", steps=10, guidance=5, model="em
                 sam_ckpt="", resolution="all", t_lo=0, t_hi=999)
 
 
-def _client(url, **kw):
-    from gradio_client import Client
+def _visitor(url, **kw):
+    """A gradio_client visitor whose answers are folded as the page shows them (studio_server.Screen)."""
+    from studio_server import Screen
 
-    return Client(url, verbose=False, **kw)
+    return Screen(url, download_files=False, **kw)
 
 
-def _gallery_len(refresh_out) -> int:
-    gallery = refresh_out[0]
-    gallery = gallery.get("value", gallery) if isinstance(gallery, dict) else gallery
-    return len(gallery or [])
+def _gallery_len(screen) -> int:
+    return len(screen.predict(api_name="/refresh")[0] or [])
+
+
+def _file_value(value, key: str):
+    return value[key] if isinstance(value, dict) else getattr(value, key)
 
 
 @pytest.mark.slow
@@ -306,58 +309,59 @@ def test_public_studio_gives_each_visitor_their_own_dataset_and_downloads(tmp_pa
     import zipfile
 
     import httpx
-    from gradio_client.exceptions import AppError
 
     from pipeline.dataset import Store
     from studio.downloads import COOKIE, owner_of
-    from studio_server import running_studio
+    from studio_server import C_EXPORT_INFO, C_FILE, G_STORE, I_BG_INFO, running_studio, said
 
     store = tmp_path / "data"
     with running_studio(store, args=("--public", "--visitor-idle", "30")) as url:
-        a, b = _client(url, download_files=False), _client(url, download_files=False)
-        assert a.cookies.get(COOKIE) and b.cookies.get(COOKIE) and a.cookies[COOKIE] != b.cookies[COOKIE]
+        a, b = _visitor(url), _visitor(url)
+        assert a.client.cookies.get(COOKIE) and b.client.cookies.get(COOKIE)
+        assert a.client.cookies[COOKIE] != b.client.cookies[COOKIE]
         a.predict(class_name="ball", seed=5, api_name="/generate", **GEN_ARGS)
-        saved = a.predict(tags="mine", api_name="/accept")
-        assert "saved as #1 (accepted)" in saved
-        assert _gallery_len(a.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
+        assert "saved as #1 (accepted)" in a.predict(tags="mine", api_name="/accept")[G_STORE]
+        assert _gallery_len(a) == 1
         # B sees nothing of A's: not in its gallery, not as an Insert background, not in an export
-        assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 0
-        with pytest.raises(AppError):
-            b.predict(choice="#1 ball", upload=None, caption="", model="embedded", api_name="/insert_load")
-        with pytest.raises(AppError, match="no samples match"):
-            b.predict(fmt="coco", status="any", classes="", tag="", val=0, api_name="/export")
-        with pytest.raises(AppError, match="Select a sample"):  # nothing of A's to accept or reject
-            b.predict("any", "", "", api_name="/curate_reject")
+        assert _gallery_len(b) == 0
+        out = b.predict(choice="dataset:1", upload=None, caption="", model="embedded", api_name="/insert_load")
+        said(url, "no sample #1")
+        assert not out[I_BG_INFO]  # nothing loaded
+        b.predict(fmt="coco", status="any", val=0, api_name="/export")
+        said(url, "no samples match")
+        b.predict(api_name="/curate_reject")  # nothing of A's to accept or reject
+        said(url, "Select a sample in the gallery first")
         # A's export: A downloads it; B with its URL, a browser with no cookie, and a path that
         # climbs out of B's own exports folder get nothing
-        zfile, info = a.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
+        out = a.predict(fmt="coco", status="accepted", val=0, api_name="/export")
+        zfile, info = out[C_FILE], out[C_EXPORT_INFO]
         assert "1 images" in info
-        zip_url = zfile["url"] if isinstance(zfile, dict) else zfile.url
-        zip_path = zfile["path"] if isinstance(zfile, dict) else zfile.path
+        zip_url, zip_path = _file_value(zfile, "url"), _file_value(zfile, "path")
         zip_url = zip_url if zip_url.startswith("http") else url.rstrip("/") + zip_url
-        mine = httpx.get(zip_url, cookies=a.cookies, timeout=30)
+        mine = httpx.get(zip_url, cookies=a.client.cookies, timeout=30)
         assert mine.status_code == 200
         (tmp_path / "a.zip").write_bytes(mine.content)
         with zipfile.ZipFile(tmp_path / "a.zip") as z:
             assert any(n.endswith("instances_train.json") for n in z.namelist())
-        assert httpx.get(zip_url, cookies=b.cookies, timeout=30).status_code == 404
+        assert httpx.get(zip_url, cookies=b.client.cookies, timeout=30).status_code == 404
         assert httpx.get(zip_url, timeout=30).status_code == 404
         root = Path(zip_path).parents[2]
-        climb = f"{url}gradio_api/file={root}/{owner_of(b.cookies[COOKIE])}/../{Path(zip_path).relative_to(root)}"
-        assert httpx.get(climb, cookies=b.cookies, timeout=30).status_code == 404
+        climb = f"{url}gradio_api/file={root}/{owner_of(b.client.cookies[COOKIE])}/../{Path(zip_path).relative_to(root)}"
+        assert httpx.get(climb, cookies=b.client.cookies, timeout=30).status_code == 404
         # a copied session hash does not open A's dataset: the visitor is their browser's cookie
-        b.session_hash = a.session_hash
-        assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 0
+        b.client.session_hash = a.client.session_hash
+        assert _gallery_len(b) == 0
         # and A's dataset survives a page reload (a new session of the same browser)
-        a2 = _client(url, download_files=False, httpx_kwargs={"cookies": dict(a.cookies)})
-        assert a2.session_hash != a.session_hash
-        assert _gallery_len(a2.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
+        a2 = _visitor(url, httpx_kwargs={"cookies": dict(a.client.cookies)})
+        assert a2.client.session_hash != a.client.session_hash
+        assert _gallery_len(a2) == 1
         # a zip another studio process left in the machine's shared Gradio temp folder is not served
         shared = Path(tempfile.gettempdir()) / "gradio" / f"other-process-{tmp_path.name}"
         shared.mkdir(parents=True, exist_ok=True)
         try:
             (shared / "dataset-coco.zip").write_bytes(mine.content)
-            other = httpx.get(f"{url}gradio_api/file={shared / 'dataset-coco.zip'}", cookies=a.cookies, timeout=30)
+            other = httpx.get(f"{url}gradio_api/file={shared / 'dataset-coco.zip'}", cookies=a.client.cookies,
+                              timeout=30)
             assert other.status_code in (403, 404)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
@@ -374,15 +378,16 @@ def test_public_studio_gives_each_visitor_their_own_dataset_and_downloads(tmp_pa
 
 @pytest.mark.slow
 def test_operator_studio_keeps_one_shared_dataset(tmp_path):
-    from studio_server import running_studio
+    from studio_server import C_EXPORT_INFO, C_FILE, G_STORE, file_path, running_studio
 
     with running_studio(tmp_path / "data") as url:
-        a, b = _client(url), _client(url)
+        a, b = _visitor(url), _visitor(url)
         a.predict(class_name="ball", seed=5, api_name="/generate", **GEN_ARGS)
-        assert "saved as #1" in a.predict(tags="", api_name="/accept")
-        assert _gallery_len(b.predict(status="any", classes="", tag="", api_name="/refresh")) == 1
-        zpath, info = b.predict(fmt="coco", status="accepted", classes="", tag="", val=0, api_name="/export")
-        assert "1 images" in info and Path(zpath).is_file()  # another session downloads it, as before
+        assert "saved as #1" in a.predict(tags="", api_name="/accept")[G_STORE]
+        assert _gallery_len(b) == 1
+        out = b.predict(fmt="coco", status="accepted", val=0, api_name="/export")
+        assert "1 images" in out[C_EXPORT_INFO]
+        assert Path(file_path(out[C_FILE])).is_file()  # another session downloads it, as before
     assert not (tmp_path / "data" / "visitors").exists()
 
 
@@ -411,8 +416,8 @@ def test_public_studio_in_two_browsers(tmp_path):
                 pages.append(page)
             a, b = pages
             a.click("#curate-examples-copy")
-            a.wait_for_function("() => document.querySelector('#curate-examples-info').innerText.includes('examples')",
-                                timeout=120000)
+            a.wait_for_function("() => (document.querySelector('#curate-message')?.innerText || '')"
+                                ".includes('examples are in your dataset')", timeout=120000)
             a.click("#export-btn")
             a.wait_for_function("() => document.querySelector('#export-info').innerText.includes('images')",
                                 timeout=120000)

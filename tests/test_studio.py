@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from pipeline.dataset import Store
-from studio_server import running_studio
+from studio_server import (C_EXPORT_INFO, C_FILE, C_MESSAGE, G_CHOICE, G_MASK, G_STORE, G_THRESHOLD,  # noqa: F401
+                           I_ACCEPT, I_BG_INFO, I_COMP_INFO, I_COMPOSITE, I_MASKS, I_ROWS, Screen, file_path,
+                           running_studio, said, saved_id)
 
 pytestmark = pytest.mark.slow
 
@@ -22,62 +24,12 @@ def studio(tmp_path_factory):
         yield url, store
 
 
-class Screen:
-    """A gradio_client whose ``predict`` returns what the page shows after the event: every tab
-    event returns all of its tab's outputs, a view the page already shows as a skip (an empty
-    update), so each output is folded into the last value it had (per tab, told by the number
-    of outputs)."""
-
-    def __init__(self, url):
-        from gradio_client import Client
-
-        self.client, self.tabs = Client(url, verbose=False), {}
-
-    def predict(self, *args, **kwargs):
-        out = self.client.predict(*args, **kwargs)
-        if not isinstance(out, tuple):
-            return out
-        shown = self.tabs.setdefault(len(out), [None] * len(out))
-        for i, v in enumerate(out):
-            if isinstance(v, dict) and v.get("__type__") == "update":
-                if "value" in v:
-                    shown[i] = v["value"]
-            else:
-                shown[i] = v
-        return tuple(shown)
-
-
 def client(url):
     return Screen(url)
 
 
 def gen(c, cls, seed):
     return c.predict(class_name=cls, seed=seed, api_name="/generate", **GEN_ARGS)
-
-
-# Outputs of every Generate-tab event (studio.generate.render), Insert-tab event
-# (studio.insert.render) and Curate-tab event (studio.curate.render): the whole tab each time.
-G_MASK, G_CHOICE, G_THRESHOLD, G_STORE = 2, 6, 8, 11
-I_ROWS, I_BG_INFO, I_COMPOSITE, I_MASKS, I_COMP_INFO, I_ACCEPT = 1, 3, 8, 9, 10, 11
-C_FILE, C_EXPORT_INFO, C_MESSAGE = 7, 8, 9
-
-
-def said(url, text: str, timeout: float = 30) -> None:
-    """The studio told the user ``text`` (a toast; its console logs each user error in one line)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while text not in url.log.read_text():
-        assert time.monotonic() < deadline, f"the studio never said {text!r}"
-        time.sleep(0.1)
-
-
-def saved_id(line: str) -> int:
-    return int(line.split("#")[1].split()[0])
-
-
-def file_path(value) -> str:
-    return value["path"] if isinstance(value, dict) and "path" in value else value
 
 
 def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
