@@ -155,24 +155,40 @@ def on_stop(request: gr.Request):
     press_stop(request.session_hash)
 
 
-@handler(render)
-def on_click(ses, mode, evt: gr.SelectData):
+def add_click(ses, mode, evt: gr.SelectData):
     """A click on the image adds an object (+) or background (-) point and re-runs the refiner
     (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask."""
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
-    # queued clicks' answers can reach the page out of order: each one carries every view whole,
-    # so whichever lands last shows one consistent state (tests/test_browser.py, quick clicks)
-    ses.shown = {k: v for k, v in ses.shown.items() if k == "editor_open"}
     ses.add_click(int(evt.index[0] // k), int(evt.index[1] // k), 1 if mode == CLICK_MODES[1] else 0)
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
 
 
-def on_click_views(ses, mode, evt: gr.SelectData):  # no State output: with it, quick clicks' answers land out of order
-    return on_click(ses, mode, evt)[1:]
+on_click = handler(render)(add_click)  # one call: the click, then every view (the API, tests)
+
+
+_record_click = handler(lambda ses: ())(add_click)  # the error policy and visitor lease, no views
+
+
+def on_click_record(ses, mode, evt: gr.SelectData) -> None:
+    """The page's click event: records the click and answers nothing; the views follow in
+    :func:`on_click_views`. Quick clicks are separate queued events, and the page applies their
+    answers in the order their ``/queue/join`` replies reach it, not the order the server ran
+    them: on a loaded machine the answer of click 3 landed after that of click 4, and the page
+    kept "3 clicks" while the session held 4."""
+    _record_click(ses, mode, evt)
+
+
+@handler(render)
+def on_click_views(ses):
+    """Every view after a click, chained to it with ``trigger_mode="always_last"``: the page
+    keeps at most one of these in flight and runs the last one asked for after it, so the last
+    answer to land is drawn after every click the page saw answered, and answers land in order
+    (the skip-if-unchanged memo stays true to the page)."""
+    return ses
 
 
 @handler(render)
@@ -385,8 +401,11 @@ def build_generate_tab(model: str):
         comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
     # clicks queue one after another (never dropped); no progress overlay: it covers the image,
     # so a quick second click landed on the overlay and was lost (4 quick clicks -> 1 point)
-    image_out.select(on_click_views, [ses_state, click_mode], outputs[1:], concurrency_limit=1, concurrency_id="clicks",
-                     trigger_mode="multiple", **quiet)
+    # and a click's views come from a chained render, one in flight at a time (on_click_record)
+    image_out.select(on_click_record, [ses_state, click_mode], None, concurrency_limit=1, concurrency_id="clicks",
+                     trigger_mode="multiple", **quiet).then(
+        lambda ses: on_click_views(ses)[1:], ses_state, outputs[1:], concurrency_limit=1, concurrency_id="clicks",
+        trigger_mode="always_last", **quiet)
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)
     touch_up.expand(lambda s: on_editor_open(s, True), ses_state, outputs, **quiet)
     touch_up.collapse(lambda s: on_editor_open(s, False), ses_state, outputs, **quiet)
