@@ -208,6 +208,25 @@ def on_threshold(ses, threshold: float):
     return ses
 
 
+# What a threshold step can change (InspectSession.set_threshold moves the threshold alone: the
+# picture, heat map, refinement, source and seed stay). The slider's event lists only these: each
+# output of an event costs the page a loading-status update even when its answer is a skip, and
+# the other 10 made a step ~45 ms slower in chromium (bench/bench_studio.py --browser-only).
+THRESHOLD_VIEWS = ("mask", "thr", "mask_label", "threshold", "editor", "store_info")
+
+
+def on_threshold_views(ses, threshold: float):
+    """:func:`on_threshold`'s answer for the slider's event: ``render(session)`` cut to
+    :data:`THRESHOLD_VIEWS`. A view outside them that the render did draw (it should not) is
+    forgotten from the memo, so the next event's render sends it."""
+    out = dict(zip(OUTPUTS, on_threshold(ses, threshold)[1:]))
+    if ses is not None:
+        for name, value in out.items():
+            if name not in THRESHOLD_VIEWS and not (isinstance(value, dict) and value == gr.skip()):
+                ses.shown.pop(name, None)
+    return tuple(out[name] for name in THRESHOLD_VIEWS)
+
+
 @handler(render)
 def on_source(ses, choice: str):
     _need(ses)
@@ -394,8 +413,8 @@ def build_generate_tab(model: str):
     overlay.input(on_overlay, [ses_state, overlay], outputs, api_name="overlay", **quiet)
     # Re-thresholding is a sub-millisecond numpy comparison: off the queue so the slider feels
     # live (the queue's round trip alone is most of the latency)
-    threshold.input(on_threshold, [ses_state, threshold], outputs, api_name="threshold", trigger_mode="always_last",
-                    queue=False, **quiet)
+    threshold.input(on_threshold_views, [ses_state, threshold], [outputs[1 + OUTPUTS.index(n)] for n in THRESHOLD_VIEWS],
+                    api_name="threshold", trigger_mode="always_last", queue=False, **quiet)
     source.input(on_source, [ses_state, source], outputs, api_name="mask_source", **quiet)
     for comp in (res_in, t_lo, t_hi, refiner):
         comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
