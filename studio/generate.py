@@ -212,7 +212,8 @@ def on_threshold(ses, threshold: float):
 # picture, heat map, refinement, source and seed stay). The slider's event lists only these: each
 # output of an event costs the page a loading-status update even when its answer is a skip, and
 # the other 10 made a step ~45 ms slower in chromium (bench/bench_studio.py --browser-only).
-THRESHOLD_VIEWS = ("mask", "thr", "mask_label", "threshold", "editor", "store_info")
+# The slider itself is not among them: it shows the value the step was made with already.
+THRESHOLD_VIEWS = ("mask", "thr", "mask_label", "editor", "store_info")
 
 
 def on_threshold_views(ses, threshold: float):
