@@ -178,15 +178,15 @@ def heatmap(background: np.ndarray, fg_mask: np.ndarray, scales: Sequence[float]
             ch, cw = max(1, min(MH - cy0, round((H - bh_full + 1) * g))), max(1, min(MW - cx0, round((W - bw_full + 1) * g)))
         full[cy0 : cy0 + ch, cx0 : cx0 + cw] = cv2.resize(score.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
         maps[si] = full
-        for yy, xx in _peaks(score, 3):
-            cx = (xx + bw / 2) / f
-            cy = (yy + bh / 2) / f
-            cands.append((float(score[yy, xx]), si, box_at((cx, cy), (bw_full, bh_full), (H, W))))
+        # the boxes are ranked on the map the user is shown, not on the working-resolution
+        # score it was resized from: the best box's centre is the shown map's argmax (eq. 4),
+        # never a peak that resizing moved or cooled (tests/test_placement.py, real photos)
+        for yy, xx in _peaks(full, 3):
+            cx, cy = (xx + 0.5) / g - 0.5, (yy + 0.5) / g - 0.5  # map pixel -> background pixel centre
+            cands.append((float(full[yy, xx]), si, box_at((cx, cy), (bw_full, bh_full), (H, W))))
     if not cands:
         raise PlacementError(f"the object does not fit the {W}x{H} background at any of the scales {scales}")
-    # one normaliser for maps and boxes: box scores are read at the working resolution and the
-    # maps are resized from it, so either can hold the highest value; both end in [0, 1]
-    hi = max(float(maps.max()), max(c[0] for c in cands))
+    hi = float(maps.max())  # the best box scores 1, as the hottest pixel of the maps
     if hi > 0:
         maps /= hi
     cands.sort(key=lambda c: (-c[0], c[1], c[2]))
@@ -266,9 +266,9 @@ def get_scorer(name: str = DEFAULT_SCORER, checkpoint: str | None = None, **opti
 
 
 def _peaks(score: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Up to n local maxima (3x3) of a map, highest first."""
+    """Up to n local maxima (3x3) of a map, highest first (zeros, where a box does not fit, are none)."""
     dil = cv2.dilate(score.astype(np.float32), np.ones((3, 3), np.uint8))
-    ys, xs = np.nonzero(score >= dil - 1e-9)
+    ys, xs = np.nonzero((score >= dil - 1e-9) & (score > 0))
     order = np.lexsort((xs, ys, -score[ys, xs]))[:n]
     return [(int(ys[i]), int(xs[i])) for i in order]
 

@@ -105,7 +105,8 @@ class CurateActions:
 
 
 # -- render ----------------------------------------------------------------------------------
-OUTPUTS = ("gallery", "count", "review", "detail", "notes", "threshold", "scope", "file", "export_info", "message")
+OUTPUTS = ("gallery", "count", "review", "detail", "notes", "threshold", "scope", "file", "export_info", "message",
+           "examples")
 
 
 def threshold_widget(rev) -> tuple:
@@ -141,6 +142,7 @@ def render(ses: CurateSession | None) -> tuple:
     if ses.preview is not None:
         value = ses.preview
     exp = ses.last_export
+    empty = ses.curation.count() == 0
     texts = {"count": ses.page.summary if ses.page is not None else "", "detail": detail,
              "scope": ses.export_summary(), "export_info": exp[1] if exp else "", "message": ses.message}
     return (
@@ -159,6 +161,11 @@ def render(ses: CurateSession | None) -> tuple:
              lambda: gr.update(value=exp[0], visible=True) if exp else gr.update(visible=False)),
         view(ses, "export_info", texts["export_info"], lambda: texts["export_info"]),
         view(ses, "message", texts["message"], lambda: texts["message"]),
+        # the examples box is open while the user's dataset is empty and closes once it holds a
+        # sample (the examples added, or one accepted elsewhere): open, it pushes the large view
+        # below the fold of a 1400x900 window. Sent only when that changes: a box the user opened
+        # again stays open.
+        view(ses, "examples_open", empty, lambda: gr.update(open=empty)),
     )
 
 
@@ -292,7 +299,7 @@ def build_examples_box(store_dir: Path | None):
     """The tab's examples, shown at once on a fresh studio (open while the user's dataset is
     empty; ``store_dir`` None: a public studio, where each visitor has their own): a read-only
     gallery of the examples store and a button that copies them into the user's dataset.
-    Returns the button."""
+    Returns the box and its button."""
     from .insert import examples_store_dir
 
     try:
@@ -306,13 +313,13 @@ def build_examples_box(store_dir: Path | None):
         with Store(store_dir) as store:
             empty = store.count() == 0
     with gr.Accordion(f"Examples ({len(items)} pre-made samples, not in your dataset)", open=empty and bool(items),
-                      visible=bool(items), elem_id="curate-examples-box"):
+                      visible=bool(items), elem_id="curate-examples-box") as box:
         gr.Markdown(EXAMPLES_NOTE.format(n=len(items), store="this browser's own" if store_dir is None
                                          else f"`{store_dir}`"), elem_id="curate-examples-note")
         gr.Gallery(items, label="examples (read-only; click one to enlarge)", columns=10, height=200,
                    object_fit="contain", allow_preview=True, elem_id="curate-examples", format=VIEW_FORMAT)
         copy = gr.Button("Add the examples to my dataset", size="sm", elem_id="curate-examples-copy")
-    return copy
+    return box, copy
 
 
 def _with(fn, *fixed):
@@ -324,7 +331,7 @@ def _with(fn, *fixed):
 
 def build_curate_tab(store_dir: Path, tab: gr.Tab):
     state = gr.State(None)
-    ex_copy = build_examples_box(store_dir)
+    ex_box, ex_copy = build_examples_box(store_dir)
     with gr.Row():
         f_status = gr.Dropdown(["any", *STATUSES], value="any", label="status")
         f_class = gr.Textbox("", label="classes (comma-separated)")
@@ -370,7 +377,8 @@ def build_curate_tab(store_dir: Path, tab: gr.Tab):
         # shown once there is something to download: an empty file box is ~260 px tall
         exp_file = gr.File(label="download", visible=False, elem_id="export-file")
         exp_info = gr.Markdown(elem_id="export-info")
-    outputs = [state, gallery, count, review_img, detail_md, notes, user_t, exp_scope, exp_file, exp_info, message]
+    outputs = [state, gallery, count, review_img, detail_md, notes, user_t, exp_scope, exp_file, exp_info, message,
+               ex_box]
     assert len(outputs) == 1 + len(OUTPUTS)
     add_debug_reader("curate", state, render, OUTPUTS)
     quiet = dict(show_progress="hidden")

@@ -155,24 +155,40 @@ def on_stop(request: gr.Request):
     press_stop(request.session_hash)
 
 
-@handler(render)
-def on_click(ses, mode, evt: gr.SelectData):
+def add_click(ses, mode, evt: gr.SelectData):
     """A click on the image adds an object (+) or background (-) point and re-runs the refiner
     (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask."""
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
-    # queued clicks' answers can reach the page out of order: each one carries every view whole,
-    # so whichever lands last shows one consistent state (tests/test_browser.py, quick clicks)
-    ses.shown = {k: v for k, v in ses.shown.items() if k == "editor_open"}
     ses.add_click(int(evt.index[0] // k), int(evt.index[1] // k), 1 if mode == CLICK_MODES[1] else 0)
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
 
 
-def on_click_views(ses, mode, evt: gr.SelectData):  # no State output: with it, quick clicks' answers land out of order
-    return on_click(ses, mode, evt)[1:]
+on_click = handler(render)(add_click)  # one call: the click, then every view (the API, tests)
+
+
+_record_click = handler(lambda ses: ())(add_click)  # the error policy and visitor lease, no views
+
+
+def on_click_record(ses, mode, evt: gr.SelectData) -> None:
+    """The page's click event: records the click and answers nothing; the views follow in
+    :func:`on_click_views`. Quick clicks are separate queued events, and the page applies their
+    answers in the order their ``/queue/join`` replies reach it, not the order the server ran
+    them: on a loaded machine the answer of click 3 landed after that of click 4, and the page
+    kept "3 clicks" while the session held 4."""
+    _record_click(ses, mode, evt)
+
+
+@handler(render)
+def on_click_views(ses):
+    """Every view after a click, chained to it with ``trigger_mode="always_last"``: the page
+    keeps at most one of these in flight and runs the last one asked for after it, so the last
+    answer to land is drawn after every click the page saw answered, and answers land in order
+    (the skip-if-unchanged memo stays true to the page)."""
+    return ses
 
 
 @handler(render)
@@ -190,6 +206,26 @@ def on_threshold(ses, threshold: float):
     screen_shows(ses, "threshold", round(float(threshold), 4))  # the slider shows it already
     ses.set_threshold(threshold)
     return ses
+
+
+# What a threshold step can change (InspectSession.set_threshold moves the threshold alone: the
+# picture, heat map, refinement, source and seed stay). The slider's event lists only these: each
+# output of an event costs the page a loading-status update even when its answer is a skip, and
+# the other 10 made a step ~45 ms slower in chromium (bench/bench_studio.py --browser-only).
+# The slider itself is not among them: it shows the value the step was made with already.
+THRESHOLD_VIEWS = ("mask", "thr", "mask_label", "editor", "store_info")
+
+
+def on_threshold_views(ses, threshold: float):
+    """:func:`on_threshold`'s answer for the slider's event: ``render(session)`` cut to
+    :data:`THRESHOLD_VIEWS`. A view outside them that the render did draw (it should not) is
+    forgotten from the memo, so the next event's render sends it."""
+    out = dict(zip(OUTPUTS, on_threshold(ses, threshold)[1:]))
+    if ses is not None:
+        for name, value in out.items():
+            if name not in THRESHOLD_VIEWS and not (isinstance(value, dict) and value == gr.skip()):
+                ses.shown.pop(name, None)
+    return tuple(out[name] for name in THRESHOLD_VIEWS)
 
 
 @handler(render)
@@ -378,15 +414,18 @@ def build_generate_tab(model: str):
     overlay.input(on_overlay, [ses_state, overlay], outputs, api_name="overlay", **quiet)
     # Re-thresholding is a sub-millisecond numpy comparison: off the queue so the slider feels
     # live (the queue's round trip alone is most of the latency)
-    threshold.input(on_threshold, [ses_state, threshold], outputs, api_name="threshold", trigger_mode="always_last",
-                    queue=False, **quiet)
+    threshold.input(on_threshold_views, [ses_state, threshold], [outputs[1 + OUTPUTS.index(n)] for n in THRESHOLD_VIEWS],
+                    api_name="threshold", trigger_mode="always_last", queue=False, **quiet)
     source.input(on_source, [ses_state, source], outputs, api_name="mask_source", **quiet)
     for comp in (res_in, t_lo, t_hi, refiner):
         comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
     # clicks queue one after another (never dropped); no progress overlay: it covers the image,
     # so a quick second click landed on the overlay and was lost (4 quick clicks -> 1 point)
-    image_out.select(on_click_views, [ses_state, click_mode], outputs[1:], concurrency_limit=1, concurrency_id="clicks",
-                     trigger_mode="multiple", **quiet)
+    # and a click's views come from a chained render, one in flight at a time (on_click_record)
+    image_out.select(on_click_record, [ses_state, click_mode], None, concurrency_limit=1, concurrency_id="clicks",
+                     trigger_mode="multiple", **quiet).then(
+        lambda ses: on_click_views(ses)[1:], ses_state, outputs[1:], concurrency_limit=1, concurrency_id="clicks",
+        trigger_mode="always_last", **quiet)
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)
     touch_up.expand(lambda s: on_editor_open(s, True), ses_state, outputs, **quiet)
     touch_up.collapse(lambda s: on_editor_open(s, False), ses_state, outputs, **quiet)

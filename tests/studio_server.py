@@ -89,6 +89,8 @@ class Screen:
 # Outputs of every Generate-tab event (studio.generate.render), Insert-tab event
 # (studio.insert.render) and Curate-tab event (studio.curate.render): the whole tab each time.
 G_MASK, G_CHOICE, G_THRESHOLD, G_STORE = 2, 6, 8, 11
+# the slider's event answers only the views a threshold step can change (studio.generate.THRESHOLD_VIEWS)
+T_MASK, T_STORE = 0, 4
 I_ROWS, I_BG_INFO, I_COMPOSITE, I_MASKS, I_COMP_INFO, I_ACCEPT = 1, 3, 8, 9, 10, 11
 C_FILE, C_EXPORT_INFO, C_MESSAGE = 7, 8, 9
 

@@ -727,5 +727,17 @@ def test_a_fresh_studio_shows_examples_in_curate(browser, tmp_path):
         wait_text(page, "#curate-count", f"{n} samples")
         wait_text(page, "#export-scope", f"include {n} accepted samples")  # what Export will write follows
         page.screenshot(path=str(ARTIFACTS / "5b-curate-examples-added.png"), full_page=True)
+        # the examples are in: their box closes, so the review loop's large view is in a
+        # 1400x900 window without scrolling (open, the box pushed it below the fold)
+        page.wait_for_function("() => !document.querySelector('#curate-examples').offsetParent", timeout=30000)
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.evaluate("window.scrollTo(0, 0)")
+        page.locator("#curate-gallery img").first.click()
+        wait_text(page, "#curate-detail", "#")
+        page.wait_for_selector("#curate-view img", timeout=30000)
+        page.screenshot(path=str(ARTIFACTS / "5c-curate-examples-review-1400x900.png"))
+        for sel in ("#curate-view", "#curate-detail", "#curate-accept", "#curate-next"):
+            box = page.locator(sel).first.bounding_box()
+            assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900, (sel, box)
     with Store(store_dir) as s:
         assert s.count(tags=["example"]) == s.count() == n

@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.dataset import Store
 from studio_server import (C_EXPORT_INFO, C_FILE, C_MESSAGE, G_CHOICE, G_MASK, G_STORE, G_THRESHOLD,  # noqa: F401
                            I_ACCEPT, I_BG_INFO, I_COMP_INFO, I_COMPOSITE, I_MASKS, I_ROWS, Screen, file_path,
-                           running_studio, said, saved_id)
+                           T_MASK, T_STORE, running_studio, said, saved_id)
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     assert image.shape[0] >= 320  # the 64x64 sample, enlarged for display
     threshold = out[G_THRESHOLD]
     assert 0 < threshold < 1 and "chose threshold" in out[G_CHOICE]
-    m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[G_MASK]))
-    m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[G_MASK]))
+    m_lo = np.asarray(Image.open(c.predict(threshold=0.1, api_name="/threshold")[T_MASK]))
+    m_hi = np.asarray(Image.open(c.predict(threshold=0.9, api_name="/threshold")[T_MASK]))
     assert m_lo.shape == (64, 64, 3)  # the threshold's views go at the image's own size (the page enlarges them)
     native = image[::image.shape[0] // 64, ::image.shape[1] // 64]
     tint = lambda m: int((np.abs(m.astype(int) - native.astype(int)).sum(-1) > 30).sum())
@@ -58,9 +58,9 @@ def test_generate_threshold_accept_export_round_trip(studio, tmp_path):
     c.predict(api_name="/refresh")
     assert c.predict(tags="api", api_name="/accept")[G_STORE] == msg  # accepting again: the same one row
     c.predict(threshold=0.2, api_name="/threshold")
-    assert c.predict(threshold=0.2, api_name="/threshold")[G_STORE].startswith("● unsaved changes")
+    assert c.predict(threshold=0.2, api_name="/threshold")[T_STORE].startswith("● unsaved changes")
     c.predict(threshold=threshold, api_name="/threshold")
-    assert c.predict(threshold=threshold, api_name="/threshold")[G_STORE] == msg  # back to what is saved
+    assert c.predict(threshold=threshold, api_name="/threshold")[T_STORE] == msg  # back to what is saved
     out = c.predict(fmt="coco", status="accepted", val=0, api_name="/export")
     zpath = file_path(out[C_FILE])
     with zipfile.ZipFile(zpath) as z:
@@ -262,3 +262,38 @@ def test_a_fresh_studio_shows_examples_in_curate_apart_from_the_users_dataset(tm
         c.predict(status="any", classes="", tag="example", api_name="/filter")
         out = c.predict(fmt="coco", status="accepted", val=0, api_name="/export")
         assert out[C_EXPORT_INFO].startswith(f"{n} images") and file_path(out[C_FILE]).endswith(".zip")
+
+
+def test_the_threshold_event_lists_every_view_a_step_changes(tmp_path):
+    """The slider's event answers THRESHOLD_VIEWS only: a threshold step (with clicks, an open
+    editor, after an Accept) must draw no other view, and those indices are the API's."""
+    import gradio as gr
+
+    from pipeline.inspect import InspectSession
+    from studio.generate import OUTPUTS, THRESHOLD_VIEWS, on_threshold, render
+
+    assert (T_MASK, T_STORE) == (THRESHOLD_VIEWS.index("mask"), THRESHOLD_VIEWS.index("store_info"))
+    from pipeline.refine import get_refiner
+
+    from conftest import ROOT
+
+    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")  # samples of the embedded model
+    ses = InspectSession(image=shipped["images"][0], class_name=str(shipped["classes"][0]),
+                         heat=shipped["heat"][0].astype(np.float32), refiner=get_refiner("grabcut"))
+    ses.start()
+    ses.add_click(32, 32, 1)
+    ses.use_source("threshold")  # the current mask follows the slider
+    ses.shown["editor_open"] = True
+    render(ses)
+    seen = set()
+    for t in (0.2, 0.35, "accept", 0.8, 0.8):
+        if t == "accept":
+            with Store(tmp_path / "data") as store:
+                ses.to_store(store, "accepted")
+            render(ses)
+            continue
+        out = dict(zip(OUTPUTS, on_threshold(ses, t)[1:]))
+        drawn = {n for n, v in out.items() if not (isinstance(v, dict) and v == gr.skip())}
+        assert drawn <= set(THRESHOLD_VIEWS), drawn - set(THRESHOLD_VIEWS)
+        seen |= drawn
+    assert {"mask", "thr", "mask_label", "editor", "store_info"} <= seen  # the unsaved marker after the Accept
