@@ -96,15 +96,10 @@ class StatusAnswer:
 
 
 def check_threshold(t, label: str) -> float | None:
-    if t is None:
-        return None
-    try:
-        value = float(t)
-    except (TypeError, ValueError):
-        raise StoreError(f"{label} {t!r} is not a number") from None
-    if not (np.isfinite(value) and 0 <= value <= 1):
-        raise StoreError(f"{label} {t!r} is outside [0, 1]")
-    return value
+    """A stored threshold: None (not recorded) or the range of :func:`pipeline.limits.check_threshold`."""
+    from ..limits import check_threshold as in_range
+
+    return None if t is None else in_range(t, label, error=StoreError)
 
 
 def history_entry(old: str, new: str, by: str) -> dict:
