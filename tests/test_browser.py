@@ -587,6 +587,8 @@ def _start_long_generation(page):
     steps = page.locator("#steps input[type=number]")
     steps.fill("100")
     steps.press("Enter")
+    # the slider takes the typed value on Enter: wait for it, or Generate may send the old 25
+    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '100'", timeout=30000)
     page.locator("#height input").fill("96")
     page.locator("#height input").press("Tab")
     page.click("#generate-btn")
