@@ -75,8 +75,13 @@ def main(argv=None) -> None:
                          visitor_idle_minutes=args.visitor_idle)
     except (StoreError, ModelLoadError, PipelineError) as e:
         sys.exit(f"error: {e}")
+    # run_history=False: Gradio 6.31 records every event's inputs and outputs (and the output
+    # components' configs) in the browser's localStorage and offers to load a run back onto the
+    # page without running it. The studio's views are drawn from the session the server holds,
+    # so a loaded run would show a state nobody holds; and re-serialising up to 100 records at
+    # each event was most of what a threshold step cost the page (bench/bench_studio.py).
     demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, css=STUDIO_CSS, max_file_size="20mb",
-                show_error=True, **launch_options(public))
+                show_error=True, run_history=False, **launch_options(public))
 
 
 def fetch_operator_preset(model: str) -> None:

@@ -12,7 +12,7 @@ from pipeline.dataset import Store
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.gpu import queue_settings
 
-from .console import atomic_image_cache, setup_console
+from .console import StudioBlocks, atomic_image_cache, setup_console
 from .curate import EXPORTS_DIR, CurateActions, build_curate_tab, clean_old_exports  # noqa: F401 (scripts import them here)
 from .generate import build_generate_tab
 from .insert import background_choices, build_insert_tab
@@ -40,7 +40,7 @@ def build_app(store_dir: str | os.PathLike = "studio_data", model: str = "embedd
         Store(store_dir).close()  # create it (and fail early, with the store's message, if it is unusable)
     clean_old_exports(keep=None)
     set_model_options(device, dtype)
-    with gr.Blocks(title="DiffuMask-Editor Studio", delete_cache=(1800, 3600)) as demo:
+    with StudioBlocks(title="DiffuMask-Editor Studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DiffuMask-Editor Studio\nSegmentation data from a diffusion model's cross-attention. "
                     f"Model: **{model}** (the embedded model draws 64x64 scenes of: {', '.join(CLASS_NAMES)}).")
         with gr.Tab("Generate & Inspect", id="generate"):
