@@ -54,16 +54,24 @@ def client_floor(n: int = 15) -> tuple[float, float]:
     return float(np.median(ts)) * 1000, float(np.median(raw)) * 1000
 
 
-def _time_slider_to_image(page, n: int) -> list[float]:
+def slider_value(k: int) -> float:
+    """The k-th threshold a bench step types: 71 distinct values in 0.10..0.80 (k mod 71), each
+    0.34 or 0.37 away from the one before, so every step changes the mask, and no value repeats
+    within 71 steps: neither page is answered from the browser's image cache (with 10 repeated
+    values the bare page's pictures came from it after the first round, the studio's not)."""
+    return round(0.10 + ((k * 37) % 71) * 0.01, 2)
+
+
+def _time_slider_to_image(page, n: int, start: int = 0) -> list[float]:
     """Seconds from typing a value in ``#threshold``'s number box (Enter) until the image in
-    ``#mask-view`` has a new src, ``n`` times."""
+    ``#mask-view`` has a new src, for the values ``slider_value(start .. start + n - 1)``."""
     box = page.locator("#threshold input[type=number]")
     src = "() => (document.querySelector('#mask-view img') || {}).src || ''"
     out = []
-    for k in range(n):
+    for k in range(start, start + n):
         before = page.evaluate(src)
         t = time.perf_counter()
-        box.fill(f"{0.1 + 0.8 * (k % 10) / 10 + 0.01 * (k // 10):.2f}")
+        box.fill(f"{slider_value(k):.2f}")
         box.press("Enter")
         page.wait_for_function(f"(b) => ({src})() !== b", arg=before, timeout=10000)
         out.append(time.perf_counter() - t)
@@ -109,10 +117,10 @@ def browser_slider(n: int = 20) -> tuple[list[float], list[float], list[float]]:
             floor_pages[-1].goto(f"http://127.0.0.1:{port}/")
             floor_pages[-1].wait_for_selector("#threshold input[type=number]", timeout=60000)
         studio, floor, floor_quiet = [], [], []
-        for _ in range(6):  # interleaved, so a drift in the machine's speed hits all alike
-            studio += _time_slider_to_image(page, n // 6)
-            floor += _time_slider_to_image(floor_pages[0], n // 6)
-            floor_quiet += _time_slider_to_image(floor_pages[1], n // 6)
+        for b in range(6):  # interleaved, so a drift in the machine's speed hits all alike
+            studio += _time_slider_to_image(page, n // 6, b * (n // 6))
+            floor += _time_slider_to_image(floor_pages[0], n // 6, b * (n // 6))
+            floor_quiet += _time_slider_to_image(floor_pages[1], n // 6, b * (n // 6))
         browser.close()
     for bare in bares:
         bare.close()
