@@ -119,15 +119,16 @@ def test_click_simulator_reproduces_a_hand_computed_case():
 
 
 @pytest.mark.slow
-def test_every_click_is_honoured_and_changes_only_its_disc():
+@pytest.mark.parametrize("work_side", [640, 160])  # 160: the cut is decided on a downscaled copy
+def test_every_click_is_honoured_and_changes_only_its_disc(work_side):
     """Property over random clicks (random places, random labels) on real photos: after every
     click each click so far is on its side, and the mask changed only inside the new click's
-    disc (radius reported by the refiner)."""
+    disc (radius and centre reported by the refiner)."""
     from pipeline import realdata
     from pipeline.clicks import ClickRefiner
 
     rng = np.random.default_rng(7)
-    refiner = ClickRefiner()
+    refiner = ClickRefiner(work_side=work_side)
     n_changed = 0
     for key in realdata.split([realdata.HELD_OUT_FOLD])[:5]:
         p = realdata.load_photo(key, min_area=0.02)
@@ -147,10 +148,22 @@ def test_every_click_is_honoured_and_changes_only_its_disc():
             radius = r.info["radii"][-1]
             yy, xx = np.nonzero(r.mask != prev)
             x, y = pts[-1]
+            assert r.info["discs"][-1] == (x, y, radius) and len(r.info["discs"]) == len(pts)
             assert np.all((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2 + 1e-6), (key, pts[-1], radius)
             n_changed += len(xx) > 0
             prev = r.mask
     assert n_changed >= 10  # the clicks did change masks (not a refiner that ignores them)
+
+
+@pytest.mark.slow
+def test_the_click_unary_is_fitted_on_folds_1_2_only():
+    """The shipped unary weights are what fit_unary_weights gives on folds 1-2 (the click
+    benchmark's fold 0 is never seen), and a click's cues are finite."""
+    from pipeline.clicks import UNARY_FEATURES, UNARY_WEIGHTS, fit_unary_weights
+
+    w = fit_unary_weights((1, 2))
+    assert w.shape == (len(UNARY_FEATURES),) and np.all(np.isfinite(w))
+    assert np.allclose(w, UNARY_WEIGHTS, atol=1e-2), np.round(w, 4).tolist()
 
 
 @pytest.mark.slow
