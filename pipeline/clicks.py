@@ -141,6 +141,10 @@ class ClickRefiner(BaseRefiner):
         return RefineResult(mask, self.name, {"start_threshold": t, "radii": [r for _, _, r in discs],
                                               "discs": discs})
 
+    def unary_logit(self, feats: np.ndarray) -> np.ndarray:
+        """log P(click's side) / P(other side) of each pixel from its cues (F, H, W) -> (H, W)."""
+        return np.tensordot(self.weights, feats, 1)
+
     def _remember(self, key, value) -> None:
         self._cache[key] = value
         self._cache.move_to_end(key)
@@ -228,7 +232,7 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     cv2.circle(core_img, (x - x0, y - y0), max(1, int(round(0.3 * depth))), 1, -1)
     core = (core_img > 0) & wrong
     feats = click_features(image, mask, heat, t, click, depth, radius, box, dist, disc & wrong, core)
-    cost = -np.tensordot(cfg.weights, feats, 1)  # > 0: keeping is cheaper, < 0: turning
+    cost = -cfg.unary_logit(feats)  # > 0: keeping is cheaper, < 0: turning
     fixed[core & (fixed != 2)] = 1
     for ex, ey, el in earlier:
         if el != label and x0 <= ex < x1 and y0 <= ey < y1:
