@@ -10,16 +10,17 @@ most ``max_radius`` of the image's shorter side; the image border counts as an e
 wrong region, so a click in a thin strip along the border is shallow). Which of them turn is a
 minimum cut (PyMaxflow) of an explicit energy over the disc's window:
 
-- unary: a logistic model of "this wrong-side pixel belongs to the click's side" over 14 cues
+- unary: the log-odds that a wrong-side pixel belongs to the click's side, from 14 cues
   (:data:`UNARY_FEATURES`): where it lies relative to the current boundary and to the click, in
   units of the click's depth (the deepest point of an error band of width 2d lies d from the
   current boundary, so its far edge is near 2d: the band's shape); the heat map's level against
   the cut t, against its level at the click, and against its local maximum (a thin part has a
   low but locally high heat map); how much more its Lab colour is found on the click's side of
   the mask around the disc than on the other side; whether a strong image edge lies between it
-  and the click; its colour distance to the click. Its weights (:data:`UNARY_WEIGHTS`) were
-  fitted once on folds 1-2 of ``pipeline.realdata`` (never on fold 0, the benchmark's) by
-  :func:`fit_unary_weights`;
+  and the click; its colour distance to the click. The cues are combined by a one-hidden-layer
+  perceptron of 16 units (:data:`UNARY_MLP`, 273 numbers) fitted once on folds 1-2 of
+  ``pipeline.realdata`` (never on fold 0, the benchmark's) by :func:`fit_unary`, from
+  simulated sessions where each pixel of a click's disc is labelled by the true mask;
 - pairwise: a contrast-sensitive Potts term on 4-neighbours (``smoothness`` x exp(-beta |dI|^2),
   beta from the window's mean squared colour step, as GrabCut's);
 - hard constraints: the click and a core of 0.3 x its depth around it are l; every earlier
@@ -50,16 +51,16 @@ import numpy as np
 from .attention import AttentionMaps
 from .refine import BaseRefiner, RefinementError, RefineResult, check_inputs
 
-#: the unary's cues, in the order of :data:`UNARY_WEIGHTS` (see :func:`click_features`)
+#: the unary's cues, the inputs of :data:`UNARY_MLP` in this order (see :func:`click_features`)
 UNARY_FEATURES = ("boundary distance / depth", "click distance / depth", "heat - t", "heat - heat at click",
                   "colour log-odds", "edge between pixel and click", "colour distance to click", "log depth",
                   "(boundary distance / depth)^2", "(click distance / depth)^2", "heat / local max - 0.5",
                   "click distance / radius", "boundary distance / radius", "click's heat / local max - 0.5",
                   "bias")
-#: logistic weights of the unary, fitted on folds 1-2 by ``fit_unary_weights((1, 2))``
-UNARY_WEIGHTS = (-1.0425, -0.7035, 0.2904, 0.0867, 0.5921, -0.2283, -0.1891, -0.58, -0.1354, 0.5628, 0.1061,
-                 -1.1788, 0.5299, -0.2436, 3.7547)
+#: the unary: a one-hidden-layer perceptron (16 ReLU units) over the cues, fitted on folds 1-2 by
+#: ``fit_unary((1, 2))``; filled in at the end of this module (UNARY_MLP)
 _BIG = 1e9
+UNARY_MLP = None  # set at the end of this module
 
 
 def _maxflow():
@@ -79,14 +80,15 @@ class ClickRefiner(BaseRefiner):
     ``reach``: disc radius over the click's depth in the wrong region; ``min_radius`` /
     ``max_radius``: bounds of the radius as fractions of the shorter image side;
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
-    ``weights``: the unary's logistic weights (default :data:`UNARY_WEIGHTS`); ``work_side``:
+    ``unary``: the unary's perceptron (hidden weights (16, F), hidden bias (16,), output weights
+    (16,), output bias; default :data:`UNARY_MLP`); ``work_side``:
     images longer than this are decided on a downscaled copy (time per click stays bounded)."""
 
     name = "clicks"
     takes_points = True
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
-                 max_radius: float = 0.35, smoothness: float = 1.0, weights=None, work_side: int = 640,
+                 max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_side: int = 640,
                  cache_size: int = 64):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
@@ -95,9 +97,9 @@ class ClickRefiner(BaseRefiner):
         self.selector_name = selector
         self.reach, self.min_radius, self.max_radius = reach, min_radius, max_radius
         self.smoothness, self.work_side = smoothness, work_side
-        self.weights = np.asarray(UNARY_WEIGHTS if weights is None else weights, np.float32)
-        if self.weights.shape != (len(UNARY_FEATURES),):
-            raise ValueError(f"weights: need {len(UNARY_FEATURES)} numbers, one per UNARY_FEATURES entry")
+        self.unary = tuple(np.asarray(a, np.float32) for a in (UNARY_MLP if unary is None else unary))
+        if len(self.unary) != 4 or self.unary[0].shape[1:] != (len(UNARY_FEATURES),):
+            raise ValueError(f"unary: (hidden weights (k, {len(UNARY_FEATURES)}), hidden bias, output weights, output bias)")
         self._selector = None
         self._cache: OrderedDict = OrderedDict()
         self.cache_size = cache_size
@@ -143,7 +145,9 @@ class ClickRefiner(BaseRefiner):
 
     def unary_logit(self, feats: np.ndarray) -> np.ndarray:
         """log P(click's side) / P(other side) of each pixel from its cues (F, H, W) -> (H, W)."""
-        return np.tensordot(self.weights, feats, 1)
+        w1, b1, w2, b2 = self.unary
+        hidden = np.maximum(np.tensordot(w1, feats, 1) + b1[:, None, None], 0)
+        return np.tensordot(w2, hidden, 1) + b2
 
     def _remember(self, key, value) -> None:
         self._cache[key] = value
@@ -401,7 +405,7 @@ def noc(ious: list[float], target: float, max_clicks: int = 20) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# where UNARY_WEIGHTS come from
+# where UNARY_MLP comes from
 # --------------------------------------------------------------------------------------------
 
 def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
@@ -417,7 +421,8 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     from .thresholds import attention_like
 
     rng = np.random.default_rng(seed)
-    starter = ClickRefiner(selector=selector, weights=np.zeros(len(UNARY_FEATURES)))
+    # only its start mask is used (the unary being fitted must not shape its own data)
+    starter = ClickRefiner(selector=selector, unary=(np.zeros((1, len(UNARY_FEATURES))), np.zeros(1), np.zeros(1), 0.0))
     xs, ys = [], []
     for i, key in enumerate(keys):
         p = realdata.load_photo(key, min_area=0.02)
@@ -450,21 +455,72 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 30) -> np.ndarray:
-    """Weights of an L2-regularised logistic regression (Newton's method); x's last column is
-    the bias."""
-    w = np.zeros(x.shape[1])
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(x @ w)))
-        grad = x.T @ (p - y) / len(y) + l2 * w
-        hess = (x * (p * (1 - p))[:, None]).T @ x / len(y) + l2 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return w
+def fit_unary(folds=(1, 2), hidden: int = 16, epochs: int = 30, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The unary's perceptron (as :data:`UNARY_MLP`) fitted on the photos of ``folds`` (the
+    shipped one: folds 1-2): cross-entropy, Adam (lr 3e-3, weight decay 1e-5), batches of 2048,
+    ``epochs`` passes, seeded (the global torch RNG is left as it was)."""
+    import torch
 
-
-def fit_unary_weights(folds=(1, 2)) -> np.ndarray:
-    """The unary's weights fitted on the photos of ``folds`` (UNARY_WEIGHTS: folds 1-2)."""
     from . import realdata
 
     x, y = unary_training_rows(realdata.split(list(folds)))
-    return fit_logistic(x.astype(np.float64), y.astype(np.float64))
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-5)
+        for _ in range(epochs):
+            order = torch.randperm(len(xt))
+            for i in range(0, len(xt), 2048):
+                batch = order[i : i + 2048]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[batch])[:, 0], yt[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    w1, b1, w2, b2 = (t.detach().numpy().astype(np.float64) for t in net.parameters())
+    return w1, b1, w2[0], float(b2[0])
+
+
+#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``, rounded to 4 decimals):
+#: hidden weights (16, 15) over UNARY_FEATURES, hidden bias, output weights, output bias
+UNARY_MLP = (
+    np.array([
+        [-0.0767, 0.1036, -1.1298, -0.6976, 0.0585, -0.0548, 0.0106, 0.2053,
+         0.0097, -0.0412, 0.3270, -0.5569, -0.9727, -0.4027, -0.1818],
+        [-0.0120, -0.0762, -0.0956, -0.5044, 0.7255, 0.1720, 0.3797, -0.0932,
+         0.2711, 0.0116, -0.2475, 0.4598, 0.3737, 0.0579, -0.1683],
+        [0.0209, 0.2868, 0.4757, 0.9447, -0.5798, 0.0210, -0.1796, 0.7630,
+         -0.1617, -0.0559, 0.3251, -0.3535, -0.0275, -0.6460, -0.1748],
+        [0.2202, 0.2616, 0.8465, 0.5350, -0.0178, 0.1605, 0.0726, 0.0810,
+         0.1978, 0.0416, -0.1479, -0.1817, -0.4396, -0.7653, -0.1431],
+        [0.2019, 0.2011, 0.2442, 0.3483, -0.0006, 0.0119, -0.0729, -0.0402,
+         0.1378, 0.1461, 0.0784, -0.2152, -0.2584, 0.1303, 0.1379],
+        [0.1450, -0.0215, -0.1102, 0.0973, -0.0539, -0.3031, 0.1020, 0.0341,
+         -0.3020, -0.0006, 0.0244, -0.1161, -0.1618, 0.0230, -0.2147],
+        [0.0342, 0.0420, 0.1261, 0.0224, -0.1904, -0.1939, 0.0430, -0.0163,
+         -0.1759, -0.1880, 0.1406, 0.0423, -0.0789, 0.0043, -0.1836],
+        [0.2087, -0.3749, 0.2943, 0.8141, 0.2683, -0.4466, 0.4852, -1.5531,
+         0.3816, 0.4055, 0.7170, -0.7068, 0.1513, -0.2621, -0.4678],
+        [-0.5612, 0.1147, -0.5951, -0.0135, -0.2341, -0.1165, -0.0917, -0.4101,
+         -1.1359, -0.0371, -0.8012, -0.2432, -0.7174, 0.2099, 1.1642],
+        [0.1065, 0.1798, 0.2760, -0.3585, -0.3782, -0.1266, 0.3301, 1.0380,
+         -0.2276, -0.1138, -0.1139, 0.3512, -0.2668, 1.4040, -0.3984],
+        [-0.0002, -0.0164, 0.0001, -0.0000, -0.0000, -0.0008, 0.0003, -0.0009,
+         -0.0000, -0.0038, 0.0002, -0.0000, -0.0000, 0.0003, -0.0002],
+        [0.1291, -0.6825, 0.1221, -0.9407, 0.4666, -0.3423, -0.1283, 0.5323,
+         0.6210, 0.3591, 0.7025, 0.1523, 1.7458, 0.2498, 0.4179],
+        [-0.1698, -0.1131, -0.3141, 0.8976, 0.1320, -0.1608, 0.0525, 0.2042,
+         -0.0029, 0.1069, 1.1808, -0.0532, -1.3058, 0.2067, 0.4455],
+        [-0.0418, -1.3488, 0.1953, -0.3357, -0.1285, -0.0026, 0.0342, -0.3784,
+         -0.0542, -1.7244, -0.1086, -0.9995, 1.5004, 0.1078, 1.3838],
+        [0.3604, -0.0086, -1.6864, -0.9203, 0.1579, -0.0254, -0.0770, 0.4246,
+         0.3614, -0.1841, 0.4611, -0.1679, -1.1846, 0.2780, -0.2193],
+        [0.5062, -0.0429, 0.6271, 0.5087, -0.0433, -0.0098, 0.0339, 0.0064,
+         0.3485, 0.0316, -0.1730, -0.1322, -0.5472, -0.6817, 0.0043],
+    ]),
+    np.array([0.0056, 0.0728, -0.0747, -0.0144, 0.0516, -0.2955, 0.0958, -0.7234,
+              0.9852, -0.2483, -0.0002, 0.6555, 0.8320, 1.2779, -0.1502, -0.1592]),
+    np.array([-0.8358, 0.3496, -0.6370, -0.4280, -0.1495, 0.0747, 0.0384, 1.7634,
+              1.5613, -0.9558, -0.0048, 1.1766, 0.9869, 2.4444, -1.2353, -0.4061]),
+    -0.1716,
+)

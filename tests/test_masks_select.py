@@ -157,13 +157,19 @@ def test_every_click_is_honoured_and_changes_only_its_disc(work_side):
 
 @pytest.mark.slow
 def test_the_click_unary_is_fitted_on_folds_1_2_only():
-    """The shipped unary weights are what fit_unary_weights gives on folds 1-2 (the click
-    benchmark's fold 0 is never seen), and a click's cues are finite."""
-    from pipeline.clicks import UNARY_FEATURES, UNARY_WEIGHTS, fit_unary_weights
+    """The shipped unary is what fit_unary gives on folds 1-2 (the click benchmark's fold 0 is
+    never seen): refitted here, it takes the same decisions on the pixels of fold 0's first
+    sessions (float rounding and thread counts aside), and a click's cues are finite."""
+    from pipeline import realdata
+    from pipeline.clicks import ClickRefiner, fit_unary, unary_training_rows
 
-    w = fit_unary_weights((1, 2))
-    assert w.shape == (len(UNARY_FEATURES),) and np.all(np.isfinite(w))
-    assert np.allclose(w, UNARY_WEIGHTS, atol=1e-2), np.round(w, 4).tolist()
+    x, _ = unary_training_rows(realdata.split([realdata.HELD_OUT_FOLD])[:8], per_click=200)
+    assert np.all(np.isfinite(x))
+    feats = x.T[:, :, None]  # (F, n, 1): the cues as a one-column image
+    shipped = ClickRefiner().unary_logit(feats)
+    refitted = ClickRefiner(unary=fit_unary((1, 2))).unary_logit(feats)
+    assert np.mean((shipped > 0) == (refitted > 0)) > 0.97
+    assert np.corrcoef(shipped.ravel(), refitted.ravel())[0, 1] > 0.97
 
 
 @pytest.mark.slow
