@@ -10,15 +10,16 @@ most ``max_radius`` of the image's shorter side; the image border counts as an e
 wrong region, so a click in a thin strip along the border is shallow). Which of them turn is a
 minimum cut (PyMaxflow) of an explicit energy over the disc's window:
 
-- unary: the log-odds that a wrong-side pixel belongs to the click's side, from 14 cues
+- unary: the log-odds that a wrong-side pixel belongs to the click's side, from 16 cues
   (:data:`UNARY_FEATURES`): where it lies relative to the current boundary and to the click, in
   units of the click's depth (the deepest point of an error band of width 2d lies d from the
   current boundary, so its far edge is near 2d: the band's shape); the heat map's level against
   the cut t, against its level at the click, and against its local maximum (a thin part has a
   low but locally high heat map); how much more its Lab colour is found on the click's side of
   the mask around the disc than on the other side; whether a strong image edge lies between it
-  and the click; its colour distance to the click. The cues are combined by a one-hidden-layer
-  perceptron of 16 units (:data:`UNARY_MLP`, 273 numbers) fitted once on folds 1-2 of
+  and the click; its colour distance to the click; how close it and the click lie to the image
+  border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_MLP`,
+  609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by :func:`fit_unary`, from
   simulated sessions where each pixel of a click's disc is labelled by the true mask;
 - pairwise: a contrast-sensitive Potts term on 4-neighbours (``smoothness`` x exp(-beta |dI|^2),
@@ -56,8 +57,8 @@ UNARY_FEATURES = ("boundary distance / depth", "click distance / depth", "heat -
                   "colour log-odds", "edge between pixel and click", "colour distance to click", "log depth",
                   "(boundary distance / depth)^2", "(click distance / depth)^2", "heat / local max - 0.5",
                   "click distance / radius", "boundary distance / radius", "click's heat / local max - 0.5",
-                  "bias")
-#: the unary: a one-hidden-layer perceptron (16 ReLU units) over the cues, fitted on folds 1-2 by
+                  "image border distance / depth", "click's depth is its distance to the border", "bias")
+#: the unary: a one-hidden-layer perceptron (32 ReLU units) over the cues, fitted on folds 1-2 by
 #: ``fit_unary((1, 2))``; filled in at the end of this module (UNARY_MLP)
 _BIG = 1e9
 UNARY_MLP = None  # set at the end of this module
@@ -80,8 +81,8 @@ class ClickRefiner(BaseRefiner):
     ``reach``: disc radius over the click's depth in the wrong region; ``min_radius`` /
     ``max_radius``: bounds of the radius as fractions of the shorter image side;
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
-    ``unary``: the unary's perceptron (hidden weights (16, F), hidden bias (16,), output weights
-    (16,), output bias; default :data:`UNARY_MLP`); ``work_side``:
+    ``unary``: the unary's perceptron (hidden weights (k, F), hidden bias (k,), output weights
+    (k,), output bias; default :data:`UNARY_MLP`); ``work_side``:
     images longer than this are decided on a downscaled copy (time per click stays bounded)."""
 
     name = "clicks"
@@ -279,7 +280,9 @@ def click_features(image: np.ndarray, mask: np.ndarray, heat: np.ndarray, t: flo
     x, y, label = click
     sign = 1.0 if label else -1.0
     x0, x1, y0, y1 = box
+    h, w = mask.shape
     yy, xx = np.mgrid[y0:y1, x0:x1]
+    border = np.minimum(np.minimum(xx + 1, yy + 1), np.minimum(w - xx, h - yy)).astype(np.float32)
     bd = np.clip(dist[y0:y1, x0:x1] / depth, 0, 6)
     cd = np.clip(np.sqrt((xx - x) ** 2 + (yy - y) ** 2) / depth, 0, 8)
     hw = heat[y0:y1, x0:x1]
@@ -295,6 +298,7 @@ def click_features(image: np.ndarray, mask: np.ndarray, heat: np.ndarray, t: flo
     feats = [bd, cd, sign * (hw - t) * 5, sign * (hw - float(heat[y, x])) * 5, log_odds, between, colour_dist,
              np.full(bd.shape, math.log(depth)), bd ** 2 / 6, cd ** 2 / 8, sign * (rel[y0:y1, x0:x1] - 0.5) * 4,
              cd * depth / radius, np.clip(bd * depth / radius, 0, 2), np.full(bd.shape, sign * (rel[y, x] - 0.5) * 4),
+             np.clip(border / depth, 0, 6), np.full(bd.shape, float(min(x + 1, y + 1, w - x, h - y) <= depth + 0.5)),
              np.ones(bd.shape)]
     return np.stack(feats).astype(np.float32)
 
@@ -455,7 +459,7 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def fit_unary(folds=(1, 2), hidden: int = 16, epochs: int = 30, seed: int = 0) -> tuple[np.ndarray, ...]:
+def fit_unary(folds=(1, 2), hidden: int = 32, epochs: int = 30, seed: int = 0) -> tuple[np.ndarray, ...]:
     """The unary's perceptron (as :data:`UNARY_MLP`) fitted on the photos of ``folds`` (the
     shipped one: folds 1-2): cross-entropy, Adam (lr 3e-3, weight decay 1e-5), batches of 2048,
     ``epochs`` passes, seeded (the global torch RNG is left as it was)."""
@@ -482,45 +486,81 @@ def fit_unary(folds=(1, 2), hidden: int = 16, epochs: int = 30, seed: int = 0) -
 
 
 #: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``, rounded to 4 decimals):
-#: hidden weights (16, 15) over UNARY_FEATURES, hidden bias, output weights, output bias
+#: hidden weights (32, 17) over UNARY_FEATURES, hidden bias, output weights, output bias
 UNARY_MLP = (
     np.array([
-        [-0.0767, 0.1036, -1.1298, -0.6976, 0.0585, -0.0548, 0.0106, 0.2053,
-         0.0097, -0.0412, 0.3270, -0.5569, -0.9727, -0.4027, -0.1818],
-        [-0.0120, -0.0762, -0.0956, -0.5044, 0.7255, 0.1720, 0.3797, -0.0932,
-         0.2711, 0.0116, -0.2475, 0.4598, 0.3737, 0.0579, -0.1683],
-        [0.0209, 0.2868, 0.4757, 0.9447, -0.5798, 0.0210, -0.1796, 0.7630,
-         -0.1617, -0.0559, 0.3251, -0.3535, -0.0275, -0.6460, -0.1748],
-        [0.2202, 0.2616, 0.8465, 0.5350, -0.0178, 0.1605, 0.0726, 0.0810,
-         0.1978, 0.0416, -0.1479, -0.1817, -0.4396, -0.7653, -0.1431],
-        [0.2019, 0.2011, 0.2442, 0.3483, -0.0006, 0.0119, -0.0729, -0.0402,
-         0.1378, 0.1461, 0.0784, -0.2152, -0.2584, 0.1303, 0.1379],
-        [0.1450, -0.0215, -0.1102, 0.0973, -0.0539, -0.3031, 0.1020, 0.0341,
-         -0.3020, -0.0006, 0.0244, -0.1161, -0.1618, 0.0230, -0.2147],
-        [0.0342, 0.0420, 0.1261, 0.0224, -0.1904, -0.1939, 0.0430, -0.0163,
-         -0.1759, -0.1880, 0.1406, 0.0423, -0.0789, 0.0043, -0.1836],
-        [0.2087, -0.3749, 0.2943, 0.8141, 0.2683, -0.4466, 0.4852, -1.5531,
-         0.3816, 0.4055, 0.7170, -0.7068, 0.1513, -0.2621, -0.4678],
-        [-0.5612, 0.1147, -0.5951, -0.0135, -0.2341, -0.1165, -0.0917, -0.4101,
-         -1.1359, -0.0371, -0.8012, -0.2432, -0.7174, 0.2099, 1.1642],
-        [0.1065, 0.1798, 0.2760, -0.3585, -0.3782, -0.1266, 0.3301, 1.0380,
-         -0.2276, -0.1138, -0.1139, 0.3512, -0.2668, 1.4040, -0.3984],
-        [-0.0002, -0.0164, 0.0001, -0.0000, -0.0000, -0.0008, 0.0003, -0.0009,
-         -0.0000, -0.0038, 0.0002, -0.0000, -0.0000, 0.0003, -0.0002],
-        [0.1291, -0.6825, 0.1221, -0.9407, 0.4666, -0.3423, -0.1283, 0.5323,
-         0.6210, 0.3591, 0.7025, 0.1523, 1.7458, 0.2498, 0.4179],
-        [-0.1698, -0.1131, -0.3141, 0.8976, 0.1320, -0.1608, 0.0525, 0.2042,
-         -0.0029, 0.1069, 1.1808, -0.0532, -1.3058, 0.2067, 0.4455],
-        [-0.0418, -1.3488, 0.1953, -0.3357, -0.1285, -0.0026, 0.0342, -0.3784,
-         -0.0542, -1.7244, -0.1086, -0.9995, 1.5004, 0.1078, 1.3838],
-        [0.3604, -0.0086, -1.6864, -0.9203, 0.1579, -0.0254, -0.0770, 0.4246,
-         0.3614, -0.1841, 0.4611, -0.1679, -1.1846, 0.2780, -0.2193],
-        [0.5062, -0.0429, 0.6271, 0.5087, -0.0433, -0.0098, 0.0339, 0.0064,
-         0.3485, 0.0316, -0.1730, -0.1322, -0.5472, -0.6817, 0.0043],
+        [0.1251, 0.2326, 0.0487, -0.2317, -0.0898, 0.1192, 0.0296, 0.3115, 0.0083,
+         0.0768, -0.0872, -0.0694, -0.0968, -0.2493, -0.0704, 0.2079, 0.0477],
+        [0.2277, -0.1119, 0.1667, 0.0452, 0.1796, -0.0454, 0.1285, 0.0171, 0.0657,
+         0.2217, -0.4482, -0.1892, 0.0143, -0.3595, 0.2331, -0.3259, -0.2559],
+        [-0.4206, -0.8350, 0.2782, -0.0399, 0.0040, -0.0978, 0.0192, -0.3203, -0.7179,
+         -0.8515, -0.2194, -1.0738, 0.3305, 0.4349, 0.1693, 0.4489, 1.2169],
+        [0.1559, 0.0857, 0.0295, 0.1637, -0.1344, 0.4442, -0.5894, -0.2136, -0.2894,
+         0.0897, -0.1951, -0.2117, -0.0506, -0.0156, -0.1974, -0.1685, -0.0020],
+        [0.2671, 0.3355, 0.0872, -0.1415, 0.0441, 0.2362, 0.2277, 0.3014, 0.0700,
+         -0.1841, -0.0126, -0.1635, -0.1000, 0.0577, 0.1717, 0.0340, -0.0291],
+        [0.0191, 0.1118, 0.1712, -0.0046, -0.1101, 0.2607, 0.1983, 0.3378, -0.0239,
+         -0.2313, -0.0704, 0.1967, 0.1294, -0.1343, -0.1197, 0.5627, 0.1118],
+        [0.0748, 0.0254, 0.0914, -0.0907, -0.2126, -0.0775, 0.0804, 0.2735, -0.0507,
+         0.1344, -0.3075, 0.1909, 0.2737, -0.3176, 0.0716, -0.0475, -0.0615],
+        [-0.4328, 0.2148, -0.5040, -0.2388, -0.0079, -0.7131, -0.0821, -0.3788, -0.8091,
+         -0.1788, -0.3024, 0.4443, 0.0466, -0.0002, 0.1555, 0.7496, 0.4417],
+        [0.7372, 0.1822, 0.3618, -0.0699, 0.0655, -0.0703, 0.0036, -0.6738, -0.4211,
+         -0.0488, -0.8480, -0.4979, -0.0480, -0.4798, -1.3733, -0.1742, 0.4839],
+        [0.5219, 0.0176, 0.0808, 0.4042, -0.1625, 0.0265, -0.0074, 0.1283, 0.2161,
+         -0.4193, -0.2513, -0.1215, 0.3211, 0.1946, 0.1029, 0.1242, -0.2355],
+        [0.5487, -0.5027, 0.1292, 0.0849, 0.0734, -0.2158, 0.0038, 0.1078, 0.5078,
+         -0.5480, -0.0069, -0.2985, 1.0414, -0.2102, -0.1042, -1.1017, -0.0321],
+        [-0.0797, -0.2201, -1.0038, 0.4088, 0.2035, -0.1152, -0.0645, -0.1016, 0.3812,
+         0.1569, 0.4669, -0.0073, 0.4599, 0.0437, 0.5398, -1.0543, 0.1576],
+        [-0.4077, 0.0865, -0.2421, 0.6704, -0.1588, -0.9811, -0.1484, -0.1623, -0.1360,
+         -0.0804, 0.5720, -0.1458, -0.5701, -0.1721, 0.2182, -0.8838, 0.1214],
+        [0.2342, -0.1270, 1.0292, -0.6468, 0.2377, -0.0915, 0.0111, 0.7889, 0.4630,
+         0.0673, -0.2198, 0.9394, 0.8984, 0.1672, -0.2077, 0.5061, -0.1830],
+        [0.3803, 0.1334, 1.4418, 0.3202, -0.1469, 0.0992, -0.0426, -0.1817, -0.1419,
+         -0.4317, -0.4797, 0.3347, 0.3489, -0.0992, 0.2872, 0.4705, -0.3809],
+        [0.2471, -0.1498, 0.3464, -0.0860, -0.5685, -0.0745, -0.0336, 0.2941, -0.0409,
+         0.1823, 0.4506, -0.0025, 0.6774, 1.2623, 0.2548, 0.2379, -0.2327],
+        [-0.1292, 0.1476, -1.9094, -1.6314, 0.0351, -0.0559, 0.0425, 0.3265, 0.1785,
+         -0.1218, -0.0996, -0.1946, -0.8427, -0.1699, 0.0253, 0.6470, -0.1609],
+        [-0.4139, -0.0958, -0.7912, -0.5939, -0.2540, 0.2231, -0.2133, 0.4714, -0.6780,
+         -0.0415, -0.5069, 0.3533, -0.1052, 0.1433, 0.2573, -0.3889, 0.2800],
+        [0.0498, 0.0641, -0.0083, 0.0524, -0.2678, -0.1141, 0.1326, -0.3134, 0.0494,
+         0.1282, -0.1396, -0.0523, 0.0800, 0.0146, 0.0318, 0.1006, -0.2516],
+        [-0.0460, 0.0494, 0.0441, 0.4565, 0.1009, -0.6744, -0.1494, -0.6744, -0.1379,
+         0.2373, 0.0943, -0.5067, -0.1566, -0.0017, 0.2077, 0.7058, 0.1555],
+        [0.1854, 0.0382, 0.6245, 0.0787, -0.2299, 0.2447, 0.1151, 0.2738, -0.1201,
+         0.0843, -0.3197, 0.1145, 0.0867, -0.2784, 0.0831, 0.3428, -0.1852],
+        [0.0881, -0.2614, -0.1787, 0.1053, -0.1782, -0.1361, 0.1040, -0.2531, 0.2020,
+         0.1058, -0.2339, -0.2736, 0.0047, -0.6845, 0.1829, -0.4430, -0.0944],
+        [-0.4128, -0.1766, -0.7014, 0.4250, 0.0626, 0.4222, 0.4011, -0.3900, 0.0881,
+         0.3263, 0.0998, 0.1644, -0.5285, 0.3092, -0.0311, 0.8884, 0.2820],
+        [0.5241, 0.0245, 0.3179, -0.1588, -0.0922, -0.0983, -0.0012, -0.5551, -0.2103,
+         0.0417, -0.8259, -0.3878, 0.2496, -0.3966, -1.3410, 0.2683, 0.9598],
+        [0.0141, 0.2052, 0.0029, -0.1033, 0.1236, 0.0363, -0.1115, -0.0375, -0.0108,
+         -0.0305, -0.0352, 0.1841, 0.0951, -0.2218, 0.0295, 0.2060, 0.0750],
+        [-0.2242, 0.1771, 0.2336, 0.2394, -0.0372, -0.1363, 0.0559, 0.9044, -0.6772,
+         -0.1506, -0.5163, 0.4434, 0.5578, 0.6288, -0.0252, -0.9470, -0.5232],
+        [0.0827, 0.2708, -0.0257, 0.1381, -0.1074, 0.1286, 0.0455, -0.0702, 0.2325,
+         0.1545, 0.1481, 0.1071, -0.0472, -0.0441, 0.0557, 0.4223, -0.1921],
+        [0.2136, -1.3563, 0.0164, -0.6109, -0.1681, -0.0860, 0.0336, -0.2205, 0.0599,
+         -1.5936, -0.0538, -0.5817, 1.4019, 0.0137, 0.0071, 0.0043, 0.5985],
+        [-0.2671, 0.1150, 0.5401, 0.3806, -0.5112, 0.0943, -0.2024, 0.4853, -0.1831,
+         0.2726, 0.0275, -0.0823, 0.2431, -0.4777, -0.0054, 0.0525, -0.0812],
+        [-0.0329, 0.3092, 0.1649, -0.2423, -0.1028, 0.2607, 0.2492, -0.0617, 0.2006,
+         0.1409, 0.0870, 0.1803, -0.0074, -0.0861, 0.1182, 0.2623, 0.0686],
+        [0.5322, 0.2452, 0.3903, 0.0010, -0.0989, 0.0575, -0.0196, -0.7760, 0.0510,
+         -0.0847, -0.6067, -0.3926, 0.3373, -0.3321, -0.9294, -0.4321, 0.4129],
+        [0.1819, 0.1946, 0.1207, 0.3296, -0.0820, -0.3504, -0.8102, -0.8330, 0.0821,
+         0.0085, -0.4019, -0.3280, -0.5663, -1.1944, -0.0584, 0.5402, -0.1021],
     ]),
-    np.array([0.0056, 0.0728, -0.0747, -0.0144, 0.0516, -0.2955, 0.0958, -0.7234,
-              0.9852, -0.2483, -0.0002, 0.6555, 0.8320, 1.2779, -0.1502, -0.1592]),
-    np.array([-0.8358, 0.3496, -0.6370, -0.4280, -0.1495, 0.0747, 0.0384, 1.7634,
-              1.5613, -0.9558, -0.0048, 1.1766, 0.9869, 2.4444, -1.2353, -0.4061]),
-    -0.1716,
+    np.array([-0.0106, 0.0437, 0.9077, -0.0424, -0.1536, 0.1832, -0.3159, 0.2385, 0.7577,
+              -0.3665, 0.0583, 0.3000, 0.0893, -0.0697, -0.1043, -0.1109, -0.3391, 0.3161,
+              -0.1555, 0.0962, -0.2576, 0.2362, 0.2021, 0.7392, 0.1403, -0.1741, 0.1909,
+              0.9660, -0.2617, -0.1589, 0.1849, 0.1081]),
+    np.array([-0.1147, -0.2094, 1.7795, 0.5595, -0.1056, -0.2312, -0.1991, 0.8775, 1.5985,
+              -0.4036, 0.6758, 0.6543, 0.7650, 1.6604, -0.6307, -0.7971, -1.6282, 0.8232,
+              0.1032, 0.3046, -0.3579, 0.2295, 0.7002, 2.0537, -0.0929, -1.1614, -0.1554,
+              2.2636, -0.3612, -0.1247, 1.5446, -1.0585]),
+    -0.0610,
 )
