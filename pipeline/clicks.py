@@ -38,8 +38,9 @@ Only the turned part connected to the click is kept. So:
 
 A click on a pixel already on its side changes nothing (it still pins that pixel for later
 clicks). Replaying the clicks is memoised per (image, heat map, click prefix), so the k-th
-click of a session costs one cut, not k. Images longer than ``work_side`` are decided on a
-downscaled copy (the result is still clipped to the full-resolution disc and wrong side).
+click of a session costs one cut, not k. A disc wider than ``work_radius`` pixels is decided on a
+copy of the image downscaled to bring it to that radius (time per click stays bounded on large
+images and large discs; the result is still clipped to the full-resolution disc and wrong side).
 """
 from __future__ import annotations
 
@@ -82,14 +83,14 @@ class ClickRefiner(BaseRefiner):
     ``max_radius``: bounds of the radius as fractions of the shorter image side;
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
     ``unary``: the unary's perceptron (hidden weights (k, F), hidden bias (k,), output weights
-    (k,), output bias; default :data:`UNARY_MLP`); ``work_side``:
-    images longer than this are decided on a downscaled copy (time per click stays bounded)."""
+    (k,), output bias; default :data:`UNARY_MLP`); ``work_radius``: a disc of a larger radius (px)
+    is decided on a copy downscaled to this radius (time per click stays bounded)."""
 
     name = "clicks"
     takes_points = True
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
-                 max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_side: int = 640,
+                 max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_radius: int = 112,
                  cache_size: int = 64):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
@@ -97,7 +98,7 @@ class ClickRefiner(BaseRefiner):
             raise ValueError("smoothness must be >= 0")
         self.selector_name = selector
         self.reach, self.min_radius, self.max_radius = reach, min_radius, max_radius
-        self.smoothness, self.work_side = smoothness, work_side
+        self.smoothness, self.work_radius = smoothness, work_radius
         self.unary = tuple(np.asarray(a, np.float32) for a in (UNARY_MLP if unary is None else unary))
         if len(self.unary) != 4 or self.unary[0].shape[1:] != (len(UNARY_FEATURES),):
             raise ValueError(f"unary: (hidden weights (k, {len(UNARY_FEATURES)}), hidden bias, output weights, output bias)")
@@ -188,7 +189,7 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
     if heat is None:
         heat = mask.astype(np.float32)
     depth, radius, (x0, x1, y0, y1), _ = click_region(mask, click, cfg.reach, cfg.min_radius, cfg.max_radius)
-    f = min(1.0, cfg.work_side / max(h, w))
+    f = min(1.0, cfg.work_radius / radius)
     if f < 1:  # decide on a downscaled copy, then clip to the full-resolution disc below
         size = (max(2, round(w * f)), max(2, round(h * f)))
         s_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -469,9 +470,18 @@ def fit_unary(folds=(1, 2), hidden: int = 32, epochs: int = 30, seed: int = 0) -
 
     x, y = unary_training_rows(realdata.split(list(folds)))
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: threads only contend (and one thread is reproducible)
+    try:
+        return _fit_perceptron(torch, xt, yt, hidden, epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_perceptron(torch, xt, yt, hidden: int, epochs: int, seed: int) -> tuple[np.ndarray, ...]:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        net = torch.nn.Sequential(torch.nn.Linear(xt.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
         opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-5)
         for _ in range(epochs):
             order = torch.randperm(len(xt))

@@ -119,8 +119,8 @@ def test_click_simulator_reproduces_a_hand_computed_case():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("work_side", [640, 160])  # 160: the cut is decided on a downscaled copy
-def test_every_click_is_honoured_and_changes_only_its_disc(work_side):
+@pytest.mark.parametrize("work_radius", [112, 12])  # 12: every cut is decided on a downscaled copy
+def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
     """Property over random clicks (random places, random labels) on real photos: after every
     click each click so far is on its side, and the mask changed only inside the new click's
     disc (radius and centre reported by the refiner)."""
@@ -128,7 +128,7 @@ def test_every_click_is_honoured_and_changes_only_its_disc(work_side):
     from pipeline.clicks import ClickRefiner
 
     rng = np.random.default_rng(7)
-    refiner = ClickRefiner(work_side=work_side)
+    refiner = ClickRefiner(work_radius=work_radius)
     n_changed = 0
     for key in realdata.split([realdata.HELD_OUT_FOLD])[:5]:
         p = realdata.load_photo(key, min_area=0.02)
