@@ -119,15 +119,16 @@ def test_click_simulator_reproduces_a_hand_computed_case():
 
 
 @pytest.mark.slow
-def test_every_click_is_honoured_and_changes_only_its_disc():
+@pytest.mark.parametrize("work_radius", [112, 12])  # 12: every cut is decided on a downscaled copy
+def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
     """Property over random clicks (random places, random labels) on real photos: after every
     click each click so far is on its side, and the mask changed only inside the new click's
-    disc (radius reported by the refiner)."""
+    disc (radius and centre reported by the refiner)."""
     from pipeline import realdata
     from pipeline.clicks import ClickRefiner
 
     rng = np.random.default_rng(7)
-    refiner = ClickRefiner()
+    refiner = ClickRefiner(work_radius=work_radius)
     n_changed = 0
     for key in realdata.split([realdata.HELD_OUT_FOLD])[:5]:
         p = realdata.load_photo(key, min_area=0.02)
@@ -147,10 +148,28 @@ def test_every_click_is_honoured_and_changes_only_its_disc():
             radius = r.info["radii"][-1]
             yy, xx = np.nonzero(r.mask != prev)
             x, y = pts[-1]
+            assert r.info["discs"][-1] == (x, y, radius) and len(r.info["discs"]) == len(pts)
             assert np.all((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2 + 1e-6), (key, pts[-1], radius)
             n_changed += len(xx) > 0
             prev = r.mask
     assert n_changed >= 10  # the clicks did change masks (not a refiner that ignores them)
+
+
+@pytest.mark.slow
+def test_the_click_unary_is_fitted_on_folds_1_2_only():
+    """The shipped unary is what fit_unary gives on folds 1-2 (the click benchmark's fold 0 is
+    never seen): refitted here, it takes the same decisions on the pixels of fold 0's first
+    sessions (float rounding and thread counts aside), and a click's cues are finite."""
+    from pipeline import realdata
+    from pipeline.clicks import ClickRefiner, fit_unary, unary_training_rows
+
+    x, _ = unary_training_rows(realdata.split([realdata.HELD_OUT_FOLD])[:8], per_click=200)
+    assert np.all(np.isfinite(x))
+    feats = x.T[:, :, None]  # (F, n, 1): the cues as a one-column image
+    shipped = ClickRefiner().unary_logit(feats)
+    refitted = ClickRefiner(unary=fit_unary((1, 2))).unary_logit(feats)
+    assert np.mean((shipped > 0) == (refitted > 0)) > 0.97
+    assert np.corrcoef(shipped.ravel(), refitted.ravel())[0, 1] > 0.97
 
 
 @pytest.mark.slow
