@@ -21,7 +21,10 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_MLP`,
   609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by :func:`fit_unary`, from
-  simulated sessions where each pixel of a click's disc is labelled by the true mask;
+  simulated sessions (two soft maps per photo) where each pixel of a click's disc is labelled
+  by the true mask; 30 % of those clicks are a sloppier user's (:func:`sloppy_click`: anywhere
+  in the error region at least half as deep as its deepest point), so that the unary does not
+  rely on a click lying exactly where the standard simulator puts it;
 - pairwise: a contrast-sensitive Potts term on 4-neighbours (``smoothness`` x exp(-beta |dI|^2),
   beta from the window's mean squared colour step, as GrabCut's);
 - hard constraints: the click and a core of 0.3 x its depth around it are l; every earlier
@@ -521,7 +524,8 @@ def _fit_perceptron(torch, xt, yt, hidden: int, epochs: int, seed: int) -> tuple
     return w1, b1, w2[0], float(b2[0])
 
 
-#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``, rounded to 4 decimals):
+#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``: 30 % sloppy clicks, 2 soft
+#: maps per photo; rounded to 4 decimals):
 #: hidden weights (32, 17) over UNARY_FEATURES, hidden bias, output weights, output bias
 UNARY_MLP = (
     np.array([[0.0715, 0.2383, 0.2095, 0.0678, -0.1244, 0.1110, -0.0891, 0.2751, 0.0111, 0.0556, -0.0147,
