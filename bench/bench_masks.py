@@ -33,7 +33,7 @@ from _results import write_section  # noqa: E402
 
 RESOLUTIONS = (16, 32, 64)
 KINDS = ("box", "dilated", "eroded", "blurred", "shifted")
-NOTE = "Reading: on attention-like maps (the kind the studio thresholds) `ridge` and `mix` recover more than half of the gap between t = 0.5 and the per-object oracle at 16, 32 and 64 (the 'recovered' columns: mean of folds [worst fold]; issue 26's target: half), and beat the paper's rule. Most of that gain is a shift of the cut that a single constant t fitted on the training folds already gets (its column); the per-object statistics add a few thousandths of mIoU on top. On the coarse kinds nobody trained on (box, dilated, eroded, blurred, shifted) `ridge` is no better than t = 0.5 and the paper's rule is best on box/dilated/eroded; `mix` lies between. On the embedded model's own attention maps `mix` matches the paper's rule and `ridge` is below it, so `mix` is the default (GenerationConfig.selector, the studio, batch); `paper` stays selectable. `edges` alone is poor on photos: the strongest contour is often texture or another object. The `clicks` refiner honours every click exactly: the click and every earlier click are hard constraints of a minimum cut over its disc's window, and nothing outside the disc changes. Inside the disc the cut weighs a learned unary (a 32-unit perceptron over 16 cues: the pixel's distance to the current boundary and to the click in units of the click's depth, heat-map levels against the cut, the click and the local maximum, a local Lab colour likelihood, image edges between pixel and click, closeness to the image border; fitted by `pipeline.clicks.fit_unary` on folds 1-2 only) against a contrast-sensitive Potts term. It replaced a random walk in the disc (NoC@90 6.29, 6 of 48 objects failing on these objects and soft maps). Chosen by cross-validation between two halves of folds 1-2, never on fold 0; tried there and not kept: a hand-set energy (a band prior at 2 x depth from the boundary, the heat level and colour: it turned as many wrong pixels as right ones), a logistic unary on the same cues (about half a click of NoC@90 worse), letting a click also turn pixels of its own side (a model found only 12 % of those at 57 % precision), geodesic-distance, edge-profile and signed Lab cues, training states from the refiner's own sessions (no gain beyond noise), a disc floor of 0.15, a cap on how deep turned pixels lie, smoothness 0.5 / 2. A fair share of the remaining failures are annotation slivers: COCO polygons stop 1-2 px short of the image border, so a mask that reaches the border leaves a long 1-2 px false strip that the simulator clicks again and again."
+NOTE = "Reading: on attention-like maps (the kind the studio thresholds) `ridge` and `mix` recover more than half of the gap between t = 0.5 and the per-object oracle at 16, 32 and 64 (the 'recovered' columns: mean of folds [worst fold]; issue 26's target: half), and beat the paper's rule. Most of that gain is a shift of the cut that a single constant t fitted on the training folds already gets (its column); the per-object statistics add a few thousandths of mIoU on top. On the coarse kinds nobody trained on (box, dilated, eroded, blurred, shifted) `ridge` is no better than t = 0.5 and the paper's rule is best on box/dilated/eroded; `mix` lies between. On the embedded model's own attention maps `mix` matches the paper's rule and `ridge` is below it, so `mix` is the default (GenerationConfig.selector, the studio, batch); `paper` stays selectable. `edges` alone is poor on photos: the strongest contour is often texture or another object. The `clicks` refiner honours every click exactly: the click and every earlier click are hard constraints of a minimum cut over its disc's window, and nothing outside the disc changes. Inside the disc the cut weighs a learned unary (a 32-unit perceptron over 16 cues: the pixel's distance to the current boundary and to the click in units of the click's depth, heat-map levels against the cut, the click and the local maximum, a local Lab colour likelihood, image edges between pixel and click, closeness to the image border; fitted by `pipeline.clicks.fit_unary` on folds 1-2 only) against a contrast-sensitive Potts term. It replaced a random walk in the disc (NoC@90 6.29, 6 of 48 objects failing on these objects and soft maps). Chosen by cross-validation between two halves of folds 1-2, never on fold 0; tried there and not kept: a hand-set energy (a band prior at 2 x depth from the boundary, the heat level and colour: it turned as many wrong pixels as right ones), a logistic unary on the same cues (about half a click of NoC@90 worse), letting a click also turn pixels of its own side (a model found only 12 % of those at 57 % precision), geodesic-distance, edge-profile and signed Lab cues, training states from the refiner's own sessions (no gain beyond noise), a disc floor of 0.15, a cap on how deep turned pixels lie, smoothness 0.5 / 2. A fair share of the remaining failures are annotation slivers: COCO polygons stop 1-2 px short of the image border, so a mask that reaches the border leaves a long 1-2 px false strip that the simulator clicks again and again. The unary's training clicks are 70 % the standard simulator's and 30 % a sloppier user's (anywhere in the error region at least half as deep as its deepest point: `pipeline.clicks.sloppy_click`, the 'sloppier user' row), over two soft maps per photo: cross-validated between the halves of folds 1-2, NoC@90 5.23 -> 5.14 for the standard user and 6.20 -> 5.86 for the sloppy one (differences of about 0.2 are within the noise of a draw); on fold 0, the sloppy user, mean of 4 draws of its clicks: 5.97 -> 5.78, failures unchanged (22 of 192 sessions). Tried on folds 1-2 and not kept: letting a click's region follow its error band beyond the disc (the wrong-side pixels within 3 x depth of the clicked side, reached from the click inside that band within 3 x the disc's radius, the unary refitted on such regions: NoC@90 5.23 -> 5.48; only for clicks whose disc is at its floor: 5.51; the unary turns too few of a thin band's pixels, and a longer region turns wrong ones too), a weaker Potts term for shallow clicks (no change), a 64-unit perceptron (5.54), 60 epochs (5.31), 800 rows per click (5.36), 3 soft maps per photo (5.12-5.25, as 2), sloppy shares of 50 % / 100 % (standard 5.40 / 5.47, sloppy 5.94 / 5.77), a bias of +-0.5 on the unary (worse both ways), a disc reach of 4 or 5 x depth (no change), a second colour cue learned within the disc's window only (5.12, sloppy 5.97), an average of 3 perceptrons (5.20, sloppy 6.00), training maps half 16x16 half 32x32 (5.29; 32x32 maps 3.40 -> 3.27), a forced core of 0.5 x depth (5.33), a texture cue (local edge energy against the click's: 5.27). On folds 1-2 the refiner sits at NoC@90 5.1-5.3 whatever of these is changed: the target (<= 4 on fold 0) needs more than a better per-pixel model over these cues."
 METHODS = ("fixed 0.5", "paper (grabcut)", "constant t (train folds)", "ridge", "mix", "edges", "oracle")
 
 
@@ -156,8 +156,9 @@ def selectors_on_embedded(n: int):
     return rows
 
 
-PERTURBATIONS = {"none": "16x16 soft maps", "32x32": "32x32 soft maps", "jpeg30": "photos as JPEG quality 30",
-                 "brighter": "photos brightened by 40 levels"}
+PERTURBATIONS = {"none": "16x16 soft maps", "sloppy": "a sloppier user (each click at a random pixel of the region "
+                 "at least half as deep as its deepest point)", "32x32": "32x32 soft maps",
+                 "jpeg30": "photos as JPEG quality 30", "brighter": "photos brightened by 40 levels"}
 
 
 def perturbed(image: np.ndarray, kind: str) -> np.ndarray:
@@ -174,7 +175,7 @@ def perturbed(image: np.ndarray, kind: str) -> np.ndarray:
 
 def clicks_bench(refiners: dict, n_objects: int, max_clicks: int = 20, perturbation: str = "none"):
     from pipeline import realdata
-    from pipeline.clicks import noc, simulate
+    from pipeline.clicks import noc, simulate, sloppy_click
     from pipeline.thresholds import attention_like
 
     keys = realdata.split([realdata.HELD_OUT_FOLD])
@@ -191,7 +192,9 @@ def clicks_bench(refiners: dict, n_objects: int, max_clicks: int = 20, perturbat
             gt = p.masks[int(np.argmax([m.sum() for m in p.masks]))]
             heat = attention_like(gt, 32 if perturbation == "32x32" else 16, np.random.default_rng(i), 0.02, 0.05)
             t0 = time.perf_counter()
-            ious = simulate(ref, perturbed(p.image, perturbation), heat, gt, max_clicks, 0.90)
+            rng = np.random.default_rng(1000 + i)
+            clicker = (lambda pred, truth: sloppy_click(pred, truth, rng)) if perturbation == "sloppy" else None
+            ious = simulate(ref, perturbed(p.image, perturbation), heat, gt, max_clicks, 0.90, clicker)
             per_click.append((time.perf_counter() - t0) / len(ious))
             n85.append(noc(ious, 0.85, max_clicks))
             n90.append(noc(ious, 0.90, max_clicks))
@@ -309,6 +312,8 @@ def main() -> None:
         out = {}
         for kind, label in PERTURBATIONS.items():
             name = "clicks" if kind == "none" else f"clicks, {label} (perturbation, not tuned on)"
+            if kind == "sloppy":  # the unary's training on folds 1-2 mixes in 30 % of such clicks
+                name = f"clicks, {label} (30 % of the unary's training clicks on folds 1-2 were such)"
             out.update({name: r for r in clicks_bench({"c": ClickRefiner()}, a.click_objects, perturbation=kind).values()})
         out.update(clicks_bench({"grabcut": GrabCutRefiner()}, a.grabcut_click_objects))
         sam = "not run (no SAM checkpoint given: pass --sam-checkpoint)"

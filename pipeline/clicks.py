@@ -21,7 +21,10 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_MLP`,
   609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by :func:`fit_unary`, from
-  simulated sessions where each pixel of a click's disc is labelled by the true mask;
+  simulated sessions (two soft maps per photo) where each pixel of a click's disc is labelled
+  by the true mask; 30 % of those clicks are a sloppier user's (:func:`sloppy_click`: anywhere
+  in the error region at least half as deep as its deepest point), so that the unary does not
+  rely on a click lying exactly where the standard simulator puts it;
 - pairwise: a contrast-sensitive Potts term on 4-neighbours (``smoothness`` x exp(-beta |dI|^2),
   beta from the window's mean squared colour step, as GrabCut's);
 - hard constraints: the click and a core of 0.3 x its depth around it are l; every earlier
@@ -380,17 +383,38 @@ def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | No
     return int(x), int(y), label
 
 
+def sloppy_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator,
+                 depth_share: float = 0.5) -> tuple[int, int, int] | None:
+    """A sloppier user's next click: in the region :func:`next_click` picks, a pixel drawn
+    uniformly (``rng``) among those at least ``depth_share`` x as deep (distance to the region's
+    boundary or the image border) as its deepest point; None when the masks agree."""
+    c = next_click(pred, truth)
+    if c is None:
+        return None
+    label = c[2]
+    err = (truth & ~pred) if label else (pred & ~truth)
+    _, comp = cv2.connectedComponents(err.astype(np.uint8), connectivity=4)
+    region = comp == comp[c[1], c[0]]
+    dist = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    ys, xs = np.nonzero(dist >= depth_share * dist.max())
+    k = int(rng.integers(len(ys)))
+    return int(xs[k]), int(ys[k]), label
+
+
 def simulate(refiner, image: np.ndarray, heat: np.ndarray, truth: np.ndarray, max_clicks: int = 20,
-             stop_at: float = 0.90) -> list[float]:
+             stop_at: float = 0.90, clicker=None) -> list[float]:
     """IoU with ``truth`` before any click and after each simulated click, stopping once IoU
-    reaches ``stop_at`` or after ``max_clicks``: a list of 1 + (clicks made) values."""
+    reaches ``stop_at`` or after ``max_clicks``: a list of 1 + (clicks made) values.
+    ``clicker(pred, truth)`` gives each click (default :func:`next_click`, the standard user;
+    e.g. ``lambda p, t: sloppy_click(p, t, rng)`` for a sloppier one)."""
     from .masks import iou
 
+    clicker = next_click if clicker is None else clicker
     pts, labs = [], []
     pred = refiner(image, heat).mask
     ious = [iou(pred, truth)]
     while ious[-1] < stop_at and len(pts) < max_clicks:
-        c = next_click(pred, truth)
+        c = clicker(pred, truth)
         if c is None:
             break
         pts.append(c[:2])
@@ -414,13 +438,16 @@ def noc(ious: list[float], target: float, max_clicks: int = 20) -> int:
 # --------------------------------------------------------------------------------------------
 
 def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
-                        selector: str | None = "ridge") -> tuple[np.ndarray, np.ndarray]:
+                        selector: str | None = "ridge", sloppy: float = 0.0, maps: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, len(UNARY_FEATURES)), labels (n,) bool) from simulated sessions on the
-    photos ``keys`` (the largest object of each, its 16x16 attention-like soft map): at each of
-    up to ``max_clicks`` simulated clicks, up to ``per_click`` of the disc's wrong-side pixels,
-    labelled by whether the truth has them on the click's side. Sessions advance as if each click
-    turned exactly those pixels (so the states are those of a good refiner, not of the weights
-    being fitted)."""
+    photos ``keys`` (the largest object of each, ``maps`` independent 16x16 attention-like soft
+    maps of it): at each of up to ``max_clicks`` simulated clicks, up to ``per_click`` of the
+    disc's wrong-side pixels, labelled by whether the truth has them on the click's side. Each
+    click is the standard simulator's (:func:`next_click`), or with probability ``sloppy`` a
+    sloppier user's (:func:`sloppy_click`: anywhere at least half as deep), so that the unary
+    does not rely on the click lying exactly at the deepest point. Sessions advance as if each
+    click turned exactly those pixels (so the states are those of a good refiner, not of the
+    weights being fitted)."""
     from . import realdata
     from .masks import iou
     from .thresholds import attention_like
@@ -429,7 +456,7 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     # only its start mask is used (the unary being fitted must not shape its own data)
     starter = ClickRefiner(selector=selector, unary=(np.zeros((1, len(UNARY_FEATURES))), np.zeros(1), np.zeros(1), 0.0))
     xs, ys = [], []
-    for i, key in enumerate(keys):
+    for i, key in enumerate(keys * maps):
         p = realdata.load_photo(key, min_area=0.02)
         if not p.masks:
             continue
@@ -437,7 +464,7 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
         heat = attention_like(gt, 16, np.random.default_rng(i), 0.02, 0.05)
         pred, t = starter.start_mask(p.image, heat)
         for _ in range(max_clicks):
-            c = next_click(pred, gt)
+            c = sloppy_click(pred, gt, rng) if sloppy and rng.random() < sloppy else next_click(pred, gt)
             if c is None or iou(pred, gt) >= 0.95:
                 break
             x, y, label = c
@@ -460,15 +487,17 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def fit_unary(folds=(1, 2), hidden: int = 32, epochs: int = 30, seed: int = 0) -> tuple[np.ndarray, ...]:
+def fit_unary(folds=(1, 2), hidden: int = 32, epochs: int = 30, seed: int = 0, sloppy: float = 0.3,
+              maps: int = 2) -> tuple[np.ndarray, ...]:
     """The unary's perceptron (as :data:`UNARY_MLP`) fitted on the photos of ``folds`` (the
-    shipped one: folds 1-2): cross-entropy, Adam (lr 3e-3, weight decay 1e-5), batches of 2048,
-    ``epochs`` passes, seeded (the global torch RNG is left as it was)."""
+    shipped one: folds 1-2) with :func:`unary_training_rows` (``sloppy``: share of sloppy
+    clicks, ``maps``: soft maps per photo): cross-entropy, Adam (lr 3e-3, weight decay 1e-5),
+    batches of 2048, ``epochs`` passes, seeded (the global torch RNG is left as it was)."""
     import torch
 
     from . import realdata
 
-    x, y = unary_training_rows(realdata.split(list(folds)))
+    x, y = unary_training_rows(realdata.split(list(folds)), sloppy=sloppy, maps=maps)
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: threads only contend (and one thread is reproducible)
@@ -495,82 +524,79 @@ def _fit_perceptron(torch, xt, yt, hidden: int, epochs: int, seed: int) -> tuple
     return w1, b1, w2[0], float(b2[0])
 
 
-#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``, rounded to 4 decimals):
+#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``: 30 % sloppy clicks, 2 soft
+#: maps per photo; rounded to 4 decimals):
 #: hidden weights (32, 17) over UNARY_FEATURES, hidden bias, output weights, output bias
 UNARY_MLP = (
-    np.array([
-        [0.1251, 0.2326, 0.0487, -0.2317, -0.0898, 0.1192, 0.0296, 0.3115, 0.0083,
-         0.0768, -0.0872, -0.0694, -0.0968, -0.2493, -0.0704, 0.2079, 0.0477],
-        [0.2277, -0.1119, 0.1667, 0.0452, 0.1796, -0.0454, 0.1285, 0.0171, 0.0657,
-         0.2217, -0.4482, -0.1892, 0.0143, -0.3595, 0.2331, -0.3259, -0.2559],
-        [-0.4206, -0.8350, 0.2782, -0.0399, 0.0040, -0.0978, 0.0192, -0.3203, -0.7179,
-         -0.8515, -0.2194, -1.0738, 0.3305, 0.4349, 0.1693, 0.4489, 1.2169],
-        [0.1559, 0.0857, 0.0295, 0.1637, -0.1344, 0.4442, -0.5894, -0.2136, -0.2894,
-         0.0897, -0.1951, -0.2117, -0.0506, -0.0156, -0.1974, -0.1685, -0.0020],
-        [0.2671, 0.3355, 0.0872, -0.1415, 0.0441, 0.2362, 0.2277, 0.3014, 0.0700,
-         -0.1841, -0.0126, -0.1635, -0.1000, 0.0577, 0.1717, 0.0340, -0.0291],
-        [0.0191, 0.1118, 0.1712, -0.0046, -0.1101, 0.2607, 0.1983, 0.3378, -0.0239,
-         -0.2313, -0.0704, 0.1967, 0.1294, -0.1343, -0.1197, 0.5627, 0.1118],
-        [0.0748, 0.0254, 0.0914, -0.0907, -0.2126, -0.0775, 0.0804, 0.2735, -0.0507,
-         0.1344, -0.3075, 0.1909, 0.2737, -0.3176, 0.0716, -0.0475, -0.0615],
-        [-0.4328, 0.2148, -0.5040, -0.2388, -0.0079, -0.7131, -0.0821, -0.3788, -0.8091,
-         -0.1788, -0.3024, 0.4443, 0.0466, -0.0002, 0.1555, 0.7496, 0.4417],
-        [0.7372, 0.1822, 0.3618, -0.0699, 0.0655, -0.0703, 0.0036, -0.6738, -0.4211,
-         -0.0488, -0.8480, -0.4979, -0.0480, -0.4798, -1.3733, -0.1742, 0.4839],
-        [0.5219, 0.0176, 0.0808, 0.4042, -0.1625, 0.0265, -0.0074, 0.1283, 0.2161,
-         -0.4193, -0.2513, -0.1215, 0.3211, 0.1946, 0.1029, 0.1242, -0.2355],
-        [0.5487, -0.5027, 0.1292, 0.0849, 0.0734, -0.2158, 0.0038, 0.1078, 0.5078,
-         -0.5480, -0.0069, -0.2985, 1.0414, -0.2102, -0.1042, -1.1017, -0.0321],
-        [-0.0797, -0.2201, -1.0038, 0.4088, 0.2035, -0.1152, -0.0645, -0.1016, 0.3812,
-         0.1569, 0.4669, -0.0073, 0.4599, 0.0437, 0.5398, -1.0543, 0.1576],
-        [-0.4077, 0.0865, -0.2421, 0.6704, -0.1588, -0.9811, -0.1484, -0.1623, -0.1360,
-         -0.0804, 0.5720, -0.1458, -0.5701, -0.1721, 0.2182, -0.8838, 0.1214],
-        [0.2342, -0.1270, 1.0292, -0.6468, 0.2377, -0.0915, 0.0111, 0.7889, 0.4630,
-         0.0673, -0.2198, 0.9394, 0.8984, 0.1672, -0.2077, 0.5061, -0.1830],
-        [0.3803, 0.1334, 1.4418, 0.3202, -0.1469, 0.0992, -0.0426, -0.1817, -0.1419,
-         -0.4317, -0.4797, 0.3347, 0.3489, -0.0992, 0.2872, 0.4705, -0.3809],
-        [0.2471, -0.1498, 0.3464, -0.0860, -0.5685, -0.0745, -0.0336, 0.2941, -0.0409,
-         0.1823, 0.4506, -0.0025, 0.6774, 1.2623, 0.2548, 0.2379, -0.2327],
-        [-0.1292, 0.1476, -1.9094, -1.6314, 0.0351, -0.0559, 0.0425, 0.3265, 0.1785,
-         -0.1218, -0.0996, -0.1946, -0.8427, -0.1699, 0.0253, 0.6470, -0.1609],
-        [-0.4139, -0.0958, -0.7912, -0.5939, -0.2540, 0.2231, -0.2133, 0.4714, -0.6780,
-         -0.0415, -0.5069, 0.3533, -0.1052, 0.1433, 0.2573, -0.3889, 0.2800],
-        [0.0498, 0.0641, -0.0083, 0.0524, -0.2678, -0.1141, 0.1326, -0.3134, 0.0494,
-         0.1282, -0.1396, -0.0523, 0.0800, 0.0146, 0.0318, 0.1006, -0.2516],
-        [-0.0460, 0.0494, 0.0441, 0.4565, 0.1009, -0.6744, -0.1494, -0.6744, -0.1379,
-         0.2373, 0.0943, -0.5067, -0.1566, -0.0017, 0.2077, 0.7058, 0.1555],
-        [0.1854, 0.0382, 0.6245, 0.0787, -0.2299, 0.2447, 0.1151, 0.2738, -0.1201,
-         0.0843, -0.3197, 0.1145, 0.0867, -0.2784, 0.0831, 0.3428, -0.1852],
-        [0.0881, -0.2614, -0.1787, 0.1053, -0.1782, -0.1361, 0.1040, -0.2531, 0.2020,
-         0.1058, -0.2339, -0.2736, 0.0047, -0.6845, 0.1829, -0.4430, -0.0944],
-        [-0.4128, -0.1766, -0.7014, 0.4250, 0.0626, 0.4222, 0.4011, -0.3900, 0.0881,
-         0.3263, 0.0998, 0.1644, -0.5285, 0.3092, -0.0311, 0.8884, 0.2820],
-        [0.5241, 0.0245, 0.3179, -0.1588, -0.0922, -0.0983, -0.0012, -0.5551, -0.2103,
-         0.0417, -0.8259, -0.3878, 0.2496, -0.3966, -1.3410, 0.2683, 0.9598],
-        [0.0141, 0.2052, 0.0029, -0.1033, 0.1236, 0.0363, -0.1115, -0.0375, -0.0108,
-         -0.0305, -0.0352, 0.1841, 0.0951, -0.2218, 0.0295, 0.2060, 0.0750],
-        [-0.2242, 0.1771, 0.2336, 0.2394, -0.0372, -0.1363, 0.0559, 0.9044, -0.6772,
-         -0.1506, -0.5163, 0.4434, 0.5578, 0.6288, -0.0252, -0.9470, -0.5232],
-        [0.0827, 0.2708, -0.0257, 0.1381, -0.1074, 0.1286, 0.0455, -0.0702, 0.2325,
-         0.1545, 0.1481, 0.1071, -0.0472, -0.0441, 0.0557, 0.4223, -0.1921],
-        [0.2136, -1.3563, 0.0164, -0.6109, -0.1681, -0.0860, 0.0336, -0.2205, 0.0599,
-         -1.5936, -0.0538, -0.5817, 1.4019, 0.0137, 0.0071, 0.0043, 0.5985],
-        [-0.2671, 0.1150, 0.5401, 0.3806, -0.5112, 0.0943, -0.2024, 0.4853, -0.1831,
-         0.2726, 0.0275, -0.0823, 0.2431, -0.4777, -0.0054, 0.0525, -0.0812],
-        [-0.0329, 0.3092, 0.1649, -0.2423, -0.1028, 0.2607, 0.2492, -0.0617, 0.2006,
-         0.1409, 0.0870, 0.1803, -0.0074, -0.0861, 0.1182, 0.2623, 0.0686],
-        [0.5322, 0.2452, 0.3903, 0.0010, -0.0989, 0.0575, -0.0196, -0.7760, 0.0510,
-         -0.0847, -0.6067, -0.3926, 0.3373, -0.3321, -0.9294, -0.4321, 0.4129],
-        [0.1819, 0.1946, 0.1207, 0.3296, -0.0820, -0.3504, -0.8102, -0.8330, 0.0821,
-         0.0085, -0.4019, -0.3280, -0.5663, -1.1944, -0.0584, 0.5402, -0.1021],
-    ]),
-    np.array([-0.0106, 0.0437, 0.9077, -0.0424, -0.1536, 0.1832, -0.3159, 0.2385, 0.7577,
-              -0.3665, 0.0583, 0.3000, 0.0893, -0.0697, -0.1043, -0.1109, -0.3391, 0.3161,
-              -0.1555, 0.0962, -0.2576, 0.2362, 0.2021, 0.7392, 0.1403, -0.1741, 0.1909,
-              0.9660, -0.2617, -0.1589, 0.1849, 0.1081]),
-    np.array([-0.1147, -0.2094, 1.7795, 0.5595, -0.1056, -0.2312, -0.1991, 0.8775, 1.5985,
-              -0.4036, 0.6758, 0.6543, 0.7650, 1.6604, -0.6307, -0.7971, -1.6282, 0.8232,
-              0.1032, 0.3046, -0.3579, 0.2295, 0.7002, 2.0537, -0.0929, -1.1614, -0.1554,
-              2.2636, -0.3612, -0.1247, 1.5446, -1.0585]),
-    -0.0610,
+    np.array([[0.0715, 0.2383, 0.2095, 0.0678, -0.1244, 0.1110, -0.0891, 0.2751, 0.0111, 0.0556, -0.0147,
+      -0.0837, 0.0153, -0.3042, -0.0387, -0.1097, 0.1111],
+     [0.2392, -0.1750, 0.1922, 0.0620, 0.1099, -0.0618, 0.0161, 0.1714, 0.1306, 0.1108, -0.5520,
+      -0.1271, 0.2702, -0.3376, 0.2764, -0.1450, -0.2768],
+     [-0.4298, -0.6130, 0.0960, 0.0310, -0.1932, -0.3342, -0.0089, -0.1768, 0.4747, -0.3481, -0.2266,
+      -0.5293, 1.1688, 0.3502, 0.0720, 0.3401, 1.0644],
+     [0.3840, 0.0291, -0.0336, 0.0980, -0.2494, 0.3856, -0.5251, -0.1798, -0.1876, 0.0924, -0.4772,
+      -0.3405, -0.2058, -0.2463, -0.4958, -0.4797, -0.1475],
+     [0.1470, 0.2875, 0.2317, 0.0943, -0.1125, 0.1553, -0.0135, 0.1474, 0.0391, -0.2041, -0.0544,
+      -0.1957, -0.0558, -0.1699, 0.0942, -0.1987, -0.0575],
+     [0.0740, 0.1648, 0.3181, 0.2869, -0.1579, 0.1425, -0.0194, 0.2358, 0.1392, -0.1408, -0.1073,
+      0.1122, 0.2044, -0.4213, -0.0758, -0.0062, 0.1449],
+     [0.0908, 0.0871, 0.2056, 0.1886, 0.0530, -0.0739, -0.0284, 0.2671, 0.0435, 0.1590, -0.3334,
+      0.2310, 0.3538, -0.6111, 0.0811, -0.3439, -0.0400],
+     [-0.4259, 0.2690, -0.7143, -0.3720, 0.0290, -0.5563, -0.2921, -0.4213, -0.5715, -0.0116, -0.0319,
+      0.6115, 0.3103, -0.2838, 0.1020, -0.1303, 0.3197],
+     [-0.6112, 0.0448, -0.7448, -0.2537, 0.1344, 0.6585, -0.0920, -0.0246, -0.7490, -0.0170, -0.2985,
+      0.3040, -0.8893, 0.0964, -0.0985, -0.0367, 0.4854],
+     [0.5605, -0.1304, 0.2287, 0.2396, -0.3749, 0.1449, 0.0883, 0.2761, 0.3221, -0.7065, -0.2595,
+      0.1541, 0.6897, 0.0412, 0.0208, 0.5047, -0.1764],
+     [0.6665, -0.3586, 0.5820, -0.8261, -0.0740, -0.1150, 0.0012, 0.2800, 0.0602, -0.1222, 0.1030,
+      0.0317, 1.4917, -0.4534, -0.1351, -1.7250, -0.2695],
+     [-0.3175, -0.3728, -1.3295, 0.0594, 0.2553, -0.2103, 0.0906, 0.1716, 0.0630, 0.1222, 0.7957,
+      0.1238, 0.2784, 0.3928, 0.5692, 0.4250, 0.0817],
+     [-0.4592, 0.0795, -0.1688, 0.8164, 0.0336, -1.0446, 0.0735, -0.4259, 0.0520, -0.1238, 0.5128,
+      -0.4455, -1.1733, -0.1455, 0.2643, -1.3411, 0.2956],
+     [0.3519, -0.1313, 0.9670, -0.6477, 0.1952, -0.0389, -0.0138, 0.8543, 0.2676, 0.0796, 0.0000,
+      0.6789, 0.6657, 0.1673, -0.1971, 0.8123, -0.2266],
+     [0.2545, 0.0966, 1.1219, 0.2050, 0.0408, -0.0752, -0.0551, 0.0175, 0.1744, -0.6128, 0.1667,
+      0.4286, 0.5377, -0.0176, 0.4123, 0.0749, -0.2823],
+     [0.1352, -0.1857, 0.5873, -0.1181, -0.7388, -0.3000, 0.0264, 0.3223, -0.0245, 0.2078, -0.1261,
+      -0.0482, 0.6017, 0.8209, 0.2319, 0.2229, -0.2707],
+     [-0.6596, 0.1172, -2.2027, -1.3396, 0.0579, 0.0802, -0.0031, 0.3948, 0.4283, -0.0417, -0.0649,
+      -0.2715, -0.9760, -0.1275, 0.0156, 0.9644, -0.1548],
+     [-0.2836, -0.1652, -0.7198, -0.6369, 0.0208, 0.0806, -0.2240, 0.5207, -0.2582, 0.0612, -0.0444,
+      0.1567, -0.0736, 0.3798, 0.3825, -0.8091, 0.1627],
+     [0.0949, 0.0229, -0.0300, 0.0397, -0.5723, -0.0396, 0.0052, -0.3203, -0.1310, 0.1791, 0.1684,
+      -0.4787, -0.1481, 0.9117, 0.0838, 0.8737, -0.1603],
+     [0.1501, 0.0639, -0.2098, 0.2955, 0.7402, -0.3020, -0.0195, -0.4043, -0.0020, 0.2805, 0.1924,
+      -0.6062, -0.1511, 0.8398, 0.0899, -0.0167, 0.0961],
+     [0.1607, 0.0828, 0.6419, 0.2628, 0.0402, 0.2362, -0.0114, 0.2550, -0.0789, 0.0927, -0.4187,
+      0.1468, 0.2095, -0.4991, 0.1012, -0.1846, -0.1191],
+     [-0.0498, -0.3527, -0.3352, -0.2426, -0.3370, -0.4409, 0.1575, -0.1726, -0.0183, 0.1271, -0.3332,
+      -0.0294, 0.0739, -0.8204, 0.2478, -0.6319, -0.1436],
+     [-0.2738, -0.2501, -0.8312, 0.4617, 0.0184, 0.6282, 0.5536, -0.2920, 0.2415, 0.1952, 0.2350,
+      0.2509, -0.6231, 0.3961, -0.0683, 1.0747, 0.3080],
+     [0.5222, 0.1473, 0.3786, -0.5211, -0.0176, -0.1835, -0.0071, -0.5328, 0.0408, -0.0546, -0.9657,
+      -0.4767, -0.4572, -0.3360, -1.5770, 0.4737, 1.0877],
+     [0.0449, 0.2899, 0.1681, -0.2093, 0.1150, 0.4022, -0.3409, -0.1177, 0.1933, 0.0025, 0.4151,
+      0.1867, 0.2428, 0.2965, 0.0059, -0.0230, 0.1937],
+     [-0.0359, 0.0816, 0.2592, -0.0610, 0.2014, 0.1820, 0.5750, 1.0843, -0.0135, -0.1029, 0.3531,
+      0.2523, 0.3858, 1.4458, -0.0679, -0.2167, -0.3108],
+     [0.0057, 0.3025, 0.1492, 0.4237, -0.0705, 0.0644, -0.1126, -0.1473, 0.1992, 0.1537, 0.0105,
+      0.0819, -0.1014, -0.4364, 0.0507, 0.1707, -0.1061],
+     [-0.1807, -1.0875, 0.2347, -0.3912, -0.0326, 0.0531, 0.0393, -0.3325, -0.1851, -1.1283, -0.0212,
+      -0.5867, 1.1467, 0.0141, 0.0387, -0.0064, 0.7577],
+     [-0.1363, 0.1032, 0.2871, -0.2377, -0.9610, 0.1325, -0.2309, 0.3195, -0.1399, 0.1140, 0.2567,
+      -0.1721, 0.2998, -0.2117, 0.1290, -0.3325, 0.1801],
+     [-0.0965, 0.3010, 0.3319, -0.0442, -0.1809, 0.1350, 0.0200, -0.1237, 0.1783, 0.1215, -0.0747,
+      0.1142, 0.0381, -0.3672, 0.1011, -0.0925, 0.0695],
+     [0.5211, 0.3013, 0.5017, 0.0377, -0.0450, 0.0699, 0.0105, -0.8407, 0.3028, -0.1675, -0.8169,
+      -0.4675, -0.2964, -0.3942, -1.2006, -0.3189, 0.5060],
+     [-0.0015, -0.0214, 0.0003, 0.0000, 0.0022, -0.0005, -0.0023, -0.0083, 0.0006, -0.0091, -0.0004,
+      -0.0000, -0.0000, -0.0008, -0.0374, -0.0000, -0.0022]]),
+    np.array([0.0581, 0.0072, 0.7605, -0.1809, -0.1648, 0.2121, -0.2821, 0.1216, 0.7564, -0.3027, -0.1801,
+     0.2223, 0.2643, -0.1152, -0.0172, -0.1518, -0.3318, 0.1981, -0.0721, 0.0418, -0.1892, 0.1729,
+     0.2293, 0.8709, 0.2546, 0.0345, 0.2539, 1.1153, 0.0073, -0.1377, 0.2827, 0.0005]),
+    np.array([-0.0867, -0.2231, 1.4371, 0.9019, -0.0416, -0.1438, -0.2352, 0.6819, 0.6402, -0.6161, 1.1341,
+     0.7955, 1.1375, 1.4648, -0.6174, -0.7268, -2.0215, 0.7571, 0.3281, 0.3020, -0.3283, 0.3963, 0.8880,
+     2.3469, -0.3124, -1.1480, -0.1862, 2.1312, -0.3045, -0.1047, 1.8810, -0.0319]),
+    -0.0985,
 )

@@ -118,6 +118,25 @@ def test_click_simulator_reproduces_a_hand_computed_case():
     assert noc([0.95], 0.90) == 0 and noc([0.5, 0.6], 0.9, max_clicks=20) == 20
 
 
+def test_sloppy_click_lands_in_the_simulators_region_at_least_half_as_deep():
+    from pipeline.clicks import next_click, sloppy_click
+
+    truth = np.zeros((20, 20), bool)
+    truth[2:12, 2:12] = True  # a 10x10 object; the prediction misses it and has a small false blob
+    pred = np.zeros_like(truth)
+    pred[15:18, 15:18] = True
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        x, y, label = sloppy_click(pred, truth, rng)
+        # the larger error region (the missed square) is clicked as object; its deepest points
+        # lie 5 px from its boundary, so every sloppy click is >= 2.5 px deep: rows/cols 4..9
+        assert label == 1 and 4 <= x <= 9 and 4 <= y <= 9, (x, y)
+        seen.add((x, y))
+    assert len(seen) > 5  # not always the same pixel (the standard user's)
+    assert next_click(pred, truth) == (6, 6, 1) and sloppy_click(truth, truth, rng) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("work_radius", [112, 12])  # 12: every cut is decided on a downscaled copy
 def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
