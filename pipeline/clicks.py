@@ -18,7 +18,7 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   low but locally high heat map); how much more its Lab colour is found on the click's side of
   the mask around the disc than on the other side; whether a strong image edge lies between it
   and the click; its colour distance to the click; how close it and the click lie to the image
-  border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_MLP`,
+  border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_ASSET`,
   609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by :func:`fit_unary`, from
   simulated sessions (two soft maps per photo) where each pixel of a click's disc is labelled
@@ -48,7 +48,9 @@ images and large discs; the result is still clipped to the full-resolution disc 
 from __future__ import annotations
 
 import math
+import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -56,16 +58,47 @@ import numpy as np
 from .attention import AttentionMaps
 from .refine import BaseRefiner, RefinementError, RefineResult, check_inputs
 
-#: the unary's cues, the inputs of :data:`UNARY_MLP` in this order (see :func:`click_features`)
+#: the unary's cues, the inputs of its perceptron (:data:`UNARY_ASSET`) in this order (see :func:`click_features`)
 UNARY_FEATURES = ("boundary distance / depth", "click distance / depth", "heat - t", "heat - heat at click",
                   "colour log-odds", "edge between pixel and click", "colour distance to click", "log depth",
                   "(boundary distance / depth)^2", "(click distance / depth)^2", "heat / local max - 0.5",
                   "click distance / radius", "boundary distance / radius", "click's heat / local max - 0.5",
                   "image border distance / depth", "click's depth is its distance to the border", "bias")
-#: the unary: a one-hidden-layer perceptron (32 ReLU units) over the cues, fitted on folds 1-2 by
-#: ``fit_unary((1, 2))``; filled in at the end of this module (UNARY_MLP)
 _BIG = 1e9
-UNARY_MLP = None  # set at the end of this module
+#: the shipped unary: a one-hidden-layer perceptron (32 ReLU units) over the cues, fitted on folds
+#: 1-2 of ``pipeline.realdata`` by ``python -m pipeline.clicks_training`` (see assets/README.md)
+UNARY_ASSET = Path(__file__).resolve().parents[1] / "assets" / "clicks_unary.npz"
+RETRAIN = "python -m pipeline.clicks_training --out assets/clicks_unary.npz"
+
+
+def load_unary(path: str | Path = UNARY_ASSET) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The unary's perceptron from an .npz written by :func:`save_unary`: (hidden weights
+    (k, F), hidden bias (k,), output weights (k,), output bias), F = len(UNARY_FEATURES).
+    Raises ``RefinerUnavailable`` naming the file and the command that remakes it when the file
+    is missing, unreadable, or fitted on other cues than this code computes."""
+    from .refine import RefinerUnavailable
+
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            names = tuple(str(x) for x in d["features"])
+            w1, b1, w2, b2 = (np.asarray(d[k], np.float64) for k in ("w1", "b1", "w2", "b2"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RefinerUnavailable(f"cannot read the clicks refiner's unary {path}: {e}; remake it with `{RETRAIN}`") from e
+    if names != UNARY_FEATURES or w1.ndim != 2 or w1.shape[1] != len(UNARY_FEATURES) or b1.shape != w1.shape[:1] \
+            or w2.shape != w1.shape[:1] or b2.shape != ():
+        raise RefinerUnavailable(f"{path} was fitted on other cues than this code computes: remake it with `{RETRAIN}`")
+    return w1, b1, w2, float(b2)
+
+
+def save_unary(path: str | Path, unary, **provenance) -> None:
+    """Write ``unary`` (as :func:`load_unary` returns it) with the cue names and ``provenance``
+    (e.g. folds, settings of the fit) to an .npz."""
+    w1, b1, w2, b2 = unary
+    np.savez(path, w1=np.asarray(w1, np.float64), b1=np.asarray(b1, np.float64), w2=np.asarray(w2, np.float64),
+             b2=np.float64(b2), features=np.array(UNARY_FEATURES), **{k: np.asarray(v) for k, v in provenance.items()})
+
+
+_SHIPPED: list = []  # the asset, read once per process
 
 
 def _maxflow():
@@ -86,7 +119,7 @@ class ClickRefiner(BaseRefiner):
     ``max_radius``: bounds of the radius as fractions of the shorter image side;
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
     ``unary``: the unary's perceptron (hidden weights (k, F), hidden bias (k,), output weights
-    (k,), output bias; default :data:`UNARY_MLP`); ``work_radius``: a disc of a larger radius (px)
+    (k,), output bias; default: the shipped one, :data:`UNARY_ASSET`); ``work_radius``: a disc of a larger radius (px)
     is decided on a copy downscaled to this radius (time per click stays bounded)."""
 
     name = "clicks"
@@ -102,7 +135,11 @@ class ClickRefiner(BaseRefiner):
         self.selector_name = selector
         self.reach, self.min_radius, self.max_radius = reach, min_radius, max_radius
         self.smoothness, self.work_radius = smoothness, work_radius
-        self.unary = tuple(np.asarray(a, np.float32) for a in (UNARY_MLP if unary is None else unary))
+        if unary is None:
+            if not _SHIPPED:
+                _SHIPPED.append(load_unary())
+            unary = _SHIPPED[0]
+        self.unary = tuple(np.asarray(a, np.float32) for a in unary)
         if len(self.unary) != 4 or self.unary[0].shape[1:] != (len(UNARY_FEATURES),):
             raise ValueError(f"unary: (hidden weights (k, {len(UNARY_FEATURES)}), hidden bias, output weights, output bias)")
         self._selector = None
@@ -431,172 +468,3 @@ def noc(ious: list[float], target: float, max_clicks: int = 20) -> int:
         if v >= target:
             return k
     return max_clicks
-
-
-# --------------------------------------------------------------------------------------------
-# where UNARY_MLP comes from
-# --------------------------------------------------------------------------------------------
-
-def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
-                        selector: str | None = "ridge", sloppy: float = 0.0, maps: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(features (n, len(UNARY_FEATURES)), labels (n,) bool) from simulated sessions on the
-    photos ``keys`` (the largest object of each, ``maps`` independent 16x16 attention-like soft
-    maps of it): at each of up to ``max_clicks`` simulated clicks, up to ``per_click`` of the
-    disc's wrong-side pixels, labelled by whether the truth has them on the click's side. Each
-    click is the standard simulator's (:func:`next_click`), or with probability ``sloppy`` a
-    sloppier user's (:func:`sloppy_click`: anywhere at least half as deep), so that the unary
-    does not rely on the click lying exactly at the deepest point. Sessions advance as if each
-    click turned exactly those pixels (so the states are those of a good refiner, not of the
-    weights being fitted)."""
-    from . import realdata
-    from .masks import iou
-    from .thresholds import attention_like
-
-    rng = np.random.default_rng(seed)
-    # only its start mask is used (the unary being fitted must not shape its own data)
-    starter = ClickRefiner(selector=selector, unary=(np.zeros((1, len(UNARY_FEATURES))), np.zeros(1), np.zeros(1), 0.0))
-    xs, ys = [], []
-    for i, key in enumerate(keys * maps):
-        p = realdata.load_photo(key, min_area=0.02)
-        if not p.masks:
-            continue
-        gt = p.masks[int(np.argmax([m.sum() for m in p.masks]))]
-        heat = attention_like(gt, 16, np.random.default_rng(i), 0.02, 0.05)
-        pred, t = starter.start_mask(p.image, heat)
-        for _ in range(max_clicks):
-            c = sloppy_click(pred, gt, rng) if sloppy and rng.random() < sloppy else next_click(pred, gt)
-            if c is None or iou(pred, gt) >= 0.95:
-                break
-            x, y, label = c
-            side = bool(label)
-            depth, radius, (x0, x1, y0, y1), dist = click_region(pred, c)
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            undecided = ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2) & (pred[y0:y1, x0:x1] != side)
-            core_img = np.zeros(undecided.shape, np.uint8)
-            cv2.circle(core_img, (x - x0, y - y0), max(1, int(round(0.3 * depth))), 1, -1)
-            feats = click_features(p.image, pred, heat, t, c, depth, radius, (x0, x1, y0, y1), dist, undecided,
-                                   (core_img > 0) & undecided)
-            truth = gt[y0:y1, x0:x1] == side
-            idx = np.flatnonzero(undecided)
-            if len(idx) > per_click:
-                idx = rng.choice(idx, per_click, replace=False)
-            xs.append(feats.reshape(len(feats), -1)[:, idx].T)
-            ys.append(truth.ravel()[idx])
-            pred = pred.copy()
-            pred[y0:y1, x0:x1][undecided & truth] = side
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def fit_unary(folds=(1, 2), hidden: int = 32, epochs: int = 30, seed: int = 0, sloppy: float = 0.3,
-              maps: int = 2) -> tuple[np.ndarray, ...]:
-    """The unary's perceptron (as :data:`UNARY_MLP`) fitted on the photos of ``folds`` (the
-    shipped one: folds 1-2) with :func:`unary_training_rows` (``sloppy``: share of sloppy
-    clicks, ``maps``: soft maps per photo): cross-entropy, Adam (lr 3e-3, weight decay 1e-5),
-    batches of 2048, ``epochs`` passes, seeded (the global torch RNG is left as it was)."""
-    import torch
-
-    from . import realdata
-
-    x, y = unary_training_rows(realdata.split(list(folds)), sloppy=sloppy, maps=maps)
-    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small batches: threads only contend (and one thread is reproducible)
-    try:
-        return _fit_perceptron(torch, xt, yt, hidden, epochs, seed)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_perceptron(torch, xt, yt, hidden: int, epochs: int, seed: int) -> tuple[np.ndarray, ...]:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(xt.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-        opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-5)
-        for _ in range(epochs):
-            order = torch.randperm(len(xt))
-            for i in range(0, len(xt), 2048):
-                batch = order[i : i + 2048]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[batch])[:, 0], yt[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    w1, b1, w2, b2 = (t.detach().numpy().astype(np.float64) for t in net.parameters())
-    return w1, b1, w2[0], float(b2[0])
-
-
-#: the unary's perceptron fitted on folds 1-2 (``fit_unary((1, 2))``: 30 % sloppy clicks, 2 soft
-#: maps per photo; rounded to 4 decimals):
-#: hidden weights (32, 17) over UNARY_FEATURES, hidden bias, output weights, output bias
-UNARY_MLP = (
-    np.array([[0.0715, 0.2383, 0.2095, 0.0678, -0.1244, 0.1110, -0.0891, 0.2751, 0.0111, 0.0556, -0.0147,
-      -0.0837, 0.0153, -0.3042, -0.0387, -0.1097, 0.1111],
-     [0.2392, -0.1750, 0.1922, 0.0620, 0.1099, -0.0618, 0.0161, 0.1714, 0.1306, 0.1108, -0.5520,
-      -0.1271, 0.2702, -0.3376, 0.2764, -0.1450, -0.2768],
-     [-0.4298, -0.6130, 0.0960, 0.0310, -0.1932, -0.3342, -0.0089, -0.1768, 0.4747, -0.3481, -0.2266,
-      -0.5293, 1.1688, 0.3502, 0.0720, 0.3401, 1.0644],
-     [0.3840, 0.0291, -0.0336, 0.0980, -0.2494, 0.3856, -0.5251, -0.1798, -0.1876, 0.0924, -0.4772,
-      -0.3405, -0.2058, -0.2463, -0.4958, -0.4797, -0.1475],
-     [0.1470, 0.2875, 0.2317, 0.0943, -0.1125, 0.1553, -0.0135, 0.1474, 0.0391, -0.2041, -0.0544,
-      -0.1957, -0.0558, -0.1699, 0.0942, -0.1987, -0.0575],
-     [0.0740, 0.1648, 0.3181, 0.2869, -0.1579, 0.1425, -0.0194, 0.2358, 0.1392, -0.1408, -0.1073,
-      0.1122, 0.2044, -0.4213, -0.0758, -0.0062, 0.1449],
-     [0.0908, 0.0871, 0.2056, 0.1886, 0.0530, -0.0739, -0.0284, 0.2671, 0.0435, 0.1590, -0.3334,
-      0.2310, 0.3538, -0.6111, 0.0811, -0.3439, -0.0400],
-     [-0.4259, 0.2690, -0.7143, -0.3720, 0.0290, -0.5563, -0.2921, -0.4213, -0.5715, -0.0116, -0.0319,
-      0.6115, 0.3103, -0.2838, 0.1020, -0.1303, 0.3197],
-     [-0.6112, 0.0448, -0.7448, -0.2537, 0.1344, 0.6585, -0.0920, -0.0246, -0.7490, -0.0170, -0.2985,
-      0.3040, -0.8893, 0.0964, -0.0985, -0.0367, 0.4854],
-     [0.5605, -0.1304, 0.2287, 0.2396, -0.3749, 0.1449, 0.0883, 0.2761, 0.3221, -0.7065, -0.2595,
-      0.1541, 0.6897, 0.0412, 0.0208, 0.5047, -0.1764],
-     [0.6665, -0.3586, 0.5820, -0.8261, -0.0740, -0.1150, 0.0012, 0.2800, 0.0602, -0.1222, 0.1030,
-      0.0317, 1.4917, -0.4534, -0.1351, -1.7250, -0.2695],
-     [-0.3175, -0.3728, -1.3295, 0.0594, 0.2553, -0.2103, 0.0906, 0.1716, 0.0630, 0.1222, 0.7957,
-      0.1238, 0.2784, 0.3928, 0.5692, 0.4250, 0.0817],
-     [-0.4592, 0.0795, -0.1688, 0.8164, 0.0336, -1.0446, 0.0735, -0.4259, 0.0520, -0.1238, 0.5128,
-      -0.4455, -1.1733, -0.1455, 0.2643, -1.3411, 0.2956],
-     [0.3519, -0.1313, 0.9670, -0.6477, 0.1952, -0.0389, -0.0138, 0.8543, 0.2676, 0.0796, 0.0000,
-      0.6789, 0.6657, 0.1673, -0.1971, 0.8123, -0.2266],
-     [0.2545, 0.0966, 1.1219, 0.2050, 0.0408, -0.0752, -0.0551, 0.0175, 0.1744, -0.6128, 0.1667,
-      0.4286, 0.5377, -0.0176, 0.4123, 0.0749, -0.2823],
-     [0.1352, -0.1857, 0.5873, -0.1181, -0.7388, -0.3000, 0.0264, 0.3223, -0.0245, 0.2078, -0.1261,
-      -0.0482, 0.6017, 0.8209, 0.2319, 0.2229, -0.2707],
-     [-0.6596, 0.1172, -2.2027, -1.3396, 0.0579, 0.0802, -0.0031, 0.3948, 0.4283, -0.0417, -0.0649,
-      -0.2715, -0.9760, -0.1275, 0.0156, 0.9644, -0.1548],
-     [-0.2836, -0.1652, -0.7198, -0.6369, 0.0208, 0.0806, -0.2240, 0.5207, -0.2582, 0.0612, -0.0444,
-      0.1567, -0.0736, 0.3798, 0.3825, -0.8091, 0.1627],
-     [0.0949, 0.0229, -0.0300, 0.0397, -0.5723, -0.0396, 0.0052, -0.3203, -0.1310, 0.1791, 0.1684,
-      -0.4787, -0.1481, 0.9117, 0.0838, 0.8737, -0.1603],
-     [0.1501, 0.0639, -0.2098, 0.2955, 0.7402, -0.3020, -0.0195, -0.4043, -0.0020, 0.2805, 0.1924,
-      -0.6062, -0.1511, 0.8398, 0.0899, -0.0167, 0.0961],
-     [0.1607, 0.0828, 0.6419, 0.2628, 0.0402, 0.2362, -0.0114, 0.2550, -0.0789, 0.0927, -0.4187,
-      0.1468, 0.2095, -0.4991, 0.1012, -0.1846, -0.1191],
-     [-0.0498, -0.3527, -0.3352, -0.2426, -0.3370, -0.4409, 0.1575, -0.1726, -0.0183, 0.1271, -0.3332,
-      -0.0294, 0.0739, -0.8204, 0.2478, -0.6319, -0.1436],
-     [-0.2738, -0.2501, -0.8312, 0.4617, 0.0184, 0.6282, 0.5536, -0.2920, 0.2415, 0.1952, 0.2350,
-      0.2509, -0.6231, 0.3961, -0.0683, 1.0747, 0.3080],
-     [0.5222, 0.1473, 0.3786, -0.5211, -0.0176, -0.1835, -0.0071, -0.5328, 0.0408, -0.0546, -0.9657,
-      -0.4767, -0.4572, -0.3360, -1.5770, 0.4737, 1.0877],
-     [0.0449, 0.2899, 0.1681, -0.2093, 0.1150, 0.4022, -0.3409, -0.1177, 0.1933, 0.0025, 0.4151,
-      0.1867, 0.2428, 0.2965, 0.0059, -0.0230, 0.1937],
-     [-0.0359, 0.0816, 0.2592, -0.0610, 0.2014, 0.1820, 0.5750, 1.0843, -0.0135, -0.1029, 0.3531,
-      0.2523, 0.3858, 1.4458, -0.0679, -0.2167, -0.3108],
-     [0.0057, 0.3025, 0.1492, 0.4237, -0.0705, 0.0644, -0.1126, -0.1473, 0.1992, 0.1537, 0.0105,
-      0.0819, -0.1014, -0.4364, 0.0507, 0.1707, -0.1061],
-     [-0.1807, -1.0875, 0.2347, -0.3912, -0.0326, 0.0531, 0.0393, -0.3325, -0.1851, -1.1283, -0.0212,
-      -0.5867, 1.1467, 0.0141, 0.0387, -0.0064, 0.7577],
-     [-0.1363, 0.1032, 0.2871, -0.2377, -0.9610, 0.1325, -0.2309, 0.3195, -0.1399, 0.1140, 0.2567,
-      -0.1721, 0.2998, -0.2117, 0.1290, -0.3325, 0.1801],
-     [-0.0965, 0.3010, 0.3319, -0.0442, -0.1809, 0.1350, 0.0200, -0.1237, 0.1783, 0.1215, -0.0747,
-      0.1142, 0.0381, -0.3672, 0.1011, -0.0925, 0.0695],
-     [0.5211, 0.3013, 0.5017, 0.0377, -0.0450, 0.0699, 0.0105, -0.8407, 0.3028, -0.1675, -0.8169,
-      -0.4675, -0.2964, -0.3942, -1.2006, -0.3189, 0.5060],
-     [-0.0015, -0.0214, 0.0003, 0.0000, 0.0022, -0.0005, -0.0023, -0.0083, 0.0006, -0.0091, -0.0004,
-      -0.0000, -0.0000, -0.0008, -0.0374, -0.0000, -0.0022]]),
-    np.array([0.0581, 0.0072, 0.7605, -0.1809, -0.1648, 0.2121, -0.2821, 0.1216, 0.7564, -0.3027, -0.1801,
-     0.2223, 0.2643, -0.1152, -0.0172, -0.1518, -0.3318, 0.1981, -0.0721, 0.0418, -0.1892, 0.1729,
-     0.2293, 0.8709, 0.2546, 0.0345, 0.2539, 1.1153, 0.0073, -0.1377, 0.2827, 0.0005]),
-    np.array([-0.0867, -0.2231, 1.4371, 0.9019, -0.0416, -0.1438, -0.2352, 0.6819, 0.6402, -0.6161, 1.1341,
-     0.7955, 1.1375, 1.4648, -0.6174, -0.7268, -2.0215, 0.7571, 0.3281, 0.3020, -0.3283, 0.3963, 0.8880,
-     2.3469, -0.3124, -1.1480, -0.1862, 2.1312, -0.3045, -0.1047, 1.8810, -0.0319]),
-    -0.0985,
-)

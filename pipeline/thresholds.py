@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -283,7 +284,7 @@ class RidgeModel:
             d = np.load(path, allow_pickle=False)
             names = tuple(str(x) for x in d["features"])
             model = cls(d["mean"], d["std"], d["coef"], d["intercept"], float(d["alpha"]), names)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a truncated .npz: BadZipFile
             raise SelectorError(f"cannot read the threshold regressor {path}: {e}; retrain it with "
                                 "`python -m pipeline.thresholds train`") from e
         if names != FEATURES or model.coef.shape != (len(FEATURES), len(DEFAULT_THRESHOLDS)):

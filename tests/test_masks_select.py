@@ -180,7 +180,8 @@ def test_the_click_unary_is_fitted_on_folds_1_2_only():
     never seen): refitted here, it takes the same decisions on the pixels of fold 0's first
     sessions (float rounding and thread counts aside), and a click's cues are finite."""
     from pipeline import realdata
-    from pipeline.clicks import ClickRefiner, fit_unary, unary_training_rows
+    from pipeline.clicks import ClickRefiner
+    from pipeline.clicks_training import fit_unary, unary_training_rows
 
     x, _ = unary_training_rows(realdata.split([realdata.HELD_OUT_FOLD])[:8], per_click=200)
     assert np.all(np.isfinite(x))
@@ -189,6 +190,29 @@ def test_the_click_unary_is_fitted_on_folds_1_2_only():
     refitted = ClickRefiner(unary=fit_unary((1, 2))).unary_logit(feats)
     assert np.mean((shipped > 0) == (refitted > 0)) > 0.97
     assert np.corrcoef(shipped.ravel(), refitted.ravel())[0, 1] > 0.97
+
+
+def test_the_shipped_click_unary_names_its_folds_and_a_bad_file_is_a_clear_error(tmp_path):
+    from pipeline import realdata
+    from pipeline.clicks import UNARY_ASSET, UNARY_FEATURES, ClickRefiner, load_unary, save_unary
+    from pipeline.refine import RefinerUnavailable
+
+    with np.load(UNARY_ASSET) as d:
+        assert realdata.HELD_OUT_FOLD not in d["folds"].tolist() and len(d["folds"])
+        assert tuple(d["features"].tolist()) == UNARY_FEATURES
+    unary = load_unary()
+    copy = tmp_path / "copy.npz"
+    save_unary(copy, unary, folds=[1, 2])
+    feats = np.random.default_rng(0).normal(size=(len(UNARY_FEATURES), 5, 7)).astype(np.float32)
+    assert np.array_equal(ClickRefiner(unary=load_unary(copy)).unary_logit(feats), ClickRefiner().unary_logit(feats))
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(UNARY_ASSET.read_bytes()[:300])
+    other = tmp_path / "other.npz"
+    np.savez(other, **{k: v for k, v in np.load(UNARY_ASSET).items() if k != "features"},
+             features=np.array(UNARY_FEATURES[:-1]))
+    for bad in (broken, other, tmp_path / "missing.npz"):
+        with pytest.raises(RefinerUnavailable, match="clicks_training"):
+            load_unary(bad)
 
 
 @pytest.mark.slow
@@ -231,3 +255,16 @@ def test_cli_generate_records_the_rule_of_the_selector_it_was_given(tmp_path, mo
     heat = np.load(out / rec["heat_map"])
     mask = np.asarray(Image.open(out / rec["mask"])) > 0
     assert np.array_equal(mask, heat >= rec["threshold"])
+
+
+def test_a_truncated_or_foreign_threshold_model_is_a_clear_error(tmp_path):
+    from pipeline.thresholds import ASSET, RidgeModel, SelectorError
+
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(ASSET.read_bytes()[:500])  # a copy that stopped half way: not a zip any more
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, coef=np.zeros(3))
+    for bad in (truncated, foreign, tmp_path / "missing.npz"):
+        with pytest.raises(SelectorError, match="pipeline.thresholds train"):
+            RidgeModel.load(bad)
+    assert RidgeModel.load(ASSET).coef.ndim == 2
