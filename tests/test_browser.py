@@ -584,23 +584,23 @@ def _start_long_generation(page):
     page.get_by_role("tab", name="Generate & Inspect").click()
     page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
     wait_text(page, "#size-info", "native size 64x64; sizes up to 128x128", timeout=30000)
+    # the steps slider to its maximum, 100, with the keyboard on the slider itself (End): a value
+    # typed into its number box was sometimes not the one Generate sent (measured in CI: "7 of 25
+    # steps" with the box and the range showing 100; typed right after the accordion opens, the
+    # slider can also put the old value back)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    steps = page.locator("#steps input[type=number]")
-    # the slider takes the typed value on Enter: wait for it, or Generate may send the old 25. Typed
-    # right after the accordion opens, the slider (mounting as it opens) can put its value back
-    # (measured: the first of three typed values reverted); a person would type it again
-    for _ in range(10):
-        steps.fill("100")
-        steps.press("Enter")
+    for _ in range(10):  # the slider may still be mounting as its accordion opens: again until it holds 100
+        page.locator("#steps input[type=range]").focus()
+        page.keyboard.press("End")
         try:
-            page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '100'",
+            page.wait_for_function("() => document.querySelector('#steps input[type=number]').value === '100'",
                                    timeout=3000)
             break
         except PlaywrightTimeout:
             continue
     else:
-        raise AssertionError("the steps slider never took the typed 100")
+        raise AssertionError("the steps slider never went to 100")
     page.locator("#height input").fill("96")
     page.locator("#height input").press("Tab")
     page.click("#generate-btn")
