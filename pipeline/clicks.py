@@ -47,6 +47,7 @@ images and large discs; the result is still clipped to the full-resolution disc 
 """
 from __future__ import annotations
 
+import functools
 import math
 import zipfile
 from collections import OrderedDict
@@ -98,7 +99,10 @@ def save_unary(path: str | Path, unary, **provenance) -> None:
              b2=np.float64(b2), features=np.array(UNARY_FEATURES), **{k: np.asarray(v) for k, v in provenance.items()})
 
 
-_SHIPPED: list = []  # the asset, read once per process
+@functools.lru_cache(maxsize=1)
+def shipped_unary() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """:func:`load_unary` of :data:`UNARY_ASSET`, read once per process."""
+    return load_unary()
 
 
 def _maxflow():
@@ -135,11 +139,7 @@ class ClickRefiner(BaseRefiner):
         self.selector_name = selector
         self.reach, self.min_radius, self.max_radius = reach, min_radius, max_radius
         self.smoothness, self.work_radius = smoothness, work_radius
-        if unary is None:
-            if not _SHIPPED:
-                _SHIPPED.append(load_unary())
-            unary = _SHIPPED[0]
-        self.unary = tuple(np.asarray(a, np.float32) for a in unary)
+        self.unary = tuple(np.asarray(a, np.float32) for a in (shipped_unary() if unary is None else unary))
         if len(self.unary) != 4 or self.unary[0].shape[1:] != (len(UNARY_FEATURES),):
             raise ValueError(f"unary: (hidden weights (k, {len(UNARY_FEATURES)}), hidden bias, output weights, output bias)")
         self._selector = None
@@ -216,6 +216,21 @@ def click_region(mask: np.ndarray, click: tuple[int, int, int], reach: float = 3
     return depth, radius, (max(0, x - r), min(w, x + r + 1), max(0, y - r), min(h, y + r + 1)), dist
 
 
+def disc_and_core(mask: np.ndarray, click: tuple[int, int, int], depth: float, radius: float,
+                  box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(disc, wrong, core), bool arrays over the window ``box`` = (x0, x1, y0, y1) of
+    :func:`click_region`: the click's disc, the pixels the mask has on the wrong side, and the
+    click's core (a disc of 0.3 x depth around it, wrong side only), which the click turns for sure."""
+    x, y, label = click
+    x0, x1, y0, y1 = box
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius * radius
+    wrong = mask[y0:y1, x0:x1] != bool(label)
+    core = np.zeros(disc.shape, np.uint8)
+    cv2.circle(core, (x - x0, y - y0), max(1, int(round(0.3 * depth))), 1, -1)
+    return disc, wrong, (core > 0) & wrong
+
+
 def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int], earlier: list, cfg: ClickRefiner,
                 heat: np.ndarray | None = None, t: float = 0.5) -> tuple[np.ndarray, float]:
     """``mask`` after one click (x, y, label), given the ``earlier`` clicks; returns (mask, the
@@ -265,18 +280,13 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     side = bool(label)
     depth, radius, box, dist = click_region(mask, click, cfg.reach, cfg.min_radius, cfg.max_radius)
     x0, x1, y0, y1 = box
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius * radius
-    wrong = mask[y0:y1, x0:x1] != side
+    disc, wrong, core = disc_and_core(mask, click, depth, radius, box)
     # fixed: 1 = the click's side, 2 = stays as it is, 0 = decided by the cut
     fixed = np.zeros(disc.shape, np.uint8)
     fixed[~wrong] = 1
     fixed[wrong & ~disc] = 2
     rim = wrong & disc & (cv2.dilate((~disc).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     fixed[rim] = 2  # the disc's rim on the wrong side stays as it is: the change is local
-    core_img = np.zeros(disc.shape, np.uint8)
-    cv2.circle(core_img, (x - x0, y - y0), max(1, int(round(0.3 * depth))), 1, -1)
-    core = (core_img > 0) & wrong
     feats = click_features(image, mask, heat, t, click, depth, radius, box, dist, disc & wrong, core)
     cost = -cfg.unary_logit(feats)  # > 0: keeping is cheaper, < 0: turning
     fixed[core & (fixed != 2)] = 1

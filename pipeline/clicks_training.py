@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
 
-from .clicks import (UNARY_FEATURES, ClickRefiner, click_features, click_region, next_click, save_unary,
-                     sloppy_click)
+from .clicks import (UNARY_FEATURES, ClickRefiner, click_features, click_region, disc_and_core, next_click,
+                     save_unary, sloppy_click)
 
 
 def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
@@ -45,15 +44,11 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
             c = sloppy_click(pred, gt, rng) if sloppy and rng.random() < sloppy else next_click(pred, gt)
             if c is None or iou(pred, gt) >= 0.95:
                 break
-            x, y, label = c
-            side = bool(label)
+            side = bool(c[2])
             depth, radius, (x0, x1, y0, y1), dist = click_region(pred, c)
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            undecided = ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2) & (pred[y0:y1, x0:x1] != side)
-            core_img = np.zeros(undecided.shape, np.uint8)
-            cv2.circle(core_img, (x - x0, y - y0), max(1, int(round(0.3 * depth))), 1, -1)
-            feats = click_features(p.image, pred, heat, t, c, depth, radius, (x0, x1, y0, y1), dist, undecided,
-                                   (core_img > 0) & undecided)
+            disc, wrong, core = disc_and_core(pred, c, depth, radius, (x0, x1, y0, y1))
+            undecided = disc & wrong
+            feats = click_features(p.image, pred, heat, t, c, depth, radius, (x0, x1, y0, y1), dist, undecided, core)
             truth = gt[y0:y1, x0:x1] == side
             idx = np.flatnonzero(undecided)
             if len(idx) > per_click:

@@ -126,7 +126,7 @@ class StudioBlocks(gr.Blocks):
                    if not block.stateful and isinstance(value, dict) and value == SKIP_UPDATE]
         if not skipped:
             return await super().postprocess_data(block_fn, predictions, state)
-        keep = [i for i in range(n) if i not in set(skipped)]
+        keep = sorted(set(range(n)) - set(skipped))
         answer: list = [dict(SKIP_UPDATE) for _ in range(n)]
         if keep:
             import copy

@@ -585,9 +585,8 @@ def _start_long_generation(page):
     page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
     wait_text(page, "#size-info", "native size 64x64; sizes up to 128x128", timeout=30000)
     # the steps slider to its maximum, 100, with the keyboard on the slider itself (End): a value
-    # typed into its number box was sometimes not the one Generate sent (measured in CI: "7 of 25
-    # steps" with the box and the range showing 100; typed right after the accordion opens, the
-    # slider can also put the old value back)
+    # typed into its number box right after the accordion opens can be put back by the slider as
+    # it mounts (reproduced in chromium: the first of three typed values went back to 25)
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _ in range(10):  # the slider may still be mounting as its accordion opens: again until it holds 100
