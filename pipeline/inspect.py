@@ -217,14 +217,17 @@ class InspectSession:
             raise SessionError(f"there is no refined mask to use ({self.refine_error or 'not refined'})")
         self._push(replace(self._state, source=source))
 
-    def add_click(self, x: int, y: int, label: int) -> None:
+    def add_click(self, x: int, y: int, label: int, at: int | None = None) -> None:
         """An object (1) or background (0) click in image pixels: the refiner runs again
-        with every click so far, and the refined mask becomes the mask's source."""
+        with every click so far, and the refined mask becomes the mask's source. ``at``: its
+        place among the clicks (None: after the last), for a click made before others that
+        arrived first (the studio's page sends quick clicks as separate requests)."""
         if self.refiner is None or not getattr(self.refiner, "takes_points", False):
             name = getattr(self.refiner, "name", "no refiner")
             raise SessionError(f"clicks need a refiner that takes points (grabcut or sam); the refiner is {name}")
         x, y, label = check_click(x, y, label, self.image.shape[:2], error=SessionError)
-        clicks = self._state.clicks + ((x, y, label),)
+        at = len(self._state.clicks) if at is None else max(0, min(int(at), len(self._state.clicks)))
+        clicks = self._state.clicks[:at] + ((x, y, label),) + self._state.clicks[at:]
         self._push(replace(self._state, clicks=clicks, source="refined"))
         if self.choice is None:  # the refiner failed with these clicks: keep the source usable
             self._state = replace(self._state, source="threshold")

@@ -180,6 +180,22 @@ def tell_user(e: BaseException) -> None:
         gr.Warning(GENERIC_ERROR)
 
 
+def clicked_point(evt) -> tuple[float, float]:
+    """(x, y) display pixels of a click on a picture view (``gr.SelectData.index``). Gradio's
+    image sends no position (``None`` or ``[None, None]``) for a click that lands while the
+    picture is being replaced and the new one has not loaded yet (its ``naturalWidth`` is
+    still 0): the generate tab redraws the picture with its click dots after every click, so
+    quick clicks on a loaded machine hit that window (seen in CI: 1 of 4 clicks). Such a
+    click is a SessionError the user can act on, never a TypeError logged as a bug."""
+    from pipeline.errors import SessionError
+
+    index = getattr(evt, "index", None)
+    if not isinstance(index, (list, tuple)) or len(index) != 2 or any(v is None for v in index):
+        raise SessionError("That click came while the picture was still loading, so it has no position and "
+                           "was not counted: click again.")
+    return float(index[0]), float(index[1])
+
+
 def handler(render, open_session=None):
     """Wire ``fn(session, *inputs) -> session`` as an event handler returning
     ``(session, *render(session))``: every output of the tab, drawn from the session the

@@ -17,7 +17,8 @@ from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, strokes_from_lay
 from pipeline.refine import DEFAULT_REFINER, REFINERS, capture_for
 from pipeline.curation import parse_tags
 
-from .console import GENERATE_KEYS_HELP, VIEW_FORMAT, add_debug_reader, handler, screen_shows, user_words, view
+from .console import (GENERATE_KEYS_HELP, VIEW_FORMAT, add_debug_reader, clicked_point, handler, screen_shows,
+                      user_words, view)
 from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, size_info,
                     store_dir_for)
 
@@ -155,13 +156,23 @@ def on_stop(request: gr.Request):
     press_stop(request.session_hash)
 
 
-def add_click(ses, mode, evt: gr.SelectData):
+def add_click(ses, mode, evt: gr.SelectData, made_at: float | None = None):
     """A click on the image adds an object (+) or background (-) point and re-runs the refiner
-    (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask."""
+    (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask.
+    ``made_at``: when the page made the click (ms on the page's clock, :data:`CLICK_MADE_AT_JS`):
+    quick clicks are separate requests, and on a loaded machine they reached the server out of
+    order (the second click stored third); each goes in among the clicks where the user made it."""
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
+    x, y = clicked_point(evt)
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
-    ses.add_click(int(evt.index[0] // k), int(evt.index[1] // k), 1 if mode == CLICK_MODES[1] else 0)
+    at = None
+    if made_at is not None:
+        made = ses.shown.setdefault("clicks_made_at", {})  # click -> made_at (a click from the API: none)
+        at = next((i for i, c in enumerate(ses.clicks) if made.get(c, float("-inf")) > made_at), None)
+    ses.add_click(int(x // k), int(y // k), 1 if mode == CLICK_MODES[1] else 0, at=at)
+    if made_at is not None:
+        made[ses.clicks[len(ses.clicks) - 1 if at is None else at]] = made_at
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
@@ -172,14 +183,18 @@ on_click = handler(render)(add_click)  # one call: the click, then every view (t
 
 _record_click = handler(lambda ses: ())(add_click)  # the error policy and visitor lease, no views
 
+# the page's clock when a click is made, sent with it in place of the hidden ``click_made_at``
+# number (a page function runs before the request; its answer replaces the event's inputs)
+CLICK_MADE_AT_JS = "(ses, mode, made_at) => [ses, mode, performance.timeOrigin + performance.now()]"
 
-def on_click_record(ses, mode, evt: gr.SelectData) -> None:
+
+def on_click_record(ses, mode, made_at, evt: gr.SelectData) -> None:
     """The page's click event: records the click and answers nothing; the views follow in
     :func:`on_click_views`. Quick clicks are separate queued events, and the page applies their
     answers in the order their ``/queue/join`` replies reach it, not the order the server ran
     them: on a loaded machine the answer of click 3 landed after that of click 4, and the page
     kept "3 clicks" while the session held 4."""
-    _record_click(ses, mode, evt)
+    _record_click(ses, mode, evt, made_at)
 
 
 @handler(render)
@@ -366,6 +381,7 @@ def build_generate_tab(model: str):
                                   elem_id="mask-source")
                 click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="click on the image to",
                                       elem_id="click-mode")
+                click_made_at = gr.Number(visible=False)  # set by CLICK_MADE_AT_JS as each click is sent
             with gr.Row():
                 clear_clicks = gr.Button("Clear clicks", size="sm")
                 undo = gr.Button("Undo (z)", size="sm", elem_id="undo-btn")
@@ -422,8 +438,8 @@ def build_generate_tab(model: str):
     # clicks queue one after another (never dropped); no progress overlay: it covers the image,
     # so a quick second click landed on the overlay and was lost (4 quick clicks -> 1 point)
     # and a click's views come from a chained render, one in flight at a time (on_click_record)
-    image_out.select(on_click_record, [ses_state, click_mode], None, concurrency_limit=1, concurrency_id="clicks",
-                     trigger_mode="multiple", **quiet).then(
+    image_out.select(on_click_record, [ses_state, click_mode, click_made_at], None, js=CLICK_MADE_AT_JS,
+                     concurrency_limit=1, concurrency_id="clicks", trigger_mode="multiple", **quiet).then(
         lambda ses: on_click_views(ses)[1:], ses_state, outputs[1:], concurrency_limit=1, concurrency_id="clicks",
         trigger_mode="always_last", **quiet)
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)

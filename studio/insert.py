@@ -27,7 +27,7 @@ from pipeline.insert import InsertSession, check_drawable, model_vocabulary, obj
 from pipeline.placement import DEFAULT_SCORER, SCORERS
 from pipeline.presets import resolve_checkpoint
 
-from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
+from .console import VIEW_FORMAT, add_debug_reader, clicked_point, handler, screen_shows, view
 from .state import (EXAMPLES, MINE, MODEL_LOCK, background_choices, bank_classes, client_gone_hook, examples_store_dir,  # noqa: F401
                     generate_one, object_sources, store_dir_for, thesaurus)
 
@@ -228,8 +228,9 @@ def place(ses, scorer=DEFAULT_SCORER, scorer_weights="", progress=gr.Progress())
 def click(ses, evt: gr.SelectData):
     if ses is None or ses.placement is None:
         return ses
+    x, y = clicked_point(evt)
     k = _k(ses)
-    ses.move_centre(evt.index[0] / k, evt.index[1] / k)
+    ses.move_centre(x / k, y / k)
     return ses
 
 

@@ -42,7 +42,9 @@ def wait_until(page, condition, what: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            log = getattr(page, "server_log", None)  # what the server said meanwhile, for whoever reads a CI failure
+            tail = "\n".join(log.read_text().splitlines()[-25:]) if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; the server log ends:\n{tail}")
         page.wait_for_timeout(100)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import time
 
 import numpy as np
 import pytest
@@ -155,10 +156,23 @@ def set_slider(page, sel, value):
 
 
 def click_image(page, fx, fy):
+    """A click on the generate tab's picture at fractions (fx, fy) of its size, once the picture
+    is loaded, as a person clicks what they see: Gradio sends no position for a click on a
+    picture still loading (the studio refuses it, test_studio), and every click redraws it."""
+    page.wait_for_function("() => { const i = document.querySelector('#image-view img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=60000)
     image = page.locator("#image-view img").first
     image.scroll_into_view_if_needed()
     r = image.bounding_box()
     page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
+
+
+REFUSED_CLICK = "user error: That click came while the picture was still loading"
+
+
+def refused_clicks(page) -> int:
+    """Clicks the server refused for lack of a position (its log; each was a toast to the user)."""
+    return page.server_log.read_text().count(REFUSED_CLICK)
 
 
 def test_generate_journey_screen_is_session(page):
@@ -182,8 +196,25 @@ def test_generate_journey_screen_is_session(page):
     assert_screen_is_session(page, "generate", "o")
     key(page, "o")
     page.get_by_label("add object (+)").check()
-    for fx, fy in ((0.5, 0.5), (0.45, 0.55), (0.1, 0.1), (0.9, 0.9)):
+    # four quick clicks: each one counts, or (landing while the picture reloads, which a loaded
+    # machine makes likely) is refused with a toast saying so and made again, as a person would
+    points, refused_before, made = [(0.5, 0.5), (0.45, 0.55), (0.1, 0.1), (0.9, 0.9)], refused_clicks(page), 0
+    for fx, fy in points:
         click_image(page, fx, fy)
+        made += 1
+    settled = ("(n) => (n === 0 || document.querySelector('#mask-label').innerText.includes(`with ${n} click`))"
+               " && !document.querySelector('.progress-text, .eta-bar')")
+    deadline, steady = time.monotonic() + 180, 0
+    while steady < 3:  # the page shows what the server counted, three polls in a row
+        assert time.monotonic() < deadline, f"{made} clicks made, {refused_clicks(page) - refused_before} refused, " \
+                                            f"the page shows {page.locator('#mask-label').inner_text()!r}"
+        counted = made - (refused_clicks(page) - refused_before)
+        steady = steady + 1 if page.evaluate(settled, counted) else 0
+        if steady == 3 and counted < len(points):
+            assert made < 3 * len(points), f"{made} clicks made, {counted} counted"
+            click_image(page, *points[counted])
+            made, steady = made + 1, 0
+        page.wait_for_timeout(200)
     wait_text(page, "#mask-label", "with 4 clicks", timeout=120000)
     assert_screen_is_session(page, "generate", "4 clicks")
     page.get_by_label("do nothing").check()
