@@ -124,23 +124,64 @@ class StudioBlocks(gr.Blocks):
             return await super().postprocess_data(block_fn, predictions, state)
         skipped = [i for i, (block, value) in enumerate(zip(outputs, predictions))
                    if not block.stateful and isinstance(value, dict) and value == SKIP_UPDATE]
-        if not skipped:
-            return await super().postprocess_data(block_fn, predictions, state)
         keep = sorted(set(range(n)) - set(skipped))
+        inline = self._postprocess_inline([outputs[i] for i in keep], [predictions[i] for i in keep], state) \
+            if block_fn.postprocess and keep else None
+        if not skipped and inline is None:
+            return await super().postprocess_data(block_fn, predictions, state)
         answer: list = [dict(SKIP_UPDATE) for _ in range(n)]
         if keep:
             import copy
 
             rest = copy.copy(block_fn)  # the same function, answering only the views it changes
             rest.outputs = [outputs[i] for i in keep]
-            values = [predictions[i] for i in keep]
+            values = [predictions[i] for i in keep] if inline is None else inline
+            if inline is not None:
+                rest.postprocess = False  # done here: Gradio only caches the files and fills the config
             done = await super().postprocess_data(rest, values[0] if len(keep) == 1 else values, state)
             for i, value in zip(keep, done):
                 answer[i] = value
         return answer
 
+    @staticmethod
+    def _postprocess_inline(blocks, values, state):
+        """The components' own ``postprocess`` of plain values (a picture, a text), run here on
+        the server's event loop, or None when any value is not plain (a state, an update, a
+        component) or a postprocess fails (Gradio's own path then runs and words the error).
+        Gradio runs each output's postprocess in a worker thread, one hop per output: on a
+        2-core machine those hops were most of a threshold step's server time (5 outputs).
+        Only for pictures of at most :data:`LOOP_PIXELS`."""
+        from gradio.components.base import Component
+        from gradio.data_classes import GradioModel, GradioRootModel
 
-SKIP_UPDATE = {"__type__": "update"}  # what gr.skip() is, and what Gradio sends the page for it
+        if not all(isinstance(b, Component) and not b.stateful and not isinstance(v, (dict, gr.blocks.Block))
+                   and not getattr(v, "_is_component_update", False) for b, v in zip(blocks, values)):
+            return None
+        if any(_pixels(v) > LOOP_PIXELS for v in values):
+            return None  # a large picture is encoded in Gradio's worker thread, off the loop
+        try:
+            done = [(state[b._id] if state is not None and b._id in state else b).postprocess(v)
+                    for b, v in zip(blocks, values)]
+        except Exception:  # noqa: BLE001 -- Gradio's path raises it again, worded as Gradio words it
+            return None
+        return [v.model_dump() if isinstance(v, (GradioModel, GradioRootModel)) else v for v in done]
+
+
+SKIP_UPDATE = {"__type__": "update"}
+
+def _pixels(value) -> int:
+    """Pixels of a picture output (HW[C] array or PIL image); 0 for anything else."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) >= 2:
+        return int(shape[0]) * int(shape[1])
+    size = getattr(value, "size", None)  # PIL: (width, height)
+    return int(size[0]) * int(size[1]) if isinstance(size, tuple) and len(size) == 2 else 0
+
+
+# Pictures up to this many pixels (the embedded model's 64x64 views, 128x128 at most) are drawn
+# and encoded on the server's event loop (well under a millisecond each); larger ones in Gradio's
+# worker threads (a 512x512 PNG takes ~35 ms, which would hold up every other page's requests).
+LOOP_PIXELS = 128 * 128  # what gr.skip() is, and what Gradio sends the page for it
 
 
 def user_words(text: str) -> str:

@@ -398,7 +398,8 @@ def build_curate_tab(store_dir: Path, tab: gr.Tab):
     acc.click(_with(on_status, "accepted"), state, outputs, api_name="curate_accept", **quiet)
     rej.click(_with(on_status, "rejected"), state, outputs, api_name="curate_reject", **quiet)
     undo_status.click(on_undo, state, outputs, api_name="undo_status", **quiet)
-    user_t.input(on_preview, [state, user_t], outputs, trigger_mode="always_last", **quiet)
+    user_t.input(on_preview, [state, user_t], outputs, trigger_mode="always_last", **quiet,
+                 show_progress_on=[user_t])  # a step's loading status on the slider alone (see generate's)
     save_btn.click(on_save, [state, notes, user_t], outputs, api_name="save_details", **quiet)
     bulk_acc.click(_with(on_bulk, "accepted"), state, outputs, **quiet)
     bulk_rej.click(_with(on_bulk, "rejected"), state, outputs, **quiet)

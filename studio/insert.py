@@ -356,7 +356,8 @@ def build_insert_tab(store_dir: Path, model_box: gr.Dropdown):
                     show_progress_on=[place_img])
     place_img.select(click, [state], outputs, **quiet)
     # input: the slider's drag and its number box (typed value + Enter) alike
-    scale.input(rescale, [state, scale], outputs, trigger_mode="always_last", api_name="insert_scale", **quiet)
+    scale.input(rescale, [state, scale], outputs, trigger_mode="always_last", api_name="insert_scale", **quiet,
+                show_progress_on=[scale])  # a step's loading status on the slider alone (see generate's)
     box_edit.change(drag, [state, box_edit], outputs, queue=False, **quiet)
     preview_btn.click(preview, [state, scale, method, harm_weights], outputs, api_name="insert_preview",
                       show_progress_on=[comp_img])

@@ -367,3 +367,37 @@ def test_quick_clicks_arriving_out_of_order_keep_the_order_they_were_made():
     assert shuffled.clicks == in_order.clicks
     assert np.array_equal(shuffled.current_mask(), in_order.current_mask())
     assert session([3, 2, 1, 0]).clicks == in_order.clicks
+
+
+@pytest.mark.parametrize("side", [64, 256])
+def test_a_threshold_step_answers_the_same_on_the_loop_and_in_a_thread(side):
+    """The slider's coroutine draws a small picture's step on the server's loop and a larger
+    one's in a worker thread (studio.console.LOOP_PIXELS): the same views either way."""
+    import asyncio
+
+    import cv2
+
+    from pipeline.inspect import InspectSession
+    from pipeline.refine import get_refiner
+    from studio.console import LOOP_PIXELS
+    from studio.generate import THRESHOLD_VIEWS, on_threshold_views, render, threshold_views
+
+    from conftest import ROOT
+
+    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")
+    image = cv2.resize(shipped["images"][0], (side, side), interpolation=cv2.INTER_NEAREST)
+    heat = cv2.resize(shipped["heat"][0].astype(np.float32), (side, side))
+    assert (side * side <= LOOP_PIXELS) == (side == 64)
+    sessions = []
+    for _ in range(2):
+        ses = InspectSession(image=image, class_name=str(shipped["classes"][0]), heat=heat,
+                             refiner=get_refiner("grabcut"))
+        ses.start()
+        render(ses)
+        sessions.append(ses)
+    got = asyncio.run(on_threshold_views(sessions[0], 0.3))
+    want = threshold_views(sessions[1], 0.3)
+    assert len(got) == len(THRESHOLD_VIEWS)
+    mask = THRESHOLD_VIEWS.index("mask")
+    assert got[mask].shape[:2] == (side, side) and np.array_equal(got[mask], want[mask])
+    assert sessions[0].threshold == sessions[1].threshold == 0.3

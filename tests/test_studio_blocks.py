@@ -12,12 +12,15 @@ import pytest
 from studio.console import StudioBlocks
 
 
-def _app(cls):
+def _app(cls, views=False):
+    """A Blocks of the studio's output kinds; ``views``: only pictures and texts (the threshold
+    step's kind of event), else a state, a text, a picture, an editor and a number."""
     with cls() as demo:
         state = gr.State()
         number = gr.Number(elem_id="n")
         text, image, editor = gr.Markdown(), gr.Image(type="numpy", format="png"), gr.ImageEditor(type="numpy")
-        outputs = [state, text, image, editor, number]
+        outputs = [text, image, gr.Image(type="numpy", format="png"), number] if views else \
+            [state, text, image, editor, number]
         number.change(lambda x: x, number, outputs)
     return demo, demo.fns[0], outputs
 
@@ -31,11 +34,20 @@ ANSWERS = [  # what handlers return: every view, the unchanged ones as gr.skip()
 ]
 
 
-@pytest.mark.parametrize("answer", range(len(ANSWERS)))
+VIEW_ANSWERS = [  # pictures and texts only: postprocessed on the loop up to LOOP_PIXELS
+    ["**a**", np.full((64, 64, 3), 9, np.uint8), np.zeros((8, 8, 3), np.uint8), 3],
+    [gr.skip(), np.full((64, 64, 3), 7, np.uint8), gr.skip(), 4.5],
+    ["b", np.full((200, 200, 3), 5, np.uint8), np.zeros((8, 8, 3), np.uint8), 1],  # a large picture: Gradio's threads
+    ["c", None, gr.update(visible=False), 2],  # an update among them: Gradio's own path
+]
+
+
+@pytest.mark.parametrize("answer", range(len(ANSWERS) + len(VIEW_ANSWERS)))
 def test_a_skipped_view_is_answered_as_gradio_answers_it(answer):
-    plain, plain_fn, _ = _app(gr.Blocks)
-    ours, our_fn, our_outputs = _app(StudioBlocks)
-    predictions = ANSWERS[answer]
+    views = answer >= len(ANSWERS)
+    plain, plain_fn, _ = _app(gr.Blocks, views)
+    ours, our_fn, our_outputs = _app(StudioBlocks, views)
+    predictions = VIEW_ANSWERS[answer - len(ANSWERS)] if views else ANSWERS[answer]
     # deep copies: Gradio pops keys out of an update dict it is given
     want = asyncio.run(plain.postprocess_data(plain_fn, copy.deepcopy(predictions), None))
     got = asyncio.run(ours.postprocess_data(our_fn, copy.deepcopy(predictions), None))
@@ -64,6 +76,27 @@ def test_a_skip_rebuilds_nothing(monkeypatch):
     built.clear()
     asyncio.run(plain.postprocess_data(plain_fn, [gr.skip(), "a", gr.skip(), gr.skip(), gr.skip()], None))
     assert built  # Gradio 6.31 rebuilt the skipped editor
+
+
+def test_small_views_are_answered_without_a_worker_thread(monkeypatch):
+    """Pictures up to LOOP_PIXELS and texts are postprocessed on the loop (Gradio hops to a
+    worker thread per output: most of a threshold step's server time on 2 cores); a large
+    picture still goes to Gradio's threads."""
+    import anyio
+
+    hops = []
+    original = anyio.to_thread.run_sync
+
+    async def counting(fn, *args, **kwargs):
+        hops.append(getattr(fn, "__qualname__", fn))
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    for cls, answer, want in ((StudioBlocks, 0, 0), (gr.Blocks, 0, 4), (StudioBlocks, 2, 4)):
+        demo, fn, _ = _app(cls, views=True)
+        hops.clear()
+        asyncio.run(demo.postprocess_data(fn, copy.deepcopy(VIEW_ANSWERS[answer]), None))
+        assert sum("postprocess" in str(h) for h in hops) == want, (cls.__name__, answer, hops)
 
 
 @pytest.mark.slow
