@@ -10,8 +10,8 @@ import argparse
 
 import numpy as np
 
-from .clicks import (START_BAND, START_COLOUR, UNARY_FEATURES, ClickRefiner, click_features, click_region, disc_and_core, next_click,
-                     save_unary, sloppy_click)
+from .clicks import (START_BAND, START_COLOUR, UNARY_FEATURES, ClickRefiner, click_features, click_region,
+                     disc_and_core, next_click, save_unary, sloppy_click)
 
 
 def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
@@ -23,8 +23,8 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     click is the standard simulator's (:func:`next_click`), or with probability ``sloppy`` a
     sloppier user's (:func:`sloppy_click`: anywhere at least half as deep), so that the unary
     does not rely on the click lying exactly at the deepest point. Sessions start from the
-    refiner's default start (:meth:`ClickRefiner.start_mask`, snapped to the photo) and advance as if each
-    click turned exactly those pixels (so the states are those of a good refiner, not of the
+    refiner's default start (:meth:`ClickRefiner.start_mask`, snapped to the photo) and advance
+    as if each click turned exactly those pixels (so the states are those of a good refiner, not of the
     weights being fitted)."""
     from . import realdata
     from .masks import iou
