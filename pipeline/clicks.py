@@ -433,14 +433,28 @@ def heat_over_local_max(heat: np.ndarray) -> np.ndarray:
 
 def max_on_segments_to(values: np.ndarray, cx: int, cy: int, radius: float) -> np.ndarray:
     """For each pixel of (H, W) float32 ``values``, the maximum of ``values`` on the segment from
-    (cx, cy) to it (a polar warp around (cx, cy), a running maximum along each ray, warped back)."""
+    (cx, cy) to it, for pixels within ``radius`` + 2 of it (farther ones take their ray's value
+    at that distance): a polar resampling around (cx, cy) (360 rays, one sample per pixel of
+    radius, bilinear, 0 outside the image), a running maximum along each ray, resampled back.
+    Both resamplings are explicit remaps with a border rule (``cv2.warpPolar`` leaves pixels
+    beyond its radius, and samples outside the image, uninitialised: the cue then changed from
+    run to run)."""
     h, w = values.shape
     r = float(radius) + 2
-    polar = cv2.warpPolar(values, (int(r) + 1, 360), (float(cx), float(cy)), r, cv2.WARP_POLAR_LINEAR + cv2.INTER_LINEAR)
+    n_rho, n_theta = int(r) + 1, 360
+    rho = np.arange(n_rho, dtype=np.float32) * (r / n_rho)
+    theta = np.arange(n_theta, dtype=np.float32) * np.float32(2 * math.pi / n_theta)
+    map_x = (cx + rho[None, :] * np.cos(theta)[:, None]).astype(np.float32)
+    map_y = (cy + rho[None, :] * np.sin(theta)[:, None]).astype(np.float32)
+    polar = cv2.remap(np.ascontiguousarray(values, np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     polar = np.maximum.accumulate(polar, axis=1)
-    back = cv2.warpPolar(polar, (w, h), (float(cx), float(cy)), r,
-                         cv2.WARP_POLAR_LINEAR + cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP)
-    return np.nan_to_num(back, nan=0.0)  # the inverse warp leaves an odd pixel undefined
+    polar = np.vstack([polar, polar[:1]])  # the ray at 360 degrees is the one at 0: angles wrap
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    col = np.sqrt(dx * dx + dy * dy) * np.float32(n_rho / r)
+    row = np.mod(np.arctan2(dy, dx), np.float32(2 * math.pi)) * np.float32(n_theta / (2 * math.pi))
+    return cv2.remap(polar, col, row, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def colour_likelihood(image: np.ndarray, mask: np.ndarray, side: bool, box: tuple[int, int, int, int],
