@@ -2,7 +2,10 @@
 simulator of interactive-segmentation papers (NoC@85/90).
 
 The ``clicks`` refiner starts from the heat map cut at the threshold selector's t
-(:mod:`pipeline.thresholds`) and applies the clicks in order. A click (x, y) with label l
+(:mod:`pipeline.thresholds`), snapped to the photo near its boundary before any click (one
+minimum cut over a band of 2 % of the longer side around the cut's boundary: the heat map
+against t, the colours of the object's and the background's rings just beyond the band, a
+contrast-sensitive Potts term; :func:`snap_start`), and applies the clicks in order. A click (x, y) with label l
 (1 object, 0 background) on a pixel the mask has on the wrong side may only turn pixels of
 that wrong side into l, and only inside a disc around the click whose radius grows with how
 deep the click lies in the wrong region (``reach`` x that depth, at least ``min_radius`` and at
@@ -66,6 +69,9 @@ UNARY_FEATURES = ("boundary distance / depth", "click distance / depth", "heat -
                   "click distance / radius", "boundary distance / radius", "click's heat / local max - 0.5",
                   "image border distance / depth", "click's depth is its distance to the border", "bias")
 _BIG = 1e9
+#: the start's snap (:func:`snap_start`): band (fraction of the longer side) and colour weight,
+#: chosen by cross-validation between the halves of folds 1-2; the shipped unary's sessions start there
+START_BAND, START_COLOUR = 0.02, 0.3
 #: the shipped unary: a one-hidden-layer perceptron (32 ReLU units) over the cues, fitted on folds
 #: 1-2 of ``pipeline.realdata`` by ``python -m pipeline.clicks_training`` (see assets/README.md)
 UNARY_ASSET = Path(__file__).resolve().parents[1] / "assets" / "clicks_unary.npz"
@@ -124,19 +130,23 @@ class ClickRefiner(BaseRefiner):
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
     ``unary``: the unary's perceptron (hidden weights (k, F), hidden bias (k,), output weights
     (k,), output bias; default: the shipped one, :data:`UNARY_ASSET`); ``work_radius``: a disc of a larger radius (px)
-    is decided on a copy downscaled to this radius (time per click stays bounded)."""
+    is decided on a copy downscaled to this radius (time per click stays bounded); ``start_band`` /
+    ``start_colour``: the start's snap to the photo (:func:`snap_start`; ``start_band=0``: the plain
+    cut). The shipped unary was fitted on sessions from the default start: another start wants
+    it refitted."""
 
     name = "clicks"
     takes_points = True
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
                  max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_radius: int = 112,
-                 cache_size: int = 64):
+                 cache_size: int = 64, start_band: float = START_BAND, start_colour: float = START_COLOUR):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
-        if smoothness < 0:
-            raise ValueError("smoothness must be >= 0")
+        if smoothness < 0 or start_band < 0 or start_colour < 0:
+            raise ValueError("smoothness, start_band and start_colour must be >= 0")
         self.selector_name = selector
+        self.start_band, self.start_colour = start_band, start_colour
         self.reach, self.min_radius, self.max_radius = reach, min_radius, max_radius
         self.smoothness, self.work_radius = smoothness, work_radius
         self.unary = tuple(np.asarray(a, np.float32) for a in (shipped_unary() if unary is None else unary))
@@ -147,16 +157,21 @@ class ClickRefiner(BaseRefiner):
         self.cache_size = cache_size
 
     def start_mask(self, image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, float]:
-        """The mask before any click: ``heat >= t`` with the selector's t."""
-        if self.selector_name is None:
-            return heat >= 0.5, 0.5
-        if self._selector is None:
-            from .thresholds import get_selector
+        """The mask before any click and the cut t: ``heat >= t`` with the selector's t (0.5
+        without a selector), snapped to the photo near its boundary (:func:`snap_start`)."""
+        t = 0.5
+        if self.selector_name is not None:
+            if self._selector is None:
+                from .thresholds import get_selector
 
-            self._selector = get_selector(self.selector_name)
-        t = self._selector(image, heat).threshold
-        mask = heat >= t
-        return (mask, t) if mask.any() else (heat >= 0.5, 0.5)
+                self._selector = get_selector(self.selector_name)
+            t = self._selector(image, heat).threshold
+        cut = heat >= t
+        if not cut.any():
+            t, cut = 0.5, heat >= 0.5
+        if self.start_band > 0 and cut.any() and not cut.all():
+            return snap_start(image, heat, t, self.start_band, self.start_colour), t
+        return cut, t
 
     def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
         heat = check_inputs(image, heat)
@@ -298,16 +313,7 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     graph = maxflow.Graph[float]()
     ids = graph.add_grid_nodes(disc.shape)
     if cfg.smoothness > 0:
-        crop = image[y0:y1, x0:x1].astype(np.float32)
-        step_x = ((crop[:, 1:] - crop[:, :-1]) ** 2).sum(-1)
-        step_y = ((crop[1:] - crop[:-1]) ** 2).sum(-1)
-        beta = 1.0 / (2 * max(float(np.mean(np.concatenate([step_x.ravel(), step_y.ravel()]))), 1e-6))
-        wx = np.zeros(disc.shape, np.float32)
-        wx[:, :-1] = cfg.smoothness * np.exp(-beta * step_x)
-        wy = np.zeros(disc.shape, np.float32)
-        wy[:-1] = cfg.smoothness * np.exp(-beta * step_y)
-        graph.add_grid_edges(ids, weights=wx, structure=np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]]), symmetric=True)
-        graph.add_grid_edges(ids, weights=wy, structure=np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0]]), symmetric=True)
+        add_contrast_potts(graph, ids, image[y0:y1, x0:x1], cfg.smoothness)
     # the sink segment turns: a node's source capacity is what turning costs, its sink capacity
     # what keeping costs
     to_source = np.where(cost > 0, cost, 0).astype(np.float64)
@@ -318,6 +324,69 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     graph.maxflow()
     turn = graph.get_grid_segments(ids) & disc & wrong & (fixed != 2)
     return turn, box
+
+
+def add_contrast_potts(graph, ids: np.ndarray, image: np.ndarray, weight: float) -> None:
+    """Add to a PyMaxflow grid graph over (H, W) ``ids`` the contrast-sensitive Potts term of
+    the (H, W, 3) ``image`` on 4-neighbours: ``weight`` x exp(-beta |dI|^2), beta from the
+    image's mean squared colour step (as GrabCut's)."""
+    crop = image.astype(np.float32)
+    step_x = ((crop[:, 1:] - crop[:, :-1]) ** 2).sum(-1)
+    step_y = ((crop[1:] - crop[:-1]) ** 2).sum(-1)
+    beta = 1.0 / (2 * max(float(np.mean(np.concatenate([step_x.ravel(), step_y.ravel()]))), 1e-6))
+    wx = np.zeros(ids.shape, np.float32)
+    wx[:, :-1] = weight * np.exp(-beta * step_x)
+    wy = np.zeros(ids.shape, np.float32)
+    wy[:-1] = weight * np.exp(-beta * step_y)
+    graph.add_grid_edges(ids, weights=wx, structure=np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]]), symmetric=True)
+    graph.add_grid_edges(ids, weights=wy, structure=np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0]]), symmetric=True)
+
+
+def snap_start(image: np.ndarray, heat: np.ndarray, t: float, band: float = START_BAND, colour: float = START_COLOUR,
+               heat_weight: float = 8.0, smoothness: float = 1.0, bins: int = 12) -> np.ndarray:
+    """The start mask, (H, W) bool: the cut ``heat >= t`` re-decided near its boundary by one
+    minimum cut before any click. Only pixels within ``band`` x the longer image side of the
+    cut's boundary may change. Their unary is ``heat_weight`` x (heat - t) plus ``colour`` x the
+    Lab log-odds of two histograms (``bins`` per axis) taken from rings of the cut: the object
+    ring between 1 and 3 band widths inside the boundary, the background ring as far outside
+    (the object against its surroundings, not against the whole photo's clutter, which made a
+    global GrabCut-like start worse); the pairwise term is :func:`add_contrast_potts` with
+    ``smoothness``. Parts of the result that do not touch the cut are dropped and holes it
+    opened are filled, so the start stays one shape with the cut's topology. The plain cut is
+    returned when a ring has fewer than 20 pixels with either fallback."""
+    cut = heat >= t
+    width = max(2.0, band * max(heat.shape))
+    inside = cv2.distanceTransform(cut.astype(np.uint8), cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform((~cut).astype(np.uint8), cv2.DIST_L2, 5)
+    obj, bg = cut & (inside >= width) & (inside <= 3 * width), ~cut & (outside >= width) & (outside <= 3 * width)
+    if obj.sum() < 20 or bg.sum() < 20:  # a thin object or background: the whole of each side beyond the band
+        obj, bg = cut & (inside >= width), ~cut & (outside >= width)
+    if obj.sum() < 20 or bg.sum() < 20:
+        return cut
+    q = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB).astype(np.int32) * bins // 256
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    h_obj = np.bincount(idx[obj], minlength=bins ** 3) + 0.5
+    h_bg = np.bincount(idx[bg], minlength=bins ** 3) + 0.5
+    log_odds = np.clip(np.log(h_obj / h_obj.sum()) - np.log(h_bg / h_bg.sum()), -4, 4)[idx]
+    unary = heat_weight * (heat - t) + colour * log_odds  # > 0: object
+    free = np.where(cut, inside, outside) < width
+    unary = np.where(free, unary, np.where(cut, _BIG, -_BIG))
+    maxflow = _maxflow()
+    graph = maxflow.Graph[float]()
+    ids = graph.add_grid_nodes(cut.shape)
+    if smoothness > 0:
+        add_contrast_potts(graph, ids, image, smoothness)
+    graph.add_grid_tedges(ids, np.maximum(unary, 0), np.maximum(-unary, 0))  # the source side is the object
+    graph.maxflow()
+    snapped = ~graph.get_grid_segments(ids)
+    # one shape with the cut's topology: components touching the cut, holes not in the cut's background filled
+    _, comp = cv2.connectedComponents(snapped.astype(np.uint8), connectivity=4)
+    kept = np.unique(comp[snapped & cut])
+    snapped = np.isin(comp, kept[kept > 0])
+    _, comp = cv2.connectedComponents((~snapped).astype(np.uint8), connectivity=4)
+    open_ = np.unique(comp[~snapped & ~cut])
+    snapped |= ~np.isin(comp, open_[open_ > 0])
+    return snapped if snapped.any() else cut
 
 
 def click_features(image: np.ndarray, mask: np.ndarray, heat: np.ndarray, t: float, click: tuple[int, int, int],
@@ -364,14 +433,28 @@ def heat_over_local_max(heat: np.ndarray) -> np.ndarray:
 
 def max_on_segments_to(values: np.ndarray, cx: int, cy: int, radius: float) -> np.ndarray:
     """For each pixel of (H, W) float32 ``values``, the maximum of ``values`` on the segment from
-    (cx, cy) to it (a polar warp around (cx, cy), a running maximum along each ray, warped back)."""
+    (cx, cy) to it, for pixels within ``radius`` + 2 of it (farther ones take their ray's value
+    at that distance): a polar resampling around (cx, cy) (360 rays, one sample per pixel of
+    radius, bilinear, 0 outside the image), a running maximum along each ray, resampled back.
+    Both resamplings are explicit remaps with a border rule (``cv2.warpPolar`` leaves pixels
+    beyond its radius, and samples outside the image, uninitialised: the cue then changed from
+    run to run)."""
     h, w = values.shape
     r = float(radius) + 2
-    polar = cv2.warpPolar(values, (int(r) + 1, 360), (float(cx), float(cy)), r, cv2.WARP_POLAR_LINEAR + cv2.INTER_LINEAR)
+    n_rho, n_theta = int(r) + 1, 360
+    rho = np.arange(n_rho, dtype=np.float32) * (r / n_rho)
+    theta = np.arange(n_theta, dtype=np.float32) * np.float32(2 * math.pi / n_theta)
+    map_x = (cx + rho[None, :] * np.cos(theta)[:, None]).astype(np.float32)
+    map_y = (cy + rho[None, :] * np.sin(theta)[:, None]).astype(np.float32)
+    polar = cv2.remap(np.ascontiguousarray(values, np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     polar = np.maximum.accumulate(polar, axis=1)
-    back = cv2.warpPolar(polar, (w, h), (float(cx), float(cy)), r,
-                         cv2.WARP_POLAR_LINEAR + cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP)
-    return np.nan_to_num(back, nan=0.0)  # the inverse warp leaves an odd pixel undefined
+    polar = np.vstack([polar, polar[:1]])  # the ray at 360 degrees is the one at 0: angles wrap
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    col = np.sqrt(dx * dx + dy * dy) * np.float32(n_rho / r)
+    row = np.mod(np.arctan2(dy, dx), np.float32(2 * math.pi)) * np.float32(n_theta / (2 * math.pi))
+    return cv2.remap(polar, col, row, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def colour_likelihood(image: np.ndarray, mask: np.ndarray, side: bool, box: tuple[int, int, int, int],

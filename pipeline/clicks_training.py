@@ -10,8 +10,8 @@ import argparse
 
 import numpy as np
 
-from .clicks import (UNARY_FEATURES, ClickRefiner, click_features, click_region, disc_and_core, next_click,
-                     save_unary, sloppy_click)
+from .clicks import (START_BAND, START_COLOUR, UNARY_FEATURES, ClickRefiner, click_features, click_region,
+                     disc_and_core, next_click, save_unary, sloppy_click)
 
 
 def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int = 8, seed: int = 0,
@@ -22,8 +22,9 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
     disc's wrong-side pixels, labelled by whether the truth has them on the click's side. Each
     click is the standard simulator's (:func:`next_click`), or with probability ``sloppy`` a
     sloppier user's (:func:`sloppy_click`: anywhere at least half as deep), so that the unary
-    does not rely on the click lying exactly at the deepest point. Sessions advance as if each
-    click turned exactly those pixels (so the states are those of a good refiner, not of the
+    does not rely on the click lying exactly at the deepest point. Sessions start from the
+    refiner's default start (:meth:`ClickRefiner.start_mask`, snapped to the photo) and advance
+    as if each click turned exactly those pixels (so the states are those of a good refiner, not of the
     weights being fitted)."""
     from . import realdata
     from .masks import iou
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
     except PipelineError as e:
         ap.exit(2, f"error: {e}\n")
     save_unary(a.out, unary, folds=folds, sloppy=a.sloppy, maps=a.maps, hidden=a.hidden, epochs=a.epochs,
-               seed=a.seed)
+               seed=a.seed, start_band=START_BAND, start_colour=START_COLOUR)
     print(f"wrote {a.out} (fitted on folds {list(folds)})")
 
 

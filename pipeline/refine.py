@@ -19,8 +19,8 @@ image at a time per instance). They are registered in :data:`REFINERS`
   self-attention (the pixel affinity the UNet itself computed), as Dataset Diffusion does
   and in the spirit of the paper's AffinityNet, then split with Otsu's threshold.
 - ``otsu``: Otsu's threshold of the heat map itself, i.e. no refinement (a baseline).
-- ``clicks``: the heat map cut by a threshold selector, then every user click honoured
-  exactly, each changing only a disc around it (:mod:`pipeline.clicks`).
+- ``clicks``: the heat map cut by a threshold selector and snapped to the photo near its edge,
+  then every user click honoured exactly, each changing only a disc around it (:mod:`pipeline.clicks`).
 """
 from __future__ import annotations
 
