@@ -88,6 +88,7 @@ class InspectSession:
     _undo: list = field(default_factory=list)
     _redo: list = field(default_factory=list)
     _choices: dict = field(default_factory=dict)  # clicks -> MaskChoice | error text
+    _made_at: dict = field(default_factory=dict)  # click -> when it was made (add_click's made_at)
 
     def __post_init__(self):
         self.image = np.asarray(self.image)
@@ -99,12 +100,16 @@ class InspectSession:
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def from_sample(cls, sample, refiner: Callable | None = None, model: str = "", **kw) -> "InspectSession":
+    def from_sample(cls, sample, refiner: Callable | None = None, model: str = "", view: tuple | None = None,
+                    **kw) -> "InspectSession":
         """From a :class:`pipeline.generate.Sample`; refines once (when a refiner is given) and
         starts at the refiner's threshold (:data:`DEFAULT_THRESHOLD` when refinement is
-        unavailable; ``refiner_problem`` in ``kw`` says why there is no refiner)."""
+        unavailable; ``refiner_problem`` in ``kw`` says why there is no refiner). ``view``:
+        (resolution, t_lo, t_hi) of the heat view to start on (None: every layer and step)."""
         ses = cls(sample.image, sample.class_name, sample.heat_map, attention=sample.attention,
                   prompt=sample.prompt, seed=sample.seed, model=model, refiner=refiner, **kw)
+        if view is not None and tuple(view) != ("all", 0, 999):
+            ses.heat, ses.view = quantize_heat(ses.heat_for(*view)), tuple(view)
         ses.start()
         return ses
 
@@ -172,6 +177,15 @@ class InspectSession:
         self._choices.clear()
         self.refine()
 
+    def show_view(self, resolution: str | int | None, t_lo: int, t_hi: int, refiner: Callable | None) -> None:
+        """The heat view of these resolutions / timesteps (checked before anything changes)
+        refined by ``refiner``: each is recomputed only when it changed."""
+        heat = self.heat_for(resolution, t_lo, t_hi)
+        if (resolution, t_lo, t_hi) != (self.view if self.view != (None, None) else ("all", 0, 999)):
+            self.set_heat(heat, (resolution, t_lo, t_hi))
+        if refiner is not self.refiner:
+            self.set_refiner(refiner)
+
     # -- the cheap half: mask state --------------------------------------------------------
     @property
     def state(self) -> MaskState:
@@ -217,18 +231,22 @@ class InspectSession:
             raise SessionError(f"there is no refined mask to use ({self.refine_error or 'not refined'})")
         self._push(replace(self._state, source=source))
 
-    def add_click(self, x: int, y: int, label: int, at: int | None = None) -> None:
+    def add_click(self, x: int, y: int, label: int, made_at: float | None = None) -> None:
         """An object (1) or background (0) click in image pixels: the refiner runs again
-        with every click so far, and the refined mask becomes the mask's source. ``at``: its
-        place among the clicks (None: after the last), for a click made before others that
-        arrived first (the studio's page sends quick clicks as separate requests)."""
+        with every click so far, and the refined mask becomes the mask's source. ``made_at``:
+        when the click was made (any one clock, e.g. a web page's): a click made before
+        clicks that were added first (quick clicks sent as separate requests can arrive out
+        of order) goes in among them where it was made; None: after the last."""
         if self.refiner is None or not getattr(self.refiner, "takes_points", False):
             name = getattr(self.refiner, "name", "no refiner")
             raise SessionError(f"clicks need a refiner that takes points (grabcut or sam); the refiner is {name}")
-        x, y, label = check_click(x, y, label, self.image.shape[:2], error=SessionError)
-        at = len(self._state.clicks) if at is None else max(0, min(int(at), len(self._state.clicks)))
-        clicks = self._state.clicks[:at] + ((x, y, label),) + self._state.clicks[at:]
-        self._push(replace(self._state, clicks=clicks, source="refined"))
+        click = check_click(x, y, label, self.image.shape[:2], error=SessionError)
+        old = self._state.clicks
+        at = len(old) if made_at is None else \
+            next((i for i, c in enumerate(old) if self._made_at.get(c, float("-inf")) > made_at), len(old))
+        if made_at is not None:
+            self._made_at[click] = float(made_at)
+        self._push(replace(self._state, clicks=old[:at] + (click,) + old[at:], source="refined"))
         if self.choice is None:  # the refiner failed with these clicks: keep the source usable
             self._state = replace(self._state, source="threshold")
             self.revision += 1
@@ -373,6 +391,20 @@ class InspectSession:
         if self.unsaved:
             return f"● unsaved changes: #{self.stored_id} holds the mask as it was when {status}"
         return f"saved as #{self.stored_id} ({status}): {self.describe()}"
+
+
+def check_generation_request(class_name: str | None, t_lo: int = 0, t_hi: int = 999) -> str:
+    """The class name to generate (stripped), refused before a minute of generating: empty, a
+    name the store would refuse at Accept ("cat/dog"), or an empty heat-view timestep range."""
+    from .dataset import check_class
+
+    class_name = (class_name or "").strip()
+    if not class_name:
+        raise SessionError("Type a class name in the 'class' box, e.g. 'ball'.")
+    check_class(class_name)
+    if t_lo > t_hi:
+        raise SessionError("'timesteps from' is above 'timesteps to': the range is empty.")
+    return class_name
 
 
 def strokes_from_layers(layers, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -341,6 +341,11 @@ class MaskChoice:
     rule: str = "paper"  # the threshold selector that chose ``threshold`` (pipeline.thresholds.SELECTORS)
     scores: np.ndarray | None = None  # (T,) that selector's score of each threshold (None: the ious)
 
+    def describe(self) -> str:
+        """The choice in the user's words: which refiner chose which threshold, and how well."""
+        return (f"{self.refiner} chose threshold {self.threshold:.2f} (its mask overlaps the refined mask with "
+                f"IoU {self.best_iou:.2f})" + (f" · rule: {self.rule}" if self.rule else ""))
+
     @property
     def best_iou(self) -> float:
         return float(self.ious.max())

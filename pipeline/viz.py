@@ -22,6 +22,12 @@ def overlay_heat(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.
     return cv2.addWeighted(image, 1 - alpha, heat_to_rgb(heat), alpha, 0)
 
 
+def mask_view(image: np.ndarray, mask: np.ndarray, overlay: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 at the image's own size: ``mask`` (H, W) bool over the HWC uint8 image,
+    or (``overlay`` False) the mask alone, white on black, so a panel of the mask shows it."""
+    return overlay_mask(image, mask) if overlay else np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 80), alpha: float = 0.45,
                  outline: bool = True) -> np.ndarray:
     """Tint the mask's pixels and draw its outline on an HWC uint8 image."""

@@ -66,6 +66,12 @@ def setup_console() -> None:
 VIEW_FORMAT = "png"
 
 
+def picture(label: str, elem_id: str, height: int, **layout) -> gr.Image:
+    """A picture view: read-only, HWC uint8 numpy in, sent as :data:`VIEW_FORMAT`."""
+    return gr.Image(label=label, type="numpy", interactive=False, elem_id=elem_id, height=height, format=VIEW_FORMAT,
+                    **layout)
+
+
 def atomic_image_cache() -> None:
     """Gradio 6.31 writes every output picture to ``<cache>/<hash of its bytes>/image.<fmt>`` by
     truncating and rewriting the file, even when it is already there. A view redrawn with the same
@@ -235,6 +241,25 @@ def clicked_point(evt) -> tuple[float, float]:
         raise SessionError("That click came while the picture was still loading, so it has no position and "
                            "was not counted: click again.")
     return float(index[0]), float(index[1])
+
+
+# the page's clock when a click is made, sent in place of the event's last input (a hidden
+# number): a page function runs before the request, and its answer replaces the inputs
+CLICK_MADE_AT_JS = "(...inputs) => [...inputs.slice(0, -1), performance.timeOrigin + performance.now()]"
+
+
+def wire_picture_clicks(picture, record, views, inputs: list, made_at, outputs: list) -> None:
+    """Clicks on ``picture``: each is ``record(*inputs, made_at, evt)`` (answering nothing),
+    queued one after another and never dropped; ``made_at`` (a hidden number) carries when the
+    page made it (:data:`CLICK_MADE_AT_JS`: quick clicks are separate requests, which a loaded
+    machine delivered out of order). No progress overlay: it covers the picture, and a quick
+    second click landed on it and was lost. The views follow in ``views(inputs[0])`` chained to
+    each record with ``always_last``: at most one in flight, the last one asked for run after
+    it, so the last answer to land is drawn after every click (the page applies answers in the
+    order they reach it: click 3's once landed after click 4's, the page kept "3 clicks")."""
+    quiet = dict(concurrency_limit=1, concurrency_id="clicks", show_progress="hidden")
+    picture.select(record, [*inputs, made_at], None, js=CLICK_MADE_AT_JS, trigger_mode="multiple", **quiet).then(
+        views, inputs[0], outputs, trigger_mode="always_last", **quiet)
 
 
 def handler(render, open_session=None):

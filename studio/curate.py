@@ -7,85 +7,25 @@ the tab; the gallery's pictures are re-sent only when a tile changed (a review s
 highlight and the large view)."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
 
-from pipeline.curation import Curation, CurateSession, SampleFilter, describe_export
+from pipeline.curation import Curation, CurateSession, SampleFilter
 from pipeline.dataset import STATUSES, Store, StoreError
 from pipeline.export import FORMATS
 from pipeline.inspect import DEFAULT_THRESHOLD
-from pipeline.processes import process_alive
 
-from .console import VIEW_FORMAT, add_debug_reader, handler, screen_shows, view
-from .state import public_datasets, store_dir_for
+from .console import VIEW_FORMAT, add_debug_reader, handler, picture, screen_shows, view
+from .downloads import export_zip
+from .state import store_dir_for
 
-EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"
 CURATE_KEYS_HELP = """**Keys** (not while typing): **n** next · **p** previous · **a** accept · **r** reject ·
 **u** undo your last status change · **h** heat map on/off"""
 EXAMPLES_NOTE = """**Examples**, to look at before your own data exists: {n} pre-made samples (the four CC BY 2.0
 COCO photos of `assets/examples` with their COCO masks, attribution in its `ATTRIBUTION.md`, and samples the
 embedded model generated). They are kept in a store of their own: **your dataset** ({store}) is what the
 gallery below shows and what Export writes; it holds no example unless you add them (tagged `example`)."""
-
-
-# -- export zips ---------------------------------------------------------------------------------
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def clean_old_exports(keep: Path | None) -> None:
-    """Remove studio export folders: every folder of a studio process that is gone and,
-    with ``keep``, this process's folders other than ``keep`` (Gradio has copied an
-    earlier zip into its own cache by the time the next export finishes)."""
-    if not EXPORTS_DIR.exists():
-        return
-    for proc_dir in EXPORTS_DIR.iterdir():
-        try:
-            pid = int(proc_dir.name)
-        except ValueError:
-            continue
-        if pid != os.getpid():
-            if not process_alive(pid):  # another running studio's exports are not ours to remove
-                shutil.rmtree(proc_dir, ignore_errors=True)
-        elif keep is not None:
-            for d in proc_dir.iterdir():
-                if d != keep:
-                    shutil.rmtree(d, ignore_errors=True)
-
-
-def export_zip(curation: Curation, fmt: str, where: SampleFilter, val) -> tuple[str, str]:
-    """Export into a fresh folder and zip it. The operator's studio: under :data:`EXPORTS_DIR`,
-    only the newest zip of this process kept (older ones and those of dead processes are
-    removed). Public: under this browser's own exports folder, which only this browser may
-    download from (studio.downloads), its zips of over ten minutes ago removed."""
-    if public_datasets():
-        from gradio.context import LocalContext
-
-        from .downloads import export_parent
-
-        parent = export_parent(LocalContext.request.get(None))
-    else:
-        clean_old_exports(keep=None)
-        parent = _mkdir(EXPORTS_DIR / str(os.getpid()))
-    work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=parent))
-    try:
-        archive, rep = curation.export_archive(fmt, where, work, val_fraction=float(val or 0))
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if public_datasets():  # Gradio serves the zip in place (no copy): another tab of this browser
-        for d in parent.iterdir():  # may still fetch a newer one, so only old ones go
-            if d != work and d.stat().st_mtime < time.time() - 600:
-                shutil.rmtree(d, ignore_errors=True)
-    else:
-        clean_old_exports(keep=work)
-    return str(archive), describe_export(rep)
 
 
 class CurateActions:
@@ -355,8 +295,7 @@ def build_curate_tab(store_dir: Path, tab: gr.Tab):
             gr.Markdown(CURATE_KEYS_HELP, elem_id="curate-keys")
             message = gr.Markdown(elem_id="curate-message")
         with gr.Column(scale=2):
-            review_img = gr.Image(label="current sample", type="numpy", interactive=False, height=280,
-                                  elem_id="curate-view", format=VIEW_FORMAT)
+            review_img = picture("current sample", "curate-view", 280)
             show_heat = gr.Checkbox(False, label="show the heat map (h)", elem_id="curate-heat")
             detail_md = gr.Markdown(elem_id="curate-detail")
     with gr.Row():

@@ -13,17 +13,22 @@ public mode:
   middleware answers 404 to any request for a file there that does not carry that cookie: the URL
   alone (copied, logged, guessed) downloads nothing.
 
-The operator's own studio (not public) keeps Gradio's usual file serving.
+The operator's own studio (not public) keeps Gradio's usual file serving; its export zips are
+written under :data:`EXPORTS_DIR`, only the newest of each running studio kept (:func:`export_zip`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import shutil
+import tempfile
+import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 COOKIE = "diffumask_visitor"
+EXPORTS_DIR = Path(tempfile.gettempdir()) / "diffumask-studio-exports"  # the operator's studio's zips
 EXPORTS = "visitor-exports"
 
 
@@ -147,3 +152,60 @@ def private_gradio_temp(environ=os.environ) -> str:
         # goes too; by default it would end it with no exit handlers run
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return folder
+
+
+# -- export zips: where they are written and how long they stay ----------------------------------
+def clean_old_exports(keep: Path | None) -> None:
+    """Remove the operator's studios' export folders under :data:`EXPORTS_DIR`: every folder of
+    a studio process that is gone and, with ``keep``, this process's folders other than ``keep``
+    (Gradio has copied an earlier zip into its own cache by the time the next export finishes)."""
+    if not EXPORTS_DIR.exists():
+        return
+    for proc_dir in EXPORTS_DIR.iterdir():
+        try:
+            pid = int(proc_dir.name)
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            from pipeline.processes import process_alive
+
+            if not process_alive(pid):  # another running studio's exports are not ours to remove
+                shutil.rmtree(proc_dir, ignore_errors=True)
+        elif keep is not None:
+            for d in proc_dir.iterdir():
+                if d != keep:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def export_zip(curation, fmt: str, where, val) -> tuple[str, str]:
+    """Export the samples ``where`` (a SampleFilter) of ``curation`` (a pipeline Curation) as
+    ``fmt`` into a fresh folder and zip it: (path of the zip, what was exported). The
+    operator's studio: under :data:`EXPORTS_DIR`, only the newest zip of this process kept
+    (older ones and those of dead processes are removed). Public: under this browser's own
+    exports folder (:func:`export_parent`), which only this browser may download from, its
+    zips of over ten minutes ago removed."""
+    from pipeline.curation import describe_export
+
+    from .state import public_datasets
+
+    if public_datasets():
+        from gradio.context import LocalContext
+
+        parent = export_parent(LocalContext.request.get(None))
+    else:
+        clean_old_exports(keep=None)
+        parent = EXPORTS_DIR / str(os.getpid())
+        parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"export-{fmt}-", dir=parent))
+    try:
+        archive, rep = curation.export_archive(fmt, where, work, val_fraction=float(val or 0))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if public_datasets():  # Gradio serves the zip in place (no copy): another tab of this browser
+        for d in parent.iterdir():  # may still fetch a newer one, so only old ones go
+            if d != work and d.stat().st_mtime < time.time() - 600:
+                shutil.rmtree(d, ignore_errors=True)
+    else:
+        clean_old_exports(keep=work)
+    return str(archive), describe_export(rep)

@@ -9,31 +9,27 @@ import gradio as gr
 import numpy as np
 
 from pipeline import presets, viz
-from pipeline.dataset import Store, check_class
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.errors import PipelineError, SessionError, check_stop
 from pipeline.generate import DEFAULTS
-from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, strokes_from_layers
+from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, check_generation_request, strokes_from_layers
 from pipeline.refine import DEFAULT_REFINER, REFINERS, capture_for
-from pipeline.curation import parse_tags
 
-from .console import (GENERATE_KEYS_HELP, LOOP_PIXELS, VIEW_FORMAT, add_debug_reader, clicked_point, handler,
-                      screen_shows, user_words, view)
-from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, size_info,
-                    store_dir_for)
+from .console import (GENERATE_KEYS_HELP, LOOP_PIXELS, VIEW_FORMAT, add_debug_reader, clicked_point, handler, picture,
+                      screen_shows, user_words, view, wire_picture_clicks)
+from .state import (client_gone_hook, describe_model, generate_one, make_refiner, press_stop, save_session,
+                    size_info)
 
 CLICK_MODES = ["do nothing", "add object (+)", "mark background (-)"]
 SOURCE_CHOICES = {"use threshold mask": "threshold", "use refined mask": "refined"}
 SOURCE_LABELS = {v: k for k, v in SOURCE_CHOICES.items()}
 BRUSH_SIZE = 12  # the touch-up brush's starting radius in editor pixels; [ and ] change it
+
+
 # -- render ----------------------------------------------------------------------------------
 def current_view(ses: InspectSession, overlay: bool | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 at the image's own size (the page enlarges it, pixelated: STUDIO_CSS): the
-    current mask over the image, or (overlay off) the mask alone, white on black: the panel is
-    labelled 'current mask', so it always shows the mask."""
-    overlay = ses.overlay if overlay is None else overlay
-    mask = ses.current_mask()
-    return viz.overlay_mask(ses.image, mask) if overlay else np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
+    """The current mask's panel at the image's own size (the page enlarges it: STUDIO_CSS)."""
+    return viz.mask_view(ses.image, ses.current_mask(), ses.overlay if overlay is None else overlay)
 
 
 def mask_label(ses: InspectSession) -> str:
@@ -41,20 +37,8 @@ def mask_label(ses: InspectSession) -> str:
     return f"**Current mask** (what Accept saves): {ses.describe()} · {undo}"
 
 
-def choice_text(ses: InspectSession) -> str:
-    if ses.choice is None:
-        return user_words(ses.refine_error or "")
-    return (f"{ses.choice.refiner} chose threshold {ses.choice.threshold:.2f} "
-            f"(its mask overlaps the refined mask with IoU {ses.choice.best_iou:.2f})"
-            + (f" · rule: {ses.choice.rule}" if getattr(ses.choice, "rule", None) else ""))
-
-
 OUTPUTS = ("image", "heat", "mask", "thr", "curve", "refined", "choice_info", "mask_label", "threshold", "source",
            "editor", "store_info", "gen_info", "seed", "resolution")
-
-
-def _bits(mask: np.ndarray) -> bytes:
-    return np.packbits(mask).tobytes()
 
 
 def render(ses: InspectSession | None) -> tuple:
@@ -65,9 +49,10 @@ def render(ses: InspectSession | None) -> tuple:
     disp = viz.upscale_for_display
     # the views drawn from the threshold go at the image's own size (64x64 for the embedded model:
     # 25x fewer pixels to encode and send per slider step); the page enlarges them (STUDIO_CSS)
-    mask_bits = _bits(ses.current_mask())
+    mask_bits = np.packbits(ses.current_mask()).tobytes()
     choice_id = id(ses.choice)
-    text = {"choice_info": choice_text(ses), "mask_label": mask_label(ses), "store_info": ses.save_line(),
+    choice = user_words(ses.refine_error or "") if ses.choice is None else ses.choice.describe()
+    text = {"choice_info": choice, "mask_label": mask_label(ses), "store_info": ses.save_line(),
             "gen_info": (ses.prompt, ses.seed, ses.model)}
     editor_open = ses.shown.get("editor_open", False)
     res_choices = ["all"] + [str(r) for r in getattr(ses.attention, "resolutions", ())]
@@ -111,12 +96,7 @@ def _need(ses):
 @handler(render)
 def on_generate(ses, class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo,
                 t_hi, height=None, width=None, progress=gr.Progress()):
-    class_name = (class_name or "").strip()
-    if not class_name:
-        raise SessionError("Type a class name in the 'class' box, e.g. 'ball'.")
-    check_class(class_name)  # "cat/dog": refused now, not after a minute of generating
-    if t_lo > t_hi:
-        raise SessionError("'timesteps from' is above 'timesteps to': the range is empty.")
+    class_name = check_generation_request(class_name, t_lo, t_hi)  # "cat/dog": now, not after generating
     height, width = (int(v) if v else None for v in (height, width))  # 0 / empty: the model's native size
     progress(0.1, desc="loading the model and generating")
     should_stop = client_gone_hook()  # trips when this tab closes or Stop is pressed
@@ -131,11 +111,8 @@ def on_generate(ses, class_name, template, seed, steps, guidance, model, refiner
         refiner = make_refiner(refiner_name, sam_ckpt)
     except PipelineError as e:
         problem = user_words(str(e))
-    new = InspectSession.from_sample(sample, refiner=refiner, model=model or "embedded", refiner_problem=problem)
-    new.seed = int(seed)
-    if (resolution, t_lo, t_hi) != ("all", 0, 999):
-        new.set_heat(new.heat_for(resolution, t_lo, t_hi), (resolution, t_lo, t_hi))
-        new.start()
+    new = InspectSession.from_sample(sample, refiner=refiner, model=model or "embedded", refiner_problem=problem,
+                                     view=(resolution, t_lo, t_hi))
     if ses is not None:
         new.overlay = ses.overlay
         new.shown["editor_open"] = ses.shown.get("editor_open", False)
@@ -146,8 +123,7 @@ def on_generate(ses, class_name, template, seed, steps, guidance, model, refiner
 
 def on_next_seed(ses, class_name, template, seed, steps, guidance, model, refiner_name, sam_ckpt, resolution, t_lo,
                  t_hi, height=None, width=None, progress=gr.Progress()):
-    """The next seed: generated at seed + 1; the seed box shows it once the sample is there
-    (after a Stop it still shows the seed of the sample on screen)."""
+    """Generates at seed + 1; the seed box shows it once the sample is there (not after a Stop)."""
     return on_generate(ses, class_name, template, int(seed or 0) + 1, steps, guidance, model, refiner_name, sam_ckpt,
                        resolution, t_lo, t_hi, height, width, progress=progress)
 
@@ -159,20 +135,12 @@ def on_stop(request: gr.Request):
 def add_click(ses, mode, evt: gr.SelectData, made_at: float | None = None):
     """A click on the image adds an object (+) or background (-) point and re-runs the refiner
     (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask.
-    ``made_at``: when the page made the click (ms on the page's clock, :data:`CLICK_MADE_AT_JS`):
-    quick clicks are separate requests, and on a loaded machine they reached the server out of
-    order (the second click stored third); each goes in among the clicks where the user made it."""
+    ``made_at``: when the page made it (studio.console.CLICK_MADE_AT_JS; InspectSession.add_click)."""
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
     x, y = clicked_point(evt)
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
-    at = None
-    if made_at is not None:
-        made = ses.shown.setdefault("clicks_made_at", {})  # click -> made_at (a click from the API: none)
-        at = next((i for i, c in enumerate(ses.clicks) if made.get(c, float("-inf")) > made_at), None)
-    ses.add_click(int(x // k), int(y // k), 1 if mode == CLICK_MODES[1] else 0, at=at)
-    if made_at is not None:
-        made[ses.clicks[len(ses.clicks) - 1 if at is None else at]] = made_at
+    ses.add_click(int(x // k), int(y // k), 1 if mode == CLICK_MODES[1] else 0, made_at=made_at)
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
@@ -183,26 +151,15 @@ on_click = handler(render)(add_click)  # one call: the click, then every view (t
 
 _record_click = handler(lambda ses: ())(add_click)  # the error policy and visitor lease, no views
 
-# the page's clock when a click is made, sent with it in place of the hidden ``click_made_at``
-# number (a page function runs before the request; its answer replaces the event's inputs)
-CLICK_MADE_AT_JS = "(ses, mode, made_at) => [ses, mode, performance.timeOrigin + performance.now()]"
-
 
 def on_click_record(ses, mode, made_at, evt: gr.SelectData) -> None:
-    """The page's click event: records the click and answers nothing; the views follow in
-    :func:`on_click_views`. Quick clicks are separate queued events, and the page applies their
-    answers in the order their ``/queue/join`` replies reach it, not the order the server ran
-    them: on a loaded machine the answer of click 3 landed after that of click 4, and the page
-    kept "3 clicks" while the session held 4."""
+    """The page's click: recorded, no views (they follow: studio.console.wire_picture_clicks)."""
     _record_click(ses, mode, evt, made_at)
 
 
 @handler(render)
 def on_click_views(ses):
-    """Every view after a click, chained to it with ``trigger_mode="always_last"``: the page
-    keeps at most one of these in flight and runs the last one asked for after it, so the last
-    answer to land is drawn after every click the page saw answered, and answers land in order
-    (the skip-if-unchanged memo stays true to the page)."""
+    """Every view after clicks, one in flight at a time (studio.console.wire_picture_clicks)."""
     return ses
 
 
@@ -223,11 +180,9 @@ def on_threshold(ses, threshold: float):
     return ses
 
 
-# What a threshold step can change (InspectSession.set_threshold moves the threshold alone: the
-# picture, heat map, refinement, source and seed stay). The slider's event lists only these: each
-# output of an event costs the page a loading-status update even when its answer is a skip, and
-# the other 10 made a step ~45 ms slower in chromium (bench/bench_studio.py --browser-only).
-# The slider itself is not among them: it shows the value the step was made with already.
+# What a threshold step can change (set_threshold moves the threshold alone), the slider's only
+# outputs: each output costs the page a status update even when skipped (the other 10: ~45 ms a
+# step in chromium, bench_studio --browser-only); the slider shows its value already.
 THRESHOLD_VIEWS = ("mask", "thr", "mask_label", "editor", "store_info")
 
 
@@ -244,15 +199,14 @@ def threshold_views(ses, threshold: float) -> tuple:
 
 
 async def on_threshold_views(ses, threshold: float) -> tuple:
-    """The slider's event: :func:`threshold_views`, run on the server's loop for a small
-    picture (64x64: a millisecond of numpy, less than the hop to a worker thread and back
-    costs on a loaded 2-core machine) and in a worker thread for a larger one, which would
-    hold up every other page's requests while it draws."""
+    """The slider's event: :func:`threshold_views` on the server's loop for a small picture (a
+    millisecond at 64x64, less than a hop to a worker thread costs on 2 busy cores), in a worker
+    thread for a larger one (it would hold up every other page's requests while it draws)."""
     if ses is None or ses.image.shape[0] * ses.image.shape[1] <= LOOP_PIXELS:
         return threshold_views(ses, threshold)
-    import anyio
+    import asyncio
 
-    return await anyio.to_thread.run_sync(threshold_views, ses, threshold)
+    return await asyncio.to_thread(threshold_views, ses, threshold)
 
 
 @handler(render)
@@ -281,13 +235,8 @@ def on_editor_open(ses, is_open: bool):
 def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt):
     if ses is None:
         return ses
-    heat = ses.heat_for(resolution, t_lo, t_hi)  # checks the range before anything changes
-    refiner = make_refiner(refiner_name, sam_ckpt)
+    ses.show_view(resolution, t_lo, t_hi, make_refiner(refiner_name, sam_ckpt))
     screen_shows(ses, "resolution", (ses.shown.get("resolution", (None,))[0], resolution))
-    if (resolution, t_lo, t_hi) != (ses.view if ses.view != (None, None) else ("all", 0, 999)):
-        ses.set_heat(heat, (resolution, t_lo, t_hi))
-    if refiner is not ses.refiner:
-        ses.set_refiner(refiner)
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
     return ses
@@ -325,11 +274,7 @@ def on_discard(ses):
 
 
 def _store(ses, status: str, tags: str, request: gr.Request | None):
-    if ses is None:
-        raise SessionError("Generate an image first.")
-    with Store(store_dir_for(request)) as store:
-        sid = ses.to_store(store, status, parse_tags(tags))
-    gr.Info(f"sample #{sid} saved as {status}")
+    gr.Info(f"sample #{save_session(_need(ses), status, tags, request)} saved as {status}")
     return ses
 
 
@@ -377,12 +322,9 @@ def build_generate_tab(model: str):
             gr.Markdown(GENERATE_KEYS_HELP, elem_id="generate-keys")
         with gr.Column(scale=4):
             with gr.Row():
-                image_out = gr.Image(label="image (click to add object/background points)", type="numpy",
-                                     interactive=False, elem_id="image-view", height=300, format=VIEW_FORMAT)
-                heat_out = gr.Image(label="attention heat map", type="numpy", interactive=False, height=300,
-                                    elem_id="heat-view", format=VIEW_FORMAT)
-                mask_out = gr.Image(label="current mask (what Accept saves)", type="numpy", interactive=False,
-                                    elem_id="mask-view", height=300, format=VIEW_FORMAT)
+                image_out = picture("image (click to add object/background points)", "image-view", 300)
+                heat_out = picture("attention heat map", "heat-view", 300)
+                mask_out = picture("current mask (what Accept saves)", "mask-view", 300)
             with gr.Row(equal_height=True):
                 mask_label_md = gr.Markdown(elem_id="mask-label")
                 overlay = gr.Checkbox(True, label="mask overlay (o)", elem_id="overlay-toggle", scale=0,
@@ -393,7 +335,7 @@ def build_generate_tab(model: str):
                                   elem_id="mask-source")
                 click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="click on the image to",
                                       elem_id="click-mode")
-                click_made_at = gr.Number(visible=False)  # set by CLICK_MADE_AT_JS as each click is sent
+                click_made_at = gr.Number(visible=False)  # when the page made a click (wire_picture_clicks)
             with gr.Row():
                 clear_clicks = gr.Button("Clear clicks", size="sm")
                 undo = gr.Button("Undo (z)", size="sm", elem_id="undo-btn")
@@ -404,12 +346,9 @@ def build_generate_tab(model: str):
                 reject_btn = gr.Button("Reject (r)", elem_id="reject-btn", variant="stop")
             store_info = gr.Markdown(elem_id="store-info")
             with gr.Row():
-                thr_out = gr.Image(label="heat map at the threshold", type="numpy", interactive=False,
-                                   elem_id="threshold-view", height=220, format=VIEW_FORMAT)
-                refined_out = gr.Image(label="refined mask", type="numpy", interactive=False,
-                                       elem_id="refined-view", height=220, format=VIEW_FORMAT)
-                curve_out = gr.Image(label="IoU with the refined mask vs threshold", type="numpy",
-                                     interactive=False, height=220, elem_id="curve-view", format=VIEW_FORMAT)
+                thr_out = picture("heat map at the threshold", "threshold-view", 220)
+                refined_out = picture("refined mask", "refined-view", 220)
+                curve_out = picture("IoU with the refined mask vs threshold", "curve-view", 220)
             choice_info = gr.Markdown(elem_id="choice-info")
             with gr.Accordion("Touch up the mask: white brush adds, black brush erases (keys b / e, "
                               "size [ and ])", open=False, elem_id="touch-up") as touch_up:
@@ -440,30 +379,22 @@ def build_generate_tab(model: str):
     # (client_gone_hook) at the next denoising step and the session stays as it was
     stop_btn.click(on_stop, None, None, queue=False, api_name="stop", **quiet)
     overlay.input(on_overlay, [ses_state, overlay], outputs, api_name="overlay", **quiet)
-    # Re-thresholding is a sub-millisecond numpy comparison: off the queue so the slider feels
-    # live (the queue's round trip alone is most of the latency)
-    threshold.input(on_threshold_views, [ses_state, threshold], [outputs[1 + OUTPUTS.index(n)] for n in THRESHOLD_VIEWS],
-                    api_name="threshold", trigger_mode="always_last", queue=False, show_progress="hidden",
-                    # the step's loading status goes to the slider alone, not to its 5 views: the page
-                    # redraws each target's status twice per event (A/B in chromium: 8-18 % faster steps)
-                    show_progress_on=[threshold])
+    # a step is a millisecond of numpy: off the queue (its round trip was most of a step's latency);
+    # its status on the slider alone, not its 5 views (the page redraws each twice: 8-18 % slower)
+    step_views = [outputs[1 + OUTPUTS.index(n)] for n in THRESHOLD_VIEWS]
+    threshold.input(on_threshold_views, [ses_state, threshold], step_views, api_name="threshold", queue=False,
+                    trigger_mode="always_last", show_progress="hidden", show_progress_on=[threshold])
     source.input(on_source, [ses_state, source], outputs, api_name="mask_source", **quiet)
     for comp in (res_in, t_lo, t_hi, refiner):
         comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
-    # clicks queue one after another (never dropped); no progress overlay: it covers the image,
-    # so a quick second click landed on the overlay and was lost (4 quick clicks -> 1 point)
-    # and a click's views come from a chained render, one in flight at a time (on_click_record)
-    image_out.select(on_click_record, [ses_state, click_mode, click_made_at], None, js=CLICK_MADE_AT_JS,
-                     concurrency_limit=1, concurrency_id="clicks", trigger_mode="multiple", **quiet).then(
-        lambda ses: on_click_views(ses)[1:], ses_state, outputs[1:], concurrency_limit=1, concurrency_id="clicks",
-        trigger_mode="always_last", **quiet)
+    wire_picture_clicks(image_out, on_click_record, lambda ses: on_click_views(ses)[1:], [ses_state, click_mode],
+                        click_made_at, outputs[1:])
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)
     touch_up.expand(lambda s: on_editor_open(s, True), ses_state, outputs, **quiet)
     touch_up.collapse(lambda s: on_editor_open(s, False), ses_state, outputs, **quiet)
     apply_edit.click(on_edit_mask, [ses_state, editor], outputs, api_name="apply_strokes", **quiet)
-    undo.click(on_undo, ses_state, outputs, api_name="undo", **quiet)
-    redo.click(on_redo, ses_state, outputs, api_name="redo", **quiet)
-    discard.click(on_discard, ses_state, outputs, api_name="discard_edits", **quiet)
-    accept_btn.click(on_accept, [ses_state, tags_in], outputs, api_name="accept", **quiet)
-    reject_btn.click(on_reject, [ses_state, tags_in], outputs, api_name="reject", **quiet)
+    for btn, fn, api in ((undo, on_undo, "undo"), (redo, on_redo, "redo"), (discard, on_discard, "discard_edits")):
+        btn.click(fn, ses_state, outputs, api_name=api, **quiet)
+    for btn, fn, api in ((accept_btn, on_accept, "accept"), (reject_btn, on_reject, "reject")):
+        btn.click(fn, [ses_state, tags_in], outputs, api_name=api, **quiet)
     return model_in, ses_state

@@ -17,7 +17,6 @@ from gradio_image_annotation import image_annotator  # a maintained Gradio compo
 from pipeline import viz
 from pipeline.access import check_user_path
 from pipeline.bank import ObjectBank
-from pipeline.curation import parse_tags
 from pipeline.dataset import Store
 from pipeline.errors import SessionError
 from pipeline.export.common import SYNTHETIC_LICENSE, source_provenance
@@ -27,9 +26,9 @@ from pipeline.insert import InsertSession, check_drawable, model_vocabulary, obj
 from pipeline.placement import DEFAULT_SCORER, SCORERS
 from pipeline.presets import resolve_checkpoint
 
-from .console import VIEW_FORMAT, add_debug_reader, clicked_point, handler, screen_shows, view
+from .console import add_debug_reader, clicked_point, handler, picture, screen_shows, view
 from .state import (EXAMPLES, MINE, MODEL_LOCK, background_choices, bank_classes, client_gone_hook, examples_store_dir,  # noqa: F401
-                    generate_one, object_sources, store_dir_for, thesaurus)
+                    generate_one, object_sources, save_session, store_dir_for, thesaurus)
 
 INSERT_KEYS_HELP = ("**Keys** (not while typing): **l** load · **m** make object · **p** propose placement · "
                     "**v** preview · **a** accept")
@@ -273,9 +272,7 @@ def preview(ses, scale, method, harm_weights="", progress=gr.Progress()):
 def accept(ses, tags, request: gr.Request = None):
     if ses is None or ses.composite is None:
         raise SessionError("Preview a composite first.")
-    with Store(store_dir_for(request)) as store:
-        sid = ses.to_store(store, "accepted", parse_tags(tags))
-    gr.Info(f"composite saved as sample #{sid}")
+    gr.Info(f"composite saved as sample #{save_session(ses, 'accepted', tags, request)}")
     return ses
 
 
@@ -307,20 +304,17 @@ def build_insert_tab(store_dir: Path, model_box: gr.Dropdown):
             with gr.Row():
                 suggestions = gr.Dataframe(headers=["object", "score", "who can supply it"], label="suggested objects",
                                            interactive=False, max_height=150, scale=2, elem_id="insert-suggestions")
-                obj_img = gr.Image(label="object and its mask", type="numpy", interactive=False,
-                                   elem_id="insert-object-view", height=170, scale=1, format=VIEW_FORMAT)
+                obj_img = picture("object and its mask", "insert-object-view", 170, scale=1)
             with gr.Row():
-                place_img = gr.Image(label="placement heat map and box (click to move)", type="numpy", interactive=False,
-                                     height=230, min_width=160, elem_id="insert-place-view", format=VIEW_FORMAT)
+                place_img = picture("placement heat map and box (click to move)", "insert-place-view", 230,
+                                    min_width=160)
                 # a large handle: grabbing inside the box moves it, a corner resizes it
                 box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                            sources=None, show_clear_button=False, show_download_button=False,
                                            handle_size=14, box_thickness=3, box_min_size=6,
                                            elem_id="insert-box", height=230, min_width=200, scale=1)
-                comp_img = gr.Image(label="harmonized composite", type="numpy", interactive=False, height=230,
-                                    min_width=160, elem_id="insert-composite", format=VIEW_FORMAT)
-                mask_img = gr.Image(label="instance masks", type="numpy", interactive=False, height=230, min_width=160,
-                                    elem_id="insert-masks", format=VIEW_FORMAT)
+                comp_img = picture("harmonized composite", "insert-composite", 230, min_width=160)
+                mask_img = picture("instance masks", "insert-masks", 230, min_width=160)
             with gr.Row():
                 place_btn = gr.Button("Propose placement", elem_id="insert-place", size="sm")
                 scale = gr.Slider(0.05, 0.95, 0.3, step=0.01, label="scale (object side / background side)",

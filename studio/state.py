@@ -86,6 +86,16 @@ def store_dir_for(request=None) -> Path:
     return visitors.store_dir(_visitor_key(request))
 
 
+def save_session(ses, status: str, tags: str, request=None) -> int:
+    """``ses.to_store`` in this request's dataset (:func:`store_dir_for`) with the tags box's
+    tags; the new sample's id."""
+    from pipeline.curation import parse_tags
+    from pipeline.dataset import Store
+
+    with Store(store_dir_for(request)) as store:
+        return ses.to_store(store, status, parse_tags(tags))
+
+
 def set_model_options(device: str = "auto", dtype: str | None = None) -> None:
     """Where and at what precision models load (app.py's --device / --dtype)."""
     from pipeline.generate import resolve_device, resolve_dtype

@@ -13,7 +13,8 @@ from pipeline.embedded.world import CLASS_NAMES
 from pipeline.gpu import queue_settings
 
 from .console import StudioBlocks, atomic_image_cache, setup_console
-from .curate import EXPORTS_DIR, CurateActions, build_curate_tab, clean_old_exports  # noqa: F401 (scripts import them here)
+from .curate import CurateActions, build_curate_tab  # noqa: F401 (scripts import CurateActions here)
+from .downloads import EXPORTS_DIR, clean_old_exports  # noqa: F401 (scripts import EXPORTS_DIR here)
 from .generate import build_generate_tab
 from .insert import background_choices, build_insert_tab
 from .state import dataset_lease, set_model_options, set_store_dir, set_visitor_stores, store_dir_for

@@ -173,10 +173,10 @@ def test_the_tab_renders_its_session(store_ids):
 
 @pytest.mark.slow
 def test_studio_exports_leave_nothing_behind(curate, monkeypatch, tmp_path):
-    import studio.curate as ui
+    import studio.downloads as downloads
 
     cur, ids, root = curate
-    monkeypatch.setattr(ui, "EXPORTS_DIR", tmp_path / "exports")
+    monkeypatch.setattr(downloads, "EXPORTS_DIR", tmp_path / "exports")
     # a studio that was killed left its exports behind
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -151,3 +151,38 @@ def test_composite_keeps_the_crowd_flags_of_the_background(tmp_path):
     export(store, "coco", tmp_path / "coco", tags=["composite"])
     doc = json.loads((tmp_path / "coco" / "annotations" / "instances_train.json").read_text())
     assert len(doc["images"]) == 1 and [a["iscrowd"] for a in doc["annotations"]] == [1, 0, 0]
+
+
+@pytest.mark.slow
+def test_a_heat_view_chosen_before_or_after_generating_is_the_session_s(tmp_path):
+    """from_sample(view=) starts on that heat view (as the Generate tab does when the view was
+    set before generating), show_view moves between views and back, each checked before
+    anything changes; check_generation_request refuses what Accept would refuse."""
+    from pipeline.errors import SessionError
+    from pipeline.generate import generate, load_pipeline
+    from pipeline.inspect import InspectSession, check_generation_request
+    from pipeline.masks import quantize_heat
+    from pipeline.refine import get_refiner
+
+    sample = generate(load_pipeline(None), "ball", 0, steps=10)[0]
+    res = str(sample.attention.resolutions[0])
+    refiner = get_refiner("grabcut")
+    ses = InspectSession.from_sample(sample, refiner=refiner, view=(res, 0, 999))
+    assert ses.view == (res, 0, 999) and not ses.can_undo
+    one = quantize_heat(ses.heat_for(res, 0, 999))
+    every = quantize_heat(ses.heat_for("all", 0, 999))
+    assert np.array_equal(ses.heat, one) and not np.array_equal(one, every)
+    assert ses.choice is not None and ses.threshold == ses.choice.threshold  # refined on that view
+    ses.show_view("all", 0, 999, refiner)
+    assert ses.view == ("all", 0, 999) and np.array_equal(ses.heat, every)
+    before = (ses.heat.copy(), ses.view, ses.refiner)
+    with pytest.raises(SessionError, match="range is empty"):
+        ses.show_view(res, 500, 100, None)  # the range is checked before the refiner would change
+    assert np.array_equal(ses.heat, before[0]) and ses.view == before[1] and ses.refiner is before[2]
+    plain = InspectSession.from_sample(sample, refiner=refiner, view=("all", 0, 999))
+    assert plain.view == (None, None) and np.array_equal(plain.heat, quantize_heat(sample.heat_map))
+    assert check_generation_request("  ball ") == "ball"
+    for name, t, match in (("", (0, 999), "Type a class name"), ("cat/dog", (0, 999), "class"),
+                           ("ball", (600, 100), "range is empty")):
+        with pytest.raises(Exception, match=match):
+            check_generation_request(name, *t)
