@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from .clicks import (START_BAND, START_COLOUR, UNARY_FEATURES, ClickRefiner, click_features, click_region,
+from .clicks import (START_BAND, START_BINS, START_COLOUR, UNARY_FEATURES, ClickRefiner, click_features, click_region,
                      disc_and_core, next_click, save_unary, sloppy_click)
 
 
@@ -118,7 +118,8 @@ def main(argv=None) -> None:
     except PipelineError as e:
         ap.exit(2, f"error: {e}\n")
     save_unary(a.out, unary, folds=folds, sloppy=a.sloppy, maps=a.maps, hidden=a.hidden, epochs=a.epochs,
-               seed=a.seed, start_band=START_BAND, start_colour=START_COLOUR)
+               seed=a.seed, start_band=START_BAND, start_colour=START_COLOUR,
+               start_bins=START_BINS)
     print(f"wrote {a.out} (fitted on folds {list(folds)})")
 
 
