@@ -173,7 +173,8 @@ class StudioBlocks(gr.Blocks):
         return [v.model_dump() if isinstance(v, (GradioModel, GradioRootModel)) else v for v in done]
 
 
-SKIP_UPDATE = {"__type__": "update"}
+SKIP_UPDATE = {"__type__": "update"}  # what gr.skip() is, and what Gradio sends the page for it
+
 
 def _pixels(value) -> int:
     """Pixels of a picture output (HW[C] array or PIL image); 0 for anything else."""
@@ -187,7 +188,7 @@ def _pixels(value) -> int:
 # Pictures up to this many pixels (the embedded model's 64x64 views, 128x128 at most) are drawn
 # and encoded on the server's event loop (well under a millisecond each); larger ones in Gradio's
 # worker threads (a 512x512 PNG takes ~35 ms, which would hold up every other page's requests).
-LOOP_PIXELS = 128 * 128  # what gr.skip() is, and what Gradio sends the page for it
+LOOP_PIXELS = 128 * 128
 
 
 def user_words(text: str) -> str:
