@@ -320,7 +320,7 @@ def test_a_click_without_a_position_is_not_counted_and_says_so(caplog):
     ses.start()
     render(ses)
     click = lambda index: gr.SelectData(None, {"index": index, "value": None})
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="click again"):  # the toast, outside a page
         for index in (None, [None, None], [10, None]):
             out = on_click(ses, CLICK_MODES[1], click(index))
             assert out[0] is ses and ses.clicks == ()
