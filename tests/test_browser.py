@@ -583,12 +583,41 @@ def test_console_has_no_tracebacks_or_client_prints(page):
 def _start_long_generation(page):
     """100 steps at 96x64 (above the embedded model's 64x64: a warning toast), until the
     progress bar shows steps of 100."""
+    import re
+
     page.get_by_role("tab", name="Generate & Inspect").click()
     page.get_by_text("prompt, model and refiner").click()  # open the settings accordion
     wait_text(page, "#size-info", "native size 64x64; sizes up to 128x128", timeout=30000)
-    # the steps slider to its maximum, 100, with the keyboard on the slider itself (End): a value
-    # typed into its number box right after the accordion opens can be put back by the slider as
-    # it mounts (reproduced in chromium: the first of three typed values went back to 25)
+    page.locator("#height input").fill("96")
+    page.locator("#height input").press("Tab")
+    totals = []
+    for attempt in range(3):
+        _steps_slider_to_100(page)
+        page.click("#generate-btn")
+        if attempt == 0:
+            page.wait_for_selector("text=96x64 is above this model's native size 64x64", timeout=120000)
+        # the progress bar counts this run's steps ("3/100 steps"): the run to stop is the long one
+        try:
+            page.wait_for_function("() => /\\b\\d+\\/\\d+ steps/.test(document.body.innerText)", timeout=120000)
+        except Exception as e:  # what the page and the server showed instead, for whoever reads a CI failure
+            tail = "\n".join(page.server_log.read_text().splitlines()[-25:]) if hasattr(page, "server_log") else ""
+            raise AssertionError(f"no step count on the page after Generate; the image panel shows "
+                                 f"{page.locator('#image-view').inner_text()!r}; the server log ends:\n{tail}") from e
+        totals.append(re.search(r"\b\d+/(\d+) steps", page.evaluate("() => document.body.innerText")).group(1))
+        if totals[-1] == "100":
+            return
+        # CI twice saw no 100-step run start while the slider showed 100 (never reproduced here;
+        # the slider mounting as its accordion opens can put a value back): a run of another
+        # count is stopped and the slider set again; no count at all fails saying what showed
+        page.click("#stop-btn")
+        page.wait_for_selector("text=denoising", state="hidden", timeout=120000)
+    raise AssertionError(f"runs started with {totals} steps while the steps slider showed 100")
+
+
+def _steps_slider_to_100(page):
+    """The steps slider to its maximum, 100, with the keyboard on the slider itself (End): a
+    value typed into its number box right after the accordion opens can be put back by the
+    slider as it mounts (reproduced in chromium: the first of three typed values went back to 25)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _ in range(10):  # the slider may still be mounting as its accordion opens: again until it holds 100
@@ -597,17 +626,10 @@ def _start_long_generation(page):
         try:
             page.wait_for_function("() => document.querySelector('#steps input[type=number]').value === '100'",
                                    timeout=3000)
-            break
+            return
         except PlaywrightTimeout:
             continue
-    else:
-        raise AssertionError("the steps slider never went to 100")
-    page.locator("#height input").fill("96")
-    page.locator("#height input").press("Tab")
-    page.click("#generate-btn")
-    page.wait_for_selector("text=96x64 is above this model's native size 64x64", timeout=120000)
-    # the progress bar counts this run's steps ("3/100 steps"): the run to stop is the long one
-    page.wait_for_function("() => /\\b\\d+\\/100 steps/.test(document.body.innerText)", timeout=120000)
+    raise AssertionError("the steps slider never went to 100")
 
 
 def test_stop_button_and_closing_the_tab_stop_the_generation(page):
