@@ -33,6 +33,9 @@ DEFAULT_THRESHOLD = 0.5
 __all__ = ["DEFAULT_THRESHOLD", "SOURCES", "InspectSession", "MaskState", "SessionError", "strokes_from_layers"]
 
 
+FULL_VIEW = ("all", 0, 999)  # the heat view of every resolution and timestep (the sample's own heat map)
+
+
 @dataclass(frozen=True, eq=False)
 class MaskState:
     """One undoable state of the mask being built."""
@@ -108,7 +111,7 @@ class InspectSession:
         (resolution, t_lo, t_hi) of the heat view to start on (None: every layer and step)."""
         ses = cls(sample.image, sample.class_name, sample.heat_map, attention=sample.attention,
                   prompt=sample.prompt, seed=sample.seed, model=model, refiner=refiner, **kw)
-        if view is not None and tuple(view) != ("all", 0, 999):
+        if view is not None and tuple(view) != FULL_VIEW:
             ses.heat, ses.view = quantize_heat(ses.heat_for(*view)), tuple(view)
         ses.start()
         return ses
@@ -181,7 +184,7 @@ class InspectSession:
         """The heat view of these resolutions / timesteps (checked before anything changes)
         refined by ``refiner``: each is recomputed only when it changed."""
         heat = self.heat_for(resolution, t_lo, t_hi)
-        if (resolution, t_lo, t_hi) != (self.view if self.view != (None, None) else ("all", 0, 999)):
+        if (resolution, t_lo, t_hi) != (self.view if self.view != (None, None) else FULL_VIEW):
             self.set_heat(heat, (resolution, t_lo, t_hi))
         if refiner is not self.refiner:
             self.set_refiner(refiner)

@@ -37,14 +37,19 @@ def seed_store(store_dir):
                                 status="accepted"))
 
 
+def server_log_tail(page, lines: int = 25) -> str:
+    """The last lines the page's studio server printed (for whoever reads a CI failure)."""
+    log = getattr(page, "server_log", None)
+    return "\n".join(log.read_text().splitlines()[-lines:]) if log is not None and log.exists() else ""
+
+
 def wait_until(page, condition, what: str, timeout: float = 60):
     """Poll ``condition()`` (e.g. a store count) while the page keeps running; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            log = getattr(page, "server_log", None)  # what the server said meanwhile, for whoever reads a CI failure
-            tail = "\n".join(log.read_text().splitlines()[-25:]) if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; the server log ends:\n{tail}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                                 f"the server log ends:\n{server_log_tail(page)}")
         page.wait_for_timeout(100)
 
 
@@ -599,10 +604,10 @@ def _start_long_generation(page):
         # the progress bar counts this run's steps ("3/100 steps"): the run to stop is the long one
         try:
             page.wait_for_function("() => /\\b\\d+\\/\\d+ steps/.test(document.body.innerText)", timeout=120000)
-        except Exception as e:  # what the page and the server showed instead, for whoever reads a CI failure
-            tail = "\n".join(page.server_log.read_text().splitlines()[-25:]) if hasattr(page, "server_log") else ""
+        except Exception as e:  # what the page and the server showed instead
             raise AssertionError(f"no step count on the page after Generate; the image panel shows "
-                                 f"{page.locator('#image-view').inner_text()!r}; the server log ends:\n{tail}") from e
+                                 f"{page.locator('#image-view').inner_text()!r}; the server log ends:\n"
+                                 f"{server_log_tail(page)}") from e
         totals.append(re.search(r"\b\d+/(\d+) steps", page.evaluate("() => document.body.innerText")).group(1))
         if totals[-1] == "100":
             return

@@ -299,6 +299,29 @@ def test_the_threshold_event_lists_every_view_a_step_changes(tmp_path):
     assert {"mask", "thr", "mask_label", "editor", "store_info"} <= seen  # the unsaved marker after the Accept
 
 
+def shipped_session(side: int | None = None, render_it: bool = True):
+    """An InspectSession (grabcut) on the first shipped embedded-model sample, started and
+    rendered once; ``side``: its image and heat map resized to side x side."""
+    import cv2
+
+    from pipeline.inspect import InspectSession
+    from pipeline.refine import get_refiner
+    from studio.generate import render
+
+    from conftest import ROOT
+
+    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")
+    image, heat = shipped["images"][0], shipped["heat"][0].astype(np.float32)
+    if side is not None:
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_NEAREST)
+        heat = cv2.resize(heat, (side, side))
+    ses = InspectSession(image=image, class_name=str(shipped["classes"][0]), heat=heat, refiner=get_refiner("grabcut"))
+    ses.start()
+    if render_it:
+        render(ses)
+    return ses
+
+
 def test_a_click_without_a_position_is_not_counted_and_says_so(caplog):
     """Gradio's image sends no position for a click that lands while the picture is reloading
     (each click redraws the picture with its dots; seen in CI on a loaded machine): the click
@@ -308,17 +331,9 @@ def test_a_click_without_a_position_is_not_counted_and_says_so(caplog):
 
     import gradio as gr
 
-    from pipeline.inspect import InspectSession
-    from pipeline.refine import get_refiner
-    from studio.generate import CLICK_MODES, on_click, render
+    from studio.generate import CLICK_MODES, on_click
 
-    from conftest import ROOT
-
-    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")
-    ses = InspectSession(image=shipped["images"][0], class_name=str(shipped["classes"][0]),
-                         heat=shipped["heat"][0].astype(np.float32), refiner=get_refiner("grabcut"))
-    ses.start()
-    render(ses)
+    ses = shipped_session()
     click = lambda index: gr.SelectData(None, {"index": index, "value": None})
     with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="click again"):  # the toast, outside a page
         for index in (None, [None, None], [10, None]):
@@ -343,23 +358,17 @@ def test_quick_clicks_arriving_out_of_order_keep_the_order_they_were_made():
     """The page stamps each click as it is made (CLICK_MADE_AT_JS); quick clicks are separate
     requests, and a click that reaches the server after a later one goes in where it was made:
     the session ends as if they had arrived in order (same clicks, same refined mask)."""
-    from pipeline.inspect import InspectSession
-    from pipeline.refine import get_refiner
-    from studio.generate import CLICK_MODES, on_click_record
-
-    from conftest import ROOT
-
     import gradio as gr
 
-    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")
+    from studio.generate import CLICK_MODES, on_click_record
+
     spots = [(50, 60), (200, 70), (60, 220), (230, 240)]  # display pixels (the 64x64 image at 320)
 
     def session(order):
-        ses = InspectSession(image=shipped["images"][0], class_name=str(shipped["classes"][0]),
-                             heat=shipped["heat"][0].astype(np.float32), refiner=get_refiner("grabcut"))
-        ses.start()
+        ses = shipped_session(render_it=False)
         for i in order:
-            on_click_record(ses, CLICK_MODES[1], 1000.0 + 40 * i, gr.SelectData(None, {"index": list(spots[i]), "value": None}))
+            evt = gr.SelectData(None, {"index": list(spots[i]), "value": None})
+            on_click_record(ses, CLICK_MODES[1], 1000.0 + 40 * i, evt)
         return ses
 
     in_order, shuffled = session([0, 1, 2, 3]), session([0, 2, 3, 1])
@@ -375,26 +384,11 @@ def test_a_threshold_step_answers_the_same_on_the_loop_and_in_a_thread(side):
     one's in a worker thread (studio.console.LOOP_PIXELS): the same views either way."""
     import asyncio
 
-    import cv2
-
-    from pipeline.inspect import InspectSession
-    from pipeline.refine import get_refiner
     from studio.console import LOOP_PIXELS
-    from studio.generate import THRESHOLD_VIEWS, on_threshold_views, render, threshold_views
+    from studio.generate import THRESHOLD_VIEWS, on_threshold_views, threshold_views
 
-    from conftest import ROOT
-
-    shipped = np.load(ROOT / "assets" / "examples" / "generated.npz")
-    image = cv2.resize(shipped["images"][0], (side, side), interpolation=cv2.INTER_NEAREST)
-    heat = cv2.resize(shipped["heat"][0].astype(np.float32), (side, side))
     assert (side * side <= LOOP_PIXELS) == (side == 64)
-    sessions = []
-    for _ in range(2):
-        ses = InspectSession(image=image, class_name=str(shipped["classes"][0]), heat=heat,
-                             refiner=get_refiner("grabcut"))
-        ses.start()
-        render(ses)
-        sessions.append(ses)
+    sessions = [shipped_session(side) for _ in range(2)]
     got = asyncio.run(on_threshold_views(sessions[0], 0.3))
     want = threshold_views(sessions[1], 0.3)
     assert len(got) == len(THRESHOLD_VIEWS)
