@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.dataset import Store
-from test_browser import ARTIFACTS, CHROMIUM, browser, error_badges, seed_store, wait_text  # noqa: F401 (fixture)
+from test_browser import ARTIFACTS, CHROMIUM, browser, error_badges, seed_store, server_log_tail, wait_text  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")]
@@ -175,6 +175,23 @@ def refused_clicks(page) -> int:
     return page.server_log.read_text().count(REFUSED_CLICK)
 
 
+def watch_picture_clicks(page) -> list:
+    """The picture clicks the page sends to the server from now on (each a select event's
+    ``index``, read from its queue/join request): what left the page, beside what the server
+    counted, for whoever reads a failure."""
+    sent = []
+
+    def on_request(request):
+        if request.method == "POST" and request.url.endswith("/queue/join"):
+            body = json.loads(request.post_data or "{}")
+            index = (body.get("event_data") or {}).get("index")
+            if isinstance(index, list):
+                sent.append(index)
+
+    page.on("request", on_request)
+    return sent
+
+
 def test_generate_journey_screen_is_session(page):
     """Generate, threshold, accept, change after accept (unsaved marker), o, clicks then the
     touch-up editor, cat/dog refused before generating."""
@@ -199,6 +216,7 @@ def test_generate_journey_screen_is_session(page):
     # four quick clicks: each one counts, or (landing while the picture reloads, which a loaded
     # machine makes likely) is refused with a toast saying so and made again, as a person would
     points, refused_before, made = [(0.5, 0.5), (0.45, 0.55), (0.1, 0.1), (0.9, 0.9)], refused_clicks(page), 0
+    sent = watch_picture_clicks(page)
     for fx, fy in points:
         click_image(page, fx, fy)
         made += 1
@@ -206,8 +224,10 @@ def test_generate_journey_screen_is_session(page):
                " && !document.querySelector('.progress-text, .eta-bar')")
     deadline, steady = time.monotonic() + 180, 0
     while steady < 3:  # the page shows what the server counted, three polls in a row
-        assert time.monotonic() < deadline, f"{made} clicks made, {refused_clicks(page) - refused_before} refused, " \
-                                            f"the page shows {page.locator('#mask-label').inner_text()!r}"
+        assert time.monotonic() < deadline, (
+            f"{made} clicks made, {len(sent)} sent by the page ({sent}), {refused_clicks(page) - refused_before} "
+            f"refused; the page shows {page.locator('#mask-label').inner_text()!r}, the server holds "
+            f"{_value(held(page, 'generate')['mask_label'])!r}; the server log ends:\n{server_log_tail(page)}")
         counted = made - (refused_clicks(page) - refused_before)
         steady = steady + 1 if page.evaluate(settled, counted) else 0
         if steady == 3 and counted < len(points):
