@@ -32,7 +32,10 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   beta from the window's mean squared colour step, as GrabCut's);
 - hard constraints: the click and a core of 0.3 x its depth around it are l; every earlier
   click of the other label, the disc's rim and everything outside the disc stay as they are;
-  the pixels already on l are l.
+  so does every pixel less than ``other_share`` (0.5) as far from an earlier click of the
+  other label as from this click (that click's ground, which wins over the core: without it,
+  two nearby clicks of opposite labels on an ambiguous stretch, e.g. a snow-covered leg on
+  snow, kept turning each other's pixels back and forth); the pixels already on l are l.
 
 Only the turned part connected to the click is kept. So:
 
@@ -40,7 +43,8 @@ Only the turned part connected to the click is kept. So:
   it: a later click only turns pixels to *its* label, and clicks of the other label are fixed
   to their side in its cut);
 - a click changes nothing outside its disc (``RefineResult.info["radii"]`` gives each radius,
-  ``info["discs"]`` each disc as (x, y, radius)).
+  ``info["discs"]`` each disc as (x, y, radius)), nor an earlier click's ground (checked at
+  full resolution, also when the cut is decided on a downscaled copy).
 
 A click on a pixel already on its side changes nothing (it still pins that pixel for later
 clicks). Replaying the clicks is memoised per (image, heat map, click prefix), so the k-th
@@ -73,6 +77,10 @@ _BIG = 1e9
 #: Lab histogram bins per axis of its rings, chosen by cross-validation between the halves of
 #: folds 1-2; the shipped unary's sessions start there
 START_BAND, START_COLOUR, START_BINS = 0.02, 0.3, 32
+#: a click leaves alone the pixels less than this share as far from an earlier click of the
+#: other label as from itself (that click's ground; chosen by cross-validation between the
+#: halves of folds 1-2, see bench/bench_masks.py's NOTE)
+OTHER_SHARE = 0.5
 #: the shipped unary: a one-hidden-layer perceptron (32 ReLU units) over the cues, fitted on folds
 #: 1-2 of ``pipeline.realdata`` by ``python -m pipeline.clicks_training`` (see assets/README.md)
 UNARY_ASSET = Path(__file__).resolve().parents[1] / "assets" / "clicks_unary.npz"
@@ -129,6 +137,8 @@ class ClickRefiner(BaseRefiner):
     ``reach``: disc radius over the click's depth in the wrong region; ``min_radius`` /
     ``max_radius``: bounds of the radius as fractions of the shorter image side;
     ``smoothness``: weight of the contrast-sensitive Potts term against the learned unary;
+    ``other_share``: a pixel less than this share as far from an earlier click of the other
+    label as from the click being applied stays as it is (0: no such ground);
     ``unary``: the unary's perceptron (hidden weights (k, F), hidden bias (k,), output weights
     (k,), output bias; default: the shipped one, :data:`UNARY_ASSET`); ``work_radius``: a disc of a larger radius (px)
     is decided on a copy downscaled to this radius (time per click stays bounded); ``start_band`` /
@@ -141,9 +151,13 @@ class ClickRefiner(BaseRefiner):
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
                  max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_radius: int = 112,
-                 cache_size: int = 64, start_band: float = START_BAND, start_colour: float = START_COLOUR):
+                 cache_size: int = 64, start_band: float = START_BAND, start_colour: float = START_COLOUR,
+                 other_share: float = OTHER_SHARE):
         if reach <= 0 or not 0 < min_radius <= max_radius <= 1:
             raise ValueError("need reach > 0 and 0 < min_radius <= max_radius <= 1")
+        if not 0 <= other_share < 1:
+            raise ValueError("other_share must be in [0, 1)")
+        self.other_share = other_share
         if smoothness < 0 or start_band < 0 or start_colour < 0:
             raise ValueError("smoothness, start_band and start_colour must be >= 0")
         self.selector_name = selector
@@ -280,6 +294,8 @@ def apply_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int]
     for ex, ey, el in earlier:  # earlier clicks of the other label are never turned
         if el != label and x0 <= ex < x1 and y0 <= ey < y1:
             keep[ey - y0, ex - x0] = False
+    # nor their ground (decided at full resolution: a cut on a downscaled copy only approximates it)
+    keep &= ~other_clicks_ground(click, earlier, (x0, x1, y0, y1), cfg.other_share)
     turn &= keep
     turn[y - y0, x - x0] = True
     # only the part connected to the click turns (a click fixes the region it is in)
@@ -309,6 +325,8 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     for ex, ey, el in earlier:
         if el != label and x0 <= ex < x1 and y0 <= ey < y1:
             fixed[ey - y0, ex - x0] = 2
+    # an earlier click's ground stays as it is, even inside this click's core
+    fixed[wrong & other_clicks_ground(click, earlier, box, cfg.other_share)] = 2
     fixed[y - y0, x - x0] = 1
     maxflow = _maxflow()
     graph = maxflow.Graph[float]()
@@ -325,6 +343,25 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     graph.maxflow()
     turn = graph.get_grid_segments(ids) & disc & wrong & (fixed != 2)
     return turn, box
+
+
+def other_clicks_ground(click: tuple[int, int, int], earlier: list, box: tuple[int, int, int, int],
+                        share: float) -> np.ndarray:
+    """(y1 - y0, x1 - x0) bool over ``box`` = (x0, x1, y0, y1): the pixels less than ``share`` as
+    far from one of the ``earlier`` clicks of the other label as from ``click`` (x, y, label).
+    A click there would undo what that earlier click said about its own surroundings; all False
+    when ``share`` is 0 or there is no such click."""
+    x, y, label = click
+    x0, x1, y0, y1 = box
+    ground = np.zeros((y1 - y0, x1 - x0), bool)
+    others = [(ex, ey) for ex, ey, el in earlier if el != label]
+    if share <= 0 or not others:
+        return ground
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    to_this = (xx - x) ** 2 + (yy - y) ** 2
+    for ex, ey in others:
+        ground |= (xx - ex) ** 2 + (yy - ey) ** 2 < share * share * to_this
+    return ground
 
 
 def add_contrast_potts(graph, ids: np.ndarray, image: np.ndarray, weight: float) -> None:

@@ -140,15 +140,18 @@ def test_sloppy_click_lands_in_the_simulators_region_at_least_half_as_deep():
 @pytest.mark.slow
 @pytest.mark.parametrize("work_radius", [112, 12])  # 12: every cut is decided on a downscaled copy
 def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
-    """Property over random clicks (random places, random labels) on real photos: after every
-    click each click so far is on its side, and the mask changed only inside the new click's
-    disc (radius and centre reported by the refiner)."""
+    """Property over random clicks (random places, random labels; every other one within 12 px
+    of the one before, with the other label) on real photos: after every click each click so
+    far is on its side, the mask changed only inside the new click's disc (radius and centre
+    reported by the refiner), and not where an earlier click of the other label is less than
+    half as far as the new click (that click's ground)."""
     from pipeline import realdata
-    from pipeline.clicks import ClickRefiner
+    from pipeline.clicks import OTHER_SHARE, ClickRefiner
 
     rng = np.random.default_rng(7)
     refiner = ClickRefiner(work_radius=work_radius)
-    n_changed = 0
+    assert refiner.other_share == OTHER_SHARE == 0.5
+    n_changed = n_guarded = 0
     for key in realdata.split([realdata.HELD_OUT_FOLD])[:5]:
         p = realdata.load_photo(key, min_area=0.02)
         if not p.masks:
@@ -158,9 +161,16 @@ def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
         h, w = gt.shape
         prev = refiner(p.image, heat).mask
         pts, labs = [], []
-        for _ in range(8):
-            pts.append((int(rng.integers(0, w)), int(rng.integers(0, h))))
-            labs.append(int(rng.integers(0, 2)))
+        gy, gx = np.mgrid[0:h, 0:w]
+        for k in range(8):
+            if k % 2:  # near the previous click, the other label: the case the ground is for
+                px, py = pts[-1]
+                pts.append((int(np.clip(px + rng.integers(-12, 13), 0, w - 1)),
+                            int(np.clip(py + rng.integers(-12, 13), 0, h - 1))))
+                labs.append(1 - labs[-1])
+            else:
+                pts.append((int(rng.integers(0, w)), int(rng.integers(0, h))))
+                labs.append(int(rng.integers(0, 2)))
             r = refiner(p.image, heat, points=np.array(pts, np.float32), labels=np.array(labs))
             for (x, y), lab in zip(pts, labs):
                 assert r.mask[y, x] == bool(lab), (key, pts, labs)
@@ -169,9 +179,17 @@ def test_every_click_is_honoured_and_changes_only_its_disc(work_radius):
             x, y = pts[-1]
             assert r.info["discs"][-1] == (x, y, radius) and len(r.info["discs"]) == len(pts)
             assert np.all((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2 + 1e-6), (key, pts[-1], radius)
+            to_new = (gx - x) ** 2 + (gy - y) ** 2
+            for (ex, ey), el in zip(pts[:-1], labs[:-1]):
+                if el != labs[-1]:
+                    ground = (gx - ex) ** 2 + (gy - ey) ** 2 < 0.25 * to_new
+                    assert not (ground & (r.mask != prev)).any(), (key, pts, labs)
+                    # the ground held pixels this click could have turned
+                    n_guarded += bool((ground & (prev != bool(labs[-1])) & (to_new <= radius ** 2)).any())
             n_changed += len(xx) > 0
             prev = r.mask
     assert n_changed >= 10  # the clicks did change masks (not a refiner that ignores them)
+    assert n_guarded >= 3  # and the ground was tested where it mattered
 
 
 def test_the_edge_cue_is_the_maximum_along_the_segment_and_the_same_every_time():
