@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     from pipeline.dataset import StoreError
     from pipeline.generate import ModelLoadError
     from studio.downloads import launch_options
-    from studio.ui import SHORTCUTS_JS, STUDIO_CSS, build_app
+    from studio.ui import STUDIO_CSS, STUDIO_HEAD, build_app
 
     try:
         demo = build_app(args.store, args.model, device=args.device, dtype=args.dtype,
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     # page without running it. The studio's views are drawn from the session the server holds,
     # so a loaded run would show a state nobody holds; and re-serialising up to 100 records at
     # each event was most of what a threshold step cost the page (bench/bench_studio.py).
-    demo.launch(server_name=args.host, server_port=args.port, head=SHORTCUTS_JS, css=STUDIO_CSS, max_file_size="20mb",
+    demo.launch(server_name=args.host, server_port=args.port, head=STUDIO_HEAD, css=STUDIO_CSS, max_file_size="20mb",
                 show_error=True, run_history=False, **launch_options(public))
 
 

@@ -66,10 +66,15 @@ def setup_console() -> None:
 VIEW_FORMAT = "png"
 
 
-def picture(label: str, elem_id: str, height: int, **layout) -> gr.Image:
-    """A picture view: read-only, HWC uint8 numpy in, sent as :data:`VIEW_FORMAT`."""
+def picture(label: str, elem_id: str, height: int, clicks: bool = False, **layout) -> gr.Image:
+    """A picture view: read-only, HWC uint8 numpy in, sent as :data:`VIEW_FORMAT`. ``clicks``:
+    the user clicks on it (its clicks are kept while it reloads: ``studio.ui.KEEP_CLICKS_JS``)."""
+    classes = [CLICK_PICTURE] if clicks else None
     return gr.Image(label=label, type="numpy", interactive=False, elem_id=elem_id, height=height, format=VIEW_FORMAT,
-                    **layout)
+                    elem_classes=classes, **layout)
+
+
+CLICK_PICTURE = "dm-click-picture"  # the class of pictures the user clicks on
 
 
 def atomic_image_cache() -> None:
@@ -233,8 +238,10 @@ def clicked_point(evt) -> tuple[float, float]:
     image sends no position (``None`` or ``[None, None]``) for a click that lands while the
     picture is being replaced and the new one has not loaded yet (its ``naturalWidth`` is
     still 0): the generate tab redraws the picture with its click dots after every click, so
-    quick clicks on a loaded machine hit that window (seen in CI: 1 of 4 clicks). Such a
-    click is a SessionError the user can act on, never a TypeError logged as a bug."""
+    quick clicks on a loaded machine hit that window (seen in CI: 1 of 4 clicks). The page now
+    holds such clicks until the picture is there (``studio.ui.KEEP_CLICKS_JS``); one that still
+    comes without a position is a SessionError the user can act on, never a TypeError logged
+    as a bug."""
     from pipeline.errors import SessionError
 
     index = getattr(evt, "index", None)

@@ -322,7 +322,7 @@ def build_generate_tab(model: str):
             gr.Markdown(GENERATE_KEYS_HELP, elem_id="generate-keys")
         with gr.Column(scale=4):
             with gr.Row():
-                image_out = picture("image (click to add object/background points)", "image-view", 300)
+                image_out = picture("image (click to add object/background points)", "image-view", 300, clicks=True)
                 heat_out = picture("attention heat map", "heat-view", 300)
                 mask_out = picture("current mask (what Accept saves)", "mask-view", 300)
             with gr.Row(equal_height=True):

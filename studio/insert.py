@@ -307,7 +307,7 @@ def build_insert_tab(store_dir: Path, model_box: gr.Dropdown):
                 obj_img = picture("object and its mask", "insert-object-view", 170, scale=1)
             with gr.Row():
                 place_img = picture("placement heat map and box (click to move)", "insert-place-view", 230,
-                                    min_width=160)
+                                    clicks=True, min_width=160)
                 # a large handle: grabbing inside the box moves it, a corner resizes it
                 box_edit = image_annotator(label="drag or resize the box", single_box=True, image_type="numpy",
                                            sources=None, show_clear_button=False, show_download_button=False,

@@ -12,7 +12,7 @@ from pipeline.dataset import Store
 from pipeline.embedded.world import CLASS_NAMES
 from pipeline.gpu import queue_settings
 
-from .console import StudioBlocks, atomic_image_cache, setup_console
+from .console import CLICK_PICTURE, StudioBlocks, atomic_image_cache, setup_console
 from .curate import CurateActions, build_curate_tab  # noqa: F401 (scripts import CurateActions here)
 from .downloads import EXPORTS_DIR, clean_old_exports  # noqa: F401 (scripts import EXPORTS_DIR here)
 from .generate import build_generate_tab
@@ -172,3 +172,45 @@ document.addEventListener('keydown', (e) => {
 });
 </script>
 """
+
+
+# A picture redrawn after each click (its click dots, the insert box) has no pixels for a moment
+# while the new one loads (naturalWidth 0), and Gradio's image then computes no position and
+# drops the click without a word: a person's quick second click was lost (seen in CI, and here
+# under load in 5 of 12 runs of the generate journey). Such a click is held, and made again at
+# the same place on the page as soon as the picture has loaded; clicks made meanwhile wait
+# behind it, so they still reach the server in the order they were made.
+KEEP_CLICKS_JS = """
+<script>
+(() => {
+  const held = [];
+  let replaying = false;
+  function loaded(img) { return img && img.complete && img.naturalWidth > 0; }
+  function replay() {
+    while (held.length) {
+      const c = held[0], img = c.box.querySelector('button img');  // the picture as it is now
+      if (!loaded(img) && performance.now() - c.at < 30000) { requestAnimationFrame(replay); return; }
+      held.shift();
+      const again = new MouseEvent('click', { bubbles: true, cancelable: true, clientX: c.x, clientY: c.y });
+      again.dmReplayed = true;
+      if (img) img.closest('button').dispatchEvent(again);
+    }
+    replaying = false;
+  }
+  document.addEventListener('click', (e) => {
+    if (e.dmReplayed) return;
+    const box = e.target.closest && e.target.closest('.__CLICK_PICTURE__');
+    const target = box && e.target.closest('button');
+    if (!target || !box.contains(target) || !target.querySelector('img')) return;
+    if (!replaying && loaded(target.querySelector('img'))) return;  // Gradio takes it as it is
+    e.stopPropagation(); e.preventDefault();
+    held.push({ box, x: e.clientX, y: e.clientY, at: performance.now() });
+    if (!replaying) { replaying = true; requestAnimationFrame(replay); }
+  }, true);
+})();
+</script>
+""".replace("__CLICK_PICTURE__", CLICK_PICTURE)
+
+
+# everything the page runs besides Gradio (app.py passes it as the page head)
+STUDIO_HEAD = SHORTCUTS_JS + KEEP_CLICKS_JS

@@ -527,6 +527,54 @@ def test_quick_clicks_are_never_lost(page):
     page.get_by_label("do nothing").check()
 
 
+def test_a_click_on_a_picture_still_loading_is_kept(page):
+    """Every click redraws the picture (its click dots); while the new one loads it has no
+    pixels, and Gradio's image drops a click made then without a word. The page holds such a
+    click and makes it again once the picture is there (studio.console.KEEP_CLICKS_JS): here
+    the picture's download is held back until two more clicks were made on it."""
+    page.get_by_role("tab", name="Generate & Inspect").click()
+    page.get_by_label("class", exact=True).fill("ball")
+    page.get_by_label("class", exact=True).press("Enter")
+    before = page.evaluate(img_src("#image-view"))
+    page.click("#generate-btn")
+    wait_changed(page, img_src("#image-view"), before)
+    wait_text(page, "#choice-info", "chose threshold")
+    page.get_by_label("add object (+)").check()
+    image = page.locator("#image-view img").first
+    image.scroll_into_view_if_needed()
+    r = image.bounding_box()
+    spots = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7)]
+    held, holding = [], [True]
+    page.route("**/gradio_api/file=**", lambda route: held.append(route) if holding else route.continue_())
+    try:
+        page.mouse.click(r["x"] + r["width"] * spots[0][0], r["y"] + r["height"] * spots[0][1])
+        # the first click's views arrive: the picture waits for its pixels (held here)
+        page.wait_for_function("() => { const i = document.querySelector('#image-view img');"
+                               " return i && i.naturalWidth === 0; }", timeout=120000)
+        for fx, fy in spots[1:]:
+            page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
+        page.wait_for_timeout(500)
+        assert "with 1 click" in page.locator("#mask-label").inner_text()  # the two wait on the page
+    finally:
+        holding.clear()
+        for route in held:
+            route.continue_()
+        page.unroute("**/gradio_api/file=**")
+    wait_text(page, "#mask-label", "with 3 clicks", timeout=120000)
+    with Store(page.store_dir) as st:
+        ids = {rec.id for rec in st.query()}
+    focus_page(page)
+    page.keyboard.press("a")
+    wait_until(page, lambda: count(page, None) > len(ids), "the accepted sample")
+    with Store(page.store_dir) as st:
+        rec = next(rec for rec in st.query() if rec.id not in ids)
+        clicks, (h, w) = rec.meta["clicks"], st.masks(rec)[0][1].shape
+    assert len(clicks) == 3
+    for (x, y, label), (fx, fy) in zip(clicks, spots):  # each where it was made, in the order made
+        assert label == 1 and abs(x - fx * w) <= 2 and abs(y - fy * h) <= 2
+    page.get_by_label("do nothing").check()
+
+
 TAB_LOOPS = {  # the widgets of each tab's main loop, which must all be in a 1400x900 window
     "Generate & Inspect": ["#generate-btn", "#image-view", "#mask-view", "#mask-label", "#threshold",
                            "#mask-source", "#accept-btn", "#reject-btn", "#generate-keys"],

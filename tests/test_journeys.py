@@ -182,14 +182,25 @@ def watch_picture_clicks(page) -> list:
     sent = []
 
     def on_request(request):
-        if request.method == "POST" and request.url.endswith("/queue/join"):
+        if request.method == "POST" and "/queue/join" in request.url:
             body = json.loads(request.post_data or "{}")
             index = (body.get("event_data") or {}).get("index")
             if isinstance(index, list):
-                sent.append(index)
+                sent.append((index, [v for v in body.get("data", []) if isinstance(v, (str, int, float))]))
 
     page.on("request", on_request)
+    # and where each click landed on the page (what was under the pointer, the picture's box)
+    page.evaluate("""() => { window.dmClicks = [];
+      document.addEventListener('click', (e) => { const i = document.querySelector('#image-view img');
+        const r = i ? i.getBoundingClientRect() : {};
+        window.dmClicks.push({at: [e.clientX, e.clientY], target: e.target.tagName + '.' + e.target.className,
+          img: [r.left, r.top, r.width, r.height].map(Math.round), nw: i && i.naturalWidth}); }, true); }""")
     return sent
+
+
+def landed_clicks(page) -> list:
+    """The clicks :func:`watch_picture_clicks` saw on the page."""
+    return page.evaluate("() => window.dmClicks || []")
 
 
 def test_generate_journey_screen_is_session(page):
@@ -226,7 +237,7 @@ def test_generate_journey_screen_is_session(page):
     while steady < 3:  # the page shows what the server counted, three polls in a row
         assert time.monotonic() < deadline, (
             f"{made} clicks made, {len(sent)} sent by the page ({sent}), {refused_clicks(page) - refused_before} "
-            f"refused; the page shows {page.locator('#mask-label').inner_text()!r}, the server holds "
+            f"refused; they landed on {landed_clicks(page)}; the page shows {page.locator('#mask-label').inner_text()!r}, the server holds "
             f"{_value(held(page, 'generate')['mask_label'])!r}; the server log ends:\n{server_log_tail(page)}")
         counted = made - (refused_clicks(page) - refused_before)
         steady = steady + 1 if page.evaluate(settled, counted) else 0
