@@ -530,7 +530,7 @@ def test_quick_clicks_are_never_lost(page):
 def test_a_click_on_a_picture_still_loading_is_kept(page):
     """Every click redraws the picture (its click dots); while the new one loads it has no
     pixels, and Gradio's image drops a click made then without a word. The page holds such a
-    click and makes it again once the picture is there (studio.console.KEEP_CLICKS_JS): here
+    click and makes it again once the picture is there (studio.ui.KEEP_CLICKS_JS): here
     the picture's download is held back until two more clicks were made on it."""
     page.get_by_role("tab", name="Generate & Inspect").click()
     page.get_by_label("class", exact=True).fill("ball")
