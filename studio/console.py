@@ -252,8 +252,11 @@ def clicked_point(evt) -> tuple[float, float]:
 
 
 # the page's clock when a click is made, sent in place of the event's last input (a hidden
-# number): a page function runs before the request, and its answer replaces the inputs
-CLICK_MADE_AT_JS = "(...inputs) => [...inputs.slice(0, -1), performance.timeOrigin + performance.now()]"
+# number): a page function runs before the request, and its answer replaces the inputs; it
+# counts the clicks it stamped (window.dmClicksStamped), so the page's click keeper
+# (studio.ui.KEEP_CLICKS_JS) makes held clicks again one stamp after another, in order
+CLICK_MADE_AT_JS = ("(...inputs) => { window.dmClicksStamped = (window.dmClicksStamped || 0) + 1;"
+                    " return [...inputs.slice(0, -1), performance.timeOrigin + performance.now()]; }")
 
 
 def wire_picture_clicks(picture, record, views, inputs: list, made_at, outputs: list) -> None:

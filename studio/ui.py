@@ -179,23 +179,28 @@ document.addEventListener('keydown', (e) => {
 # drops the click without a word: a person's quick second click was lost (seen in CI, and here
 # under load in 5 of 12 runs of the generate journey). Such a click is held, and made again at
 # the same place on the page as soon as the picture has loaded; clicks made meanwhile wait
-# behind it, so they still reach the server in the order they were made.
+# behind it and are made again one by one, so they still reach the server in the order they
+# were made (made again all at once, two were once stamped in the wrong order).
 KEEP_CLICKS_JS = """
 <script>
 (() => {
   const held = [];
-  let replaying = false;
+  let replaying = false, stampedBefore = null, sentAt = 0;
+  const stamped = () => window.dmClicksStamped || 0;  // studio.console.CLICK_MADE_AT_JS counts them
   function loaded(img) { return img && img.complete && img.naturalWidth > 0; }
   function replay() {
-    while (held.length) {
-      const c = held[0], img = c.box.querySelector('button img');  // the picture as it is now
-      if (!loaded(img) && performance.now() - c.at < 30000) { requestAnimationFrame(replay); return; }
-      held.shift();
-      const again = new MouseEvent('click', { bubbles: true, cancelable: true, clientX: c.x, clientY: c.y });
-      again.dmReplayed = true;
-      if (img) img.closest('button').dispatchEvent(again);
-    }
-    replaying = false;
+    // one at a time: the next only once the last was stamped with the page's clock (or after
+    // 1 s: a picture whose clicks are not stamped), so the stamps keep the order they were made in
+    const waiting = stampedBefore !== null && stamped() <= stampedBefore && performance.now() - sentAt < 1000;
+    if (!waiting && !held.length) { replaying = false; stampedBefore = null; return; }
+    const c = held[0], img = c && c.box.querySelector('button img');  // the picture as it is now
+    if (waiting || (!loaded(img) && performance.now() - c.at < 30000)) { requestAnimationFrame(replay); return; }
+    held.shift();
+    stampedBefore = stamped(); sentAt = performance.now();
+    const again = new MouseEvent('click', { bubbles: true, cancelable: true, clientX: c.x, clientY: c.y });
+    again.dmReplayed = true;
+    if (img) img.closest('button').dispatchEvent(again);
+    requestAnimationFrame(replay);
   }
   document.addEventListener('click', (e) => {
     if (e.dmReplayed) return;
