@@ -224,8 +224,9 @@ def test_generate_journey_screen_is_session(page):
     assert_screen_is_session(page, "generate", "o")
     key(page, "o")
     page.get_by_label("add object (+)").check()
-    # four quick clicks: each one counts, or (landing while the picture reloads, which a loaded
-    # machine makes likely) is refused with a toast saying so and made again, as a person would
+    # four quick clicks: each one counts (one landing while the picture reloads is held by the
+    # page until it has loaded: studio.ui.KEEP_CLICKS_JS), or, sent without a position anyway,
+    # is refused with a toast saying so and made again, as a person would
     points, refused_before, made = [(0.5, 0.5), (0.45, 0.55), (0.1, 0.1), (0.9, 0.9)], refused_clicks(page), 0
     sent = watch_picture_clicks(page)
     for fx, fy in points:
