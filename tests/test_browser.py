@@ -491,11 +491,11 @@ def test_editor_keys_brush_size_colour_and_overlay(page):
     assert green_pixels(page, "#mask-view") > with_overlay / 2
 
 
-def test_quick_clicks_are_never_lost(page):
-    """Four clicks in a row, without waiting: the session ends with four points, and the saved
-    (refined) mask holds every one of them (GrabCut keeps a sure object click exactly)."""
+def _generated_for_clicks(page, class_name: str) -> dict:
+    """A new sample of ``class_name`` on the Generate tab, clicks set to add object points;
+    the picture's box on the page (x, y, width, height)."""
     page.get_by_role("tab", name="Generate & Inspect").click()
-    page.get_by_label("class", exact=True).fill("kite")
+    page.get_by_label("class", exact=True).fill(class_name)
     page.get_by_label("class", exact=True).press("Enter")
     before = page.evaluate(img_src("#image-view"))
     page.click("#generate-btn")
@@ -504,11 +504,11 @@ def test_quick_clicks_are_never_lost(page):
     page.get_by_label("add object (+)").check()
     image = page.locator("#image-view img").first
     image.scroll_into_view_if_needed()
-    r = image.bounding_box()
-    spots = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7)]
-    for fx, fy in spots:  # no wait in between
-        page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
-    wait_text(page, "#mask-label", "with 4 clicks", timeout=120000)
+    return image.bounding_box()
+
+
+def _accepted_sample(page):
+    """Accept (key a) and the record it saved, with its first instance mask (H, W bool)."""
     with Store(page.store_dir) as st:
         ids = {rec.id for rec in st.query()}
     focus_page(page)
@@ -516,14 +516,25 @@ def test_quick_clicks_are_never_lost(page):
     wait_until(page, lambda: count(page, None) > len(ids), "the accepted sample")
     with Store(page.store_dir) as st:
         rec = next(rec for rec in st.query() if rec.id not in ids)
-        mask = st.masks(rec)[0][1]
-        assert rec.classes == ["kite"] and rec.instances[0].source == "refined"
-        clicks = rec.meta["clicks"]
-        assert len(clicks) == 4 and len({(x, y) for x, y, _ in clicks}) == 4
-        h, w = mask.shape
-        for (x, y, label), (fx, fy) in zip(clicks, spots):
-            assert label == 1 and abs(x - fx * w) <= 2 and abs(y - fy * h) <= 2  # in click order
-            assert mask[y, x], f"the object click at {(x, y)} is not in the saved mask"
+        return rec, st.masks(rec)[0][1]
+
+
+def test_quick_clicks_are_never_lost(page):
+    """Four clicks in a row, without waiting: the session ends with four points, and the saved
+    (refined) mask holds every one of them (GrabCut keeps a sure object click exactly)."""
+    r = _generated_for_clicks(page, "kite")
+    spots = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7)]
+    for fx, fy in spots:  # no wait in between
+        page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
+    wait_text(page, "#mask-label", "with 4 clicks", timeout=120000)
+    rec, mask = _accepted_sample(page)
+    assert rec.classes == ["kite"] and rec.instances[0].source == "refined"
+    clicks = rec.meta["clicks"]
+    assert len(clicks) == 4 and len({(x, y) for x, y, _ in clicks}) == 4
+    h, w = mask.shape
+    for (x, y, label), (fx, fy) in zip(clicks, spots):
+        assert label == 1 and abs(x - fx * w) <= 2 and abs(y - fy * h) <= 2  # in click order
+        assert mask[y, x], f"the object click at {(x, y)} is not in the saved mask"
     page.get_by_label("do nothing").check()
 
 
@@ -532,17 +543,7 @@ def test_a_click_on_a_picture_still_loading_is_kept(page):
     pixels, and Gradio's image drops a click made then without a word. The page holds such a
     click and makes it again once the picture is there (studio.ui.KEEP_CLICKS_JS): here
     the picture's download is held back until two more clicks were made on it."""
-    page.get_by_role("tab", name="Generate & Inspect").click()
-    page.get_by_label("class", exact=True).fill("ball")
-    page.get_by_label("class", exact=True).press("Enter")
-    before = page.evaluate(img_src("#image-view"))
-    page.click("#generate-btn")
-    wait_changed(page, img_src("#image-view"), before)
-    wait_text(page, "#choice-info", "chose threshold")
-    page.get_by_label("add object (+)").check()
-    image = page.locator("#image-view img").first
-    image.scroll_into_view_if_needed()
-    r = image.bounding_box()
+    r = _generated_for_clicks(page, "ball")
     spots = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7)]
     held, holding = [], [True]
     page.route("**/gradio_api/file=**", lambda route: held.append(route) if holding else route.continue_())
@@ -561,14 +562,8 @@ def test_a_click_on_a_picture_still_loading_is_kept(page):
             route.continue_()
         page.unroute("**/gradio_api/file=**")
     wait_text(page, "#mask-label", "with 3 clicks", timeout=120000)
-    with Store(page.store_dir) as st:
-        ids = {rec.id for rec in st.query()}
-    focus_page(page)
-    page.keyboard.press("a")
-    wait_until(page, lambda: count(page, None) > len(ids), "the accepted sample")
-    with Store(page.store_dir) as st:
-        rec = next(rec for rec in st.query() if rec.id not in ids)
-        clicks, (h, w) = rec.meta["clicks"], st.masks(rec)[0][1].shape
+    rec, mask = _accepted_sample(page)
+    clicks, (h, w) = rec.meta["clicks"], mask.shape
     assert len(clicks) == 3
     for (x, y, label), (fx, fy) in zip(clicks, spots):  # each where it was made, in the order made
         assert label == 1 and abs(x - fx * w) <= 2 and abs(y - fy * h) <= 2
