@@ -24,7 +24,7 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_ASSET`,
   609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by ``python -m pipeline.clicks_training``, from
-  simulated sessions (two soft maps per photo) where each pixel of a click's disc is labelled
+  simulated sessions (two soft maps per photo, each photo at 320 and at 640 px) where each pixel of a click's disc is labelled
   by the true mask; 30 % of those clicks are a sloppier user's (:func:`sloppy_click`: anywhere
   in the error region at least half as deep as its deepest point), so that the unary does not
   rely on a click lying exactly where the standard simulator puts it;
