@@ -242,7 +242,10 @@ class InspectSession:
         of order) goes in among them where it was made; None: after the last."""
         if self.refiner is None or not getattr(self.refiner, "takes_points", False):
             name = getattr(self.refiner, "name", "no refiner")
-            raise SessionError(f"clicks need a refiner that takes points (grabcut or sam); the refiner is {name}")
+            from .refine import point_refiners
+
+            raise SessionError(f"clicks need a refiner that takes points ({', '.join(point_refiners())}); "
+                               f"the refiner is {name}")
         click = check_click(x, y, label, self.image.shape[:2], error=SessionError)
         old = self._state.clicks
         at = len(old) if made_at is None else \

@@ -89,8 +89,11 @@ def test_clicks_refine_again_and_undo_restores_the_refinement(scene):
     assert ses.clicks == () and np.array_equal(ses.choice.refined, before)
     otsu = InspectSession(img, "ball", heat, refiner=get_refiner("otsu"))
     otsu.refine()
-    with pytest.raises(SessionError, match="takes points"):
+    with pytest.raises(SessionError, match="takes points") as refused:
         otsu.add_click(3, 3, 1)
+    from pipeline.refine import point_refiners
+
+    assert all(name in str(refused.value) for name in point_refiners()) and "clicks" in point_refiners()
 
 
 def test_to_store_saves_exactly_the_current_mask_with_its_kind(scene, tmp_path):

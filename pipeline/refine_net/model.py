@@ -138,11 +138,11 @@ class LearnedRefiner:
         return w * p + (1 - w) * heat if w < 1 else p
 
     def __call__(self, image, heat, attention=None, points=None, labels=None):
-        from ..refine import RefinementError, RefineResult, check_inputs
+        from ..refine import RefinementError, RefineResult, check_inputs, point_refiners
 
         heat = check_inputs(image, heat)
         if points is not None and len(points):
-            raise RefinementError("the learned refiner does not take clicks; use grabcut or sam")
+            raise RefinementError(f"the learned refiner does not take clicks; use one that does: {', '.join(point_refiners())}")
         mask = self.probability(image, heat) > 0.5
         info = {} if mask.any() else {"warning": "the learned refiner found no object in the crop"}
         return RefineResult(mask, self.name, info)
