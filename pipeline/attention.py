@@ -27,7 +27,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .masks import quantize_heat, upsample  # noqa: F401 (upsample re-exported)
 from .errors import ConfigError, PipelineError

@@ -24,10 +24,11 @@ minimum cut (PyMaxflow) of an explicit energy over the disc's window:
   border. The cues are combined by a one-hidden-layer perceptron of 32 units (:data:`UNARY_ASSET`,
   609 numbers) fitted once on folds 1-2 of
   ``pipeline.realdata`` (never on fold 0, the benchmark's) by ``python -m pipeline.clicks_training``, from
-  simulated sessions (two soft maps per photo, each photo at 320 and at 640 px) where each pixel of a click's disc is labelled
-  by the true mask; 30 % of those clicks are a sloppier user's (:func:`sloppy_click`: anywhere
-  in the error region at least half as deep as its deepest point), so that the unary does not
-  rely on a click lying exactly where the standard simulator puts it;
+  simulated sessions (two soft maps per photo, each photo at 320 and at 640 px) where each
+  pixel of a click's disc is labelled by the true mask; 30 % of those clicks are a sloppier
+  user's (:func:`sloppy_click`: anywhere in the error region at least half as deep as its
+  deepest point), so that the unary does not rely on a click lying exactly where the standard
+  simulator puts it;
 - pairwise: a contrast-sensitive Potts term on 4-neighbours (``smoothness`` x exp(-beta |dI|^2),
   beta from the window's mean squared colour step, as GrabCut's);
 - hard constraints: the click and a core of 0.3 x its depth around it are l; every earlier
@@ -309,7 +310,6 @@ def decide_click(image: np.ndarray, mask: np.ndarray, click: tuple[int, int, int
     """The minimum cut of one click (see the module doc): (turn, window) where ``turn`` is a
     bool array over the window (x0, x1, y0, y1), True where the pixel takes the click's side."""
     x, y, label = click
-    side = bool(label)
     depth, radius, box, dist = click_region(mask, click, cfg.reach, cfg.min_radius, cfg.max_radius)
     x0, x1, y0, y1 = box
     disc, wrong, core = disc_and_core(mask, click, depth, radius, box)

@@ -25,13 +25,14 @@ def unary_training_rows(keys: list[str], per_click: int = 400, max_clicks: int =
                         sides: tuple[int, ...] = (320,)) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, len(UNARY_FEATURES)), labels (n,) bool) from simulated sessions on the
     photos ``keys`` at each size of ``sides`` (longer side in px; the largest object of each,
-    ``maps`` independent 16x16 attention-like soft maps of it per size): at each of up to ``max_clicks`` simulated clicks, up to ``per_click`` of the
-    disc's wrong-side pixels, labelled by whether the truth has them on the click's side. Each
-    click is the standard simulator's (:func:`next_click`), or with probability ``sloppy`` a
-    sloppier user's (:func:`sloppy_click`: anywhere at least half as deep), so that the unary
-    does not rely on the click lying exactly at the deepest point. Sessions start from the
-    refiner's default start (:meth:`ClickRefiner.start_mask`, snapped to the photo) and advance
-    as if each click turned exactly those pixels (so the states are those of a good refiner, not of the
+    ``maps`` independent 16x16 attention-like soft maps of it per size): at each of up to
+    ``max_clicks`` simulated clicks, up to ``per_click`` of the disc's wrong-side pixels,
+    labelled by whether the truth has them on the click's side. Each click is the standard
+    simulator's (:func:`next_click`), or with probability ``sloppy`` a sloppier user's
+    (:func:`sloppy_click`: anywhere at least half as deep), so that the unary does not rely on
+    the click lying exactly at the deepest point. Sessions start from the refiner's default
+    start (:meth:`ClickRefiner.start_mask`, snapped to the photo) and advance as if each click
+    turned exactly those pixels (so the states are those of a good refiner, not of the
     weights being fitted)."""
     from . import realdata
     from .masks import iou

@@ -79,7 +79,7 @@ def write(ctx) -> int:
     # taken under its own datasets folder). `val:` names the validation split; without one (no --val)
     # it is left out rather than pointed at the training images, which would score a model on what it
     # was trained on: Ultralytics then asks for it, and the comment says how to get one.
-    val = (f"val: images/val\n" if "val" in splits else
+    val = ("val: images/val\n" if "val" in splits else
            "# no validation split was exported: re-export with --val 0.2 (or add `val:` naming your own\n"
            "# validation images) before training; Ultralytics requires one\n")
     yaml = (f"# YOLO {task} dataset written by DiffuMask-Editor Studio\n"

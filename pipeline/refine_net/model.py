@@ -142,7 +142,8 @@ class LearnedRefiner:
 
         heat = check_inputs(image, heat)
         if points is not None and len(points):
-            raise RefinementError(f"the learned refiner does not take clicks; use one that does: {', '.join(point_refiners())}")
+            raise RefinementError("the learned refiner does not take clicks; use one that does: "
+                                  + ", ".join(point_refiners()))
         mask = self.probability(image, heat) > 0.5
         info = {} if mask.any() else {"warning": "the learned refiner found no object in the crop"}
         return RefineResult(mask, self.name, info)
