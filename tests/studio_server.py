@@ -62,28 +62,40 @@ def running_studio(store: Path, timeout: float = 180, args: tuple[str, ...] = ()
 
 # -- the studio's API as a page sees it (tests/test_studio.py, tests/test_public.py) -------------
 class Screen:
-    """A gradio_client whose ``predict`` returns what the page shows after the event: every tab
-    event returns all of its tab's outputs, a view the page already shows as a skip (an empty
-    update), so each output is folded into the last value it had (per tab, told by the number
-    of outputs)."""
+    """A gradio_client whose ``predict`` returns what the page shows after the event. As on the
+    page, each component has one value: an event's output that is a skip (an empty update: the
+    server found the page already showing it) leaves the component's last value in place. Outputs
+    are matched to components by the event's own output list, so two events with the same
+    number of outputs, or one answering a subset of another's views (the threshold slider), share
+    the values of the components they have in common."""
 
     def __init__(self, url, **client_options):
         from gradio_client import Client
 
-        self.client, self.tabs = Client(url, verbose=False, **client_options), {}
+        self.client, self.shown = Client(url, verbose=False, **client_options), {}
 
-    def predict(self, *args, **kwargs):
-        out = self.client.predict(*args, **kwargs)
-        if not isinstance(out, tuple):
-            return out
-        shown = self.tabs.setdefault(len(out), [None] * len(out))
-        for i, v in enumerate(out):
+    def _output_ids(self, api_name=None, fn_index=None) -> list:
+        """The component ids of the event's outputs, in the order the client returns them (state
+        outputs left out, as the client leaves them out)."""
+        c = self.client
+        index = c._infer_fn_index(api_name, fn_index)
+        dependency = next(d for i, d in enumerate(c.config["dependencies"]) if d.get("id", i) == index)
+        kinds = c.endpoints[index].output_component_types
+        return [i for i, kind in zip(dependency["outputs"], kinds) if not (c._skip_components and kind.skip)]
+
+    def predict(self, *args, api_name=None, fn_index=None, **kwargs):
+        out = self.client.predict(*args, api_name=api_name, fn_index=fn_index, **kwargs)
+        ids = self._output_ids(api_name, fn_index)
+        values = out if isinstance(out, tuple) else (out,)
+        assert len(values) == len(ids), (api_name, len(values), len(ids))
+        for i, v in zip(ids, values):
             if isinstance(v, dict) and v.get("__type__") == "update":
                 if "value" in v:
-                    shown[i] = v["value"]
+                    self.shown[i] = v["value"]
             else:
-                shown[i] = v
-        return tuple(shown)
+                self.shown[i] = v
+        shown = tuple(self.shown.get(i) for i in ids)
+        return shown if isinstance(out, tuple) else shown[0]
 
 
 # Outputs of every Generate-tab event (studio.generate.render), Insert-tab event
