@@ -178,7 +178,8 @@ document.addEventListener('keydown', (e) => {
 # while the new one loads (naturalWidth 0), and Gradio's image then computes no position and
 # drops the click without a word: a person's quick second click was lost (seen in CI, and here
 # under load in 5 of 12 runs of the generate journey). Such a click is held, and made again at
-# the same place on the page as soon as the picture has loaded; clicks made meanwhile wait
+# the same place on the picture (kept as a share of its box: the page may scroll meanwhile) as
+# soon as the picture has loaded; clicks made meanwhile wait
 # behind it and are made again one by one, so they still reach the server in the order they
 # were made (made again all at once, two were once stamped in the wrong order).
 KEEP_CLICKS_JS = """
@@ -197,9 +198,13 @@ KEEP_CLICKS_JS = """
     if (waiting || (!loaded(img) && performance.now() - c.at < 30000)) { requestAnimationFrame(replay); return; }
     held.shift();
     stampedBefore = stamped(); sentAt = performance.now();
-    const again = new MouseEvent('click', { bubbles: true, cancelable: true, clientX: c.x, clientY: c.y });
+    if (!img) { requestAnimationFrame(replay); return; }
+    // where it was made on the picture, wherever the picture is now (the page may have scrolled)
+    const button = img.closest('button'), r = button.getBoundingClientRect();
+    const again = new MouseEvent('click', { bubbles: true, cancelable: true,
+                                            clientX: r.left + c.fx * r.width, clientY: r.top + c.fy * r.height });
     again.dmReplayed = true;
-    if (img) img.closest('button').dispatchEvent(again);
+    button.dispatchEvent(again);
     requestAnimationFrame(replay);
   }
   document.addEventListener('click', (e) => {
@@ -209,7 +214,8 @@ KEEP_CLICKS_JS = """
     if (!target || !box.contains(target) || !target.querySelector('img')) return;
     if (!replaying && loaded(target.querySelector('img'))) return;  // Gradio takes it as it is
     e.stopPropagation(); e.preventDefault();
-    held.push({ box, x: e.clientX, y: e.clientY, at: performance.now() });
+    const r = target.getBoundingClientRect();  // kept as a share of the picture's box: see replay
+    held.push({ box, fx: (e.clientX - r.left) / r.width, fy: (e.clientY - r.top) / r.height, at: performance.now() });
     if (!replaying) { replaying = true; requestAnimationFrame(replay); }
   }, true);
 })();

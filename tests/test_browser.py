@@ -560,6 +560,9 @@ def test_a_click_on_a_picture_still_loading_is_kept(page):
             page.mouse.click(r["x"] + r["width"] * fx, r["y"] + r["height"] * fy)
         page.wait_for_timeout(500)
         assert "with 1 click" in page.locator("#mask-label").inner_text()  # the two wait on the page
+        # the user scrolls while they wait: each is still made where it was made on the picture
+        scrolled = page.evaluate("() => { const y = window.scrollY; window.scrollBy(0, 60); return window.scrollY - y; }")
+        assert scrolled > 20, "the page cannot scroll here: the test would not check a held click's position"
     finally:
         holding.clear()
         for route in held:
