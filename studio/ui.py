@@ -194,7 +194,9 @@ KEEP_CLICKS_JS = """
     // 1 s: a picture whose clicks are not stamped), so the stamps keep the order they were made in
     const waiting = stampedBefore !== null && stamped() <= stampedBefore && performance.now() - sentAt < 1000;
     if (!waiting && !held.length) { replaying = false; stampedBefore = null; return; }
-    const c = held[0], img = c && c.box.querySelector('button img');  // the picture as it is now
+    // the picture as it is now (its block looked up again by id: Gradio may have drawn it anew)
+    const c = held[0], box = c && (document.getElementById(c.id) || c.box);
+    const img = box && box.querySelector('button img');
     if (waiting || (!loaded(img) && performance.now() - c.at < 30000)) { requestAnimationFrame(replay); return; }
     held.shift();
     stampedBefore = stamped(); sentAt = performance.now();
@@ -215,7 +217,8 @@ KEEP_CLICKS_JS = """
     if (!replaying && loaded(target.querySelector('img'))) return;  // Gradio takes it as it is
     e.stopPropagation(); e.preventDefault();
     const r = target.getBoundingClientRect();  // kept as a share of the picture's box: see replay
-    held.push({ box, fx: (e.clientX - r.left) / r.width, fy: (e.clientY - r.top) / r.height, at: performance.now() });
+    held.push({ box, id: box.id, fx: (e.clientX - r.left) / r.width, fy: (e.clientY - r.top) / r.height,
+                at: performance.now() });
     if (!replaying) { replaying = true; requestAnimationFrame(replay); }
   }, true);
 })();
