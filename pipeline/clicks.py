@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -170,6 +171,7 @@ class ClickRefiner(BaseRefiner):
             raise ValueError(f"unary: (hidden weights (k, {len(UNARY_FEATURES)}), hidden bias, output weights, output bias)")
         self._selector = None
         self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         self.cache_size = cache_size
 
     def start_mask(self, image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, float]:
@@ -202,12 +204,15 @@ class ClickRefiner(BaseRefiner):
                 raise RefinementError(f"a click ({x}, {y}) lies outside the {w}x{h} image")
         key = (image.shape, hash(image.tobytes()), hash(heat.tobytes()))
         # the longest memoised prefix of these clicks, then one cut per new click
-        k = len(clicks)
-        while k > 0 and (key, tuple(clicks[:k])) not in self._cache:
-            k -= 1
-        if k == 0 and (key, ()) not in self._cache:
-            self._remember((key, ()), (*self.start_mask(image, heat), []))
-        mask, t, discs = self._cache[(key, tuple(clicks[:k]))]
+        with self._lock:  # one refiner may serve many studio sessions at once: the memo is shared
+            k = len(clicks)
+            while k > 0 and (key, tuple(clicks[:k])) not in self._cache:
+                k -= 1
+            known = self._cache.get((key, tuple(clicks[:k])))
+        if known is None:
+            known = (*self.start_mask(image, heat), [])
+            self._remember((key, ()), known)
+        mask, t, discs = known
         mask, discs = mask.copy(), list(discs)
         for i in range(k, len(clicks)):
             mask, r = apply_click(image, mask, clicks[i], clicks[:i], self, heat, t)
@@ -223,10 +228,11 @@ class ClickRefiner(BaseRefiner):
         return np.tensordot(w2, hidden, 1) + b2
 
     def _remember(self, key, value) -> None:
-        self._cache[key] = value
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
 
 def click_region(mask: np.ndarray, click: tuple[int, int, int], reach: float = 3.0, min_radius: float = 0.1,

@@ -7,8 +7,8 @@ many cheap calls (threshold, source, strokes, undo/redo) change the *current mas
 is what the studio shows large and exactly what :meth:`InspectSession.to_store` saves.
 
 The current mask is ``(source mask | brushed) & ~erased`` where the source mask is either
-the heat map at the threshold (``"threshold"``) or the refiner's mask (``"refined"``, GrabCut
-or SAM with the user's clicks). Every change is one undoable step.
+the heat map at the threshold (``"threshold"``) or the refiner's mask (``"refined"``; with the
+user's clicks, the click refiner's mask: ``clicks``, GrabCut or SAM). Every change is one undoable step.
 
 Arrays: image HWC uint8 RGB; heat (H, W) float32 in [0, 1], rounded as the store keeps it;
 masks (H, W) bool; clicks (x, y) in image pixels with label 1 (object) or 0 (background).
@@ -76,6 +76,7 @@ class InspectSession:
     seed: int | None = None
     model: str = ""
     refiner: Callable | None = None
+    click_refiner: Callable | None = None  # the refiner that takes the user's clicks (None: ``refiner``)
     refiner_options: dict = field(default_factory=dict)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     stored_id: int | None = None
@@ -134,19 +135,20 @@ class InspectSession:
         from .refine import RefinementError, RefinerUnavailable, refine_and_choose
 
         key = self._state.clicks
+        refiner = self.click_refiner if key and self.click_refiner is not None else self.refiner
         if key not in self._choices:
-            if self.refiner is None:
+            if refiner is None:
                 self._choices[key] = self.refiner_problem or "no refiner chosen"
             else:
                 pts = {}
                 # a refiner that takes no clicks (otsu, affinity) refines without them
-                if key and getattr(self.refiner, "takes_points", False):
+                if key and getattr(refiner, "takes_points", False):
                     pts = {"points": [(x, y) for x, y, _ in key], "labels": [lab for _, _, lab in key]}
                 from .thresholds import DEFAULT_SELECTOR
 
                 options = {"selector": DEFAULT_SELECTOR, **self.refiner_options}  # the studio's threshold rule
                 try:
-                    self._choices[key] = refine_and_choose(self.image, self.heat, self.refiner, self.attention,
+                    self._choices[key] = refine_and_choose(self.image, self.heat, refiner, self.attention,
                                                            **pts, **options)
                 except (RefinementError, RefinerUnavailable) as e:
                     self._choices[key] = str(e)
@@ -159,6 +161,16 @@ class InspectSession:
         self.refiner = refiner
         self._choices.clear()
         self.refine()
+
+    def set_click_refiner(self, refiner: Callable | None) -> None:
+        """Another refiner for the clicks (None: ``refiner`` takes them): the refinements with
+        clicks are recomputed (the clicks are kept); the one without clicks stays."""
+        if refiner is self.click_refiner:
+            return
+        self.click_refiner = refiner
+        self._choices = {k: v for k, v in self._choices.items() if not k}
+        if self._state.clicks:
+            self.refine()
 
     def heat_for(self, resolution: str | int | None = "all", t_lo: int = 0, t_hi: int = 999) -> np.ndarray:
         """The heat map from the captured attention at one resolution (``"all"``: every one) over
@@ -235,13 +247,14 @@ class InspectSession:
         self._push(replace(self._state, source=source))
 
     def add_click(self, x: int, y: int, label: int, made_at: float | None = None) -> None:
-        """An object (1) or background (0) click in image pixels: the refiner runs again
-        with every click so far, and the refined mask becomes the mask's source. ``made_at``:
+        """An object (1) or background (0) click in image pixels: the click refiner (the
+        refiner when there is none) runs again with every click so far, and the refined mask becomes the mask's source. ``made_at``:
         when the click was made (any one clock, e.g. a web page's): a click made before
         clicks that were added first (quick clicks sent as separate requests can arrive out
         of order) goes in among them where it was made; None: after the last."""
-        if self.refiner is None or not getattr(self.refiner, "takes_points", False):
-            name = getattr(self.refiner, "name", "no refiner")
+        clicking = self.click_refiner if self.click_refiner is not None else self.refiner
+        if clicking is None or not getattr(clicking, "takes_points", False):
+            name = getattr(clicking, "name", "no refiner")
             from .refine import point_refiners
 
             raise SessionError(f"clicks need a refiner that takes points ({', '.join(point_refiners())}); "

@@ -13,7 +13,7 @@ from pipeline.embedded.world import CLASS_NAMES
 from pipeline.errors import PipelineError, SessionError, check_stop
 from pipeline.generate import DEFAULTS
 from pipeline.inspect import DEFAULT_THRESHOLD, InspectSession, check_generation_request, strokes_from_layers
-from pipeline.refine import DEFAULT_REFINER, REFINERS, capture_for
+from pipeline.refine import DEFAULT_CLICK_REFINER, DEFAULT_REFINER, REFINERS, capture_for, point_refiners
 
 from .console import (GENERATE_KEYS_HELP, LOOP_PIXELS, VIEW_FORMAT, add_debug_reader, clicked_point, handler, picture,
                       screen_shows, user_words, view, wire_picture_clicks)
@@ -132,12 +132,15 @@ def on_stop(request: gr.Request):
     press_stop(request.session_hash)
 
 
-def add_click(ses, mode, evt: gr.SelectData, made_at: float | None = None):
-    """A click on the image adds an object (+) or background (-) point and re-runs the refiner
-    (GrabCut or SAM) with all clicks so far; the refined mask becomes the current mask.
-    ``made_at``: when the page made it (studio.console.CLICK_MADE_AT_JS; InspectSession.add_click)."""
+def add_click(ses, mode, evt: gr.SelectData, made_at: float | None = None, click_refiner: str = DEFAULT_CLICK_REFINER,
+              sam_ckpt: str = ""):
+    """A click on the image adds an object (+) or background (-) point and re-runs the click
+    refiner (``click_refiner``, 'clicks refine with') with all clicks so far; the refined mask
+    becomes the current mask. ``made_at``: when the page made it (studio.console.CLICK_MADE_AT_JS;
+    InspectSession.add_click)."""
     if ses is None or not mode or mode == CLICK_MODES[0]:
         return ses
+    ses.set_click_refiner(make_refiner(click_refiner or DEFAULT_CLICK_REFINER, sam_ckpt))
     x, y = clicked_point(evt)
     k = viz.display_scale(ses.image.shape[:2])  # display pixels per image pixel
     ses.add_click(int(x // k), int(y // k), 1 if mode == CLICK_MODES[1] else 0, made_at=made_at)
@@ -152,9 +155,10 @@ on_click = handler(render)(add_click)  # one call: the click, then every view (t
 _record_click = handler(lambda ses: ())(add_click)  # the error policy and visitor lease, no views
 
 
-def on_click_record(ses, mode, made_at, evt: gr.SelectData) -> None:
+def on_click_record(ses, mode, click_refiner, sam_ckpt, made_at, evt: gr.SelectData) -> None:
     """The page's click: recorded, no views (they follow: studio.console.wire_picture_clicks)."""
-    _record_click(ses, mode, evt, made_at)
+    _record_click(ses, mode, evt, made_at, click_refiner, sam_ckpt)
+
 
 
 @handler(render)
@@ -232,9 +236,10 @@ def on_editor_open(ses, is_open: bool):
 
 
 @handler(render)
-def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt):
+def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt, click_refiner=DEFAULT_CLICK_REFINER):
     if ses is None:
         return ses
+    ses.set_click_refiner(make_refiner(click_refiner or DEFAULT_CLICK_REFINER, sam_ckpt))
     ses.show_view(resolution, t_lo, t_hi, make_refiner(refiner_name, sam_ckpt))
     screen_shows(ses, "resolution", (ses.shown.get("resolution", (None,))[0], resolution))
     if ses.refine_error:
@@ -335,6 +340,8 @@ def build_generate_tab(model: str):
                                   elem_id="mask-source")
                 click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="click on the image to",
                                       elem_id="click-mode")
+                click_refiner = gr.Dropdown(point_refiners(), value=DEFAULT_CLICK_REFINER, label="clicks refine with",
+                                            elem_id="click-refiner", scale=0, min_width=160)
                 click_made_at = gr.Number(visible=False)  # when the page made a click (wire_picture_clicks)
             with gr.Row():
                 clear_clicks = gr.Button("Clear clicks", size="sm")
@@ -385,10 +392,13 @@ def build_generate_tab(model: str):
     threshold.input(on_threshold_views, [ses_state, threshold], step_views, api_name="threshold", queue=False,
                     trigger_mode="always_last", show_progress="hidden", show_progress_on=[threshold])
     source.input(on_source, [ses_state, source], outputs, api_name="mask_source", **quiet)
-    for comp in (res_in, t_lo, t_hi, refiner):
-        comp.input(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt], outputs, **quiet)
-    wire_picture_clicks(image_out, on_click_record, lambda ses: on_click_views(ses)[1:], [ses_state, click_mode],
-                        click_made_at, outputs[1:])
+    # a dropdown's `input` fires twice per choice in Gradio 6.31 (two runs, two toasts): `select` once
+    for comp, event in ((res_in, "input"), (t_lo, "input"), (t_hi, "input"), (refiner, "select"),
+                        (click_refiner, "select")):
+        getattr(comp, event)(on_view_change, [ses_state, res_in, t_lo, t_hi, refiner, sam_ckpt, click_refiner],
+                             outputs, **quiet)
+    wire_picture_clicks(image_out, on_click_record, lambda ses: on_click_views(ses)[1:],
+                        [ses_state, click_mode, click_refiner, sam_ckpt], click_made_at, outputs[1:])
     clear_clicks.click(on_clear_clicks, ses_state, outputs, **quiet)
     touch_up.expand(lambda s: on_editor_open(s, True), ses_state, outputs, **quiet)
     touch_up.collapse(lambda s: on_editor_open(s, False), ses_state, outputs, **quiet)

@@ -96,6 +96,38 @@ def test_clicks_refine_again_and_undo_restores_the_refinement(scene):
     assert all(name in str(refused.value) for name in point_refiners()) and "clicks" in point_refiners()
 
 
+def test_a_click_refiner_takes_the_clicks_and_the_refiner_keeps_the_start(scene, tmp_path):
+    """The studio's 'clicks refine with': the clicks go to their own refiner (here `clicks`,
+    every click honoured exactly) while the mask without clicks, and the threshold chosen with
+    it, stay the session's refiner's (here otsu, which takes no clicks at all); what is saved
+    names the refiner that made the mask."""
+    img, heat, disc = scene
+    clicks = get_refiner("clicks")
+    ses = InspectSession(img, "ball", heat, refiner=get_refiner("otsu"), click_refiner=clicks)
+    ses.start()
+    start, t = ses.choice.refined.copy(), ses.threshold
+    assert ses.choice.refiner == "otsu"
+    ses.add_click(2, 2, 1)  # far outside the disc: only the clicks refiner can take it in
+    ses.add_click(30, 32, 0)  # the disc's centre as background
+    want = clicks(img, ses.heat, points=[(2, 2), (30, 32)], labels=[1, 0]).mask
+    assert ses.choice.refiner == "clicks" and np.array_equal(ses.current_mask(), want)
+    assert ses.current_mask()[2, 2] and not ses.current_mask()[32, 30] and ses.threshold == t
+    assert "refined by clicks with 2 clicks" in ses.describe()
+    with Store(tmp_path / "s") as store:
+        rec = store.get(ses.to_store(store, "accepted"))
+        assert rec.meta["refiner"] == "clicks" and rec.meta["clicks"] == [[2, 2, 1], [30, 32, 0]]
+        assert np.array_equal(store.masks(rec)[0][1], want)
+    ses.set_click_refiner(get_refiner("grabcut"))  # another click refiner: the same clicks, refined again
+    assert ses.choice.refiner == "grabcut" and ses.choice.refined[2, 2] and ses.clicks[-1] == (30, 32, 0)
+    ses.set_click_refiner(None)  # none: the session's refiner takes the clicks, and otsu takes none
+    assert ses.choice.refiner == "otsu"
+    with pytest.raises(SessionError, match="takes points"):
+        ses.add_click(5, 5, 1)
+    ses.set_click_refiner(clicks)
+    ses.clear_clicks()
+    assert ses.clicks == () and np.array_equal(ses.choice.refined, start) and ses.choice.refiner == "otsu"
+
+
 def test_to_store_saves_exactly_the_current_mask_with_its_kind(scene, tmp_path):
     img, heat, disc = scene
     with Store(tmp_path / "s") as store:

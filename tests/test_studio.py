@@ -342,7 +342,10 @@ def test_a_click_without_a_position_is_not_counted_and_says_so(caplog):
     assert "unexpected error" not in caplog.text
     assert caplog.text.count("was still loading, so it has no position and was not counted: click again") == 3
     on_click(ses, CLICK_MODES[1], click([100, 120]))
-    assert len(ses.clicks) == 1
+    # the studio's clicks go to the `clicks` refiner (DEFAULT_CLICK_REFINER), whatever refines the start
+    assert len(ses.clicks) == 1 and ses.choice.refiner == "clicks" and ses.refiner.name != "clicks"
+    x, y, _ = ses.clicks[0]
+    assert ses.current_mask()[y, x]
 
     from pipeline.errors import SessionError
     from studio.insert import click as place_click
@@ -368,7 +371,7 @@ def test_quick_clicks_arriving_out_of_order_keep_the_order_they_were_made():
         ses = shipped_session(render_it=False)
         for i in order:
             evt = gr.SelectData(None, {"index": list(spots[i]), "value": None})
-            on_click_record(ses, CLICK_MODES[1], 1000.0 + 40 * i, evt)
+            on_click_record(ses, CLICK_MODES[1], "clicks", "", 1000.0 + 40 * i, evt)
         return ses
 
     in_order, shuffled = session([0, 1, 2, 3]), session([0, 2, 3, 1])
