@@ -327,6 +327,44 @@ def test_clicks_refiner_is_registered_and_reaches_the_truth_with_simulated_click
     assert gains and min(gains) > 0 and np.mean(gains) > 0.01, gains
 
 
+def test_one_clicks_refiner_serves_sessions_side_by_side_as_it_does_one_at_a_time(unseen_objects):
+    """The studio makes one `clicks` refiner and every visitor's clicks go to it from the
+    server's worker threads: sessions replayed side by side for a bounded time (two of them on
+    the same photo with other heat maps), on a memo of 3 entries (so they keep evicting each
+    other's), end with exactly the masks each gets alone."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.clicks import ClickRefiner, next_click
+
+    def session(refiner, image, gt, heat, clicks=None):
+        pts, labs = [], []
+        pred = refiner(image, heat).mask
+        for i in range(4):
+            c = next_click(pred, gt) if clicks is None else clicks[i]
+            pts.append(c[:2])
+            labs.append(c[2])
+            pred = refiner(image, heat, points=pts, labels=labs).mask
+        return [(*p, l) for p, l in zip(pts, labs)], pred
+
+    cases = [(im, gt, attention_like(gt, 16, np.random.default_rng(i))) for i, (im, gt) in enumerate(unseen_objects[:3])]
+    cases.append((cases[0][0], cases[0][1], attention_like(cases[0][1], 32, np.random.default_rng(9))))  # a photo twice
+    alone = [session(ClickRefiner(), *case) for case in cases]
+    shared, stop, runs = ClickRefiner(cache_size=3), time.monotonic() + 3.0, []
+
+    def visitor(k):
+        n = 0
+        while time.monotonic() < stop or n == 0:
+            _, mask = session(shared, *cases[k], clicks=alone[k][0])
+            assert np.array_equal(mask, alone[k][1]), f"session {k}, run {n}: another mask than alone"
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        runs = list(pool.map(visitor, range(len(cases))))
+    assert min(runs) >= 1, runs
+
+
 @pytest.mark.slow
 def test_cli_generate_records_the_rule_of_the_selector_it_was_given(tmp_path, monkeypatch):
     """`generate --selector ridge` on the embedded model: the JSON names the rule, and the saved
