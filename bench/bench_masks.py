@@ -162,6 +162,32 @@ PERTURBATIONS = {"none": "16x16 soft maps", "sloppy": "a sloppier user (each cli
                  "640": "photos at their own size (longer side up to 640 px, not 320; the studio's are 512)"}
 
 
+class ClicksOnTheShownMask:
+    """The studio's clicks (``InspectSession`` with the ``clicks`` click refiner): applied to the
+    mask shown before the first click, the heat map at the ``mix`` selector's t chosen with
+    grabcut's refined mask (the studio's start), not to the refiner's own snapped start."""
+
+    name, takes_points = "clicks (studio start)", True
+
+    def __init__(self):
+        from pipeline.clicks import ClickRefiner
+        from pipeline.refine import GrabCutRefiner
+
+        self.clicks, self.grabcut, self._shown = ClickRefiner(), GrabCutRefiner(), {}
+
+    def __call__(self, image, heat, attention=None, points=None, labels=None):
+        from pipeline.refine import RefineResult, refine_and_choose
+
+        key = hash(heat.tobytes())
+        if key not in self._shown:
+            t = refine_and_choose(image, heat, self.grabcut, selector="mix").threshold
+            self._shown = {key: (heat >= t, t)}
+        shown, t = self._shown[key]
+        if points is None or not len(points):
+            return RefineResult(shown.copy(), self.name, {})
+        return self.clicks(image, heat, points=points, labels=labels, start=shown, start_threshold=t)
+
+
 def perturbed(image: np.ndarray, kind: str) -> np.ndarray:
     """The photo as the clicks perturbation check sees it (kinds nothing was tuned on)."""
     import cv2
@@ -322,6 +348,9 @@ def main() -> None:
             if kind == "640":  # pipeline.clicks_training.TRAINING_SIDES
                 name = f"clicks, {label} (the unary's sessions are made at 320 and 640 px)"
             out.update({name: r for r in clicks_bench({"c": ClickRefiner()}, a.click_objects, perturbation=kind).values()})
+        studio = ("clicks, from the studio's start (the clicks applied to the mask shown before the first click: "
+                  "the heat map at the mix selector's t, chosen with grabcut's refined mask; not snapped)")
+        out.update({studio: r for r in clicks_bench({"c": ClicksOnTheShownMask()}, a.click_objects).values()})
         out.update(clicks_bench({"grabcut": GrabCutRefiner()}, a.grabcut_click_objects))
         sam = "not run (no SAM checkpoint given: pass --sam-checkpoint)"
         if a.sam_checkpoint:

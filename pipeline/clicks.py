@@ -47,6 +47,9 @@ Only the turned part connected to the click is kept. So:
   ``info["discs"]`` each disc as (x, y, radius)), nor an earlier click's ground (checked at
   full resolution, also when the cut is decided on a downscaled copy).
 
+Given a ``start`` mask (the one a studio user sees when they make the first click), the clicks
+apply to it instead of the snapped cut, so each click changes only its disc of what the user saw.
+
 A click on a pixel already on its side changes nothing (it still pins that pixel for later
 clicks). Replaying the clicks is memoised per (image, heat map, click prefix), so the k-th
 click of a session costs one cut, not k. A disc wider than ``work_radius`` pixels is decided on a
@@ -150,6 +153,7 @@ class ClickRefiner(BaseRefiner):
 
     name = "clicks"
     takes_points = True
+    takes_start = True
 
     def __init__(self, selector: str | None = "ridge", reach: float = 3.0, min_radius: float = 0.1,
                  max_radius: float = 0.35, smoothness: float = 1.0, unary=None, work_radius: int = 112,
@@ -174,16 +178,20 @@ class ClickRefiner(BaseRefiner):
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
+    def cut_threshold(self, image: np.ndarray, heat: np.ndarray) -> float:
+        """The selector's t for this heat map (0.5 without a selector)."""
+        if self.selector_name is None:
+            return 0.5
+        if self._selector is None:
+            from .thresholds import get_selector
+
+            self._selector = get_selector(self.selector_name)
+        return self._selector(image, heat).threshold
+
     def start_mask(self, image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, float]:
         """The mask before any click and the cut t: ``heat >= t`` with the selector's t (0.5
         without a selector), snapped to the photo near its boundary (:func:`snap_start`)."""
-        t = 0.5
-        if self.selector_name is not None:
-            if self._selector is None:
-                from .thresholds import get_selector
-
-                self._selector = get_selector(self.selector_name)
-            t = self._selector(image, heat).threshold
+        t = self.cut_threshold(image, heat)
         cut = heat >= t
         if not cut.any():
             t, cut = 0.5, heat >= 0.5
@@ -191,7 +199,12 @@ class ClickRefiner(BaseRefiner):
             return snap_start(image, heat, t, self.start_band, self.start_colour), t
         return cut, t
 
-    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None) -> RefineResult:
+    def __call__(self, image, heat, attention: AttentionMaps | None = None, points=None, labels=None,
+                 start: np.ndarray | None = None, start_threshold: float | None = None) -> RefineResult:
+        """The mask after the clicks ``points`` (N, 2) XY / ``labels`` (N,) 1 object, 0 background,
+        applied in order to ``start`` ((H, W) bool, e.g. the mask a user sees, so a click changes
+        only its disc of what they see; None: :meth:`start_mask`). ``start_threshold``: the cut t
+        the unary's heat cues take with ``start`` (None: the selector's)."""
         heat = check_inputs(image, heat)
         pts = np.zeros((0, 2)) if points is None else np.asarray(points, float).reshape(-1, 2)
         labs = np.zeros(0, int) if labels is None else np.asarray(labels).reshape(-1).astype(int)
@@ -202,14 +215,23 @@ class ClickRefiner(BaseRefiner):
         for x, y, _ in clicks:
             if not (0 <= x < w and 0 <= y < h):
                 raise RefinementError(f"a click ({x}, {y}) lies outside the {w}x{h} image")
-        key = (image.shape, hash(image.tobytes()), hash(heat.tobytes()))
+        if start is not None:
+            start = np.asarray(start, bool)
+            if start.shape != (h, w):
+                raise RefinementError(f"the start mask is {start.shape}, the image {(h, w)}")
+        key = (image.shape, hash(image.tobytes()), hash(heat.tobytes()),
+               None if start is None else (hash(np.packbits(start).tobytes()), start_threshold))
         # the longest memoised prefix of these clicks, then one cut per new click
         with self._lock:  # one refiner may serve many studio sessions at once: the memo is shared
             k = len(clicks)
             while k > 0 and (key, tuple(clicks[:k])) not in self._cache:
                 k -= 1
             known = self._cache.get((key, tuple(clicks[:k])))
-        if known is None:
+        if known is None and start is not None:
+            t = self.cut_threshold(image, heat) if start_threshold is None else float(start_threshold)
+            known = (start.copy(), t, [])
+            self._remember((key, ()), known)
+        elif known is None:
             known = (*self.start_mask(image, heat), [])
             self._remember((key, ()), known)
         mask, t, discs = known

@@ -327,6 +327,34 @@ def test_clicks_refiner_is_registered_and_reaches_the_truth_with_simulated_click
     assert gains and min(gains) > 0 and np.mean(gains) > 0.01, gains
 
 
+def test_clicks_on_a_given_start_change_only_their_discs_of_it(unseen_objects):
+    """``start``: the clicks apply to a given mask (the one a studio user sees) instead of the
+    refiner's own snapped start; each click is still honoured, nothing outside the discs moves;
+    a start of another size is a clear error."""
+    from pipeline.clicks import ClickRefiner, next_click
+    from pipeline.refine import RefinementError
+
+    image, gt = unseen_objects[1]
+    heat = attention_like(gt, 16, np.random.default_rng(3))
+    refiner = ClickRefiner()
+    for t in (0.3, 0.7):
+        start, pts, labs = heat >= t, [], []
+        pred = start
+        for _ in range(5):
+            c = next_click(pred, gt)
+            pts.append(c[:2])
+            labs.append(c[2])
+            got = refiner(image, heat, points=pts, labels=labs, start=start, start_threshold=t)
+            pred = got.mask
+        yy, xx = np.mgrid[: gt.shape[0], : gt.shape[1]]
+        near = np.any([(xx - x) ** 2 + (yy - y) ** 2 <= r * r for x, y, r in got.info["discs"]], axis=0)
+        assert not ((pred ^ start) & ~near).any() and (pred ^ start).any()
+        assert all(pred[y, x] == bool(lab) for (x, y), lab in zip(pts, labs))
+        assert iou(pred, gt) > iou(start, gt)
+    with pytest.raises(RefinementError, match="start mask"):
+        refiner(image, heat, points=pts, labels=labs, start=np.zeros((5, 5), bool))
+
+
 def test_one_clicks_refiner_serves_sessions_side_by_side_as_it_does_one_at_a_time(unseen_objects):
     """The studio makes one `clicks` refiner and every visitor's clicks go to it from the
     server's worker threads: sessions replayed side by side for a bounded time (two of them on
