@@ -163,9 +163,9 @@ PERTURBATIONS = {"none": "16x16 soft maps", "sloppy": "a sloppier user (each cli
 
 
 class ClicksOnTheShownMask:
-    """The studio's clicks (``InspectSession`` with the ``clicks`` click refiner): applied to the
-    mask shown before the first click, the heat map at the ``mix`` selector's t chosen with
-    grabcut's refined mask (the studio's start), not to the refiner's own snapped start."""
+    """The ``clicks`` refiner applied to the mask the studio shows before the first click (the
+    heat map at the ``mix`` selector's t chosen with grabcut's refined mask) instead of its own
+    snapped start: what a click that changed only its disc of the shown mask would cost."""
 
     name, takes_points = "clicks (studio start)", True
 
@@ -348,8 +348,8 @@ def main() -> None:
             if kind == "640":  # pipeline.clicks_training.TRAINING_SIDES
                 name = f"clicks, {label} (the unary's sessions are made at 320 and 640 px)"
             out.update({name: r for r in clicks_bench({"c": ClickRefiner()}, a.click_objects, perturbation=kind).values()})
-        studio = ("clicks, from the studio's start (the clicks applied to the mask shown before the first click: "
-                  "the heat map at the mix selector's t, chosen with grabcut's refined mask; not snapped)")
+        studio = ("clicks applied to the mask the studio shows before the first click (the heat map at the mix "
+                  "selector's t, chosen with grabcut's refined mask; not snapped), not to the refiner's own start")
         out.update({studio: r for r in clicks_bench({"c": ClicksOnTheShownMask()}, a.click_objects).values()})
         out.update(clicks_bench({"grabcut": GrabCutRefiner()}, a.grabcut_click_objects))
         sam = "not run (no SAM checkpoint given: pass --sam-checkpoint)"

@@ -43,10 +43,6 @@ class MaskState:
     source: str = "threshold"  # "threshold" | "refined"
     threshold: float = DEFAULT_THRESHOLD
     clicks: tuple = ()  # ((x, y, label), ...)
-    # what the clicks apply to, for a click refiner that takes a start (``clicks``): the source
-    # mask shown when the first click was made, its cut t and its name in the user's words,
-    # ((H, W) bool, t, words); None without clicks
-    click_start: tuple | None = None
     added: np.ndarray | None = None  # (H, W) bool, brushed in
     erased: np.ndarray | None = None  # (H, W) bool, erased
 
@@ -95,7 +91,7 @@ class InspectSession:
     _state: MaskState = field(default_factory=MaskState)
     _undo: list = field(default_factory=list)
     _redo: list = field(default_factory=list)
-    _choices: dict = field(default_factory=dict)  # (clicks, start) -> MaskChoice | error text
+    _choices: dict = field(default_factory=dict)  # clicks -> MaskChoice | error text
     _made_at: dict = field(default_factory=dict)  # click -> when it was made (add_click's made_at)
 
     def __post_init__(self):
@@ -138,21 +134,16 @@ class InspectSession:
         the threshold mask."""
         from .refine import RefinementError, RefinerUnavailable, refine_and_choose
 
-        clicks = self._state.clicks
-        start = self._state.click_start if clicks else None
-        # cached per clicks and start: the same clicks on another start are another refinement
-        key = (clicks, None if start is None else (hash(np.packbits(start[0]).tobytes()), start[1]))
-        refiner = self.click_refiner if clicks and self.click_refiner is not None else self.refiner
+        key = self._state.clicks
+        refiner = self.click_refiner if key and self.click_refiner is not None else self.refiner
         if key not in self._choices:
             if refiner is None:
                 self._choices[key] = self.refiner_problem or "no refiner chosen"
             else:
                 pts = {}
                 # a refiner that takes no clicks (otsu, affinity) refines without them
-                if clicks and getattr(refiner, "takes_points", False):
-                    pts = {"points": [(x, y) for x, y, _ in clicks], "labels": [lab for _, _, lab in clicks]}
-                    if start is not None:
-                        pts.update(start=start[0], start_threshold=start[1])
+                if key and getattr(refiner, "takes_points", False):
+                    pts = {"points": [(x, y) for x, y, _ in key], "labels": [lab for _, _, lab in key]}
                 from .thresholds import DEFAULT_SELECTOR
 
                 options = {"selector": DEFAULT_SELECTOR, **self.refiner_options}  # the studio's threshold rule
@@ -177,7 +168,7 @@ class InspectSession:
         if refiner is self.click_refiner:
             return
         self.click_refiner = refiner
-        self._choices = {k: v for k, v in self._choices.items() if not k[0]}
+        self._choices = {k: v for k, v in self._choices.items() if not k}
         if self._state.clicks:
             self.refine()
 
@@ -257,13 +248,10 @@ class InspectSession:
 
     def add_click(self, x: int, y: int, label: int, made_at: float | None = None) -> None:
         """An object (1) or background (0) click in image pixels: the click refiner (the
-        refiner when there is none) runs again with every click so far, and the refined mask
-        becomes the mask's source. A click refiner that takes a start (``clicks``) applies the
-        clicks to the source mask shown at the first click, so a click changes only its own
-        surroundings of what the user sees (strokes stay on top). ``made_at``: when the click
-        was made (any one clock, e.g. a web page's): a click made before clicks that were added
-        first (quick clicks sent as separate requests can arrive out of order) goes in among
-        them where it was made; None: after the last."""
+        refiner when there is none) runs again with every click so far, and the refined mask becomes the mask's source. ``made_at``:
+        when the click was made (any one clock, e.g. a web page's): a click made before
+        clicks that were added first (quick clicks sent as separate requests can arrive out
+        of order) goes in among them where it was made; None: after the last."""
         clicking = self.click_refiner if self.click_refiner is not None else self.refiner
         if clicking is None or not getattr(clicking, "takes_points", False):
             name = getattr(clicking, "name", "no refiner")
@@ -277,19 +265,13 @@ class InspectSession:
             next((i for i, c in enumerate(old) if self._made_at.get(c, float("-inf")) > made_at), len(old))
         if made_at is not None:
             self._made_at[click] = float(made_at)
-        start = self._state.click_start
-        if not old:  # the first click applies to the mask shown now (a refiner that takes a start)
-            if self.source == "threshold":
-                start = (self.source_mask().copy(), float(self.threshold), f"the mask at threshold {self.threshold:.2f}")
-            else:
-                start = (self.source_mask().copy(), float(self.choice.threshold), f"{self.choice.refiner}'s mask")
-        self._push(replace(self._state, clicks=old[:at] + (click,) + old[at:], source="refined", click_start=start))
+        self._push(replace(self._state, clicks=old[:at] + (click,) + old[at:], source="refined"))
         if self.choice is None:  # the refiner failed with these clicks: keep the source usable
             self._state = replace(self._state, source="threshold")
             self.revision += 1
 
     def clear_clicks(self) -> None:
-        self._push(replace(self._state, clicks=(), click_start=None))
+        self._push(replace(self._state, clicks=()))
         if self.choice is None and self._state.source == "refined":
             self._state = replace(self._state, source="threshold")
 
@@ -388,9 +370,6 @@ class InspectSession:
         if st.source == "refined" and self.choice is not None:
             n = len(st.clicks)
             text = f"refined by {self.choice.refiner}" + (f" with {n} click{'s' * (n != 1)}" if n else "")
-            clicking = self.click_refiner if self.click_refiner is not None else self.refiner
-            if n and st.click_start is not None and getattr(clicking, "takes_start", False):
-                text += f" on {st.click_start[2]}"
         else:
             text = f"attention heat map at threshold {st.threshold:.2f}"
         if st.edited:

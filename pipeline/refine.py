@@ -6,8 +6,7 @@ Every refiner follows :class:`Refiner`: a callable
 :class:`~pipeline.attention.AttentionMaps` of the image, and class attributes that say what it
 needs: ``name``, ``takes_points`` (user clicks), ``needs_self_attention`` (capture the UNet's
 self-attention with the image), ``stateful`` (holds per-image state, e.g. SAM's embedding: one
-image at a time per instance), ``takes_start`` (applies the clicks to a given mask, the one a
-user sees: then ``refiner(..., start=mask, start_threshold=t)``). They are registered in :data:`REFINERS`
+image at a time per instance). They are registered in :data:`REFINERS`
 (:class:`pipeline.plugins.Registry`); a new refiner is a subclass of :class:`BaseRefiner` plus
 ``REFINERS.register("name", Class)``.
 
@@ -67,9 +66,6 @@ class Refiner(Protocol):
     takes_points: bool  # accepts user clicks (points XY, labels 1 object / 0 background)
     needs_self_attention: bool  # needs AttentionMaps.affinity: capture self-attention with the image
     stateful: bool  # keeps per-image state between calls: share an instance with one session at a time
-    # applies the clicks to a given mask (``start``: (H, W) bool, e.g. the one a user sees, with
-    # ``start_threshold`` its cut of the heat map) instead of a mask of its own
-    takes_start: bool
 
     def __call__(self, image: np.ndarray, heat: np.ndarray, attention: AttentionMaps | None = None,
                  points: np.ndarray | None = None, labels: np.ndarray | None = None) -> RefineResult: ...
@@ -82,7 +78,6 @@ class BaseRefiner:
     takes_points: ClassVar[bool] = False
     needs_self_attention: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
-    takes_start: ClassVar[bool] = False
 
 
 def check_inputs(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -363,18 +358,15 @@ class MaskChoice:
 
 
 def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: AttentionMaps | None = None,
-                      thresholds=None, points=None, labels=None, selector=None, start=None,
-                      start_threshold: float | None = None) -> MaskChoice:
+                      thresholds=None, points=None, labels=None, selector=None) -> MaskChoice:
     """Refine, then pick the threshold: by default the paper's rule (the highest IoU against
     the refined mask); ``selector``, a name of :data:`pipeline.thresholds.SELECTORS` or a
     selector, picks it otherwise. ``ious`` is always the IoU curve against the refined mask
     (the studio's IoU-curve panel), ``rule`` names the selector that chose.
 
     ``points``/``labels``: user clicks (XY image pixels; 1 object, 0 background) for the
-    refiners that take them (grabcut, sam, clicks). ``start`` ((H, W) bool) / ``start_threshold``:
-    the mask the clicks apply to and its cut t, for a refiner that ``takes_start`` (clicks; the
-    others ignore it). Raises RefinementError when the heat map is unusable or the refined mask
-    is empty."""
+    refiners that take them (grabcut, sam, clicks). Raises RefinementError when the heat map
+    is unusable or the refined mask is empty."""
     from .masks import DEFAULT_THRESHOLDS, choose_threshold
     from .thresholds import SelectorError, get_selector
 
@@ -390,10 +382,7 @@ def refine_and_choose(image: np.ndarray, heat: np.ndarray, refiner, attention: A
         h, w = heat.shape
         if (points < 0).any() or (points[:, 0] >= w).any() or (points[:, 1] >= h).any():
             raise RefinementError(f"a click lies outside the {w}x{h} image")
-        given = {}
-        if start is not None and getattr(refiner, "takes_start", False):
-            given = {"start": np.asarray(start, bool), "start_threshold": start_threshold}
-        result = refiner(image, heat, attention, points=points, labels=labels, **given)
+        result = refiner(image, heat, attention, points=points, labels=labels)
     else:
         result = refiner(image, heat, attention)
     if result.empty:

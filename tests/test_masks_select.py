@@ -328,7 +328,7 @@ def test_clicks_refiner_is_registered_and_reaches_the_truth_with_simulated_click
 
 
 def test_clicks_on_a_given_start_change_only_their_discs_of_it(unseen_objects):
-    """``start``: the clicks apply to a given mask (the one a studio user sees) instead of the
+    """``start``: the clicks apply to a given mask (a mask of one's own) instead of the
     refiner's own snapped start; each click is still honoured, nothing outside the discs moves;
     a start of another size is a clear error."""
     from pipeline.clicks import ClickRefiner, next_click
