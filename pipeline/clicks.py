@@ -205,8 +205,9 @@ class ClickRefiner(BaseRefiner):
                  start: np.ndarray | None = None, start_threshold: float | None = None) -> RefineResult:
         """The mask after the clicks ``points`` (N, 2) XY / ``labels`` (N,) 1 object, 0 background,
         applied in order to ``start`` ((H, W) bool, a mask of one's own, of which each click
-        changes only its disc; None: :meth:`start_mask`, what the unary was fitted from). ``start_threshold``: the cut t
-        the unary's heat cues take with ``start`` (None: the selector's)."""
+        changes only its disc; None: :meth:`start_mask`, what the unary was fitted from).
+        ``start_threshold``: the cut t the unary's heat cues take with ``start`` (None: the
+        selector's)."""
         heat = check_inputs(image, heat)
         pts = np.zeros((0, 2)) if points is None else np.asarray(points, float).reshape(-1, 2)
         labs = np.zeros(0, int) if labels is None else np.asarray(labels).reshape(-1).astype(int)

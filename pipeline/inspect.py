@@ -8,7 +8,8 @@ is what the studio shows large and exactly what :meth:`InspectSession.to_store` 
 
 The current mask is ``(source mask | brushed) & ~erased`` where the source mask is either
 the heat map at the threshold (``"threshold"``) or the refiner's mask (``"refined"``; with the
-user's clicks, the click refiner's mask: ``clicks``, GrabCut or SAM). Every change is one undoable step.
+user's clicks, the click refiner's mask: ``clicks``, GrabCut or SAM). Every change is one
+undoable step.
 
 Arrays: image HWC uint8 RGB; heat (H, W) float32 in [0, 1], rounded as the store keeps it;
 masks (H, W) bool; clicks (x, y) in image pixels with label 1 (object) or 0 (background).
@@ -248,10 +249,11 @@ class InspectSession:
 
     def add_click(self, x: int, y: int, label: int, made_at: float | None = None) -> None:
         """An object (1) or background (0) click in image pixels: the click refiner (the
-        refiner when there is none) runs again with every click so far, and the refined mask becomes the mask's source. ``made_at``:
-        when the click was made (any one clock, e.g. a web page's): a click made before
-        clicks that were added first (quick clicks sent as separate requests can arrive out
-        of order) goes in among them where it was made; None: after the last."""
+        refiner when there is none) runs again with every click so far, and the refined mask
+        becomes the mask's source. ``made_at``: when the click was made (any one clock, e.g. a
+        web page's): a click made before clicks that were added first (quick clicks sent as
+        separate requests can arrive out of order) goes in among them where it was made; None:
+        after the last."""
         clicking = self.click_refiner if self.click_refiner is not None else self.refiner
         if clicking is None or not getattr(clicking, "takes_points", False):
             name = getattr(clicking, "name", "no refiner")

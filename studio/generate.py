@@ -160,7 +160,6 @@ def on_click_record(ses, mode, click_refiner, sam_ckpt, made_at, evt: gr.SelectD
     _record_click(ses, mode, evt, made_at, click_refiner, sam_ckpt)
 
 
-
 @handler(render)
 def on_click_views(ses):
     """Every view after clicks, one in flight at a time (studio.console.wire_picture_clicks)."""
@@ -239,8 +238,9 @@ def on_editor_open(ses, is_open: bool):
 def on_view_change(ses, resolution, t_lo, t_hi, refiner_name, sam_ckpt, click_refiner=DEFAULT_CLICK_REFINER):
     if ses is None:
         return ses
-    ses.set_click_refiner(make_refiner(click_refiner or DEFAULT_CLICK_REFINER, sam_ckpt))
     ses.show_view(resolution, t_lo, t_hi, make_refiner(refiner_name, sam_ckpt))
+    # then the clicks' refiner: refused on its own (e.g. SAM without weights), the view stays applied
+    ses.set_click_refiner(make_refiner(click_refiner or DEFAULT_CLICK_REFINER, sam_ckpt))
     screen_shows(ses, "resolution", (ses.shown.get("resolution", (None,))[0], resolution))
     if ses.refine_error:
         gr.Warning(user_words(ses.refine_error))
