@@ -342,12 +342,13 @@ def test_insert_journey_screen_is_session(page, tmp_path):
 def test_random_actions_keep_the_screen_equal_to_the_session(page):
     """A seeded, bounded random sequence of Generate-tab actions; the screen is compared with
     the session after each."""
-    rng = random.Random(24)
+    rng = random.Random(58)  # a sequence that clicks, then switches the clicks' refiner and back
     page.get_by_role("tab", name="Generate & Inspect").click()
     if not page.evaluate("() => !!document.querySelector('#mask-view img')"):
         key(page, "g")
         wait_text(page, "#choice-info", "chose threshold")
-    actions = ["threshold", "source1", "source2", "click", "undo", "redo", "overlay", "accept", "reject"]
+    actions = ["threshold", "source1", "source2", "click", "undo", "redo", "overlay", "accept", "reject",
+               "click_refiner"]
     done = []
     for i in range(12):
         a = rng.choice(actions)
@@ -360,6 +361,9 @@ def test_random_actions_keep_the_screen_equal_to_the_session(page):
             page.get_by_label("add object (+)" if rng.random() < 0.6 else "mark background (-)").check()
             click_image(page, rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9))
             page.get_by_label("do nothing").check()
+        elif a == "click_refiner":  # the clicks so far, refined again by another refiner
+            page.locator("#click-refiner input").click()
+            page.get_by_role("option", name=rng.choice(["clicks", "grabcut"]), exact=True).click()
         elif a == "undo":
             key(page, "z")
         elif a == "redo":
