@@ -231,19 +231,22 @@ def test_saving_one_new_sample_from_two_sessions_at_once(tmp_path):
         got = {}
 
         def save(status):
-            with Store(root) as s:
-                barrier.wait()
-                try:
+            try:  # opening counts too (two openers of a new store once failed here), and a
+                # partner that failed breaks the barrier instead of leaving this one waiting forever
+                with Store(root) as s:
+                    barrier.wait(timeout=60)
                     got[status] = s.add(NewSample(img, ["dog"], uid=uid, heat_map=heat, threshold=0.5,
-                                                            instances=[("dog", heat >= 0.5)], status=status), replace=True)
-                except Exception as e:  # noqa: BLE001
-                    errors.append(f"{type(e).__name__}: {e}")
+                                                  instances=[("dog", heat >= 0.5)], status=status), replace=True)
+            except Exception as e:  # noqa: BLE001
+                barrier.abort()
+                errors.append(f"{type(e).__name__}: {e}")
 
         threads = [threading.Thread(target=save, args=(st,)) for st in ("accepted", "rejected")]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert errors == [], errors
         with Store(root) as s:
             rec = s.get_by_uid(uid)
             hist = [(h["from"], h["to"]) for h in s.status_history(rec.id)]
@@ -254,3 +257,64 @@ def test_saving_one_new_sample_from_two_sessions_at_once(tmp_path):
         rounds += 1
     print(f"\nsave race: {rounds} rounds")
     assert errors == [] and rounds > 5
+
+
+_OPENER = """
+import sys, time
+from pipeline.dataset import Store
+root, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    with Store(root) as s:
+        print("ok", s.count())
+except Exception as e:
+    print("failed", type(e).__name__, e)
+"""
+
+
+def test_opening_one_new_store_from_threads_and_processes_at_once(tmp_path):
+    """Several threads and processes opening the same store folder that does not exist yet, at
+    the same moment, for a bounded time: every one of them gets the (empty) store. Before, the
+    losers of the race to create the folder or to switch the new database to WAL were told
+    "cannot create the store folder: File exists" or that the database was damaged."""
+    end, rounds, errors = time.monotonic() + RACE_SECONDS / 2, 0, []
+    while time.monotonic() < end or rounds < 2:
+        root = tmp_path / f"s{rounds}" / "store"
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", _OPENER, str(root), str(start)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(3)]
+        barrier = threading.Barrier(6)
+
+        def opener():
+            try:
+                barrier.wait(timeout=60)
+                with Store(root) as s:
+                    assert s.count() == 0
+            except Exception as e:  # noqa: BLE001
+                barrier.abort()
+                errors.append(f"thread: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=opener) for _ in range(6)]
+        time.sleep(max(0.0, start - time.time()))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            if not out.startswith("ok 0"):
+                errors.append(f"process: {out.strip()} {err.strip()[-300:]}")
+        rounds += 1
+    print(f"\nopen race: {rounds} rounds of 6 threads and 3 processes")
+    assert errors == [], errors[:3]
+
+
+def test_a_store_held_locked_is_not_called_damaged(tmp_path):
+    """A database another writer keeps locked past the busy timeout is busy, not damaged: the
+    message must not send the user to `check --rebuild` (which moves the database aside)."""
+    import sqlite3
+
+    with Store(tmp_path / "s") as s:
+        text = s._db_problem(sqlite3.OperationalError("database is locked"))
+        assert "damaged" not in text and "rebuild" not in text and "try again" in text
+        assert "damaged" in s._db_problem(sqlite3.DatabaseError("file is not a database"))

@@ -67,8 +67,8 @@ class Store(BlobsMixin, WritesMixin, IntegrityMixin):
         if not self.root.exists():
             if not create:
                 raise StoreError(f"no store at {self.root}")
-            try:
-                self.root.mkdir(parents=True)
+            try:  # exist_ok: another thread or process may create it between the check and here
+                self.root.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create the store folder {self.root}: {e.strerror}") from e
         elif not self.root.is_dir():
@@ -83,7 +83,7 @@ class Store(BlobsMixin, WritesMixin, IntegrityMixin):
             (self.root / "blobs").mkdir(exist_ok=True)
             self._owner = owners.Owner(self.root)
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
             self._db.execute("PRAGMA busy_timeout=60000")
             self._db.executescript(SCHEMA)
@@ -132,8 +132,27 @@ class Store(BlobsMixin, WritesMixin, IntegrityMixin):
                 f"{self.root / 'blobs'}: this database is not the store's, and nothing was changed. Move it aside "
                 f"and restore the samples with `python -m pipeline check --store {self.root} --rebuild`")
 
+    def _use_wal(self, patience: float = 60.0) -> None:
+        """Switch a new database to WAL (a no-op for one already in it). Two openers of a new
+        store switch it at the same moment and SQLite answers the second "database is locked"
+        at once, without waiting on its busy timeout: wait here instead, as long as that timeout."""
+        import time
+
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _db_problem(self, e: Exception) -> str:
         text = str(e).lower()
+        if "database is locked" in text or "database is busy" in text:
+            return (f"{self.db_path} stayed locked by another process or thread for over a minute ({e}); nothing "
+                    "was changed: try again when the other writer has finished")
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return (f"cannot open or write {self.db_path} ({e}): check that the folder and the file are writable "
                     "by this user and the disk is not full or mounted read-only")
