@@ -230,12 +230,12 @@ class ClickRefiner(BaseRefiner):
             while k > 0 and (key, tuple(clicks[:k])) not in self._cache:
                 k -= 1
             known = self._cache.get((key, tuple(clicks[:k])))
-        if known is None and start is not None:
-            t = self.cut_threshold(image, heat) if start_threshold is None else float(start_threshold)
-            known = (start.copy(), t, [])
-            self._remember((key, ()), known)
-        elif known is None:
-            known = (*self.start_mask(image, heat), [])
+        if known is None:  # no click of these memoised: the start
+            if start is None:
+                known = (*self.start_mask(image, heat), [])
+            else:
+                t = self.cut_threshold(image, heat) if start_threshold is None else float(start_threshold)
+                known = (start.copy(), t, [])
             self._remember((key, ()), known)
         mask, t, discs = known
         mask, discs = mask.copy(), list(discs)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
+from .store.schema import use_wal
 
 DEFAULT_IDLE_MINUTES = 60.0
 DB_NAME = "visitors.sqlite"
@@ -90,7 +91,7 @@ class VisitorStores:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.root / DB_NAME, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            use_wal(db)  # retried: another thread or process may be switching a new database
             # a lease record lost to a power cut costs nothing (leases expire): no fsync per commit
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db

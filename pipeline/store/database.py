@@ -40,7 +40,7 @@ from .blobs import BlobsMixin
 from .errors import StoreError, StoreLostError
 from .integrity import IntegrityMixin
 from .records import RECORD_FIELDS, STATUSES, Instance, Record, check_class, check_tag
-from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION, add_columns
+from .schema import DB_NAME, SCHEMA, SCHEMA_VERSION, add_columns, use_wal
 from .writes import WritesMixin
 
 
@@ -83,7 +83,7 @@ class Store(BlobsMixin, WritesMixin, IntegrityMixin):
             (self.root / "blobs").mkdir(exist_ok=True)
             self._owner = owners.Owner(self.root)
             self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._use_wal()
+            use_wal(self._db)  # retried: another opener may be switching a new database
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
             self._db.execute("PRAGMA busy_timeout=60000")
             self._db.executescript(SCHEMA)
@@ -131,22 +131,6 @@ class Store(BlobsMixin, WritesMixin, IntegrityMixin):
                 f"{self.db_path} holds no sample, but {len(forgotten)} samples are recorded under "
                 f"{self.root / 'blobs'}: this database is not the store's, and nothing was changed. Move it aside "
                 f"and restore the samples with `python -m pipeline check --store {self.root} --rebuild`")
-
-    def _use_wal(self, patience: float = 60.0) -> None:
-        """Switch a new database to WAL (a no-op for one already in it). Two openers of a new
-        store switch it at the same moment and SQLite answers the second "database is locked"
-        at once, without waiting on its busy timeout: wait here instead, as long as that timeout."""
-        import time
-
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
 
     def _db_problem(self, e: Exception) -> str:
         text = str(e).lower()

@@ -6,6 +6,23 @@ import sqlite3
 
 DB_NAME = "store.sqlite"
 
+
+def use_wal(db: sqlite3.Connection, patience: float = 60.0) -> None:
+    """Switch ``db`` to WAL (a no-op for a database already in it). Two openers of a new
+    database switch it at the same moment and SQLite answers the second "database is locked" at
+    once, without waiting on its busy timeout: wait here instead, up to ``patience`` seconds."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
